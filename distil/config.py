@@ -1,0 +1,105 @@
+"""Typed stage configs: pydantic models, loaded from YAML (``configs/``) and overridden by flags.
+
+Each stage declares one ``StageConfig`` subclass. ``add_config_args`` turns its fields into
+``--flag`` options (with the field description as help text), so ``distil <stage> --help``
+documents every option without a second list to keep in sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+C = TypeVar("C", bound="StageConfig")
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _scalar_type(annotation: Any) -> tuple[Any, bool]:
+    """(python type for argparse, is_optional) for a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _scalar_type(args[0])[0], True
+    if origin is typing.Literal:
+        return str, False
+    return annotation, False
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> None:
+    parser.add_argument(
+        "--config", type=str, default=None, help="YAML file with defaults for this stage"
+    )
+    group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
+    for name, field in cls.model_fields.items():
+        typ, _ = _scalar_type(field.annotation)
+        default = field.default if field.default is not ... else None
+        help_text = (field.description or "").replace("%", "%%")
+        help_text += f" (default: {default!r})"
+        origin = typing.get_origin(field.annotation)
+        choices = None
+        if origin is typing.Literal:
+            choices = list(typing.get_args(field.annotation))
+        if typ is bool:
+            group.add_argument(
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
+            group.add_argument(
+                _flag(name),
+                dest=name,
+                type=yaml.safe_load,
+                default=argparse.SUPPRESS,
+                help=help_text + " [YAML value]",
+            )
+        else:
+            group.add_argument(
+                _flag(name),
+                dest=name,
+                type=typ if typ in (int, float, str) else str,
+                choices=choices,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+
+
+def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
+    """Defaults < YAML file < explicit overrides; unknown keys are an error, not ignored."""
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"{path}: expected a mapping at top level, got {type(loaded).__name__}"
+            )
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return cls.model_validate(data)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
+    return load_config(cls, getattr(args, "config", None), **overrides)
+
+
+def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None) -> C:
+    """For ``jobs/*.py`` entry points: the same flags as the ``distil`` subcommand."""
+    parser = argparse.ArgumentParser(description=description)
+    add_config_args(parser, cls)
+    return config_from_args(cls, parser.parse_args(argv))

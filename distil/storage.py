@@ -1,0 +1,273 @@
+"""Every artifact is addressed by an fsspec URL; this module is the only place that knows how.
+
+Commit protocol (what makes reruns safe and partial output invisible):
+
+* data files are written to ``<dir>/_staging/<token>/<name>`` and moved to ``<dir>/<name>``
+  only once fully written (``staged_file``);
+* an optional per-unit marker ``<dir>/_markers/<unit>.json`` says a unit of work (one input
+  shard, say) is finished, so a rerun can skip it;
+* ``manifest.json`` is written last (``commit``); readers (``read_manifest``/``open_committed``)
+  trust a directory only when it has a manifest, and only the files the manifest lists.
+
+S3 settings come from the standard variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) and are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+MANIFEST = "manifest.json"
+STAGING = "_staging"
+MARKERS = "_markers"
+
+
+class NotCommittedError(FileNotFoundError):
+    """Raised when a reader asks for output that has no committed manifest."""
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options for ``url``: S3 endpoint and credentials from the environment."""
+    if protocol_of(url) != "s3":
+        return {}
+    opts: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        opts["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        opts["client_kwargs"] = {"region_name": region}
+    return opts
+
+
+def protocol_of(url: str) -> str:
+    if "://" not in url:
+        return "file"
+    return url.split("://", 1)[0]
+
+
+def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and protocol-free path for ``url`` (local paths become absolute)."""
+    if protocol_of(url) == "file":
+        url = os.path.abspath(url.removeprefix("file://"))
+    fs, path = url_to_fs(url, **storage_options(url))
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL path segments without mangling the ``scheme://`` prefix."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts)
+    return os.path.join(url, *parts)
+
+
+def arrow_filesystem(url: str):
+    """A ``pyarrow.fs`` filesystem and path for ``url``.
+
+    For ``s3://`` this is ``pyarrow.fs.S3FileSystem`` (s3fs wrapped in pyarrow sometimes aborted at
+    interpreter exit; the native one did not), otherwise fsspec wrapped for pyarrow.
+    """
+    import pyarrow.fs as pafs
+
+    if protocol_of(url) == "s3":
+        opts = storage_options(url)
+        endpoint = opts.get("endpoint_url")
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            scheme, host = endpoint.split("://", 1)
+            kwargs.update(endpoint_override=host, scheme=scheme)
+        if "key" in opts:
+            kwargs.update(access_key=opts["key"], secret_key=opts["secret"])
+        kwargs["region"] = opts.get("client_kwargs", {}).get("region_name", "us-east-1")
+        return pafs.S3FileSystem(**kwargs), url.split("://", 1)[1]
+    fs, path = get_fs(url)
+    if protocol_of(url) == "file":
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def exists(url: str) -> bool:
+    fs, path = get_fs(url)
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole object. A single PUT on S3; tmp + rename locally, so readers never see half."""
+    fs, path = get_fs(url)
+    parent = posixpath.dirname(path)
+    if protocol_of(url) == "file":
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+@contextlib.contextmanager
+def staged_file(dir_url: str, name: str, mode: str = "wb") -> Iterator[IO]:
+    """Open ``dir_url/name`` for writing via a staging path; moved into place only on success."""
+    fs, dir_path = get_fs(dir_url)
+    token = uuid.uuid4().hex
+    staging = posixpath.join(dir_path, STAGING, token, name)
+    final = posixpath.join(dir_path, name)
+    fs.makedirs(posixpath.dirname(staging), exist_ok=True)
+    try:
+        with fs.open(staging, mode) as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(posixpath.join(dir_path, STAGING, token), recursive=True)
+        raise
+    fs.makedirs(posixpath.dirname(final), exist_ok=True)
+    if protocol_of(dir_url) == "file":
+        os.replace(staging, final)
+    else:
+        fs.mv(staging, final)
+    with contextlib.suppress(Exception):
+        fs.rm(posixpath.join(dir_path, STAGING, token), recursive=True)
+
+
+def marker_url(dir_url: str, unit: str) -> str:
+    return join(dir_url, MARKERS, f"{unit}.json")
+
+
+def mark_done(dir_url: str, unit: str, info: dict[str, Any]) -> None:
+    """Record that one unit of work is finished (its outputs are already in place)."""
+    write_json(marker_url(dir_url, unit), info)
+
+
+def read_marker(dir_url: str, unit: str) -> dict[str, Any] | None:
+    url = marker_url(dir_url, unit)
+    try:
+        return read_json(url)
+    except FileNotFoundError:
+        return None
+
+
+def is_committed(dir_url: str) -> bool:
+    return exists(join(dir_url, MANIFEST))
+
+
+def commit(dir_url: str, manifest: dict[str, Any], cleanup: bool = True) -> None:
+    """Write the manifest last: from now on the directory's listed files are visible to readers."""
+    write_json(join(dir_url, MANIFEST), manifest)
+    if cleanup:
+        fs, path = get_fs(dir_url)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(posixpath.join(path, STAGING), recursive=True)
+
+
+def read_manifest(dir_url: str) -> dict[str, Any]:
+    """The committed manifest of ``dir_url``; ``NotCommittedError`` if its writer never finished."""
+    try:
+        return read_json(join(dir_url, MANIFEST))
+    except FileNotFoundError as e:
+        raise NotCommittedError(
+            f"{dir_url} has no {MANIFEST}: it was never committed (writer still running or died)"
+        ) from e
+
+
+def committed_files(dir_url: str, key: str = "files") -> list[str]:
+    """URLs of the files a committed manifest lists (entries are names relative to ``dir_url``)."""
+    manifest = read_manifest(dir_url)
+    out = []
+    for entry in manifest[key]:
+        name = entry["name"] if isinstance(entry, dict) else entry
+        out.append(join(dir_url, name))
+    return out
+
+
+def remove(url: str) -> None:
+    fs, path = get_fs(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_url(url: str, chunk: int = 1 << 22) -> str:
+    fs, path = get_fs(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (sorted keys), used for cache keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def copy_dir_to_local(url: str, local_dir: str) -> str:
+    """Copy a directory (e.g. a model checkpoint) from any URL into ``local_dir``."""
+    if protocol_of(url) == "file":
+        return get_fs(url)[1]
+    fs, path = get_fs(url)
+    os.makedirs(local_dir, exist_ok=True)
+    for src in fs.find(path):
+        rel = posixpath.relpath(src, path)
+        if rel.startswith((STAGING, MARKERS)):
+            continue
+        dst = os.path.join(local_dir, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        fs.get(src, dst)
+    return local_dir
+
+
+def upload_dir(local_dir: str, url: str) -> None:
+    """Copy a local directory to ``url`` file by file (each file staged, so none is half-written)."""
+    for root, _, files in os.walk(local_dir):
+        for fname in sorted(files):
+            src = os.path.join(root, fname)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                write_bytes(join(url, rel), f.read())
+
+
+def redact(url: str) -> str:
+    """URL safe to print (drops any user:secret@ part)."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
