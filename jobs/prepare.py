@@ -28,12 +28,11 @@ from distil.config import parse_job_args
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
     build_manifest,
-    input_names,
     input_size,
     load_tokenizer_info,
+    plan_inputs,
     prepare_shard,
 )
-from distil.data.readers import list_inputs
 
 log = logging.getLogger("distil.prepare")
 
@@ -53,11 +52,10 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.monotonic()
     tok = load_tokenizer_info(cfg.tokenizer)
-    urls = list_inputs(cfg.input, cfg.format)
-    names = input_names(urls)
+    plan = plan_inputs(cfg)
     log.info(
         "prepare: %d input shards -> %s (seq_len=%d, cross_document=%s, workers=%d)",
-        len(urls),
+        len(plan),
         storage.redact(cfg.output),
         cfg.seq_len,
         cfg.cross_document,
@@ -69,11 +67,9 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         info = prepare_shard(item["index"], item["url"], item["name"], cfg, tok)
         # only what the driver needs; the full statistics live in the marker
-        return {"index": info["index"], "skipped": bool(info.get("skipped"))}
+        return {"index": info["index"], "reused": bool(info.get("reused"))}
 
-    items = [
-        {"index": i, "url": u, "name": n} for i, (u, n) in enumerate(zip(urls, names, strict=True))
-    ]
+    items = [{"index": i, "url": u, "name": n} for i, u, n in plan]
     # Biggest inputs first so a large file does not start last and leave the other workers idle;
     # the order of work never changes the output (indices come from the sorted input list).
     sizes = {item["url"]: input_size(item["url"]) for item in items}
@@ -86,7 +82,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     )
     reused = 0
     for finished, row in enumerate(ds.iter_rows(), start=1):
-        reused += int(row["skipped"])
+        reused += int(row["reused"])
         log.info("prepare: %d/%d shards done (%d reused)", finished, len(items), reused)
     infos = []
     for item in sorted(items, key=lambda item: item["index"]):

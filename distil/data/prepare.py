@@ -171,7 +171,7 @@ def prepare_shard(
     done = storage.read_marker(cfg.output, unit)
     if done and done.get("key") == key and done.get("input_identity") == identity:
         log.info("%s: already done (marker %s), skipped", input_name, unit)
-        done["skipped"] = True
+        done["reused"] = True
         return done
 
     tokenizer = get_tokenizer(tok)
@@ -190,17 +190,19 @@ def prepare_shard(
     schema = shards.schema(vocab)
     name = shards.SHARD_PATTERN.format(index=index)
 
-    with storage.staged_file(cfg.output, name) as f:
-        # Same options as shards.write_table, but row group by row group, so a huge input shard
-        # never has its whole output in memory. Deterministic: no timestamps in the file.
-        writer = pq.ParquetWriter(
+    with (
+        storage.staged_file(cfg.output, name) as f,
+        pq.ParquetWriter(
             f,
             schema,
             compression="zstd",
             use_dictionary=False,
             write_statistics=True,
             store_schema=True,
-        )
+        ) as writer,
+    ):
+        # Same options as shards.write_table, but row group by row group, so a huge input shard
+        # never has its whole output in memory. Deterministic: no timestamps in the file.
 
         def flush(final: bool) -> None:
             nonlocal rows_written, tokens_written
@@ -267,7 +269,6 @@ def prepare_shard(
             encode(batch)
         packer.finish()
         flush(final=True)
-        writer.close()
 
     dead_name = None
     if dead:
@@ -381,3 +382,21 @@ def build_manifest(
             "files": [i["dead_letter_file"] for i in infos if i["dead_letter_file"]],
         },
     }
+
+
+def plan_inputs(cfg: PrepareConfig) -> list[tuple[int, str, str]]:
+    """(index, url, name) per input shard, in the order that fixes shard indices and seq_ids."""
+    from distil.data.readers import list_inputs
+
+    urls = list_inputs(cfg.input, cfg.format)
+    return [(i, u, n) for i, (u, n) in enumerate(zip(urls, input_names(urls), strict=True))]
+
+
+def run_serial(cfg: PrepareConfig) -> dict[str, Any]:
+    """The whole stage in this process, one shard after another (no Ray): for tests, benchmarks
+    and small inputs. Same bytes as the Ray job. Returns the committed manifest."""
+    tok = load_tokenizer_info(cfg.tokenizer)
+    infos = [prepare_shard(i, url, name, cfg, tok) for i, url, name in plan_inputs(cfg)]
+    manifest = build_manifest(cfg, tok, infos)
+    storage.commit(cfg.output, manifest)
+    return manifest
