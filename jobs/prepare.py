@@ -78,7 +78,6 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         process,
         num_cpus=cfg.cpus_per_worker,
         compute=ray.data.TaskPoolStrategy(size=cfg.num_workers),
-        max_retries=0,  # bad input is handled in the task; a crash should surface, not loop
     )
     reused = 0
     for finished, row in enumerate(ds.iter_rows(), start=1):
