@@ -67,7 +67,12 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         info = prepare_shard(item["index"], item["url"], item["name"], cfg, tok)
         # only what the driver needs; the full statistics live in the marker
-        return {"index": info["index"], "reused": bool(info.get("reused"))}
+        return {
+            "index": info["index"],
+            "reused": bool(info.get("reused")),
+            "documents": info["documents"],
+            "tokens": info["tokens"],
+        }
 
     items = [{"index": i, "url": u, "name": n} for i, u, n in plan]
     # Biggest inputs first so a large file does not start last and leave the other workers idle;
@@ -79,10 +84,24 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         num_cpus=cfg.cpus_per_worker,
         compute=ray.data.TaskPoolStrategy(size=cfg.num_workers),
     )
-    reused = 0
+    reused = docs = tokens = 0
+    t_work = time.monotonic()
     for finished, row in enumerate(ds.iter_rows(), start=1):
         reused += int(row["reused"])
-        log.info("prepare: %d/%d shards done (%d reused)", finished, len(items), reused)
+        if not row["reused"]:
+            docs += row["documents"]
+            tokens += row["tokens"]
+        dt = max(time.monotonic() - t_work, 1e-9)
+        log.info(
+            "prepare: %d/%d shards done (%d reused), %d docs, %d tokens (%.0f docs/s, %.0f tokens/s)",
+            finished,
+            len(items),
+            reused,
+            docs,
+            tokens,
+            docs / dt,
+            tokens / dt,
+        )
     infos = []
     for item in sorted(items, key=lambda item: item["index"]):
         info = storage.read_marker(cfg.output, f"shard-{item['index']:05d}")

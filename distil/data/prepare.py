@@ -90,7 +90,10 @@ def _tokenizer_from_json(text: str):
     # The packaged tokenizer.json truncates at 128 (a sentence-transformers setting): without
     # this every document would silently lose all but its first 128 tokens.
     tok.no_truncation()
-    tok.no_padding()
+    tok.no_padding()  # it pads to 128 too
+    # Text that happens to spell "[SEP]" or "[MASK]" is text: without this the tokenizer turns
+    # it into the real special ids, which would corrupt packing and masking downstream.
+    tok.encode_special_tokens = True
     return tok
 
 

@@ -169,3 +169,15 @@ def test_strict_fails_fast_and_commits_nothing(bad_corpus, tmp_path):
         run_serial(PrepareConfig(input=str(root / "bad.jsonl"), output=out, strict=True))
     assert not storage.is_committed(out)
     assert not list(Path(out).glob("shard-*.parquet"))
+
+
+def test_literal_special_token_text_stays_text(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "before [SEP] middle [MASK] after [CLS]"}) + "\n")
+    out = str(tmp_path / "out")
+    manifest = run_serial(PrepareConfig(input=str(src), output=out))
+    _, ids, lengths = read_rows(out)
+    sp = manifest["special_ids"]
+    row = ids[0, : lengths[0]].tolist()
+    assert row[0] == sp["cls"] and row[-1] == sp["sep"]
+    assert not set(row[1:-1]) & {sp["cls"], sp["sep"], sp["mask"], sp["pad"]}

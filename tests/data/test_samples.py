@@ -22,22 +22,34 @@ def test_detokenize_brown():
     assert detokenize_brown(tagged) == 'The jury said "no evidence", 1/2 (ok).'
 
 
-@pytest.mark.timeout(180)
-def test_samples_then_prepare_on_s3(tmp_path, ray_local, s3_url, real_tokenizer_dir):
-    from jobs.prepare import run as prepare
+@pytest.fixture(scope="module")
+def samples_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples")
+    return out, run(SamplesConfig(output=str(out)))
 
-    out = str(tmp_path / "samples")
-    summary = run(SamplesConfig(output=out))
+
+@pytest.mark.timeout(120)
+def test_samples_assembles_every_source(samples_dir):
+    out, summary = samples_dir
     corpus = summary["corpus"]
     src = corpus["sources"]
     assert src["wiki"]["docs"] == 106 and src["news"]["docs"] == 300
     assert src["brown"]["docs"] == 500 and src["brown"]["files"] == 15
     assert src["books"]["docs"] == 6
     assert corpus["words"] > 2_000_000
-    assert run(SamplesConfig(output=out))["corpus"]["reused"] is True
-    austen = (tmp_path / "samples" / "corpus" / "books" / "austen-prideprejudice.txt").read_text()
+    assert run(SamplesConfig(output=str(out)))["corpus"]["reused"] is True
+    austen = (out / "corpus" / "books" / "austen-prideprejudice.txt").read_text()
     assert "It is a truth universally acknowledged" in austen
+    assert storage.read_manifest(str(out / "corpus"))["kind"] == "corpus"
 
+
+@pytest.mark.timeout(180)
+def test_prepare_sample_corpus_on_s3(samples_dir, ray_local, s3_url, real_tokenizer_dir):
+    """Acceptance 1 on the real corpus: committed shards on S3, every row well formed, the
+    token multiset equal to the tokenizer's output on the documents, manifest counts exact."""
+    from jobs.prepare import run as prepare
+
+    out = str(samples_dir[0])
     result = prepare(PrepareConfig(input=storage.join(out, "corpus"), output=f"{s3_url}/prepared"))
     assert result["shards"] == 23 and result["dead_letter"] == 0
     texts = []
