@@ -49,7 +49,7 @@ def test_wiki_keeps_main_namespace_articles_as_plain_text(good_corpus):
         assert word in ada
     for word in ARTICLE_1_DROP:
         assert word not in ada
-    assert all("must not appear" not in d.text for d in docs)
+    assert all("must not appear" not in d.text and "''" not in d.text for d in docs)
     assert all("stub" not in d.text and d.text.strip() for d in docs)
     assert [d.offset for d in docs] == [0, 4, 5, 6]  # page ordinals
 
@@ -57,6 +57,8 @@ def test_wiki_keeps_main_namespace_articles_as_plain_text(good_corpus):
 def test_wikitext_to_text_unwraps_links_and_drops_markup():
     text = wikitext_to_text("A [[b|shown]] c<ref name=x/> ''d'' {{t|e}} [[Image:x.png|cap]].")
     assert text == "A shown c d ."
+    text = wikitext_to_text("'''Ada''''s ''italic'' '''''both''''' rock 'n' roll")
+    assert text == "Ada's italic both rock 'n' roll"
 
 
 def test_book_is_one_document_streamed_in_paragraphs(good_corpus):
