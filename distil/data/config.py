@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import yaml
 from pydantic import Field, field_validator
 
 from distil.config import StageConfig
@@ -13,10 +14,10 @@ InputFormat = Literal["auto", "wiki", "text", "jsonl", "parquet"]
 
 
 class PrepareConfig(StageConfig):
-    input: list[str] | str = Field(
+    input: str | list[str] = Field(
         ...,
         description="input URL(s): a folder (every .xml.bz2/.txt/.jsonl/.parquet file under it), "
-        "one file, or a glob; each file is one input shard. A YAML list gives several",
+        "one file, or a glob; each file is one input shard. Several: a YAML list '[url1, url2]'",
     )
     output: str = Field(..., description="output folder URL for the packed Parquet shards")
     tokenizer: str = Field(
@@ -53,7 +54,9 @@ class PrepareConfig(StageConfig):
 
     @field_validator("input")
     @classmethod
-    def _as_list(cls, v: list[str] | str) -> list[str]:
+    def _as_list(cls, v: str | list[str]) -> list[str]:
+        if isinstance(v, str) and v.lstrip().startswith("["):
+            v = yaml.safe_load(v)  # --input '[a, b]' on the command line
         items = [v] if isinstance(v, str) else list(v)
         if not items or not all(isinstance(x, str) and x for x in items):
             raise ValueError("input needs at least one URL")

@@ -11,7 +11,8 @@ six Jane Austen novels from Debian ``r-cran-janeaustenr``. Written under ``OUTPU
 
 ``corpus/manifest.json`` is committed last (files, docs, words per source); a rerun on a
 committed corpus does nothing unless ``--force``. Each source is one ``assemble_*`` function
-returning its summary, so further sources (the reviews) are one more entry in ``ASSEMBLERS``.
+returning its summary (``_assemblers``), and ``run`` returns one entry per sample set, so the
+reviews are one more call there.
 """
 
 from __future__ import annotations

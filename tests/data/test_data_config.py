@@ -28,6 +28,9 @@ def test_cli_flags(repo_root):
     assert cfg.input == ["s3://b/corpus"] and cfg.cross_document is False
     args = build_parser().parse_args(["prepare", "--input", "[a, b]", "--output", "o"])
     assert config_from_args(PrepareConfig, args).input == ["a", "b"]
+    # globs and numbers-as-names are plain strings, not YAML
+    args = build_parser().parse_args(["prepare", "--input", "*.jsonl", "--output", "o"])
+    assert config_from_args(PrepareConfig, args).input == ["*.jsonl"]
 
 
 def test_bad_values_are_rejected():
