@@ -75,6 +75,10 @@ class Skipped:
 Record = Document | DeadLetter | Skipped
 
 
+# A book paragraph is held whole until its end; past this size it is handed on in pieces.
+MAX_PIECE_CHARS = 1 << 20
+
+
 class BadInputError(ValueError):
     """Raised in ``--strict`` mode for the first bad record."""
 
@@ -220,16 +224,20 @@ def _decode(line: bytes, source: str, offset: int) -> str | DeadLetter:
         return DeadLetter(source, offset, "undecodable_utf8", f"{e.reason} at byte {e.start}")
 
 
-def read_text(f: IO[bytes], source: str, max_line_bytes: int) -> Iterator[Record]:
+def read_text(
+    f: IO[bytes], source: str, max_line_bytes: int, max_piece_chars: int = MAX_PIECE_CHARS
+) -> Iterator[Record]:
     """A plain-text book: one file is one document; blank lines separate paragraphs.
 
-    Each paragraph is one record (its lines joined by spaces). A bad line (undecodable, too
-    long) is dead-lettered on its own and the paragraph around it keeps its other lines.
+    Each paragraph is one record (its lines joined by spaces); a paragraph longer than
+    ``max_piece_chars`` (a book without blank lines) is cut at a line end into several records,
+    which tokenizes the same since a line end is whitespace. A bad line (undecodable, too long)
+    is dead-lettered on its own and the paragraph around it keeps its other lines.
     """
     doc_id = posixpath.basename(source)
     started = False
     para: list[str] = []
-    para_offset = 0
+    para_offset = para_chars = 0
     for offset, line, dead in _read_lines(f, source, max_line_bytes):
         if dead is not None:
             yield dead
@@ -241,9 +249,11 @@ def read_text(f: IO[bytes], source: str, max_line_bytes: int) -> Iterator[Record
             continue
         if text.strip():
             if not para:
-                para_offset = offset
+                para_offset, para_chars = offset, 0
             para.append(text.strip())
-            continue
+            para_chars += len(para[-1]) + 1
+            if para_chars < max_piece_chars:
+                continue
         if para:
             yield Document(source, para_offset, doc_id, " ".join(para), continues=started)
             started, para = True, []

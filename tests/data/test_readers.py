@@ -129,3 +129,14 @@ def test_list_inputs_walks_folders_and_globs(good_corpus, tmp_path):
     )
     with pytest.raises(FileNotFoundError):
         list_inputs([str(tmp_path / "nope")])
+
+
+def test_book_without_blank_lines_is_streamed_in_bounded_pieces():
+    lines = [f"line {i} of a book that never has a blank line" for i in range(2000)]
+    data = ("\n".join(lines) + "\n").encode()
+    recs = list(read_text(io.BytesIO(data), "wall.txt", 1 << 20, max_piece_chars=10_000))
+    assert len(recs) > 5 and all(isinstance(r, Document) for r in recs)
+    assert all(len(r.text) < 10_000 + 100 for r in recs)
+    assert [r.continues for r in recs] == [False] + [True] * (len(recs) - 1)
+    assert " ".join(r.text for r in recs) == " ".join(lines)
+    assert data[recs[1].offset :].startswith(b"line ")
