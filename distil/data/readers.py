@@ -23,6 +23,7 @@ import json
 import posixpath
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -108,8 +109,10 @@ def list_inputs(urls: list[str], fmt: str = "auto") -> list[str]:
         fs, path = storage.get_fs(url)
         prefix = url.split("://", 1)[0] + "://" if "://" in url else ""
         if any(ch in path for ch in "*?["):
-            found = sorted(fs.glob(path))
+            entries = fs.glob(path, detail=True)
+            found = sorted(p for p, info in entries.items() if info.get("type") != "directory")
         elif fs.isdir(path):
+            # one listing call, files only (no per-file request on object storage)
             found = sorted(p for p in fs.find(path) if not _hidden(posixpath.relpath(p, path)))
             if fmt == "auto":
                 found = [p for p in found if detect_format(p)]
@@ -117,12 +120,12 @@ def list_inputs(urls: list[str], fmt: str = "auto") -> list[str]:
             found = [path]
         else:
             raise FileNotFoundError(f"input {storage.redact(url)} does not exist")
-        out.extend(prefix + p if prefix else p for p in found if not fs.isdir(p))
+        out.extend(prefix + p if prefix else p for p in found)
     if not out:
         raise FileNotFoundError(f"no input files under {[storage.redact(u) for u in urls]}")
-    dupes = {u for u in out if out.count(u) > 1}
+    dupes = sorted(u for u, n in Counter(out).items() if n > 1)
     if dupes:
-        raise ValueError(f"input files listed twice: {sorted(dupes)[:5]}")
+        raise ValueError(f"input files listed twice: {dupes[:5]}")
     return out
 
 

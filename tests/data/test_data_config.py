@@ -40,3 +40,10 @@ def test_bad_values_are_rejected():
         PrepareConfig(input=[], output="y")
     with pytest.raises(ValidationError):
         PrepareConfig(input="x", output="y", unknown=1)
+
+
+def test_cli_registry_names_resolve():
+    from distil.cli import STAGES, SUBGROUPS, _load
+
+    for ref in (*STAGES["prepare"][1:], *SUBGROUPS["data"]["samples"][1:]):
+        assert callable(_load(ref))

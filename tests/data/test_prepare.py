@@ -181,3 +181,13 @@ def test_literal_special_token_text_stays_text(tmp_path):
     row = ids[0, : lengths[0]].tolist()
     assert row[0] == sp["cls"] and row[-1] == sp["sep"]
     assert not set(row[1:-1]) & {sp["cls"], sp["sep"], sp["mask"], sp["pad"]}
+
+
+def test_progress_is_logged_with_rates(good_corpus, tmp_path, caplog):
+    import logging
+
+    root, _ = good_corpus
+    with caplog.at_level(logging.INFO, logger="distil.prepare"):
+        run_serial(PrepareConfig(input=str(root / "news.jsonl"), output=str(tmp_path / "o")))
+    done = [r.getMessage() for r in caplog.records if "news.jsonl -> shard-00000" in r.getMessage()]
+    assert len(done) == 1 and "tokens/s" in done[0] and "40 docs" in done[0]
