@@ -1,0 +1,233 @@
+"""Small corpora generated in code for the stage 1 tests (no fixture files in the repo).
+
+``write_good_corpus`` writes one input shard of each format (wiki XML .bz2 with redirects and
+other namespaces, two plain-text books, JSONL, Parquet) and returns what a correct reader must
+yield from each. ``write_bad_corpus`` writes the bad inputs of issue 3 with the dead letters
+they must produce.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "river",
+    "mountain",
+    "valley",
+    "history",
+    "science",
+    "music",
+    "language",
+    "algorithm",
+    "computer",
+    "anarchism",
+    "philosophy",
+    "economy",
+    "garden",
+    "winter",
+    "summer",
+    "village",
+    "captain",
+    "letter",
+    "sister",
+    "morning",
+    "evening",
+    "journey",
+    "question",
+    "answer",
+    "number",
+    "theory",
+    "unbelievable",
+    "Zürich",
+    "café",
+    "naïve",
+    "résumé",
+    "1984",
+    "3.14",
+    "don't",
+    "it's",
+    "(parenthesis)",
+    '"quoted"',
+    "semi-colon;",
+    "comma,",
+]
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def paragraph(rng: random.Random, sentences: int) -> str:
+    return " ".join(sentence(rng, rng.randint(4, 18)) for _ in range(sentences))
+
+
+def wiki_page(title: str, ns: int, page_id: int, text: str, redirect: str | None = None) -> str:
+    red = f'<redirect title="{redirect}" />' if redirect else ""
+    esc = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        f"<page><title>{title}</title><ns>{ns}</ns><id>{page_id}</id>{red}"
+        f'<revision><id>{page_id}0</id><text xml:space="preserve">{esc}</text></revision></page>\n'
+    )
+
+
+def wiki_xml(pages: list[str]) -> bytes:
+    head = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">\n'
+        "<siteinfo><sitename>Wikipedia</sitename></siteinfo>\n"
+    )
+    return (head + "".join(pages) + "</mediawiki>\n").encode()
+
+
+# Wikitext with every construct the reader must drop or unwrap, and the prose it must keep.
+ARTICLE_1 = (
+    "{{Infobox person|name=Ada|born=1815}}\n"
+    "'''Ada Lovelace''' was an English [[mathematician]] and [[Writer|writer]].<ref>Some "
+    "citation text</ref>\n\n"
+    "== Early life ==\n"
+    "She was born in [[London]].[[File:Ada.jpg|thumb|A portrait caption]]\n\n"
+    '{| class="wikitable"\n|-\n| tablecell1 || tablecell2\n|}\n\n'
+    "[[Category:Mathematicians]]"
+)
+ARTICLE_1_KEEP = ["Ada Lovelace", "mathematician", "writer", "Early life", "born in London"]
+ARTICLE_1_DROP = ["Infobox", "citation", "portrait caption", "tablecell", "Mathematicians", "{{"]
+
+
+def write_good_corpus(root: Path, seed: int = 0, scale: int = 1) -> dict[str, list[str]]:
+    """Write the corpus; returns, per file name, the document texts a reader must yield (for the
+    wiki file only the prose of article 1 is checked by keyword, so it maps to titles)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, list[str]] = {}
+
+    pages = [
+        wiki_page("Ada Lovelace", 0, 1, ARTICLE_1),
+        wiki_page("AccessibleComputing", 0, 2, "#REDIRECT [[Computer accessibility]]", "CA"),
+        wiki_page("Wikipedia:About", 4, 3, "Project page text that must not appear."),
+        wiki_page("Talk:Ada", 1, 4, "Talk page text that must not appear."),
+    ]
+    for i in range(3 * scale):
+        body = "\n\n".join(paragraph(rng, 3) for _ in range(3))
+        pages.append(wiki_page(f"Article {i}", 0, 10 + i, "{{stub}}\n" + body))
+    (root / "wiki").mkdir(exist_ok=True)
+    (root / "wiki" / "enwiki-test-pages-articles1.xml-p1p30.bz2").write_bytes(
+        bz2.compress(wiki_xml(pages))
+    )
+    expected["wiki/enwiki-test-pages-articles1.xml-p1p30.bz2"] = ["Ada Lovelace"] + [
+        f"Article {i}" for i in range(3 * scale)
+    ]
+
+    (root / "books").mkdir(exist_ok=True)
+    for b in range(2):
+        paras = [paragraph(rng, rng.randint(1, 6)) for _ in range(8 * scale)]
+        # hard-wrapped lines inside paragraphs, several blank lines between some of them
+        text = "\n\n\n".join("\n".join(_wrap(p, 60)) for p in paras) + "\n"
+        (root / "books" / f"book-{b}.txt").write_text(text)
+        expected[f"books/book-{b}.txt"] = [" ".join(paras)]
+
+    docs = [paragraph(rng, rng.randint(1, 5)) for _ in range(40 * scale)]
+    (root / "news.jsonl").write_text(
+        "".join(json.dumps({"id": f"n{i}", "text": d}) + "\n" for i, d in enumerate(docs))
+    )
+    expected["news.jsonl"] = docs
+
+    pdocs = [paragraph(rng, rng.randint(1, 5)) for _ in range(30 * scale)]
+    pq.write_table(
+        pa.table({"id": [f"p{i}" for i in range(len(pdocs))], "text": pdocs}),
+        root / "reviews.parquet",
+    )
+    expected["reviews.parquet"] = pdocs
+    return expected
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, cur = [], ""
+    for w in text.split(" "):
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    return lines + ([cur] if cur else [])
+
+
+def write_bad_corpus(root: Path, seed: int = 1) -> dict[str, dict]:
+    """Bad inputs; returns per file: good documents' texts and the dead-letter reasons expected
+    (in order), plus the number of input records."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, dict] = {}
+
+    good = [paragraph(rng, 2) for _ in range(5)]
+    lines = [
+        json.dumps({"text": good[0]}).encode(),
+        b'{"text": "unterminated',  # malformed JSON
+        json.dumps({"body": "no text field"}).encode(),  # missing text
+        json.dumps({"text": "   "}).encode(),  # empty text
+        json.dumps({"text": good[1]}).encode(),
+        b'{"text": "bad bytes \xff\xfe here"}',  # undecodable
+        json.dumps({"text": "x" * (10 * 1024 * 1024)}).encode(),  # a 10 MB single line
+        json.dumps({"text": good[2]}).encode(),
+        b"[1, 2, 3]",  # not an object
+        json.dumps({"text": 42}).encode(),  # text not a string
+        json.dumps({"text": good[3]}).encode(),
+    ]
+    (root / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    out["bad.jsonl"] = {
+        "docs": [good[0], good[1], good[2], good[3]],
+        "reasons": [
+            "malformed_json",
+            "missing_text",
+            "empty_text",
+            "undecodable_utf8",
+            "line_too_long",
+            "not_an_object",
+            "text_not_string",
+        ],
+        "records": 11,
+    }
+
+    book = f"{good[4]}\n\n".encode() + b"caf\xe9 latin-1 line\n\nlast paragraph here.\n"
+    (root / "bad-book.txt").write_bytes(book)
+    out["bad-book.txt"] = {
+        "docs": [good[4], "last paragraph here."],
+        "reasons": ["undecodable_utf8"],
+        "records": 3,
+    }
+    (root / "empty-book.txt").write_bytes(b"\n\n   \n")
+    out["empty-book.txt"] = {"docs": [], "reasons": ["empty_text"], "records": 1}
+
+    pages = [
+        wiki_page(f"Page {i}", 0, i + 1, "\n\n".join(paragraph(rng, 4) for _ in range(30)))
+        for i in range(40)
+    ]
+    data = bz2.compress(wiki_xml(pages), compresslevel=1)  # 100 kB blocks: the cut leaves some
+    (root / "truncated-pages-articles.xml.bz2").write_bytes(data[: len(data) // 2])
+    out["truncated-pages-articles.xml.bz2"] = {
+        "docs": None,  # some pages survive, how many depends on where the cut falls
+        "reasons": ["truncated_compressed_stream"],
+        "records": None,
+    }
+
+    pq.write_table(
+        pa.table({"text": ["fine parquet row", None, "", "another row"]}), root / "bad.parquet"
+    )
+    out["bad.parquet"] = {
+        "docs": ["fine parquet row", "another row"],
+        "reasons": ["missing_text", "empty_text"],
+        "records": 4,
+    }
+    return out
