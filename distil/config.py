@@ -45,9 +45,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
     group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
     for name, field in cls.model_fields.items():
         typ, _ = _scalar_type(field.annotation)
-        default = field.default if field.default is not ... else None
         help_text = (field.description or "").replace("%", "%%")
-        help_text += f" (default: {default!r})"
+        if field.is_required():
+            help_text += " (required)"
+        else:
+            help_text += f" (default: {field.get_default(call_default_factory=True)!r})"
         origin = typing.get_origin(field.annotation)
         choices = None
         if origin is typing.Literal:
