@@ -1,0 +1,64 @@
+"""Submit a stage to a Ray cluster exactly as a user would (`ray job submit --working-dir .`).
+
+A step is keyed (``distil_step`` metadata): if a job with the same key is still running — say the
+demo was killed while it ran — we attach to it instead of starting a second writer on the same
+output. Its logs are streamed to our stdout.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+RUNNING = {"PENDING", "RUNNING"}
+
+
+def submit_ray_job(
+    address: str,
+    argv: list[str],
+    working_dir: str | Path,
+    env_vars: dict[str, str],
+    step_key: str,
+    timeout_s: float = 3600,
+) -> tuple[str, str]:
+    """Run ``argv`` (e.g. ``["python", "jobs/prepare.py", ...]``) as a Ray job; wait; raise on
+    failure. Returns the submission id and the job's full log."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    sub_id = None
+    for job in client.list_jobs():
+        meta = job.metadata or {}
+        if meta.get("distil_step") == step_key and str(job.status) in RUNNING:
+            sub_id = job.submission_id
+            print(f"[distil] attaching to running job {sub_id} for {step_key}", flush=True)
+            break
+    if sub_id is None:
+        sub_id = client.submit_job(
+            entrypoint=shlex.join(argv),
+            runtime_env={"working_dir": str(working_dir), "env_vars": env_vars},
+            metadata={"distil_step": step_key},
+            entrypoint_num_cpus=0.25,
+        )
+        print(f"[distil] submitted {sub_id}: {shlex.join(argv)}", flush=True)
+    deadline = time.time() + timeout_s
+    printed = 0
+    while True:
+        status = client.get_job_status(sub_id)
+        logs = client.get_job_logs(sub_id)
+        if len(logs) > printed:
+            sys.stdout.write(logs[printed:])
+            sys.stdout.flush()
+            printed = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        if time.time() > deadline:
+            client.stop_job(sub_id)
+            raise TimeoutError(f"{step_key}: job {sub_id} exceeded {timeout_s}s")
+        time.sleep(1.0)
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(sub_id)
+        raise RuntimeError(f"{step_key}: Ray job {sub_id} {status}: {info.message}")
+    return sub_id, client.get_job_logs(sub_id)

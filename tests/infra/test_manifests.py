@@ -1,0 +1,153 @@
+"""Every file under infra/ is validated here: Kubernetes objects against the upstream schemas
+shipped by ``kubernetes-validate`` (strict), KubeRay objects against infra/schemas plus their pod
+templates against the upstream PodTemplateSpec schema, and every entry point and config a
+manifest names must exist in this repo."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+IMAGE_ROOT = "/home/ray/distil/"  # where infra/docker/Dockerfile puts the repo
+K8S_VERSION = "1.33.0"
+SCHEMAS = {
+    "RayCluster": json.loads((INFRA / "schemas/raycluster.schema.json").read_text()),
+    "RayJob": json.loads((INFRA / "schemas/rayjob.schema.json").read_text()),
+}
+SECRET_KEYS = re.compile(
+    r"(AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|password|token)\s*[:=]\s*\S+", re.I
+)
+
+
+def infra_files() -> list[Path]:
+    return sorted(p for p in INFRA.rglob("*") if p.is_file())
+
+
+def k8s_documents() -> list[tuple[Path, dict]]:
+    docs = []
+    for path in infra_files():
+        if path.suffix in (".yaml", ".yml"):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc:
+                    docs.append((path, doc))
+    return docs
+
+
+def repo_path(p: str) -> Path:
+    assert p.startswith(IMAGE_ROOT), f"{p} is not inside the image's repo copy {IMAGE_ROOT}"
+    return REPO / p.removeprefix(IMAGE_ROOT)
+
+
+def check_pod_template(template: dict) -> None:
+    kubernetes_validate.validate(
+        {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "t"},
+            "template": template,
+        },
+        K8S_VERSION,
+        strict=True,
+    )
+
+
+def check_command(words: list[str]) -> None:
+    """``python <script> ... --config <file>``: script and config must exist in the repo."""
+    assert words[0] == "python", words
+    script = repo_path(words[1])
+    assert script.is_file(), f"entry point {script} does not exist"
+    for i, w in enumerate(words):
+        value = None
+        if w.startswith("--config="):
+            value = w.split("=", 1)[1]
+        elif w == "--config":
+            value = words[i + 1]
+        if value:
+            cfg = repo_path(value)
+            assert cfg.is_file(), f"config {cfg} does not exist"
+            assert isinstance(yaml.safe_load(cfg.read_text()), dict)
+
+
+def test_every_infra_file_has_a_validator():
+    known = {".yaml", ".json", ".md"}
+    for path in infra_files():
+        assert path.suffix in known or path.name == "Dockerfile", f"no validator for {path}"
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_schemas_are_valid_json_schema(name):
+    jsonschema.Draft202012Validator.check_schema(SCHEMAS[name])
+
+
+@pytest.mark.parametrize(
+    "path,doc", k8s_documents(), ids=lambda x: x.name if isinstance(x, Path) else x.get("kind")
+)
+def test_manifest(path, doc):
+    kind = doc.get("kind")
+    text = "\n".join(x for x in path.read_text().splitlines() if not x.lstrip().startswith("#"))
+    assert not SECRET_KEYS.search(text), f"{path} contains a credential literal"
+    if kind in SCHEMAS:
+        jsonschema.validate(doc, SCHEMAS[kind])
+    if kind == "RayCluster":
+        spec = doc["spec"]
+        assert spec["rayVersion"] == _locked("ray")
+        check_pod_template(spec["headGroupSpec"]["template"])
+        for group in spec.get("workerGroupSpecs", []):
+            check_pod_template(group["template"])
+            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    elif kind == "RayJob":
+        spec = doc["spec"]
+        check_command(shlex.split(spec["entrypoint"]))
+        assert isinstance(yaml.safe_load(spec.get("runtimeEnvYAML", "{}")), dict)
+        if "clusterSelector" in spec:
+            clusters = [d for _, d in k8s_documents() if d.get("kind") == "RayCluster"]
+            names = {c["metadata"]["name"] for c in clusters}
+            assert spec["clusterSelector"]["ray.io/cluster"] in names
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        if kind == "CronJob":
+            container = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+            check_command(container["command"] + container.get("args", []))
+
+
+def test_each_ray_stage_has_a_rayjob():
+    entry = {
+        Path(shlex.split(d["spec"]["entrypoint"])[1]).name
+        for _, d in k8s_documents()
+        if d.get("kind") == "RayJob"
+    }
+    assert {"prepare.py", "teacher_logits.py", "distil.py", "finetune.py"} <= entry
+
+
+def _locked(name: str) -> str:
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==", 1)[1].split("+")[0]
+    raise AssertionError(f"{name} not in requirements.lock")
+
+
+def test_dockerfile_matches_lock_and_copies_existing_paths():
+    text = (INFRA / "docker/Dockerfile").read_text()
+    m = re.search(r"rayproject/ray:([0-9.]+)-py(\d)(\d+)", text)
+    assert m and m.group(1) == _locked("ray") and f"{m.group(2)}.{m.group(3)}" == "3.11"
+    for line in text.splitlines():
+        if line.startswith("COPY"):
+            for src in line.split()[1:-1]:
+                if not src.startswith("--"):
+                    assert (REPO / src).exists(), f"Dockerfile copies missing {src}"
+
+
+def test_markdown_files_name_real_commands():
+    for path in infra_files():
+        if path.suffix == ".md":
+            for cmd in re.findall(r"`distil stack (\w+)`", path.read_text()):
+                assert cmd in {"up", "down", "status", "env"}, cmd
