@@ -21,7 +21,7 @@ with contextlib.suppress(ModuleNotFoundError):  # run as a script: repo root ont
 
 from distil import storage
 from distil.config import parse_job_args
-from distil.teacher.build import ShardWorker, finalize, plan_cache, unit_name
+from distil.teacher.build import ShardWorker, check_compatible, finalize, plan_cache, unit_name
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 
@@ -48,6 +48,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     # Load once here: fail fast on a headless checkpoint, and the weights hash is the cache key.
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle, require_mlm_head=True)
     plan = plan_cache(cfg, teacher.weights_sha256)
+    check_compatible(teacher.model.config, plan.prepared)
     del teacher
     summary: dict[str, Any] = {"cache_url": plan.url, "key": plan.key}
     if plan.committed:

@@ -52,6 +52,20 @@ def plan_cache(cfg: LogitsConfig, teacher_sha256: str) -> CachePlan:
     return CachePlan(key, url, prepared, teacher_sha256, tasks)
 
 
+def check_compatible(model_config: Any, prepared: dict[str, Any]) -> None:
+    """Refuse a teacher that cannot read the prepared ids (wrong vocab or too short)."""
+    if prepared["vocab_size"] > model_config.vocab_size:
+        raise ValueError(
+            f"the prepared data has vocab_size {prepared['vocab_size']} but the teacher only "
+            f"{model_config.vocab_size}: it was tokenized with a different tokenizer"
+        )
+    max_pos = getattr(model_config, "max_position_embeddings", None)
+    if max_pos is not None and prepared["seq_len"] > max_pos:
+        raise ValueError(
+            f"seq_len {prepared['seq_len']} exceeds the teacher's max_position_embeddings {max_pos}"
+        )
+
+
 def target_bytes(parquet_bytes: bytes) -> int:
     """Compressed bytes of the sparse-target columns (what a position costs, without the input)."""
     md = pq.ParquetFile(pa.BufferReader(parquet_bytes)).metadata
@@ -90,6 +104,7 @@ class ShardWorker:
             raise RuntimeError(
                 f"teacher {self.cfg.teacher} changed during the run (weights hash differs)"
             )
+        check_compatible(teacher.model.config, prepared)
         self.model = teacher.model.to(device)
         self.masking = MaskingParams.from_config(self.cfg.masking(), prepared)
         self.sparsity = self.cfg.sparsity_spec()
@@ -198,10 +213,16 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
 def finalize(plan: CachePlan, cfg: LogitsConfig) -> dict[str, Any]:
     """Commit the cache once every shard has its marker; returns the manifest."""
     markers = []
-    for task in plan.shard_tasks:
+    for task, entry in zip(plan.shard_tasks, plan.prepared["files"], strict=True):
         m = storage.read_marker(plan.url, unit_name(task["name"]))
         if m is None:
             raise RuntimeError(f"shard {task['name']} has no completion marker; not committing")
+        # row accounting: every input sequence is in the cache, `copies` times
+        if m["sequences"] != entry["rows"] or m["rows"] != entry["rows"] * cfg.copies:
+            raise RuntimeError(
+                f"{task['name']}: {m['sequences']} sequences / {m['rows']} rows cached, but the "
+                f"input has {entry['rows']} sequences x {cfg.copies} copies; not committing"
+            )
         markers.append(m)
     manifest = build_manifest(plan, cfg, markers)
     storage.commit(plan.url, manifest)
