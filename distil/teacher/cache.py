@@ -194,13 +194,10 @@ class TeacherCache:
         total = sum(len(r) for _, r in order)
         per_rank = total // world_size
         # Global position g goes to rank g % world_size; keep this rank's first per_rank rows.
-        plan: list[tuple[int, int]] = []  # (file index, row) for this rank, in order
-        g = 0
-        for fi, rows in order:
-            for r in rows:
-                if g % world_size == rank and len(plan) < per_rank:
-                    plan.append((fi, int(r)))
-                g += 1
+        files = np.concatenate([np.full(len(r), fi) for fi, r in order] or [np.zeros(0, int)])
+        rows = np.concatenate([r for _, r in order] or [np.zeros(0, int)])
+        mine = np.arange(rank, per_rank * world_size, world_size)
+        plan = list(zip(files[mine].tolist(), rows[mine].tolist(), strict=True))
         loaded: tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
         for start in range(0, len(plan), batch_size):
             chunk = plan[start : start + batch_size]
