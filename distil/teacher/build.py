@@ -82,6 +82,27 @@ def unit_name(shard_name: str) -> str:
     return shard_name.removesuffix(".parquet")
 
 
+class _Progress:
+    """Prints rows done / rate every ``every_s`` seconds (Ray forwards actor stdout)."""
+
+    def __init__(self, name: str, total: int, every_s: float = 30.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+
+    def __call__(self, rows: int) -> None:
+        self.done += rows
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            rate = self.done / (now - self.t0)
+            print(
+                f"{self.name}: {self.done}/{self.total} rows, {rate:.1f} rows/s, "
+                f"eta {(self.total - self.done) / max(rate, 1e-9):.0f}s",
+                flush=True,
+            )
+
+
 class ShardWorker:
     """Holds one teacher replica; ``__call__`` turns one input shard into one cache shard."""
 
@@ -121,7 +142,13 @@ class ShardWorker:
         table = shards.read_table(task["input"])
         t0 = time.perf_counter()
         out, stats = compute_shard(
-            self.model, table, self.masking, self.sparsity, self.cfg.batch_size, self.pad_id
+            self.model,
+            table,
+            self.masking,
+            self.sparsity,
+            self.cfg.batch_size,
+            self.pad_id,
+            progress=_Progress(task["name"], table.num_rows * self.masking.copies),
         )
         buf = io.BytesIO()
         shards.write_table(out, buf)
