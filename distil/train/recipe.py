@@ -113,15 +113,16 @@ class DistilRecipe:
             if cfg.alpha_cos > 0 and self.rank == 0:
                 log.info("alpha_cos=%s ignored: the cosine loss needs mode=online", cfg.alpha_cos)
         if need_teacher:
-            teacher, _ = load_teacher_model(
+            teacher, self.tokenizer = load_teacher_model(
                 teacher_ref(cfg), os.path.join(self.work_dir, "teacher")
             )
         if checkpoint_dir is None:
             student = build_student(teacher, cfg.student_layers)
         else:
-            student = BertForMaskedLM.from_pretrained(
-                os.path.join(checkpoint_dir, STUDENT_DIR), use_safetensors=True
-            )
+            student_dir = os.path.join(checkpoint_dir, STUDENT_DIR)
+            student = BertForMaskedLM.from_pretrained(student_dir, use_safetensors=True)
+            if not need_teacher:
+                self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
         if cfg.mode == "online":
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.student = student.to(self.device).train()
@@ -402,8 +403,11 @@ class DistilRecipe:
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self, directory: str) -> None:
-        """Student as an HF dir + optimizer/scheduler/position (+ metrics so far)."""
-        self.student.save_pretrained(os.path.join(directory, STUDENT_DIR), safe_serialization=True)
+        """Student as a complete HF dir (weights + tokenizer) + optimizer/scheduler/data position
+        (+ metrics so far)."""
+        student_dir = os.path.join(directory, STUDENT_DIR)
+        self.student.save_pretrained(student_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(student_dir)
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),

@@ -1,0 +1,159 @@
+"""Stage 3: distil a student from the teacher cache with Ray Train (DDP over N workers).
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python jobs/distil.py --config configs/distil/default.yaml --cache s3://distil/cache/KEY
+
+or ``python jobs/distil.py …`` with RAY_ADDRESS unset (embedded local Ray). Checkpoints go to
+``storage_path/run_name``; resubmitting the same run name resumes from its latest checkpoint
+(Ray Train restores it from the run's snapshot in storage), and a finished run does no steps.
+The student is exported (HF dir + tokenizer + metrics.json, committed with a manifest) to
+``output``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import _bootstrap  # noqa: F401
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from distil import storage
+from distil.config import parse_job_args
+from distil.train.config import DistilConfig
+from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
+
+log = logging.getLogger("distil.jobs.distil")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker = one DDP rank (the process group is already set up by Ray)."""
+    _setup_logging()
+    cfg = DistilConfig.model_validate(config)
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    recipe = DistilRecipe(
+        cfg,
+        rank=rank,
+        world_size=world_size,
+        device=ray.train.torch.get_device(),
+        work_dir=tempfile.mkdtemp(prefix="distil-"),
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        recipe.setup(None)
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            recipe.setup(ckpt_dir)
+        log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
+
+    def report(step: int, metrics: dict[str, Any], save: bool) -> None:
+        scalars = {k: v for k, v in metrics.items() if k != "eval_history"}
+        scalars.update(start_step=recipe.start_step, pid=os.getpid())
+        if save and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                recipe.save_checkpoint(tmp)
+                ray.train.report(
+                    scalars,
+                    checkpoint=Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"step-{step:08d}",
+                )
+        else:
+            ray.train.report(scalars)
+
+    recipe.train(report)
+
+
+def build_trainer(cfg: DistilConfig) -> TorchTrainer:
+    fs, path = storage.arrow_filesystem(cfg.storage_path)
+    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.model_dump(),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+
+
+def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
+    """Copy the final checkpoint's student (HF dir + tokenizer) and metrics.json to
+    ``cfg.output`` and commit it; a committed export of the same run and step is kept as is."""
+    with checkpoint.as_directory() as ckpt_dir:
+        with open(os.path.join(ckpt_dir, METRICS)) as f:
+            metrics = json.load(f)
+        fp = storage.fingerprint([cfg.model_dump(), metrics["step"]])
+        if storage.is_committed(cfg.output):
+            old = storage.read_manifest(cfg.output)
+            if old.get("fingerprint") == fp:
+                log.info("export already committed at %s", storage.redact(cfg.output))
+                return old
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(os.path.join(ckpt_dir, STUDENT_DIR), tmp, dirs_exist_ok=True)
+            with open(os.path.join(tmp, METRICS), "w") as f:
+                json.dump(metrics, f, indent=2)
+            names = sorted(os.listdir(tmp))
+            storage.upload_dir(tmp, cfg.output)
+    manifest = {
+        "kind": "student",
+        "files": names,
+        "fingerprint": fp,
+        "step": metrics["step"],
+        "run": {"storage_path": storage.redact(cfg.storage_path), "name": cfg.run_name},
+        "metrics": {k: v for k, v in metrics.items() if k != "eval_history"},
+    }
+    storage.commit(cfg.output, manifest)
+    log.info("exported student to %s", storage.redact(cfg.output))
+    return manifest
+
+
+def run(cfg: DistilConfig) -> dict[str, Any]:
+    """Train (or resume) with Ray Train, export the student, return a JSON-able summary."""
+    _setup_logging()
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS set (ray job submit) -> that cluster, else embedded local Ray
+    result = build_trainer(cfg).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
+    manifest = export_student(result.checkpoint, cfg)
+    return {
+        "output": storage.redact(cfg.output),
+        "checkpoint": result.checkpoint.path,
+        "last_report": result.metrics,
+        "metrics": manifest["metrics"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_job_args(DistilConfig, __doc__.splitlines()[0], argv)
+    summary = run(cfg)
+    print("DISTIL", json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
