@@ -1,0 +1,109 @@
+"""Configs of the teacher stage: ``distil logits`` (cache sparse teacher logits) and
+``distil teacher adapt`` (give a headless encoder an MLM head)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distil.config import StageConfig
+from distil.packaged import PACKAGED_TEACHER
+from distil.teacher.masking import MASKING_VERSION
+
+
+class LogitsConfig(StageConfig):
+    input: str = Field(description="URL of a committed prepared dataset (stage 1 output)")
+    cache_root: str = Field(
+        description="URL under which caches live; this run's cache is <cache_root>/<key>/"
+    )
+    teacher: str = Field(
+        description="teacher checkpoint: HF BertForMaskedLM dir (path or fsspec URL) or "
+        "packaged:NAME; must have an MLM head (see `distil teacher adapt`)"
+    )
+    allow_pickle: bool = Field(
+        False, description="allow loading pickle .bin weights (unsafe: runs code from the file)"
+    )
+    seed: int = Field(0, description="masking seed; with (seq_id, copy) it fixes every choice")
+    copies: int = Field(1, ge=1, le=255, description="masked copies per sequence (dup factor)")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="fraction of maskable tokens chosen")
+    mask_token_frac: float = Field(0.8, ge=0, le=1, description="chosen -> [MASK]")
+    random_token_frac: float = Field(0.1, ge=0, le=1, description="chosen -> random token")
+    mlm_smoothing: float = Field(
+        0.7,
+        ge=0,
+        description="DistilBERT smoothing: choose positions with prob ~ count**-s "
+        "(manifest token_counts); 0 = uniform",
+    )
+    sparsity: Literal["topk", "sampled"] = Field(
+        "topk",
+        description="topk: k highest log-probs; sampled: k draws from the teacher "
+        "distribution, stored as unique ids + counts (unbiased, Anshumann et al. 2025)",
+    )
+    k: int = Field(8, ge=1, le=255, description="top-k size, or number of draws when sampled")
+    sample_temperature: float = Field(
+        1.0, gt=0, description="temperature of the sampling distribution (sampled mode)"
+    )
+    batch_size: int = Field(64, ge=1, description="sequences per teacher forward pass")
+    num_actors: int = Field(1, ge=1, description="teacher replicas (Ray actor pool size)")
+    num_cpus_per_actor: float = Field(
+        0.5, gt=0, description="logical CPUs per CPU actor (keep < cores so readers schedule)"
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads per CPU actor (0: torch default)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: one GPU per actor when the cluster has GPUs, else CPU"
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> LogitsConfig:
+        if self.mask_token_frac + self.random_token_frac > 1:
+            raise ValueError("mask_token_frac + random_token_frac must be <= 1")
+        return self
+
+    def masking(self) -> dict[str, Any]:
+        """The masking config as it enters the cache key."""
+        return {
+            "version": MASKING_VERSION,
+            "seed": self.seed,
+            "copies": self.copies,
+            "mask_prob": self.mask_prob,
+            "mask_token_frac": self.mask_token_frac,
+            "random_token_frac": self.random_token_frac,
+            "mlm_smoothing": self.mlm_smoothing,
+        }
+
+    def sparsity_spec(self) -> dict[str, Any]:
+        """The sparsity config as it enters the cache key (and the manifest)."""
+        spec: dict[str, Any] = {"mode": self.sparsity, "k": self.k}
+        if self.sparsity == "sampled":
+            spec["temperature"] = self.sample_temperature
+        return spec
+
+
+class AdaptConfig(StageConfig):
+    input: str = Field(description="URL of a committed prepared dataset to train on")
+    output: str = Field(description="URL for the adapted HF BertForMaskedLM directory")
+    teacher: str = Field(
+        PACKAGED_TEACHER, description="checkpoint to adapt (encoder; an MLM head is optional)"
+    )
+    allow_pickle: bool = Field(False, description="allow loading pickle .bin weights (unsafe)")
+    token_budget: int = Field(
+        300_000, ge=1, description="stop after this many input tokens (non-padding) were trained"
+    )
+    batch_size: int = Field(16, ge=1, description="sequences per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="peak AdamW learning rate (head and encoder)")
+    warmup_frac: float = Field(0.06, ge=0, lt=1, description="linear warm-up fraction")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="fraction of maskable tokens masked")
+    seed: int = Field(0, description="seed for masking, shuffling and head initialisation")
+    heldout_fraction: float = Field(
+        0.05, gt=0, lt=1, description="held-out split by seq_id (distil.data.shards.is_heldout)"
+    )
+    eval_sequences: int = Field(256, ge=1, description="held-out sequences to evaluate on")
+    max_seq_len: int = Field(
+        128, ge=8, description="train on at most this many tokens per sequence (speed on CPU)"
+    )
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch default)")
+    log_every: int = Field(10, ge=1, description="log loss every N steps")

@@ -1,0 +1,163 @@
+"""Load a teacher checkpoint: any HF BERT-family masked-LM directory, from a path, an fsspec URL
+or a ``packaged:`` reference.
+
+Remote checkpoints are copied once into ``$DISTIL_HOME/cache/models/<hash of URL + listing>``.
+Only safetensors weights load by default: a pickle ``.bin`` can run arbitrary code when
+unpickled, so it needs an explicit ``allow_pickle``. The SHA-256 of the weights is returned,
+because it (not the URL) is what identifies a teacher in cache keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distil import storage
+from distil.packaged import resolve_model_ref
+from distil.stack import distil_home
+
+log = logging.getLogger(__name__)
+
+# Parameter-name prefixes of the masked-LM head per architecture family.
+HEAD_PREFIXES = ("cls.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
+
+
+class MissingMLMHeadError(ValueError):
+    """The checkpoint has an encoder but no trained masked-LM head."""
+
+
+@dataclass
+class LoadedTeacher:
+    model: Any  # a *ForMaskedLM in eval mode (BertForMaskedLM for BERT checkpoints)
+    tokenizer: Any
+    local_dir: str
+    weights_sha256: str
+    missing_keys: list[str] = field(default_factory=list)
+
+    @property
+    def has_mlm_head(self) -> bool:
+        """False when the head's weights were not in the checkpoint (randomly initialised)."""
+        return not any(k.startswith(HEAD_PREFIXES) for k in self.missing_keys)
+
+
+def _local_copy(url: str) -> str:
+    """A local directory with the checkpoint at ``url`` (copied once, atomically)."""
+    if storage.protocol_of(url) == "file":
+        path = storage.get_fs(url)[1]
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"teacher checkpoint {url} is not a directory")
+        return path
+    fs, path = storage.get_fs(url)
+    listing = sorted(
+        (posixpath.relpath(p, path), info.get("size"), str(info.get("ETag", "")))
+        for p, info in fs.find(path, detail=True).items()
+    )
+    if not listing:
+        raise FileNotFoundError(f"teacher checkpoint {storage.redact(url)} is empty or missing")
+    dest = distil_home() / "cache" / "models" / storage.fingerprint([url, listing])
+    if (dest / ".complete").exists():
+        return str(dest)
+    tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    log.info("copying teacher %s -> %s", storage.redact(url), dest)
+    storage.copy_dir_to_local(url, str(tmp))
+    (tmp / ".complete").write_text("ok\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return str(dest)
+
+
+def weights_sha256(local_dir: str) -> str:
+    """SHA-256 over the weight files (names and contents) and config.json of a checkpoint."""
+    h = hashlib.sha256()
+    names = sorted(
+        n
+        for n in os.listdir(local_dir)
+        if n.endswith((".safetensors", ".bin")) or n == "config.json"
+    )
+    for name in names:
+        h.update(name.encode() + b"\0")
+        h.update(storage.sha256_url(os.path.join(local_dir, name)).encode())
+    return h.hexdigest()
+
+
+def load_teacher(
+    url: str, allow_pickle: bool = False, *, require_mlm_head: bool = False
+) -> LoadedTeacher:
+    """Load a masked-LM teacher from ``url`` (path, fsspec URL or ``packaged:NAME``).
+
+    ``require_mlm_head``: raise ``MissingMLMHeadError`` when the head was not in the checkpoint
+    (its logits would be noise); otherwise ``has_mlm_head`` reports it.
+    """
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    local_dir = _local_copy(resolve_model_ref(url))
+    files = os.listdir(local_dir)
+    has_safetensors = any(f.endswith(".safetensors") for f in files)
+    has_pickle = any(f.endswith(".bin") for f in files)
+    if not has_safetensors:
+        if not has_pickle:
+            raise FileNotFoundError(f"no model weights (*.safetensors) in {url}")
+        if not allow_pickle:
+            raise ValueError(
+                f"{url} has only pickle weights (.bin); pickle can execute code when loaded. "
+                "Convert to safetensors, or pass --allow-pickle if you trust the source."
+            )
+    if not Path(local_dir, "config.json").exists():
+        raise FileNotFoundError(f"no config.json in {url}: not a Hugging Face checkpoint dir")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # we report missing keys ourselves, precisely
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            local_dir, output_loading_info=True, use_safetensors=has_safetensors
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(local_dir)
+    teacher = LoadedTeacher(
+        model=model,
+        tokenizer=tokenizer,
+        local_dir=local_dir,
+        weights_sha256=weights_sha256(local_dir),
+        missing_keys=sorted(info["missing_keys"]),
+    )
+    if not teacher.has_mlm_head:
+        msg = (
+            f"{url} has no trained masked-LM head (missing: "
+            f"{', '.join(k for k in teacher.missing_keys if k.startswith(HEAD_PREFIXES))}); its "
+            "logits would be noise. Train one first: `distil teacher adapt --teacher "
+            f"{url} --input <prepared> --output <url>`, then use --teacher <url>."
+        )
+        if require_mlm_head:
+            raise MissingMLMHeadError(msg)
+        log.warning(msg)
+    return teacher
+
+
+def mlm_parts(model: Any) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """(encoder, head) of a masked-LM model: ``encoder(input_ids, attention_mask)`` gives hidden
+    states; ``head(hidden [N, H])`` gives vocab logits [N, V] for just those rows."""
+    mtype = model.config.model_type
+    if hasattr(model, "cls"):  # BERT family (bert, and models reusing BertOnlyMLMHead)
+        return model.base_model, model.cls
+    if hasattr(model, "lm_head"):  # RoBERTa family
+        return model.base_model, model.lm_head
+    if mtype == "distilbert":
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            h = model.vocab_layer_norm(model.activation(model.vocab_transform(h)))
+            return model.vocab_projector(h)
+
+        return model.base_model, head
+    raise ValueError(f"unsupported masked-LM architecture {mtype!r} (BERT family expected)")
