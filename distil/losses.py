@@ -42,6 +42,27 @@ def kd_topk(
     return t * t * kl.mean() if kl.numel() else student_logits.sum() * 0.0
 
 
+def kl_coarse(
+    student_logits: torch.Tensor, target_ids: torch.Tensor, target_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher || student) at T = 1 between the two distributions coarsened to
+    ``{K cached ids, everything else}``, averaged over positions (an evaluation metric).
+
+    Uses the cached (full-vocabulary) teacher log-probs as they are, so it is 0 when the student
+    equals the teacher, never exceeds the full KL (log-sum inequality), and equals it at K = vocab.
+    The renormalised ``kd_topk`` cannot serve here: a flat teacher's top-k renormalised is far
+    from the teacher itself.
+    """
+    log_p = target_logprobs.float()
+    log_q = F.log_softmax(student_logits.float(), dim=-1).gather(-1, target_ids)
+    p = log_p.exp()
+    support = (p * (log_p - log_q)).nan_to_num(0.0).sum(-1)
+    p_rest = (1.0 - p.sum(-1)).clamp_min(1e-12)
+    q_rest = (1.0 - log_q.exp().masked_fill(p == 0, 0.0).sum(-1)).clamp_min(1e-12)
+    kl = support + p_rest * (p_rest.log() - q_rest.log())
+    return kl.mean() if kl.numel() else student_logits.sum() * 0.0
+
+
 def kd_sampled(
     student_logits: torch.Tensor,
     target_ids: torch.Tensor,

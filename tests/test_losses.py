@@ -130,3 +130,18 @@ def test_cosine_loss_ignores_padding():
     t2[0, 3:] = 99.0  # padding content is irrelevant
     assert losses.cosine_loss(s, t2, mask).item() == pytest.approx(ref.item(), rel=1e-5)
     assert losses.cosine_loss(s, s * 3, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_coarse_is_exact_at_full_support_zero_for_teacher_and_a_lower_bound():
+    g = torch.Generator().manual_seed(5)
+    teacher, student = torch.randn(5, V, generator=g) * 2, torch.randn(5, V, generator=g) * 2
+    logp = torch.log_softmax(teacher, -1)
+    dense = _dense_kl(teacher, student, 1.0).mean().item()
+    full = torch.argsort(logp, -1, descending=True)
+    assert losses.kl_coarse(student, full, logp.gather(-1, full)).item() == pytest.approx(
+        dense, rel=1e-4
+    )
+    top = torch.topk(logp, 4, -1)
+    partial = losses.kl_coarse(student, top.indices, top.values).item()
+    assert 0 <= partial <= dense + 1e-6
+    assert losses.kl_coarse(teacher, top.indices, top.values).item() == pytest.approx(0, abs=1e-5)

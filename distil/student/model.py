@@ -38,6 +38,11 @@ def layer_spread(teacher_layers: int, student_layers: int) -> list[int]:
 def build_student(teacher: BertForMaskedLM, student_layers: int | None = None) -> BertForMaskedLM:
     """A ``BertForMaskedLM`` with ``student_layers`` (default: half the teacher's) copied from the
     teacher's layers at ``layer_spread``; embeddings, pooler and MLM head copied unchanged."""
+    if not isinstance(teacher, BertForMaskedLM):
+        raise TypeError(
+            f"the student recipe copies BERT layers; got a {type(teacher).__name__} teacher "
+            "(use a BertForMaskedLM checkpoint)"
+        )
     n_teacher = teacher.config.num_hidden_layers
     k = student_layers or max(1, n_teacher // 2)
     picked = layer_spread(n_teacher, k)

@@ -62,11 +62,12 @@ class DistilConfig(StageConfig):
     max_grad_norm: float = Field(5.0, gt=0, description="gradient clipping norm")
     bf16: bool = Field(True, description="bf16 autocast on GPU (no effect on CPU)")
     seed: int = Field(0, description="seed for data order, masking and init")
-    heldout_fraction: float | None = Field(
-        None,
-        ge=0,
+    heldout_fraction: float = Field(
+        0.05,
+        gt=0,
         lt=1,
-        description="held-out fraction by seq_id; default: the cache's (or 0.01 online)",
+        description="held-out fraction by seq_id (distil.data.shards.is_heldout); must match "
+        "what the teacher was adapted with so eval is on unseen text",
     )
     # --- evaluation / checkpoints / logging -------------------------------------------------
     eval_every: int = Field(200, ge=1, description="evaluate on the held-out split every N steps")

@@ -53,7 +53,7 @@ class PreparedBatches:
         rank: int = 0,
         world_size: int = 1,
         split: str = "train",
-        heldout_fraction: float = 0.01,
+        heldout_fraction: float = 0.05,
         mlm_probability: float = 0.15,
     ):
         self.manifest = shards.open_prepared(url)

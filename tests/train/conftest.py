@@ -1,76 +1,31 @@
-"""Stage-3 fixtures: a tiny prepared dataset in the stage-1 contract format, built in code."""
+"""Stage-3 fixtures: prepared shards and real teacher caches (see stage3_data.py)."""
 
 from __future__ import annotations
 
-import numpy as np
+import importlib.util
+from pathlib import Path
+
 import pytest
 
-from distil import storage
-from distil.data import shards
-
-SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our city", "the river", "a child"]
-VERBS = ["likes", "sees", "follows", "remembers", "paints", "visits", "describes"]
-OBJECTS = ["the old house", "a green field", "the long road", "music", "the morning", "rain"]
-TAILS = ["every day", "in the evening", "with great care", "again", "near the sea", "quietly"]
-
-
-def make_sentences(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    pick = lambda xs: xs[rng.integers(len(xs))]  # noqa: E731
-    return [
-        " ".join([pick(SUBJECTS), pick(VERBS), pick(OBJECTS), pick(TAILS)]) + "." for _ in range(n)
-    ]
-
-
-def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, shards_n: int = 2):
-    """A committed prepared dataset: ``shards_n`` shards, two sentences per sequence."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sents = make_sentences(rows * 2)
-    files, counts = [], np.zeros(tok.vocab_size, np.int64)
-    per = rows // shards_n
-    for s in range(shards_n):
-        ids = np.full((per, seq_len), tok.pad_token_id, np.int64)
-        lengths = np.zeros(per, np.int32)
-        for r in range(per):
-            i = s * per + r
-            enc = tok(sents[2 * i] + " " + sents[2 * i + 1], truncation=True, max_length=seq_len)
-            ids[r, : len(enc["input_ids"])] = enc["input_ids"]
-            lengths[r] = len(enc["input_ids"])
-            np.add.at(counts, enc["input_ids"], 1)
-        seq_ids = np.array([shards.make_seq_id(s, r) for r in range(per)], np.int64)
-        table = shards.to_table(seq_ids, ids, lengths, tok.vocab_size)
-        name = shards.SHARD_PATTERN.format(index=s)
-        with storage.staged_file(url, name) as f:
-            shards.write_table(table, f)
-        files.append({"name": name, "rows": per, "tokens": int(lengths.sum()), "input": name})
-    manifest = {
-        "kind": "prepared",
-        "files": files,
-        "rows": per * shards_n,
-        "tokens": sum(f["tokens"] for f in files),
-        "padding_fraction": 0.0,
-        "seq_len": seq_len,
-        "vocab_size": tok.vocab_size,
-        "id_dtype": "uint16",
-        "special_ids": {
-            "cls": tok.cls_token_id,
-            "sep": tok.sep_token_id,
-            "pad": tok.pad_token_id,
-            "mask": tok.mask_token_id,
-            "unk": tok.unk_token_id,
-        },
-        "token_counts": counts.tolist(),
-        "tokenizer": {"path": str(tokenizer_dir), "fingerprint": "test"},
-        "config": {},
-        "fingerprint": storage.fingerprint(["test-prepared", rows, seq_len]),
-        "dead_letter": {"count": 0, "by_reason": {}, "files": []},
-    }
-    storage.commit(url, manifest)
-    return url
+_spec = importlib.util.spec_from_file_location(
+    "stage3_data", Path(__file__).with_name("stage3_data.py")
+)
+stage3_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stage3_data)
 
 
 @pytest.fixture(scope="session")
 def prepared_dir(tmp_path_factory, real_tokenizer_dir) -> str:
-    return write_prepared(str(tmp_path_factory.mktemp("prepared")), real_tokenizer_dir)
+    return stage3_data.write_prepared(str(tmp_path_factory.mktemp("prepared")), real_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def topk_cache(prepared_dir, tmp_path_factory, tiny_teacher_dir) -> str:
+    root = str(tmp_path_factory.mktemp("caches"))
+    return stage3_data.build_cache(prepared_dir, root, tiny_teacher_dir, sparsity="topk", k=8)
+
+
+@pytest.fixture(scope="session")
+def sampled_cache(prepared_dir, tmp_path_factory, tiny_teacher_dir) -> str:
+    root = str(tmp_path_factory.mktemp("caches"))
+    return stage3_data.build_cache(prepared_dir, root, tiny_teacher_dir, sparsity="sampled", k=16)

@@ -121,3 +121,48 @@ def test_finished_run_does_no_steps(tmp_path, prepared_dir, tiny_teacher_dir):
     again = _recipe(cfg, tmp_path, ckpt=str(tmp_path / "done"))
     out = again.train()
     assert out["steps_run"] == 0 and out["step"] == 2
+
+
+@pytest.mark.parametrize("cache_fixture", ["topk_cache", "sampled_cache"])
+def test_cached_mode_trains_from_a_real_teacher_cache(
+    request, cache_fixture, tmp_path, tiny_teacher_dir
+):
+    cache = request.getfixturevalue(cache_fixture)
+    cfg = DistilConfig(
+        cache=cache,
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        batch_size=8,
+        max_steps=4,
+        warmup_steps=1,
+        eval_every=4,
+        eval_batches=2,
+    )
+    r = _recipe(cfg, tmp_path)  # teacher found through the cache manifest
+    batch = next(r._micro_batches())
+    _, parts = r.loss(batch)
+    assert parts["loss_kd"] > 0 and "loss_cos" not in parts  # no teacher hidden states cached
+    out = r.train()
+    assert out["step"] == 4 and out["eval_positions"] > 0
+    assert 0 <= out["eval_teacher_agreement"] <= 1
+
+
+def test_eval_of_a_full_depth_copy_of_the_teacher_agrees_with_the_cache(
+    tmp_path, topk_cache, tiny_teacher_dir
+):
+    """A 'student' with all teacher layers is the teacher: the held-out metrics computed from the
+    cache must say so (agreement ~1, KL ~0 up to the cache's fp16 log-probs)."""
+    cfg = DistilConfig(
+        cache=topk_cache,
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        student_layers=4,
+        batch_size=8,
+        eval_batches=4,
+    )
+    ev = _recipe(cfg, tmp_path).evaluate()
+    assert ev["eval_positions"] > 0
+    assert ev["eval_teacher_agreement"] > 0.97
+    assert ev["eval_kl_to_teacher"] < 1e-2
+    student = _recipe(cfg.model_copy(update={"student_layers": 2}), tmp_path).evaluate()
+    assert student["eval_kl_to_teacher"] > 10 * ev["eval_kl_to_teacher"]
