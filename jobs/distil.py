@@ -33,6 +33,8 @@ from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
 
 log = logging.getLogger("distil.jobs.distil")
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run state under storage/name
+
 
 def _setup_logging() -> None:
     logging.basicConfig(
@@ -63,7 +65,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(step: int, metrics: dict[str, Any], save: bool) -> None:
         scalars = {k: v for k, v in metrics.items() if k != "eval_history"}
-        scalars.update(start_step=recipe.start_step, pid=os.getpid())
+        scalars.update(
+            start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step, pid=os.getpid()
+        )
         if save and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 recipe.save_checkpoint(tmp)
@@ -131,19 +135,53 @@ def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
     return manifest
 
 
+def latest_checkpoint(cfg: DistilConfig) -> tuple[Checkpoint, dict[str, Any]] | None:
+    """The run's latest registered checkpoint and its reported metrics, from the snapshot Ray
+    Train keeps under ``storage_path/run_name`` (the same one it restores from); None if none."""
+    run_url = storage.join(cfg.storage_path, cfg.run_name)
+    try:
+        snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
+    except FileNotFoundError:
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    name = latest.get("checkpoint_dir_name")
+    if not name:
+        return None
+    fs, path = storage.arrow_filesystem(storage.join(run_url, name))
+    return Checkpoint(path=path, filesystem=fs), latest.get("metrics", {})
+
+
 def run(cfg: DistilConfig) -> dict[str, Any]:
-    """Train (or resume) with Ray Train, export the student, return a JSON-able summary."""
+    """Train (or resume) with Ray Train, export the student, return a JSON-able summary.
+
+    A run whose latest checkpoint is already at ``max_steps`` is not trained again: the summary
+    says ``steps_run: 0`` and the export is (re)done from that checkpoint only if missing.
+    """
     _setup_logging()
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS set (ray job submit) -> that cluster, else embedded local Ray
-    result = build_trainer(cfg).fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
-    manifest = export_student(result.checkpoint, cfg)
+    found = latest_checkpoint(cfg)
+    if found is not None and found[1].get("step", 0) >= cfg.max_steps:
+        checkpoint, metrics = found
+        log.info(
+            "run %r already finished at step %d (%s): nothing to train",
+            cfg.run_name,
+            metrics["step"],
+            checkpoint.path,
+        )
+        last_report = {**metrics, "start_step": metrics["step"], "steps_run": 0}
+    else:
+        if found is not None:
+            log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
+        if not ray.is_initialized():
+            ray.init()  # RAY_ADDRESS set (ray job submit) -> that cluster, else embedded local Ray
+        result = build_trainer(cfg).fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
+        checkpoint, last_report = result.checkpoint, result.metrics
+    manifest = export_student(checkpoint, cfg)
     return {
         "output": storage.redact(cfg.output),
-        "checkpoint": result.checkpoint.path,
-        "last_report": result.metrics,
+        "checkpoint": checkpoint.path,
+        "last_report": last_report,
         "metrics": manifest["metrics"],
     }
 
