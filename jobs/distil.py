@@ -12,24 +12,35 @@ The student is exported (HF dir + tokenizer + metrics.json, committed with a man
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
-import _bootstrap  # noqa: F401
-import ray
-import ray.train
-import ray.train.torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+with contextlib.suppress(ImportError):  # absent when imported as ``jobs.distil`` (the CLI)
+    import _bootstrap  # noqa: F401  (repo root first on sys.path)
 
-from distil import storage
-from distil.config import parse_job_args
-from distil.train.config import DistilConfig
-from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
+# This file shares its name with the ``distil`` package. Run as a script, its own directory is
+# on sys.path, and Ray hands the driver's sys.path to every worker, where ``import distil``
+# would then find this file. Drop that directory before anything imports the package.
+_JOBS_DIR = os.path.dirname(os.path.abspath(__file__))
+_REPO_ROOT = os.path.dirname(_JOBS_DIR)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _JOBS_DIR]
+
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+import ray.train.torch  # noqa: E402
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
+from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
+
+from distil import storage  # noqa: E402
+from distil.config import parse_job_args  # noqa: E402
+from distil.train.config import DistilConfig  # noqa: E402
+from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe  # noqa: E402
 
 log = logging.getLogger("distil.jobs.distil")
 
@@ -135,6 +146,22 @@ def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
     return manifest
 
 
+def init_ray() -> None:
+    """The cluster in RAY_ADDRESS (set by ``ray job submit``), else an embedded local Ray
+    (``address="local"``: never silently joins some other ``ray start`` cluster)."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    # workers of the embedded Ray must import this checkout's ``distil`` (not an installed one)
+    # and reach the same object storage
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", runtime_env={"env_vars": env})
+
+
 def latest_checkpoint(cfg: DistilConfig) -> tuple[Checkpoint, dict[str, Any]] | None:
     """The run's latest registered checkpoint and its reported metrics, from the snapshot Ray
     Train keeps under ``storage_path/run_name`` (the same one it restores from); None if none."""
@@ -171,8 +198,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     else:
         if found is not None:
             log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
-        if not ray.is_initialized():
-            ray.init()  # RAY_ADDRESS set (ray job submit) -> that cluster, else embedded local Ray
+        init_ray()
         result = build_trainer(cfg).fit()
         if result.checkpoint is None:
             raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
