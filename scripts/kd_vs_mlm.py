@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = base.model_copy(update=update)
         recipe = DistilRecipe(cfg, work_dir=f"{tmp}/{name}")
         recipe.setup(None)
+        if name == "kd":  # both start from the same teacher-initialised student
+            out["init"] = recipe.evaluate()
         m = recipe.train()
         out[name] = {
             k: m.get(k)
