@@ -166,3 +166,17 @@ def test_eval_of_a_full_depth_copy_of_the_teacher_agrees_with_the_cache(
     assert ev["eval_kl_to_teacher"] < 1e-2
     student = _recipe(cfg.model_copy(update={"student_layers": 2}), tmp_path).evaluate()
     assert student["eval_kl_to_teacher"] > 10 * ev["eval_kl_to_teacher"]
+
+
+def test_grad_accumulation_consumes_micro_batches_and_steps_once(
+    tmp_path, prepared_dir, tiny_teacher_dir
+):
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, grad_accum=3, batch_size=4, warmup_steps=0)
+    r = _recipe(cfg, tmp_path)
+    batches = r._micro_batches()
+    before = {k: v.clone() for k, v in r.student.state_dict().items()}
+    out = r.train_step(batches)
+    assert r.step == 1 and r.batch_in_epoch == 3
+    assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
+    changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # one optimizer update happened
