@@ -11,11 +11,13 @@ resumes where it stopped and a finished cache (same key) is never recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
 
-import _bootstrap  # noqa: F401
+with contextlib.suppress(ModuleNotFoundError):  # run as a script: repo root onto sys.path
+    import _bootstrap  # noqa: F401
 
 from distil import storage
 from distil.config import parse_job_args

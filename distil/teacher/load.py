@@ -141,7 +141,7 @@ def load_teacher(
         )
         if require_mlm_head:
             raise MissingMLMHeadError(msg)
-        log.warning(msg)
+        log.info(msg)
     return teacher
 
 

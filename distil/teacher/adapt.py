@@ -1,0 +1,275 @@
+"""Teacher adaptation: turn an encoder without a masked-LM head into an MLM teacher.
+
+The embedded default teacher (packaged MiniLM, a sentence-embedding encoder) ships no MLM head.
+Training only a fresh head on the frozen encoder does not learn (its last layer was tuned for
+mean-pooled sentence embeddings, not token identity; see ../shared/ASSETS.md), so the head and
+the whole encoder are trained together with the usual BERT objective on the prepared shards,
+for a token budget. The head is computed only at the masked positions (15% of tokens), which
+makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
+
+Plain torch: this is minutes of CPU for the demo and needs no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from distil import storage
+from distil.data import shards
+from distil.teacher.config import AdaptConfig
+from distil.teacher.load import load_teacher, mlm_parts
+from distil.teacher.logits import MaskingParams
+
+log = logging.getLogger(__name__)
+ADAPTED_KIND = "adapted_teacher"
+
+
+@dataclass
+class Rows:
+    """Sequences held in memory: ids [n, seq_len], lengths [n], seq_ids [n]."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    seq_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def load_rows(url: str, manifest: dict[str, Any], train_tokens: int, heldout: int, frac: float):
+    """Read shards in order until there are ``train_tokens`` training tokens and ``heldout``
+    held-out sequences (or the data runs out; training then cycles over what there is)."""
+    train, held = [], []
+    n_train_tokens = n_held = 0
+    for f in manifest["files"]:
+        if n_train_tokens >= train_tokens and n_held >= heldout:
+            break
+        table = shards.read_table(storage.join(url, f["name"]))
+        ids = shards.input_ids_matrix(table)
+        lengths = table.column("length").to_numpy().astype(np.int64)
+        seq_ids = table.column("seq_id").to_numpy()
+        is_held = shards.is_heldout(seq_ids, frac)
+        train.append((ids[~is_held], lengths[~is_held], seq_ids[~is_held]))
+        held.append((ids[is_held], lengths[is_held], seq_ids[is_held]))
+        n_train_tokens += int(lengths[~is_held].sum())
+        n_held += int(is_held.sum())
+
+    def cat(parts):
+        return Rows(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
+
+    return cat(train), cat(held)
+
+
+def make_batch(rows: Rows, idx: np.ndarray, masking: MaskingParams, copy: int, pad: int, cap: int):
+    """Masked batch trimmed to its longest row (at most ``cap`` tokens)."""
+    lengths = np.minimum(rows.lengths[idx], cap)
+    width = int(lengths.max())
+    x = np.full((len(idx), width), pad, dtype=np.int64)
+    am = np.zeros((len(idx), width), dtype=np.int64)
+    labels = np.full((len(idx), width), -100, dtype=np.int64)
+    for j, i in enumerate(idx):
+        m = masking.mask(rows.ids[i], int(lengths[j]), int(rows.seq_ids[i]), copy)
+        x[j, : lengths[j]] = m.input_ids
+        am[j, : lengths[j]] = 1
+        labels[j, m.positions] = m.labels
+    return torch.from_numpy(x), torch.from_numpy(am), torch.from_numpy(labels)
+
+
+def masked_lm_loss(model: Any, x: torch.Tensor, am: torch.Tensor, labels: torch.Tensor):
+    """(mean cross-entropy, #correct, #positions), with the head run on masked positions only."""
+    encoder, head = mlm_parts(model)
+    hidden = encoder(input_ids=x, attention_mask=am).last_hidden_state
+    sel = labels != -100
+    logits = head(hidden[sel])
+    target = labels[sel]
+    loss = torch.nn.functional.cross_entropy(logits.float(), target)
+    correct = int((logits.argmax(-1) == target).sum())
+    return loss, correct, int(target.numel())
+
+
+@torch.no_grad()
+def evaluate(model: Any, rows: Rows, masking: MaskingParams, pad: int, cap: int, bs: int = 32):
+    """Held-out masked-token accuracy and perplexity (fixed masks: copy 0 of the eval stream)."""
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for start in range(0, len(rows), bs):
+        idx = np.arange(start, min(start + bs, len(rows)))
+        x, am, labels = make_batch(rows, idx, masking, 0, pad, cap)
+        loss, c, k = masked_lm_loss(model, x, am, labels)
+        total_loss += float(loss) * k
+        correct += c
+        n += k
+    mean = total_loss / max(n, 1)
+    return {"accuracy": correct / max(n, 1), "perplexity": math.exp(mean), "loss": mean, "n": n}
+
+
+def adapt(cfg: AdaptConfig) -> dict[str, Any]:
+    """Train head + encoder for ``cfg.token_budget`` tokens; save the HF dir to ``cfg.output``."""
+    t_start = time.perf_counter()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    teacher = load_teacher(cfg.teacher, cfg.allow_pickle)
+    manifest = shards.open_prepared(cfg.input)
+    fingerprint = storage.fingerprint(
+        {
+            "teacher": teacher.weights_sha256,
+            "data": manifest["fingerprint"],
+            "cfg": cfg.model_dump(exclude={"input", "output", "torch_threads", "log_every"}),
+        }
+    )
+    if storage.is_committed(cfg.output):
+        done = storage.read_manifest(cfg.output)
+        if done.get("kind") == ADAPTED_KIND and done.get("fingerprint") == fingerprint:
+            print(f"already adapted: {storage.redact(cfg.output)} (nothing to do)")
+            return {"output": cfg.output, "skipped": True, **done["metrics"]}
+    model = teacher.model
+    pad = int(manifest["special_ids"]["pad"])
+    masking_cfg = {
+        "seed": cfg.seed,
+        "copies": 1,
+        "mask_prob": cfg.mask_prob,
+        "mask_token_frac": 0.8,
+        "random_token_frac": 0.1,
+        "mlm_smoothing": 0.0,
+    }
+    masking = MaskingParams.from_config(masking_cfg, manifest)
+    eval_masking = MaskingParams.from_config({**masking_cfg, "seed": cfg.seed + 7919}, manifest)
+    train, held = load_rows(
+        cfg.input, manifest, cfg.token_budget, cfg.eval_sequences, cfg.heldout_fraction
+    )
+    if len(train) == 0 or len(held) == 0:
+        raise ValueError(
+            f"{cfg.input}: {len(train)} training and {len(held)} held-out sequences; need both "
+            "(raise --heldout-fraction or use more data)"
+        )
+    held = Rows(*(a[: cfg.eval_sequences] for a in (held.ids, held.lengths, held.seq_ids)))
+    cap = cfg.max_seq_len
+    before = evaluate(model, held, eval_masking, pad, cap)
+    log.info("before: held-out accuracy %.4f, perplexity %.1f", *_ap(before))
+
+    tokens_per_seq = float(np.minimum(train.lengths, cap).mean())
+    total_steps = max(1, math.ceil(cfg.token_budget / (tokens_per_seq * cfg.batch_size)))
+    warmup = max(1, int(cfg.warmup_frac * total_steps))
+    if not cfg.train_word_embeddings:
+        # Tied to the decoder: freezing them skips a [V, H] gradient + AdamW update per step.
+        model.get_input_embeddings().weight.requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / (total_steps - warmup + 1))),
+    )
+    model.train()
+    rng = np.random.default_rng(cfg.seed)
+    tokens, step, epoch = 0, 0, 0
+    order = rng.permutation(len(train))
+    cursor = 0
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    while tokens < cfg.token_budget:
+        if cursor >= len(order):  # next epoch: new order and new masks (copy = epoch)
+            epoch += 1
+            order, cursor = rng.permutation(len(train)), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        x, am, labels = make_batch(train, idx, masking, epoch, pad, cap)
+        loss, _, _ = masked_lm_loss(model, x, am, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        tokens += int(am.sum())
+        losses.append(loss.item())
+        if step % cfg.log_every == 0 or tokens >= cfg.token_budget:
+            dt = time.perf_counter() - t0
+            log.info(
+                "step %d/%d  loss %.3f  %d/%d tokens  %.0f tok/s  eta %.0fs",
+                step,
+                total_steps,
+                float(np.mean(losses[-cfg.log_every :])),
+                tokens,
+                cfg.token_budget,
+                tokens / dt,
+                max(0.0, (cfg.token_budget - tokens) / max(tokens / dt, 1e-9)),
+            )
+    train_seconds = time.perf_counter() - t0
+    after = evaluate(model, held, eval_masking, pad, cap)
+    log.info("after: held-out accuracy %.4f, perplexity %.1f", *_ap(after))
+    metrics = {
+        "before": before,
+        "after": after,
+        "steps": step,
+        "tokens": tokens,
+        "epochs": epoch + cursor / max(len(order), 1),
+        "train_sequences": len(train),
+        "heldout_sequences": len(held),
+        "train_seconds": round(train_seconds, 1),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "final_train_loss": float(np.mean(losses[-cfg.log_every :])),
+        "teacher": cfg.teacher,
+        "teacher_weights_sha256": teacher.weights_sha256,
+        "data_fingerprint": manifest["fingerprint"],
+        "config": cfg.model_dump(),
+    }
+    save_adapted(model, teacher.tokenizer, cfg.output, metrics, fingerprint)
+    return {"output": cfg.output, "skipped": False, **_flat(metrics)}
+
+
+def _ap(m: dict[str, float]) -> tuple[float, float]:
+    return m["accuracy"], m["perplexity"]
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "heldout_accuracy_before": metrics["before"]["accuracy"],
+        "heldout_accuracy_after": metrics["after"]["accuracy"],
+        "heldout_perplexity_before": metrics["before"]["perplexity"],
+        "heldout_perplexity_after": metrics["after"]["perplexity"],
+        "steps": metrics["steps"],
+        "tokens": metrics["tokens"],
+        "train_seconds": metrics["train_seconds"],
+    }
+
+
+def save_adapted(model: Any, tokenizer: Any, url: str, metrics: dict, fingerprint: str) -> None:
+    """HF ``*ForMaskedLM`` dir (safetensors + tokenizer + metrics.json), committed at ``url``."""
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        storage.upload_dir(tmp, url)
+        files = sorted(os.listdir(tmp))
+    storage.commit(
+        url,
+        {
+            "kind": ADAPTED_KIND,
+            "fingerprint": fingerprint,
+            "files": files,
+            "metrics": _flat(metrics),
+        },
+    )

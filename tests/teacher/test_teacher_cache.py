@@ -1,0 +1,115 @@
+import pytest
+import torch
+from teacher_helpers import build_cache, make_prepared
+
+from distil import storage
+from distil.teacher.build import plan_cache
+from distil.teacher.cache import TeacherCache, cache_key
+from distil.teacher.config import LogitsConfig
+
+
+@pytest.fixture(scope="module")
+def cache_url(prepared_dir, tiny_teacher_dir, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("cache"))
+    return build_cache(prepared_dir, str(tiny_teacher_dir), root, copies=3)
+
+
+def _row_keys(batch) -> list[tuple]:
+    """A row's identity: its masked input + labels (unique per (seq_id, copy) here)."""
+    out = []
+    for x, lab in zip(batch["input_ids"], batch["labels"], strict=True):
+        out.append((tuple(x.tolist()), tuple(lab.tolist())))
+    return out
+
+
+def test_ranks_get_disjoint_rows_and_equal_batch_counts(cache_url):
+    cache = TeacherCache(cache_url)
+    total = len(cache)  # 24 sequences x 3 copies
+    assert total == 72
+    every = [k for b in cache.iter_batches(5, split="all") for k in _row_keys(b)]
+    assert len(set(every)) == total
+    for world in (2, 3, 5):
+        per_rank = [
+            [
+                k
+                for b in cache.iter_batches(4, rank=r, world_size=world, split="all")
+                for k in _row_keys(b)
+            ]
+            for r in range(world)
+        ]
+        counts = [
+            len(list(cache.iter_batches(4, rank=r, world_size=world, split="all")))
+            for r in range(world)
+        ]
+        assert len(set(counts)) == 1
+        assert counts[0] == cache.num_batches(4, world_size=world, split="all")
+        seen = [set(p) for p in per_rank]
+        assert sum(len(s) for s in seen) == len(set().union(*seen))  # disjoint
+        assert total - world < len(set().union(*seen)) <= total
+
+
+def test_splits_partition_the_rows_and_epochs_reshuffle(cache_url):
+    cache = TeacherCache(cache_url)
+    kw = {"split": "train", "heldout_fraction": 0.2}
+    train = {k for b in cache.iter_batches(8, **kw) for k in _row_keys(b)}
+    held = {
+        k
+        for b in cache.iter_batches(8, split="heldout", heldout_fraction=0.2)
+        for k in _row_keys(b)
+    }
+    assert train and held and not train & held
+    assert len(train) + len(held) == len(cache)
+    e0 = [k for b in cache.iter_batches(8, epoch=0, **kw) for k in _row_keys(b)]
+    e0b = [k for b in cache.iter_batches(8, epoch=0, **kw) for k in _row_keys(b)]
+    e1 = [k for b in cache.iter_batches(8, epoch=1, **kw) for k in _row_keys(b)]
+    assert e0 == e0b and e0 != e1 and set(e0) == set(e1)
+
+
+def test_batch_tensors_follow_the_contract(cache_url):
+    cache = TeacherCache(cache_url)
+    b = next(cache.iter_batches(6, split="all"))
+    assert b["input_ids"].dtype == b["labels"].dtype == b["target_ids"].dtype == torch.long
+    assert b["attention_mask"].shape == b["input_ids"].shape
+    n = int((b["labels"] != -100).sum())
+    assert b["target_ids"].shape == b["target_logprobs"].shape == (n, 8)
+    assert b["target_logprobs"].dtype == torch.float32
+    assert torch.all(b["target_logprobs"] <= 0)
+    pad = cache.manifest["special_ids"]["pad"]
+    assert torch.all(b["input_ids"][b["attention_mask"] == 0] == pad)
+    assert cache.manifest["sparsity"] == {"mode": "topk", "k": 8}
+    assert 0 < cache.manifest["target_bytes_per_position"] <= cache.manifest["bytes_per_position"]
+
+
+def test_not_a_cache_is_a_clear_error(prepared_dir):
+    with pytest.raises(ValueError, match="not a teacher cache"):
+        TeacherCache(prepared_dir)
+    with pytest.raises(storage.NotCommittedError):
+        TeacherCache(prepared_dir + "/nothing-here")
+
+
+def test_the_key_changes_with_teacher_data_masking_and_k(
+    prepared_dir, tmp_path, real_tokenizer_dir
+):
+    base = {"input": prepared_dir, "cache_root": str(tmp_path), "teacher": "unused"}
+    key = plan_cache(LogitsConfig(**base), "sha-a").key
+    other_data = str(tmp_path / "other")
+    make_prepared(other_data, real_tokenizer_dir, salt=1)
+    variants = [
+        plan_cache(LogitsConfig(**base), "sha-b").key,  # teacher weights
+        plan_cache(LogitsConfig(**{**base, "input": other_data}), "sha-a").key,  # data
+        plan_cache(LogitsConfig(**base, seed=1), "sha-a").key,  # masking
+        plan_cache(LogitsConfig(**base, mlm_smoothing=0.0), "sha-a").key,
+        plan_cache(LogitsConfig(**base, copies=2), "sha-a").key,
+        plan_cache(LogitsConfig(**base, k=16), "sha-a").key,  # sparsity
+        plan_cache(LogitsConfig(**base, sparsity="sampled"), "sha-a").key,
+    ]
+    assert len({key, *variants}) == 1 + len(variants)
+    # what is not an input of the cache does not change the key
+    same = plan_cache(LogitsConfig(**base, batch_size=3, num_actors=2), "sha-a").key
+    assert same == key
+    assert key == cache_key(
+        "sha-a",
+        storage.read_manifest(prepared_dir)["fingerprint"],
+        LogitsConfig(**base).masking(),
+        LogitsConfig(**base).sparsity_spec(),
+    )
