@@ -1,0 +1,426 @@
+"""``DistilRecipe``: one DDP rank of the distillation job, free of Ray so it runs (and is tested)
+in a plain process too. ``jobs/distil.py`` wraps it in a Ray Train worker.
+
+setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
+directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
+step and batch where the checkpoint was taken (data order is a function of (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
+
+from distil import losses, storage
+from distil.packaged import resolve_model_ref
+from distil.student.model import MaskedLMForDistillation, build_student
+from distil.train.config import DistilConfig
+from distil.train.data import PreparedBatches, to_device
+
+log = logging.getLogger("distil.train")
+
+STUDENT_DIR = "student"
+TRAINER_STATE = "trainer_state.pt"
+METRICS = "metrics.json"
+
+# called every step with (step, metrics, save_checkpoint?) -> the Ray job reports/checkpoints
+ReportFn = Callable[[int, dict[str, Any], bool], None]
+
+
+def teacher_ref(cfg: DistilConfig) -> str:
+    """The teacher to initialise from: ``cfg.teacher``, else what the cache manifest records."""
+    if cfg.teacher:
+        return cfg.teacher
+    manifest = storage.read_manifest(cfg.cache)
+    info = manifest.get("teacher") or {}
+    for key in ("url", "path", "ref", "model"):
+        if isinstance(info, dict) and info.get(key):
+            return info[key]
+    if isinstance(info, str) and info:
+        return info
+    raise ValueError(f"{cfg.cache}: manifest names no teacher; pass --teacher")
+
+
+def load_teacher_model(ref: str, local_dir: str) -> tuple[BertForMaskedLM, Any]:
+    """(``BertForMaskedLM`` in eval mode, tokenizer) from a dir, URL or ``packaged:`` ref."""
+    try:  # stage 2's loader (hash-checked, no pickle) when present
+        from distil.teacher.load import load_teacher
+
+        loaded = load_teacher(ref)
+        return loaded.model.eval(), loaded.tokenizer
+    except ImportError:
+        pass
+    path = storage.copy_dir_to_local(resolve_model_ref(ref), local_dir)
+    model = BertForMaskedLM.from_pretrained(path, use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class DistilRecipe:
+    def __init__(
+        self,
+        cfg: DistilConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        work_dir: str = "/tmp/distil-train",
+    ):
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.work_dir = work_dir
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.tokens_seen = 0
+        self.start_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.teacher: BertForMaskedLM | None = None
+        self.cache = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, checkpoint_dir: str | None = None) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        need_teacher = cfg.mode == "online" or checkpoint_dir is None
+        if cfg.mode == "cached":
+            from distil.teacher.cache import TeacherCache
+
+            self.cache = TeacherCache(cfg.cache)
+            self.sparsity = self.cache.manifest.get("sparsity", {"mode": "topk"})
+            if cfg.alpha_cos > 0 and self.rank == 0:
+                log.info("alpha_cos=%s ignored: the cosine loss needs mode=online", cfg.alpha_cos)
+        if need_teacher:
+            teacher, self.tokenizer = load_teacher_model(
+                teacher_ref(cfg), os.path.join(self.work_dir, "teacher")
+            )
+        if checkpoint_dir is None:
+            student = build_student(teacher, cfg.student_layers)
+        else:
+            student_dir = os.path.join(checkpoint_dir, STUDENT_DIR)
+            student = BertForMaskedLM.from_pretrained(student_dir, use_safetensors=True)
+            if not need_teacher:
+                self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        if cfg.mode == "online":
+            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.student = student.to(self.device).train()
+        self.module = MaskedLMForDistillation(self.student)
+        self.model: torch.nn.Module = self.module
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.student, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+        )
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, min(cfg.warmup_steps, cfg.max_steps - 1), cfg.max_steps
+        )
+        if checkpoint_dir is not None:
+            state = torch.load(
+                os.path.join(checkpoint_dir, TRAINER_STATE),
+                map_location=self.device,
+                weights_only=True,
+            )
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.epoch = state["step"], state["epoch"]
+            self.batch_in_epoch, self.tokens_seen = state["batch_in_epoch"], state["tokens_seen"]
+            self.history = json.loads(state["history"])
+        self.start_step = self.step
+        if cfg.mode == "online":
+            frac = cfg.heldout_fraction
+            self.train_source = PreparedBatches(
+                cfg.data,
+                rank=self.rank,
+                world_size=self.world_size,
+                split="train",
+                heldout_fraction=frac,
+                mlm_probability=cfg.mlm_probability,
+            )
+            self.eval_source = PreparedBatches(
+                cfg.data,
+                split="heldout",
+                heldout_fraction=frac,
+                mlm_probability=cfg.mlm_probability,
+            )
+
+    # ------------------------------------------------------------------ data
+    def _cache_kwargs(self) -> dict[str, Any]:
+        return {"heldout_fraction": self.cfg.heldout_fraction}
+
+    def _epoch_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        if cfg.mode == "online":
+            return self.train_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        return self.cache.iter_batches(
+            cfg.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=cfg.seed,
+            epoch=epoch,
+            split="train",
+            **self._cache_kwargs(),
+        )
+
+    def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless micro-batches from the saved (epoch, batch) position onwards."""
+        while True:
+            n = 0
+            for i, batch in enumerate(self._epoch_batches(self.epoch)):
+                n += 1
+                if i < self.batch_in_epoch:
+                    continue  # consumed before the checkpoint we resumed from
+                self.batch_in_epoch = i + 1
+                yield batch
+            if n == 0:
+                raise ValueError(
+                    "the training split yields no batch: too little data for "
+                    f"batch_size={self.cfg.batch_size} x {self.world_size} workers"
+                )
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------ loss
+    def _kd_cached(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], t: float):
+        if self.sparsity.get("mode") == "sampled":
+            return losses.kd_sampled(
+                logits,
+                batch["target_ids"],
+                batch["target_logprobs"],
+                batch["target_counts"],
+                t,
+                sample_temperature=self.sparsity.get("temperature"),
+            )
+        return losses.kd_topk(logits, batch["target_ids"], batch["target_logprobs"], t)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        labels = batch["labels"]
+        logits, hidden = self.model(batch["input_ids"], batch["attention_mask"], labels)
+        masked_labels = labels[labels != -100]
+        total = logits.sum() * 0.0
+        parts: dict[str, float] = {}
+        if cfg.alpha_mlm > 0:
+            mlm = losses.mlm_loss(logits, masked_labels)
+            total = total + cfg.alpha_mlm * mlm
+            parts["loss_mlm"] = mlm.item()
+        if cfg.mode == "online":
+            with torch.no_grad():
+                t_hidden = self.teacher.bert(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                )[0]
+                t_logits = self.teacher.cls(t_hidden[labels != -100]) if cfg.alpha_ce > 0 else None
+            if cfg.alpha_ce > 0:
+                kd = losses.kd_dense(logits, t_logits, cfg.temperature)
+                total = total + cfg.alpha_ce * kd
+                parts["loss_kd"] = kd.item()
+            if cfg.alpha_cos > 0:
+                cos = losses.cosine_loss(hidden, t_hidden, batch["attention_mask"])
+                total = total + cfg.alpha_cos * cos
+                parts["loss_cos"] = cos.item()
+        elif cfg.alpha_ce > 0:
+            kd = self._kd_cached(logits, batch, cfg.temperature)
+            total = total + cfg.alpha_ce * kd
+            parts["loss_kd"] = kd.item()
+        parts["loss"] = total.item()
+        return total, parts
+
+    # ------------------------------------------------------------------ train
+    def train_step(self, micro_batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches (DDP syncs only on the last)."""
+        cfg = self.cfg
+        autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
+        )
+        # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
+        sums: dict[str, float] = {}
+        tokens = 0
+        for i in range(cfg.grad_accum):
+            batch = to_device(next(micro_batches), self.device)
+            sync = i == cfg.grad_accum - 1 or not isinstance(
+                self.model, torch.nn.parallel.DistributedDataParallel
+            )
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, autocast:
+                loss, parts = self.loss(batch)
+                (loss / cfg.grad_accum).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += tokens
+        sums["grad_norm"] = float(grad_norm)
+        sums["tokens"] = tokens
+        return sums
+
+    def train(self, report: ReportFn | None = None) -> dict[str, Any]:
+        """Run to ``max_steps``; calls ``report`` at checkpoint steps and at the end."""
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            log.info("run already finished at step %d: nothing to do", self.step)
+            final = self.final_metrics()
+            if report:
+                report(self.step, final, False)
+            return final
+        if self.rank == 0:
+            log.info(
+                "training steps %d..%d on %d worker(s) (mode=%s)",
+                self.step,
+                cfg.max_steps,
+                self.world_size,
+                cfg.mode,
+            )
+        batches = self._micro_batches()
+        window_t, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+        last: dict[str, float] = {}
+        while self.step < cfg.max_steps:
+            last = self.train_step(batches)
+            window_tokens += last["tokens"]
+            window_loss += last["loss"]
+            window_n += 1
+            done = self.step >= cfg.max_steps
+            if self.step % cfg.log_every == 0 or done:
+                agg = torch.tensor([window_loss, window_n, window_tokens], dtype=torch.float64)
+                if self.world_size > 1 and dist.is_initialized():
+                    dist.all_reduce(agg)
+                secs = time.perf_counter() - window_t
+                if self.rank == 0:
+                    log.info(
+                        "step %d/%d loss %.4f tokens/s %.0f lr %.2e",
+                        self.step,
+                        cfg.max_steps,
+                        agg[0] / agg[1],
+                        agg[2] / secs,
+                        self.scheduler.get_last_lr()[0],
+                    )
+                window_t, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+            if (self.step % cfg.eval_every == 0 or done) and self.rank == 0:
+                ev = self.evaluate()
+                self.history.append({"step": self.step, **ev})
+                log.info("eval step %d: %s", self.step, json.dumps(ev))
+            if report and (self.step % cfg.checkpoint_every == 0 or done):
+                metrics = {"step": self.step, "epoch": self.epoch, **last}
+                metrics.update(self.history[-1] if self.history else {})
+                report(self.step, metrics, True)
+        return self.final_metrics()
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out student MLM accuracy, top-1 agreement with the teacher and KL(teacher||student)
+        at T = 1: over the full vocab online; from the cache, the KL coarsened to {top-k, rest}
+        (a lower bound, ``losses.kl_coarse``) or the unbiased sampled estimate."""
+        cfg = self.cfg
+        self.module.eval()
+        n = correct = agree = 0
+        kl_sum = 0.0
+        if cfg.mode == "online":
+            batches = self.eval_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=0)
+        else:
+            batches = self.cache.iter_batches(
+                cfg.batch_size, seed=cfg.seed, split="heldout", **self._cache_kwargs()
+            )
+        for i, batch in enumerate(batches):
+            if i >= cfg.eval_batches:
+                break
+            batch = to_device(batch, self.device)
+            labels = batch["labels"]
+            logits, _ = self.module(batch["input_ids"], batch["attention_mask"], labels)
+            if logits.shape[0] == 0:
+                continue
+            pred = logits.argmax(-1)
+            masked = labels[labels != -100]
+            if cfg.mode == "online":
+                t_hidden = self.teacher.bert(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                )[0]
+                t_logits = self.teacher.cls(t_hidden[labels != -100])
+                t_top1 = t_logits.argmax(-1)
+                kl = losses.kd_dense(logits, t_logits, 1.0)
+            else:
+                best = batch["target_logprobs"].argmax(-1, keepdim=True)
+                t_top1 = batch["target_ids"].gather(-1, best).squeeze(-1)
+                if self.sparsity.get("mode") == "sampled":  # unbiased at T = 1
+                    kl = self._kd_cached(logits, batch, 1.0)
+                else:
+                    kl = losses.kl_coarse(logits, batch["target_ids"], batch["target_logprobs"])
+            m = logits.shape[0]
+            n += m
+            correct += int((pred == masked).sum())
+            agree += int((pred == t_top1).sum())
+            kl_sum += float(kl) * m
+        self.module.train()
+        if n == 0:
+            return {"eval_positions": 0}
+        return {
+            "eval_positions": n,
+            "eval_mlm_accuracy": correct / n,
+            "eval_teacher_agreement": agree / n,
+            "eval_kl_to_teacher": kl_sum / n,
+        }
+
+    def final_metrics(self) -> dict[str, Any]:
+        last_eval = self.history[-1] if self.history else {}
+        return {
+            "step": self.step,
+            "start_step": self.start_step,
+            "steps_run": self.step - self.start_step,
+            "tokens_seen": self.tokens_seen,
+            "mode": self.cfg.mode,
+            "student_layers": self.student.config.num_hidden_layers,
+            "alpha_ce": self.cfg.alpha_ce,
+            "alpha_mlm": self.cfg.alpha_mlm,
+            "alpha_cos": self.cfg.alpha_cos if self.cfg.mode == "online" else 0.0,
+            "temperature": self.cfg.temperature,
+            **last_eval,
+            "eval_history": self.history,
+        }
+
+    # ------------------------------------------------------------------ checkpoint
+    def save_checkpoint(self, directory: str) -> None:
+        """Student as a complete HF dir (weights + tokenizer) + optimizer/scheduler/data position
+        (+ metrics so far)."""
+        student_dir = os.path.join(directory, STUDENT_DIR)
+        self.student.save_pretrained(student_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(student_dir)
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "tokens_seen": self.tokens_seen,
+                "history": json.dumps(self.history),
+            },
+            os.path.join(directory, TRAINER_STATE),
+        )
+        with open(os.path.join(directory, METRICS), "w") as f:
+            json.dump(self.final_metrics(), f, indent=2)

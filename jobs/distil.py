@@ -1,0 +1,223 @@
+"""Stage 3: distil a student from the teacher cache with Ray Train (DDP over N workers).
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python jobs/distil.py --config configs/distil/default.yaml --cache s3://distil/cache/KEY
+
+or ``python jobs/distil.py …`` with RAY_ADDRESS unset (embedded local Ray). Checkpoints go to
+``storage_path/run_name``; resubmitting the same run name resumes from its latest checkpoint
+(Ray Train restores it from the run's snapshot in storage), and a finished run does no steps.
+The student is exported (HF dir + tokenizer + metrics.json, committed with a manifest) to
+``output``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+with contextlib.suppress(ImportError):  # absent when imported as ``jobs.distil`` (the CLI)
+    import _bootstrap  # noqa: F401  (repo root first on sys.path)
+
+# This file shares its name with the ``distil`` package. Run as a script, its own directory is
+# on sys.path, and Ray hands the driver's sys.path to every worker, where ``import distil``
+# would then find this file. Drop that directory before anything imports the package.
+_JOBS_DIR = os.path.dirname(os.path.abspath(__file__))
+_REPO_ROOT = os.path.dirname(_JOBS_DIR)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _JOBS_DIR]
+
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+import ray.train.torch  # noqa: E402
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
+from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
+
+from distil import storage  # noqa: E402
+from distil.config import parse_job_args  # noqa: E402
+from distil.train.config import DistilConfig  # noqa: E402
+from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe  # noqa: E402
+
+log = logging.getLogger("distil.jobs.distil")
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run state under storage/name
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker = one DDP rank (the process group is already set up by Ray)."""
+    _setup_logging()
+    cfg = DistilConfig.model_validate(config)
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    recipe = DistilRecipe(
+        cfg,
+        rank=rank,
+        world_size=world_size,
+        device=ray.train.torch.get_device(),
+        work_dir=tempfile.mkdtemp(prefix="distil-"),
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        recipe.setup(None)
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            recipe.setup(ckpt_dir)
+        log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
+
+    def report(step: int, metrics: dict[str, Any], save: bool) -> None:
+        scalars = {k: v for k, v in metrics.items() if k != "eval_history"}
+        scalars.update(
+            start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step, pid=os.getpid()
+        )
+        if save and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                recipe.save_checkpoint(tmp)
+                ray.train.report(
+                    scalars,
+                    checkpoint=Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"step-{step:08d}",
+                )
+        else:
+            ray.train.report(scalars)
+
+    recipe.train(report)
+
+
+def build_trainer(cfg: DistilConfig) -> TorchTrainer:
+    fs, path = storage.arrow_filesystem(cfg.storage_path)
+    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.model_dump(),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+
+
+def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
+    """Copy the final checkpoint's student (HF dir + tokenizer) and metrics.json to
+    ``cfg.output`` and commit it; a committed export of the same run and step is kept as is."""
+    with checkpoint.as_directory() as ckpt_dir:
+        with open(os.path.join(ckpt_dir, METRICS)) as f:
+            metrics = json.load(f)
+        fp = storage.fingerprint([cfg.model_dump(), metrics["step"]])
+        if storage.is_committed(cfg.output):
+            old = storage.read_manifest(cfg.output)
+            if old.get("fingerprint") == fp:
+                log.info("export already committed at %s", storage.redact(cfg.output))
+                return old
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(os.path.join(ckpt_dir, STUDENT_DIR), tmp, dirs_exist_ok=True)
+            with open(os.path.join(tmp, METRICS), "w") as f:
+                json.dump(metrics, f, indent=2)
+            names = sorted(os.listdir(tmp))
+            storage.upload_dir(tmp, cfg.output)
+    manifest = {
+        "kind": "student",
+        "files": names,
+        "fingerprint": fp,
+        "step": metrics["step"],
+        "run": {"storage_path": storage.redact(cfg.storage_path), "name": cfg.run_name},
+        "metrics": {k: v for k, v in metrics.items() if k != "eval_history"},
+    }
+    storage.commit(cfg.output, manifest)
+    log.info("exported student to %s", storage.redact(cfg.output))
+    return manifest
+
+
+def init_ray() -> None:
+    """The cluster in RAY_ADDRESS (set by ``ray job submit``), else an embedded local Ray
+    (``address="local"``: never silently joins some other ``ray start`` cluster)."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    # workers of the embedded Ray must import this checkout's ``distil`` (not an installed one)
+    # and reach the same object storage
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", runtime_env={"env_vars": env})
+
+
+def latest_checkpoint(cfg: DistilConfig) -> tuple[Checkpoint, dict[str, Any]] | None:
+    """The run's latest registered checkpoint and its reported metrics, from the snapshot Ray
+    Train keeps under ``storage_path/run_name`` (the same one it restores from); None if none."""
+    run_url = storage.join(cfg.storage_path, cfg.run_name)
+    try:
+        snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
+    except FileNotFoundError:
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    name = latest.get("checkpoint_dir_name")
+    if not name:
+        return None
+    fs, path = storage.arrow_filesystem(storage.join(run_url, name))
+    return Checkpoint(path=path, filesystem=fs), latest.get("metrics", {})
+
+
+def run(cfg: DistilConfig) -> dict[str, Any]:
+    """Train (or resume) with Ray Train, export the student, return a JSON-able summary.
+
+    A run whose latest checkpoint is already at ``max_steps`` is not trained again: the summary
+    says ``steps_run: 0`` and the export is (re)done from that checkpoint only if missing.
+    """
+    _setup_logging()
+    found = latest_checkpoint(cfg)
+    if found is not None and found[1].get("step", 0) >= cfg.max_steps:
+        checkpoint, metrics = found
+        log.info(
+            "run %r already finished at step %d (%s): nothing to train",
+            cfg.run_name,
+            metrics["step"],
+            checkpoint.path,
+        )
+        last_report = {**metrics, "start_step": metrics["step"], "steps_run": 0}
+    else:
+        if found is not None:
+            log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
+        init_ray()
+        result = build_trainer(cfg).fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
+        checkpoint, last_report = result.checkpoint, result.metrics
+    manifest = export_student(checkpoint, cfg)
+    return {
+        "output": storage.redact(cfg.output),
+        "checkpoint": checkpoint.path,
+        "last_report": last_report,
+        "metrics": manifest["metrics"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_job_args(DistilConfig, __doc__.splitlines()[0], argv)
+    summary = run(cfg)
+    print("DISTIL", json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

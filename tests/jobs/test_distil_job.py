@@ -1,0 +1,150 @@
+"""jobs/distil.py on a real local Ray cluster: 2 Ray Train workers (gloo DDP), cache,
+checkpoints and export on S3 (SeaweedFS); a worker is SIGKILLed mid-run; the finished run is
+resubmitted; the export is loaded by transformers' fill-mask pipeline."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from distil import storage
+from distil.train.config import DistilConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+import distil as _distil_pkg  # noqa: E402,F401  (the package, before jobs/distil.py shadows it)
+
+
+def _job():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "distil.py"
+    spec = importlib.util.spec_from_file_location("jobs_distil", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs below ``pid`` (this test's own Ray processes only, never another user's)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for pid in _descendants(os.getpid()):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "RayTrainWorker" in cmd:
+            pids.append(pid)
+    return pids
+
+
+def _checkpoint_steps(run_url: str) -> list[int]:
+    fs, path = storage.get_fs(run_url)
+    fs.invalidate_cache()
+    try:
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(int(n.split("-")[1]) for n in names if n.startswith("step-"))
+
+
+def _registered_steps(run_url: str) -> list[int]:
+    """Checkpoints Ray Train has registered (its snapshot in storage), not just uploaded dirs."""
+    try:
+        text = storage.read_bytes(storage.join(run_url, "checkpoint_manager_snapshot.json"))
+    except FileNotFoundError:
+        return []
+    return sorted({int(m) for m in re.findall(r"step-(\d{8})", text.decode())})
+
+
+@pytest.mark.timeout(420)
+def test_kill_a_worker_resume_resubmit_and_export(ray_local, s3_url, s3_cache, tmp_path):
+    job = _job()
+    cfg = DistilConfig(
+        cache=s3_cache,
+        output=f"{s3_url}/student",
+        storage_path=f"{s3_url}/runs",
+        run_name="kill-test",
+        num_workers=2,
+        cpus_per_worker=0.5,
+        batch_size=8,
+        max_steps=40,
+        warmup_steps=2,
+        checkpoint_every=5,
+        eval_every=20,
+        eval_batches=2,
+        log_every=5,
+        max_failures=2,
+    )
+    run_url = storage.join(cfg.storage_path, cfg.run_name)
+    killed: list[int] = []
+    registered_at_kill: list[int] = []
+
+    def killer():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            steps = _registered_steps(run_url)
+            pids = _train_worker_pids()
+            if steps and len(pids) == 2:
+                os.kill(pids[-1], signal.SIGKILL)
+                killed.append(pids[-1])
+                registered_at_kill.append(steps[-1])
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    first = job.run(cfg)
+    t.join(5)
+    assert killed, "no worker was killed (the run finished before a checkpoint was seen?)"
+    last = first["last_report"]
+    assert last["step"] == 40
+    # the final attempt started from a checkpoint, not from scratch
+    assert last["start_step"] >= registered_at_kill[0] > 0 and last["start_step"] % 5 == 0
+    assert last["steps_run"] == 40 - last["start_step"]
+    assert first["metrics"]["step"] == 40 and 0 <= first["metrics"]["eval_teacher_agreement"] <= 1
+    assert _checkpoint_steps(run_url)[-1] == 40
+
+    # resubmit the finished run's name: no step is redone, the export is kept
+    manifest_before = storage.read_bytes(storage.join(cfg.output, "manifest.json"))
+    again = job.run(cfg)
+    assert again["last_report"]["steps_run"] == 0
+    assert again["last_report"]["start_step"] == 40
+    assert storage.read_bytes(storage.join(cfg.output, "manifest.json")) == manifest_before
+
+    # the export is a normal HF model directory
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    local = storage.copy_dir_to_local(cfg.output, str(tmp_path / "student"))
+    names = set(os.listdir(local))
+    assert {"model.safetensors", "config.json", "metrics.json", "tokenizer.json"} <= names
+    fill = pipeline("fill-mask", model=local)
+    preds = fill("the cat sat on the [MASK].")
+    assert len(preds) == 5 and all("token_str" in p for p in preds)
+    clf = AutoModelForSequenceClassification.from_pretrained(local, num_labels=2)
+    assert clf.config.num_hidden_layers == 2

@@ -1,0 +1,93 @@
+"""Stage-3 test data built in code: a prepared dataset (stage-1 contract format) and a real
+teacher cache made with stage 2's own builder. Loaded by path from tests/train and tests/jobs
+conftests (the test dirs are not packages)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distil import storage
+from distil.data import shards
+
+SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our city", "the river", "a child"]
+VERBS = ["likes", "sees", "follows", "remembers", "paints", "visits", "describes"]
+OBJECTS = ["the old house", "a green field", "the long road", "music", "the morning", "rain"]
+TAILS = ["every day", "in the evening", "with great care", "again", "near the sea", "quietly"]
+
+
+def make_sentences(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    pick = lambda xs: xs[rng.integers(len(xs))]  # noqa: E731
+    return [
+        " ".join([pick(SUBJECTS), pick(VERBS), pick(OBJECTS), pick(TAILS)]) + "." for _ in range(n)
+    ]
+
+
+def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, shards_n: int = 2):
+    """A committed prepared dataset: ``shards_n`` shards, two sentences per sequence."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    sents = make_sentences(rows * 2)
+    files, counts = [], np.zeros(tok.vocab_size, np.int64)
+    per = rows // shards_n
+    for s in range(shards_n):
+        ids = np.full((per, seq_len), tok.pad_token_id, np.int64)
+        lengths = np.zeros(per, np.int32)
+        for r in range(per):
+            i = s * per + r
+            enc = tok(sents[2 * i] + " " + sents[2 * i + 1], truncation=True, max_length=seq_len)
+            ids[r, : len(enc["input_ids"])] = enc["input_ids"]
+            lengths[r] = len(enc["input_ids"])
+            np.add.at(counts, enc["input_ids"], 1)
+        seq_ids = np.array([shards.make_seq_id(s, r) for r in range(per)], np.int64)
+        table = shards.to_table(seq_ids, ids, lengths, tok.vocab_size)
+        name = shards.SHARD_PATTERN.format(index=s)
+        with storage.staged_file(url, name) as f:
+            shards.write_table(table, f)
+        files.append({"name": name, "rows": per, "tokens": int(lengths.sum()), "input": name})
+    manifest = {
+        "kind": "prepared",
+        "files": files,
+        "rows": per * shards_n,
+        "tokens": sum(f["tokens"] for f in files),
+        "padding_fraction": 0.0,
+        "seq_len": seq_len,
+        "vocab_size": tok.vocab_size,
+        "id_dtype": "uint16",
+        "special_ids": {
+            "cls": tok.cls_token_id,
+            "sep": tok.sep_token_id,
+            "pad": tok.pad_token_id,
+            "mask": tok.mask_token_id,
+            "unk": tok.unk_token_id,
+        },
+        "token_counts": counts.tolist(),
+        "tokenizer": {"path": str(tokenizer_dir), "fingerprint": "test"},
+        "config": {},
+        "fingerprint": storage.fingerprint(["test-prepared", rows, seq_len]),
+        "dead_letter": {"count": 0, "by_reason": {}, "files": []},
+    }
+    storage.commit(url, manifest)
+    return url
+
+
+def build_cache(
+    prepared_url: str, cache_root: str, teacher_dir, *, sparsity: str = "topk", k: int = 8
+) -> str:
+    """A committed teacher cache made by stage 2's builder in a plain loop (no Ray)."""
+    from distil.teacher.build import ShardWorker, finalize, plan_cache
+    from distil.teacher.config import LogitsConfig
+    from distil.teacher.load import load_teacher
+
+    cfg = LogitsConfig(
+        input=prepared_url, cache_root=cache_root, teacher=str(teacher_dir), sparsity=sparsity, k=k
+    )
+    sha = load_teacher(cfg.teacher).weights_sha256
+    plan = plan_cache(cfg, sha)
+    if not plan.committed:
+        worker = ShardWorker(cfg.model_dump(), sha, plan.prepared)
+        for task in plan.shard_tasks:
+            worker.process(task)
+        finalize(plan, cfg)
+    return plan.url

@@ -1,0 +1,182 @@
+"""The recipe in a plain process (no Ray): online mode on real prepared shards, a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distil.train.config import DistilConfig
+from distil.train.recipe import DistilRecipe
+
+
+def _cfg(tmp_path, prepared_dir, teacher, **kw) -> DistilConfig:
+    base = dict(
+        mode="online",
+        data=prepared_dir,
+        teacher=str(teacher),
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        batch_size=8,
+        max_steps=6,
+        warmup_steps=1,
+        lr=1e-3,
+        eval_every=3,
+        eval_batches=2,
+        log_every=2,
+        heldout_fraction=0.1,
+    )
+    base.update(kw)
+    return DistilConfig(**base)
+
+
+def _recipe(cfg, tmp_path, ckpt=None) -> DistilRecipe:
+    r = DistilRecipe(cfg, work_dir=str(tmp_path / "work"))
+    r.setup(ckpt)
+    return r
+
+
+def test_config_requires_inputs_for_mode(tmp_path):
+    with pytest.raises(ValueError, match="needs --cache"):
+        DistilConfig(output="o", storage_path="s")
+    with pytest.raises(ValueError, match="needs --data"):
+        DistilConfig(mode="online", output="o", storage_path="s")
+
+
+def test_online_training_lowers_loss_and_evaluates(tmp_path, prepared_dir, tiny_teacher_dir):
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=20, eval_every=20, lr=3e-3)
+    r = _recipe(cfg, tmp_path)
+    batches = r._micro_batches()
+    fixed = next(r.eval_source.iter_batches(8))
+
+    def fixed_loss() -> float:
+        r.module.eval()
+        with torch.no_grad():
+            loss = r.loss(fixed)[0].item()
+        r.module.train()
+        return loss
+
+    before = fixed_loss()
+    for _ in range(20):
+        r.train_step(batches)
+    after = fixed_loss()
+    assert after < 0.95 * before, (before, after)
+    ev = r.evaluate()
+    assert ev["eval_positions"] > 0
+    for key in ("eval_mlm_accuracy", "eval_teacher_agreement"):
+        assert 0.0 <= ev[key] <= 1.0
+    assert ev["eval_kl_to_teacher"] >= 0.0
+
+
+def test_loss_terms_follow_the_alphas(tmp_path, prepared_dir, tiny_teacher_dir):
+    r = _recipe(_cfg(tmp_path, prepared_dir, tiny_teacher_dir), tmp_path)
+    batch = next(r._micro_batches())
+    total, parts = r.loss(batch)
+    c = r.cfg
+    expect = c.alpha_ce * parts["loss_kd"] + c.alpha_mlm * parts["loss_mlm"]
+    expect += c.alpha_cos * parts["loss_cos"]
+    assert total.item() == pytest.approx(expect, rel=1e-5)
+    r0 = _recipe(_cfg(tmp_path, prepared_dir, tiny_teacher_dir, alpha_ce=0, alpha_cos=0), tmp_path)
+    _, parts0 = r0.loss(batch)
+    assert set(parts0) == {"loss", "loss_mlm"}
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path, prepared_dir, tiny_teacher_dir):
+    """4 steps in one go == 2 steps, checkpoint, fresh recipe from the checkpoint, 2 steps."""
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=4, eval_every=2)
+    straight = _recipe(cfg, tmp_path)
+    straight.train()
+
+    first = _recipe(cfg, tmp_path)
+    saved = []
+
+    def report(step, metrics, checkpoint):
+        if step == 2:
+            first.save_checkpoint(str(tmp_path / "ckpt"))
+            saved.append(step)
+            raise KeyboardInterrupt  # stop here, as a killed worker would
+
+    with pytest.raises(KeyboardInterrupt):
+        first.cfg = first.cfg.model_copy(update={"checkpoint_every": 2})
+        first.train(report)
+    assert saved == [2]
+    resumed = _recipe(cfg, tmp_path, ckpt=str(tmp_path / "ckpt"))
+    assert resumed.step == 2 and resumed.start_step == 2
+    out = resumed.train()
+    assert out["step"] == 4 and out["steps_run"] == 2
+    for (name, a), b in zip(
+        straight.student.state_dict().items(), resumed.student.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["eval_history"][0]["step"] == 2
+
+
+def test_finished_run_does_no_steps(tmp_path, prepared_dir, tiny_teacher_dir):
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=2)
+    r = _recipe(cfg, tmp_path)
+    r.train()
+    r.save_checkpoint(str(tmp_path / "done"))
+    again = _recipe(cfg, tmp_path, ckpt=str(tmp_path / "done"))
+    out = again.train()
+    assert out["steps_run"] == 0 and out["step"] == 2
+
+
+@pytest.mark.parametrize("cache_fixture", ["topk_cache", "sampled_cache"])
+def test_cached_mode_trains_from_a_real_teacher_cache(
+    request, cache_fixture, tmp_path, tiny_teacher_dir
+):
+    cache = request.getfixturevalue(cache_fixture)
+    cfg = DistilConfig(
+        cache=cache,
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        batch_size=8,
+        max_steps=4,
+        warmup_steps=1,
+        eval_every=4,
+        eval_batches=2,
+    )
+    r = _recipe(cfg, tmp_path)  # teacher found through the cache manifest
+    batch = next(r._micro_batches())
+    _, parts = r.loss(batch)
+    assert parts["loss_kd"] > 0 and "loss_cos" not in parts  # no teacher hidden states cached
+    out = r.train()
+    assert out["step"] == 4 and out["eval_positions"] > 0
+    assert 0 <= out["eval_teacher_agreement"] <= 1
+
+
+def test_eval_of_a_full_depth_copy_of_the_teacher_agrees_with_the_cache(
+    tmp_path, topk_cache, tiny_teacher_dir
+):
+    """A 'student' with all teacher layers is the teacher: the held-out metrics computed from the
+    cache must say so (agreement ~1, KL ~0 up to the cache's fp16 log-probs)."""
+    cfg = DistilConfig(
+        cache=topk_cache,
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        student_layers=4,
+        batch_size=8,
+        eval_batches=4,
+    )
+    ev = _recipe(cfg, tmp_path).evaluate()
+    assert ev["eval_positions"] > 0
+    assert ev["eval_teacher_agreement"] > 0.97
+    assert ev["eval_kl_to_teacher"] < 1e-2
+    student = _recipe(cfg.model_copy(update={"student_layers": 2}), tmp_path).evaluate()
+    assert student["eval_kl_to_teacher"] > 10 * ev["eval_kl_to_teacher"]
+
+
+def test_grad_accumulation_consumes_micro_batches_and_steps_once(
+    tmp_path, prepared_dir, tiny_teacher_dir
+):
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, grad_accum=3, batch_size=4, warmup_steps=0)
+    r = _recipe(cfg, tmp_path)
+    batches = r._micro_batches()
+    before = {k: v.clone() for k, v in r.student.state_dict().items()}
+    out = r.train_step(batches)
+    assert r.step == 1 and r.batch_in_epoch == 3
+    assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
+    changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # one optimizer update happened
