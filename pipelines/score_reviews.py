@@ -25,22 +25,25 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
 from apache_beam.options.pipeline_options import PipelineOptions
 
-try:
-    import _bootstrap  # noqa: F401  (when run as a script)
-except ImportError:
-    pass
+if __package__ in (None, ""):  # run as a script: import the repo's distil, not an installed one
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distil import storage
-from distil.sentiment import classifier, review_files, scored
-from distil.sentiment.config import ScoreConfig
+from distil import storage  # noqa: E402
+from distil.sentiment import classifier, review_files, scored  # noqa: E402
+from distil.sentiment.config import ScoreConfig  # noqa: E402
 
 log = logging.getLogger("distil.score")
 
@@ -208,9 +211,7 @@ def build(
             DEAD, COUNTS, main=OK
         )
     )
-    handler = KeyedModelHandler(
-        ReviewClassifierHandler(ctx["model_url"], ctx["fingerprint"], cfg)
-    )
+    handler = KeyedModelHandler(ReviewClassifierHandler(ctx["model_url"], ctx["fingerprint"], cfg))
     rows = (
         read[OK]
         | "Classify" >> RunInference(handler)

@@ -164,9 +164,7 @@ def _preview(raw: bytes | str) -> str:
     return raw[:RAW_PREVIEW]
 
 
-def iter_jsonl(
-    url: str, text_column: str, id_column: str | None
-) -> Iterator[Review | DeadLetter]:
+def iter_jsonl(url: str, text_column: str, id_column: str | None) -> Iterator[Review | DeadLetter]:
     fs, path = storage.get_fs(url)
     with fs.open(path, "rb", compression="infer") as f:
         row = -1

