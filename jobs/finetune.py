@@ -44,11 +44,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     recipe = FinetuneRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
     recipe.setup()
     recipe.train()
-    result: dict[str, Any] = {"rank": recipe.rank}
     if recipe.rank == 0:
-        result = recipe.save_checkpoint(config["model_url"])
-    # every rank reports once (a sync point); the driver reads rank 0's metrics
-    ray.train.report({"result": result})
+        recipe.save_checkpoint(config["model_url"])
+    # every rank reports once (a sync point, so no worker exits before rank 0 has exported)
+    ray.train.report({"rank": recipe.rank})
 
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -59,6 +58,10 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     model_url = model_url_for(cfg)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS set (ray job submit) -> that cluster, else embedded local Ray
+    storage_kw: dict[str, Any] = {}
+    if cfg.ray_storage_path:
+        fs, path = storage.arrow_filesystem(cfg.ray_storage_path)
+        storage_kw = {"storage_path": path, "storage_filesystem": fs}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(), "model_url": model_url},
@@ -66,12 +69,14 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
-        run_config=RunConfig(name=model_url.rstrip("/").rsplit("/", 1)[-1]),
+        run_config=RunConfig(name=model_url.rstrip("/").rsplit("/", 1)[-1], **storage_kw),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
-    summary = result.metrics["result"]
+    # Ray Train 2.x keeps reported metrics only alongside checkpoints; the committed export is
+    # the record of the run anyway, so the summary is read back from it.
+    summary = summary_of(cfg, model_url)
     log.info(
         "fine-tuned %s: validation accuracy %.4f, F1 %.4f -> %s",
         cfg.model,
@@ -80,6 +85,19 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         storage.redact(summary["model_url"]),
     )
     return summary
+
+
+def summary_of(cfg: FinetuneConfig, model_url: str) -> dict[str, Any]:
+    manifest = storage.read_manifest(model_url)
+    m = manifest["metrics"]
+    keys = ("accuracy", "f1", "train_examples", "validation_examples", "steps", "train_seconds")
+    return {
+        "model_url": model_url,
+        "latest_pointer": cfg.latest_pointer or storage.join(cfg.output, "latest.json"),
+        "fingerprint": manifest["fingerprint"],
+        "metrics": {k: m[k] for k in keys},
+        "teacher_cache": cfg.write_teacher_cache,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

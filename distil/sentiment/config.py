@@ -70,6 +70,11 @@ class FinetuneConfig(StageConfig):
     torch_threads: int | None = Field(
         None, description="intra-op threads per worker (default: torch's own choice)"
     )
+    ray_storage_path: str | None = Field(
+        None,
+        description="Ray Train run storage (URL; needed on multi-node clusters). Default: "
+        "~/ray_results on the driver",
+    )
     teacher_cache: str | None = Field(
         None,
         description="task-level KD: URL of cached teacher class logits (distil finetune "
