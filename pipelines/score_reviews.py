@@ -315,16 +315,20 @@ def run(cfg: ScoreConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Script entry: ``ScoreConfig`` flags; any other ``--flag`` goes to Beam's PipelineOptions."""
+def parse_args(argv: list[str] | None = None) -> ScoreConfig:
+    """``ScoreConfig`` flags (and ``--config``); every other flag is a Beam pipeline option."""
     from distil.config import add_config_args, config_from_args
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(parser, ScoreConfig)
     args, beam_args = parser.parse_known_args(argv)
     cfg = config_from_args(ScoreConfig, args)
-    cfg.beam_args = [*cfg.beam_args, *beam_args]
-    return run(cfg)
+    return cfg.model_copy(update={"beam_args": [*cfg.beam_args, *beam_args]})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Script entry (``python pipelines/score_reviews.py …``, the scheduled job's command)."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

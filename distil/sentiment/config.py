@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from distil.config import StageConfig
 
@@ -99,7 +99,7 @@ class ScoreConfig(StageConfig):
 
     input: list[str] = Field(
         ...,
-        description="review files: URLs, directories or globs (JSONL .jsonl/.json, CSV .csv/.tsv, "
+        description="review files: a URL, or a YAML list of URLs, directories or globs (JSONL .jsonl/.json, CSV .csv/.tsv, "
         "Parquet .parquet; gz/bz2 compression by extension)",
     )
     model: str = Field(
@@ -158,3 +158,9 @@ class ScoreConfig(StageConfig):
         default_factory=list,
         description="extra Beam pipeline options, e.g. ['--flink_master=host:8081']",
     )
+
+    @field_validator("input", "beam_args", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        # `--input s3://b/x.jsonl` (one URL) as well as `--input '[a, b]'` (a YAML list)
+        return [v] if isinstance(v, str) else v

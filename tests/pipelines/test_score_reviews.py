@@ -281,3 +281,28 @@ def test_teacher_agreement_matches_independent_computation(
     assert agreement["label_agreement"] == pytest.approx(agree, abs=1e-12)
     assert agreement["mean_kl"] == pytest.approx(kl, rel=1e-6, abs=1e-9)
     assert 0 < agreement["label_agreement"] < 1 or agreement["mean_kl"] > 0
+
+
+def test_unknown_flags_pass_through_to_beam():
+    from pipelines.score_reviews import _pipeline_args, parse_args
+
+    cfg = parse_args(
+        [
+            "--input",
+            "s3://b/in/",
+            "--model",
+            "s3://b/m/latest.json",
+            "--output",
+            "s3://b/out",
+            "--runner",
+            "FlinkRunner",
+            "--flink_master=jm:8081",
+            "--environment_type=LOOPBACK",
+        ]
+    )
+    assert cfg.runner == "FlinkRunner"
+    assert _pipeline_args(cfg) == [
+        "--runner=FlinkRunner",
+        "--flink_master=jm:8081",
+        "--environment_type=LOOPBACK",
+    ]
