@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -23,10 +21,6 @@ def planted_reviews(n: int, seed: int = 0) -> list[dict]:
         words.insert(int(rng.integers(6)), str(rng.choice(POSITIVE if label else NEGATIVE)))
         rows.append({"id": f"r{i}", "text": " ".join(words), "label": label})
     return rows
-
-
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture(scope="session")
