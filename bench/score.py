@@ -11,8 +11,8 @@ dynamic int8 Linear layers), and the ratios. "Per core" = reviews per CPU-second
 (user + system time of all its threads), which stays meaningful on a machine shared with other
 work; wall-clock rates at ``--threads`` threads are printed beside it.
 
-The int8 row also reports its accuracy change against the reviews' labels and its label
-agreement with fp32 (with the default random head the accuracy is chance level: pass a
+The bf16 and int8 rows also report their accuracy change against the reviews' labels and
+their label agreement with fp32 (with the default random head the accuracy is chance level: pass a
 fine-tuned ``--model`` for a meaningful accuracy delta).
 """
 
@@ -111,8 +111,14 @@ def main() -> None:
         }
         del clf
 
-    for name, quantize in (("ours_fp32", False), ("ours_int8", True)):
-        ours = SequenceClassifier(model_dir, max_length=args.max_length, quantize=quantize)
+    for name, quantize, bf16 in (
+        ("ours_fp32", False, False),
+        ("ours_bf16", False, True),
+        ("ours_int8", True, False),
+    ):
+        ours = SequenceClassifier(
+            model_dir, max_length=args.max_length, quantize=quantize, bf16=bf16
+        )
         ours.classify(texts[:64], args.micro_batch_size)  # warm-up
 
         def run_ours(ours=ours):
@@ -171,23 +177,26 @@ def main() -> None:
         rc = f"{base['cpu_s'] / r['cpu_s']:.2f}x" if base else "-"
         rw = f"{base['wall_s'] / r['wall_s']:.2f}x" if base else "-"
         print(f"{name:<22}{per_cpu:>15.1f}{per_wall:>16.1f}{rc:>18}{rw:>19}")
-    fp32, int8 = results["ours_fp32"], results["ours_int8"]
+    fp32 = results["ours_fp32"]
     acc32 = float((fp32["labels"] == gold).mean())
-    acc8 = float((int8["labels"] == gold).mean())
-    print(
-        f"\nint8 vs fp32: label agreement {float((fp32['labels'] == int8['labels']).mean()):.4f}, "
-        f"max |Δp(positive)| {float(np.abs(fp32['pos'] - int8['pos']).max()):.4f}, "
-        f"accuracy {acc32:.4f} -> {acc8:.4f} ({acc8 - acc32:+.4f})"
-    )
+    for name in ("ours_bf16", "ours_int8"):
+        r = results[name]
+        acc = float((r["labels"] == gold).mean())
+        print(
+            f"{name} vs fp32: label agreement {float((fp32['labels'] == r['labels']).mean()):.4f}, "
+            f"max |dp(positive)| {float(np.abs(fp32['pos'] - r['pos']).max()):.4f}, "
+            f"accuracy {acc32:.4f} -> {acc:.4f} ({acc - acc32:+.4f})"
+        )
     if base:
         print(
-            f"ours fp32 vs baseline: max |Δp(positive)| "
+            f"ours fp32 vs baseline: max |dp(positive)| "
             f"{float(np.abs(fp32['pos'] - base['pos']).max()):.2e}"
         )
-        print(
-            f"RATIO ours_fp32/baseline per core: {base['cpu_s'] / fp32['cpu_s']:.2f}x; "
-            f"ours_int8/baseline: {base['cpu_s'] / int8['cpu_s']:.2f}x"
+        ratios = ", ".join(
+            f"{k}/baseline {base['cpu_s'] / results[k]['cpu_s']:.2f}x"
+            for k in ("ours_fp32", "ours_bf16", "ours_int8")
         )
+        print(f"RATIO per core: {ratios}")
 
 
 if __name__ == "__main__":

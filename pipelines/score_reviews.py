@@ -75,13 +75,15 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
 
     def __init__(self, model_url: str, fingerprint: str, cfg: ScoreConfig):
         super().__init__(
-            min_batch_size=1,
+            # Full batches from the start (Beam's default min of 1 grows batches adaptively from
+            # a single row; small batches lose the length sorting). A bundle's tail still flushes.
+            min_batch_size=cfg.batch_size,
             max_batch_size=cfg.batch_size,
             large_model=cfg.share_model_across_processes,
         )
         self.model_url, self.fingerprint = model_url, fingerprint
         self.cache, self.max_length = cfg.model_cache, cfg.max_length
-        self.quantize, self.threads = cfg.quantize, cfg.torch_threads
+        self.quantize, self.bf16, self.threads = cfg.quantize, cfg.bf16, cfg.torch_threads
         self.micro_batch_size = cfg.micro_batch_size
 
     def load_model(self) -> classifier.SequenceClassifier:
@@ -89,7 +91,11 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
         if fp != self.fingerprint:
             raise ValueError(f"model changed under the run: {fp} != {self.fingerprint}")
         return classifier.SequenceClassifier(
-            local, max_length=self.max_length, quantize=self.quantize, torch_threads=self.threads
+            local,
+            max_length=self.max_length,
+            quantize=self.quantize,
+            bf16=self.bf16,
+            torch_threads=self.threads,
         )
 
     def run_inference(
@@ -279,6 +285,8 @@ def run(cfg: ScoreConfig) -> dict:
     if manifest.get("kind") != classifier.MODEL_KIND:
         raise ValueError(f"{model_url} is not a fine-tuned model dir (distil finetune output)")
     id2label = {int(k): v for k, v in manifest["id2label"].items()}
+    if cfg.quantize and cfg.bf16:
+        raise ValueError("--quantize and --bf16 are exclusive: choose one")
     if cfg.teacher_cache:
         from distil.sentiment.teacher_cache import check_labels, open_teacher_cache
 
@@ -295,6 +303,7 @@ def run(cfg: ScoreConfig) -> dict:
             "model": storage.redact(model_url),
             "model_fingerprint": manifest["fingerprint"],
             "quantize": cfg.quantize,
+            "bf16": cfg.bf16,
             "runner": cfg.runner,
             "teacher_cache": storage.redact(cfg.teacher_cache) if cfg.teacher_cache else None,
         },

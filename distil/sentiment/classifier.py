@@ -137,7 +137,7 @@ class SequenceClassifier:
     What makes it faster than ``transformers.pipeline`` (see bench/score.py): the Rust tokenizer
     encodes a whole batch in one call; rows are sorted by length and run in micro-batches padded
     only to the longest row of each, so short reviews don't pay for long ones; ``inference_mode``;
-    one softmax per micro-batch; optional dynamic int8 Linear layers.
+    one softmax per micro-batch; optional dynamic int8 Linear layers or bf16 autocast.
     """
 
     def __init__(
@@ -146,6 +146,7 @@ class SequenceClassifier:
         *,
         max_length: int = 256,
         quantize: bool = False,
+        bf16: bool = False,
         torch_threads: int | None = None,
     ) -> None:
         import torch
@@ -153,8 +154,11 @@ class SequenceClassifier:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        if quantize and bf16:
+            raise ValueError("choose one of int8 quantisation and bf16, not both")
         self.local_dir = local_dir
         self.max_length = max_length
+        self.bf16 = bf16
         model = AutoModelForSequenceClassification.from_pretrained(local_dir)
         model.eval()
         if quantize:
@@ -192,7 +196,10 @@ class SequenceClassifier:
             return out
         lengths = np.fromiter((len(x) for x in ids), np.int64, n)
         order = np.argsort(lengths, kind="stable")
-        with torch.inference_mode():
+        # bf16 autocast: matmuls in bfloat16 (native on CPUs with AVX512-BF16 / AMX), softmax
+        # and LayerNorm stay fp32; logits come back as fp32.
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
             for start in range(0, n, micro_batch_size):
                 idx = order[start : start + micro_batch_size]
                 width = int(lengths[idx].max())

@@ -132,6 +132,11 @@ class ScoreConfig(StageConfig):
     quantize: bool = Field(
         False, description="dynamic int8 quantisation of the Linear layers (CPU speed-up)"
     )
+    bf16: bool = Field(
+        False,
+        description="bfloat16 autocast for the forward pass (CPU speed-up on AVX512-BF16/AMX "
+        "CPUs; exclusive with --quantize)",
+    )
     torch_threads: int | None = Field(
         None, description="intra-op threads per Beam worker process (default: torch's choice)"
     )
