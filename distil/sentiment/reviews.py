@@ -126,7 +126,9 @@ def _rotten_tomatoes() -> list[dict[str, Any]]:
 
 
 def _write_jsonl(dir_url: str, name: str, rows: list[dict[str, Any]]) -> None:
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    # ASCII JSON: some reviews hold U+0085 / U+2028, which str.splitlines-based readers would
+    # take for line breaks if written raw.
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
     with storage.staged_file(dir_url, name) as f:
         f.write(body)
 
