@@ -66,6 +66,7 @@ class ReadReviews(beam.DoFn):
                 yield (item.id, asdict(item))
             else:
                 yield beam.pvalue.TaggedOutput(DEAD, asdict(item))
+        log.info("read %s: %d records", storage.redact(url), n)
         yield beam.pvalue.TaggedOutput(COUNTS, {"file": url, "records": n})
 
 
@@ -163,7 +164,9 @@ class WriteParts(beam.DoFn):
             schema = scored.DEAD_SCHEMA
         else:
             schema = scored.SCORED_SCHEMA
-        yield scored.write_part(self.run_url, self.rel_dir, rows, schema)
+        info = scored.write_part(self.run_url, self.rel_dir, rows, schema)
+        log.info("wrote %s (%d rows)", info["name"], info["rows"])
+        yield info
 
 
 def _teacher_pairs(file_url: str) -> Iterable[tuple[str, np.ndarray]]:
@@ -341,7 +344,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     import json
 
-    print(json.dumps(main(), indent=2, default=str))
+    logging.basicConfig(level=logging.INFO)
+    # Run the importable module's main so the DoFns pickle by reference to pipelines.score_reviews
+    # (importable on remote workers), not as __main__ classes.
+    from pipelines.score_reviews import main as _main
+
+    print(json.dumps(_main(), indent=2, default=str))
