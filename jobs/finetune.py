@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any
 
 with contextlib.suppress(ImportError):  # absent when imported as jobs.finetune (distil CLI)
@@ -53,6 +54,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune with Ray Train, export the classifier, return a JSON-able summary."""
     _setup_logging()
+    cfg = absolute_paths(cfg)
     if cfg.train is None:  # assemble the default data once, on the driver
         cfg = cfg.model_copy(update={"train": default_train_url(cfg)})
     model_url = model_url_for(cfg)
@@ -85,6 +87,27 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         storage.redact(summary["model_url"]),
     )
     return summary
+
+
+PATH_FIELDS = (
+    "model",
+    "train",
+    "reviews_cache",
+    "output",
+    "latest_pointer",
+    "teacher_cache",
+    "write_teacher_cache",
+)
+
+
+def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Ray workers run in another directory: make local relative paths absolute on the driver."""
+    update = {}
+    for name in PATH_FIELDS:
+        value = getattr(cfg, name)
+        if value and "://" not in value and not value.startswith("packaged:"):
+            update[name] = os.path.abspath(value)
+    return cfg.model_copy(update=update)
 
 
 def summary_of(cfg: FinetuneConfig, model_url: str) -> dict[str, Any]:
