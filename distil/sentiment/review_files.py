@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ def expand_inputs(inputs: list[str], input_format: str = "auto") -> list[str]:
     files; otherwise every file with a known extension, skipping staging/marker folders)."""
     out: list[str] = []
     for item in inputs:
+        if "://" not in item:  # lineage and generated ids name the file absolutely
+            item = os.path.abspath(item)
         fs, path = storage.get_fs(item)
         scheme = item.split("://", 1)[0] + "://" if "://" in item else ""
         if any(c in item for c in "*?["):
