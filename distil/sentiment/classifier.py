@@ -1,0 +1,237 @@
+"""The fine-tuned classifier as an artifact: export, ``latest`` pointer, fetch-and-verify, and the
+fast inference path that ``distil score`` and ``bench/score.py`` use.
+
+A model directory is a plain HF ``…ForSequenceClassification`` dir (``model.safetensors``,
+``config.json`` with ``id2label``, tokenizer files, ``metrics.json``) plus a ``manifest.json``
+listing every file with its sha256. The manifest's ``fingerprint`` is what scored rows carry
+as ``model_fingerprint``, and what the local cache is keyed by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from typing import Any
+
+import numpy as np
+
+from distil import storage
+
+MODEL_KIND = "sentiment_model"
+POINTER_KIND = "latest_model"
+
+
+def export_classifier(
+    model: Any, tokenizer: Any, url: str, metrics: dict[str, Any], extra: dict | None = None
+) -> dict[str, Any]:
+    """Save an HF classifier + tokenizer + metrics.json to ``url``; manifest (with hashes) last."""
+    with tempfile.TemporaryDirectory(prefix="distil-export-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        files = []
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as f:
+                data = f.read()
+            files.append({"name": name, "bytes": len(data), "sha256": storage.sha256_bytes(data)})
+        storage.upload_dir(tmp, url)
+    manifest = {
+        "kind": MODEL_KIND,
+        "files": files,
+        "id2label": {str(k): v for k, v in model.config.id2label.items()},
+        "metrics": metrics,
+        "fingerprint": storage.fingerprint([(f["name"], f["sha256"]) for f in files]),
+        **(extra or {}),
+    }
+    storage.commit(url, manifest)
+    return manifest
+
+
+def write_latest_pointer(pointer_url: str, model_url: str, manifest: dict[str, Any]) -> None:
+    """Point ``pointer_url`` (a small JSON) at the newest model. One PUT / an atomic rename, so a
+    scheduled ``distil score --model POINTER`` sees the old or the new model, never half."""
+    storage.write_json(
+        pointer_url,
+        {
+            "kind": POINTER_KIND,
+            "model": model_url,
+            "fingerprint": manifest["fingerprint"],
+            "metrics": manifest.get("metrics", {}),
+            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
+
+
+def resolve_model_url(url: str) -> str:
+    """A model dir URL, following a ``latest`` pointer (a ``.json`` object) if given one."""
+    if url.endswith(".json"):
+        pointer = storage.read_json(url)
+        if pointer.get("kind") != POINTER_KIND:
+            raise ValueError(f"{url} is not a latest-model pointer (kind={pointer.get('kind')})")
+        return pointer["model"]
+    return url
+
+
+def fetch_model(url: str, cache_dir: str) -> tuple[str, str]:
+    """``(local_dir, fingerprint)``: the model at ``url`` pulled once into ``cache_dir`` and every
+    file checked against the sha256 in its manifest. Concurrent callers (Beam worker processes
+    on one machine) each download to a private temp dir and rename it into place: the first
+    rename wins, the others find the finished copy and throw theirs away.
+
+    A directory without our manifest (a user's own HF checkpoint) is hashed as it is pulled and
+    keyed by that hash.
+    """
+    url = resolve_model_url(url)
+    os.makedirs(cache_dir, exist_ok=True)
+    manifest = None
+    with contextlib.suppress(storage.NotCommittedError):
+        manifest = storage.read_manifest(url)
+    if manifest is not None:
+        final = os.path.join(cache_dir, manifest["fingerprint"])
+        if os.path.exists(os.path.join(final, ".verified")):
+            return final, manifest["fingerprint"]
+    tmp = os.path.join(cache_dir, f".tmp-{uuid.uuid4().hex}")
+    try:
+        if manifest is not None:
+            os.makedirs(tmp)
+            for entry in manifest["files"]:
+                data = storage.read_bytes(storage.join(url, entry["name"]))
+                got = storage.sha256_bytes(data)
+                if got != entry["sha256"]:
+                    raise ValueError(
+                        f"{storage.redact(url)}/{entry['name']}: sha256 {got[:12]}… does not "
+                        f"match the manifest ({entry['sha256'][:12]}…); refusing to load it"
+                    )
+                with open(os.path.join(tmp, entry["name"]), "wb") as f:
+                    f.write(data)
+            fingerprint = manifest["fingerprint"]
+        else:
+            storage.copy_dir_to_local(url, tmp) if "://" in url else shutil.copytree(url, tmp)
+            hashes = []
+            for name in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    hashes.append((name, storage.sha256_bytes(f.read())))
+            fingerprint = storage.fingerprint(hashes)
+            final = os.path.join(cache_dir, fingerprint)
+        open(os.path.join(tmp, ".verified"), "w").close()
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process got there first; its copy is verified too
+            if not os.path.exists(os.path.join(final, ".verified")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, fingerprint
+
+
+class SequenceClassifier:
+    """Tokenize + classify with as little per-row Python as possible.
+
+    What makes it faster than ``transformers.pipeline`` (see bench/score.py): the Rust tokenizer
+    encodes a whole batch in one call; rows are sorted by length and run in micro-batches padded
+    only to the longest row of each, so short reviews don't pay for long ones; ``inference_mode``;
+    one softmax per micro-batch; optional dynamic int8 Linear layers or bf16 autocast.
+    """
+
+    def __init__(
+        self,
+        local_dir: str,
+        *,
+        max_length: int = 256,
+        quantize: bool = False,
+        bf16: bool = False,
+        torch_threads: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        if quantize and bf16:
+            raise ValueError("choose one of int8 quantisation and bf16, not both")
+        self.local_dir = local_dir
+        self.max_length = max_length
+        self.bf16 = bf16
+        model = AutoModelForSequenceClassification.from_pretrained(local_dir)
+        model.eval()
+        if quantize:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated
+                model = torch.ao.quantization.quantize_dynamic(
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
+        self.model = model
+        self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+        hf_tok = AutoTokenizer.from_pretrained(local_dir)
+        # A private copy of the Rust tokenizer: our own truncation (some tokenizer.json files
+        # ship one switched on), no padding (we pad per micro-batch).
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
+        self.pad_id = hf_tok.pad_token_id or 0
+
+    def tokenize(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Token ids per text and a truncated flag per text (one Rust call for the batch)."""
+        encs = self.tokenizer.encode_batch(texts)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
+        truncated = np.fromiter((len(e.overflowing) > 0 for e in encs), bool, len(encs))
+        return ids, truncated
+
+    def logits(self, ids: list[np.ndarray], micro_batch_size: int = 64) -> np.ndarray:
+        """``[n, num_labels]`` float32 logits, in the order of ``ids``."""
+        import torch
+
+        n = len(ids)
+        out = np.empty((n, len(self.id2label)), dtype=np.float32)
+        if n == 0:
+            return out
+        lengths = np.fromiter((len(x) for x in ids), np.int64, n)
+        order = np.argsort(lengths, kind="stable")
+        # bf16 autocast: matmuls in bfloat16 (native on CPUs with AVX512-BF16 / AMX), softmax
+        # and LayerNorm stay fp32; logits come back as fp32.
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
+            for start in range(0, n, micro_batch_size):
+                idx = order[start : start + micro_batch_size]
+                width = int(lengths[idx].max())
+                batch = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for j, i in enumerate(idx):
+                    batch[j, : lengths[i]] = ids[i]
+                    mask[j, : lengths[i]] = 1
+                logits = self.model(
+                    input_ids=torch.from_numpy(batch), attention_mask=torch.from_numpy(mask)
+                ).logits
+                out[idx] = logits.float().numpy()
+        return out
+
+    def classify(self, texts: list[str], micro_batch_size: int = 64) -> dict[str, np.ndarray]:
+        ids, truncated = self.tokenize(texts)
+        logits = self.logits(ids, micro_batch_size)
+        probs = softmax(logits)
+        return {
+            "label_id": probs.argmax(-1),
+            "probs": probs,
+            "truncated": truncated,
+            "n_tokens": np.fromiter((len(x) for x in ids), np.int32, len(ids)),
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))

@@ -1,0 +1,171 @@
+"""Configs for stage 4: ``distil finetune`` (Ray Train) and ``distil score`` (Apache Beam)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from distil.config import StageConfig
+
+DEFAULT_LABELS = ["negative", "positive"]
+
+
+class FinetuneConfig(StageConfig):
+    """Fine-tune a BERT-family encoder with a sequence-classification head on labelled reviews."""
+
+    model: str = Field(
+        "packaged:all-minilm-l6-v2",
+        description="model to fine-tune: a BERT-family HF directory as path/URL (the distilled "
+        "student, a teacher) or packaged:all-minilm-l6-v2",
+    )
+    train: str | None = Field(
+        None,
+        description="labelled reviews (JSONL/CSV/Parquet file, or a directory of them). Unset: "
+        "the movie snippets assembled from registry packages (--reviews-cache)",
+    )
+    reviews_cache: str = Field(
+        ".distil/reviews",
+        description="where the default movie snippets are assembled when --train is unset",
+    )
+    text_column: str = Field("text", description="column holding the review text")
+    label_column: str = Field(
+        "label", description="column holding the label (0/1 ints, booleans or label names)"
+    )
+    id_column: str | None = Field(
+        "id",
+        description="column with a stable row id (used for the train/validation split); rows "
+        "are numbered by position when the column is absent",
+    )
+    labels: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LABELS),
+        description="class names, index = class id (written to the model's id2label)",
+    )
+    validation_fraction: float = Field(
+        0.1, description="share of rows held out for validation (hash of the row id)"
+    )
+    output: str = Field(..., description="URL under which the fine-tuned model dir is written")
+    run_name: str | None = Field(
+        None, description="model dir name under --output (default: finetune-<UTC timestamp>)"
+    )
+    max_length: int = Field(128, description="tokens per review (longer ones are truncated)")
+    batch_size: int = Field(32, description="examples per optimizer step per worker")
+    epochs: float = Field(1.0, description="passes over the training rows (may be fractional)")
+    max_steps: int | None = Field(
+        None, description="stop after this many optimizer steps (caps --epochs)"
+    )
+    max_train_examples: int | None = Field(
+        None, description="use only the first N training rows (a CPU time budget)"
+    )
+    max_validation_examples: int | None = Field(
+        None, description="evaluate on at most N validation rows"
+    )
+    lr: float = Field(5e-5, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.01, description="AdamW weight decay (not on biases/LayerNorm)")
+    warmup_fraction: float = Field(0.1, description="share of steps with linear LR warm-up")
+    grad_clip: float = Field(1.0, description="clip the global grad norm to this value")
+    seed: int = Field(0, description="seed for the head init and the data order")
+    num_workers: int = Field(1, description="Ray Train workers (DDP, gloo on CPU)")
+    cpus_per_worker: float = Field(0.5, description="CPUs Ray reserves per train worker")
+    torch_threads: int | None = Field(
+        None, description="intra-op threads per worker (default: torch's own choice)"
+    )
+    ray_storage_path: str | None = Field(
+        None,
+        description="Ray Train run storage (URL; needed on multi-node clusters). Default: "
+        "~/ray_results on the driver",
+    )
+    teacher_cache: str | None = Field(
+        None,
+        description="task-level KD: URL of cached teacher class logits (distil finetune "
+        "--write-teacher-cache, keyed by sha256 of the text); adds the KD term",
+    )
+    kd_alpha: float = Field(0.5, description="weight of the KD term (1 - alpha on the labels)")
+    kd_temperature: float = Field(2.0, description="softmax temperature of the KD term")
+    write_teacher_cache: str | None = Field(
+        None,
+        description="after training, cache this model's class logits over the training and "
+        "validation texts at this URL (to teach a student, or for distil score --teacher-cache)",
+    )
+    latest_pointer: str | None = Field(
+        None,
+        description="URL of the small JSON naming the newest model (default: OUTPUT/latest.json)",
+    )
+    log_every: int = Field(20, description="log training loss every N steps")
+
+
+class ScoreConfig(StageConfig):
+    """Score review files with a fine-tuned classifier (Apache Beam)."""
+
+    input: list[str] = Field(
+        ...,
+        description="review files: a URL, or a YAML list of URLs, directories or globs (JSONL .jsonl/.json, CSV .csv/.tsv, "
+        "Parquet .parquet; gz/bz2 compression by extension)",
+    )
+    model: str = Field(
+        ...,
+        description="fine-tuned model dir URL, or a latest.json pointer written by distil finetune",
+    )
+    output: str = Field(..., description="output URL; each run goes to OUTPUT/run_id=<run_id>/")
+    run_id: str | None = Field(
+        None,
+        description="run id (default: UTC timestamp); re-running an id replaces its output",
+    )
+    id_column: str | None = Field(
+        "id",
+        description="id column; where a file or row has no id: id = hash of (file URL, row)",
+    )
+    text_column: str = Field("text", description="column holding the review text")
+    input_format: Literal["auto", "jsonl", "csv", "parquet"] = Field(
+        "auto", description="file format (auto: from the extension)"
+    )
+    max_length: int = Field(
+        256, description="tokens per review; longer reviews are truncated and flagged"
+    )
+    batch_size: int = Field(
+        512, description="rows per RunInference batch (sorted by length inside)"
+    )
+    micro_batch_size: int = Field(
+        64, description="rows per forward pass after sorting a batch by length"
+    )
+    rows_per_file: int = Field(50_000, description="rows per output Parquet part")
+    quantize: bool = Field(
+        False, description="dynamic int8 quantisation of the Linear layers (CPU speed-up)"
+    )
+    bf16: bool = Field(
+        False,
+        description="bfloat16 autocast for the forward pass (CPU speed-up on AVX512-BF16/AMX "
+        "CPUs; exclusive with --quantize)",
+    )
+    torch_threads: int | None = Field(
+        None, description="intra-op threads per Beam worker process (default: torch's choice)"
+    )
+    share_model_across_processes: bool = Field(
+        False,
+        description="one model per machine shared by all SDK worker processes (Beam "
+        "multi_process_shared); default: one copy per worker process, shared by its threads",
+    )
+    model_cache: str = Field(
+        ".distil/cache/models",
+        description="local directory the model is pulled into (once, verified by sha256)",
+    )
+    teacher_cache: str | None = Field(
+        None,
+        description="cached teacher class logits (keyed by sha256 of the text): the summary "
+        "reports student-teacher agreement and mean KL on the covered rows",
+    )
+    runner: str = Field(
+        "FnApiRunner",
+        description="Beam runner: FnApiRunner, DirectRunner (local), FlinkRunner, SparkRunner, "
+        "DataflowRunner (pass their options with --beam-args)",
+    )
+    beam_args: list[str] = Field(
+        default_factory=list,
+        description="extra Beam pipeline options, e.g. ['--flink_master=host:8081']",
+    )
+
+    @field_validator("input", "beam_args", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        # `--input s3://b/x.jsonl` (one URL) as well as `--input '[a, b]'` (a YAML list)
+        return [v] if isinstance(v, str) else v

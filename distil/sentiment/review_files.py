@@ -1,0 +1,259 @@
+"""Read review files (JSONL, CSV/TSV, Parquet) row by row, turning every bad row into a
+dead-letter record with a reason instead of an exception.
+
+Every input record comes out exactly once, either as a ``Review`` or a ``DeadLetter``, which is
+what lets ``distil score`` prove ``rows_in == scored + dead_letter``. A "record" is a non-blank
+JSONL line, a CSV data row, a Parquet row, or, for a file that cannot be read at all (or stops
+being readable part-way), one ``unreadable_file`` record.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from distil import storage
+
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
+COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
+
+# Dead-letter reasons (the ``reason`` column); docs/sentiment.md explains each.
+MISSING_TEXT = "missing_text"
+EMPTY_TEXT = "empty_text"
+WRONG_TYPE = "wrong_type"
+UNDECODABLE = "undecodable"
+MALFORMED_LINE = "malformed_line"
+MALFORMED_ROW = "malformed_row"
+BAD_ID = "bad_id"
+UNREADABLE_FILE = "unreadable_file"
+
+RAW_PREVIEW = 500  # characters of the raw record kept in the dead-letter row
+
+
+@dataclass(frozen=True)
+class Review:
+    id: str
+    text: str
+    source_file: str
+    source_row: int
+    id_generated: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str | None
+    source_file: str
+    source_row: int
+    reason: str
+    detail: str
+    raw: str
+
+
+def format_of(url: str, input_format: str = "auto") -> str:
+    if input_format != "auto":
+        return input_format
+    name = url.lower()
+    for ext in COMPRESSIONS:
+        name = name.removesuffix(ext)
+    fmt = FORMATS.get(posixpath.splitext(name)[1])
+    if fmt is None:
+        raise ValueError(f"{url}: cannot tell the format from the extension; pass --input-format")
+    return fmt
+
+
+def generated_id(source_file: str, row: int) -> str:
+    """Stable id for a row without one: the same file URL and row number give the same id."""
+    return hashlib.sha256(f"{source_file}\x00{row}".encode()).hexdigest()[:24]
+
+
+def text_sha256(text: str) -> str:
+    """The key of the task-level teacher cache."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def expand_inputs(inputs: list[str], input_format: str = "auto") -> list[str]:
+    """Concrete file URLs for files, globs and directories (a committed directory: its listed
+    files; otherwise every file with a known extension, skipping staging/marker folders)."""
+    out: list[str] = []
+    for item in inputs:
+        if "://" not in item:  # lineage and generated ids name the file absolutely
+            item = os.path.abspath(item)
+        fs, path = storage.get_fs(item)
+        scheme = item.split("://", 1)[0] + "://" if "://" in item else ""
+        if any(c in item for c in "*?["):
+            out += [scheme + p for p in sorted(fs.glob(path))]
+        elif fs.isdir(path):
+            if storage.is_committed(item):
+                out += [u for u in storage.committed_files(item) if _known(u, input_format)]
+            else:
+                for p in sorted(fs.find(path)):
+                    rel = posixpath.relpath(p, path)
+                    if rel.startswith((storage.STAGING, storage.MARKERS)):
+                        continue
+                    if _known(p, input_format) and not rel.endswith(storage.MANIFEST):
+                        out.append(scheme + p)
+        elif fs.exists(path):
+            out.append(item)
+        else:
+            raise FileNotFoundError(f"input {storage.redact(item)} does not exist")
+    if not out:
+        raise FileNotFoundError(f"no review files found in {[storage.redact(i) for i in inputs]}")
+    return out
+
+
+def _known(url: str, input_format: str) -> bool:
+    try:
+        format_of(url, input_format)
+        return True
+    except ValueError:
+        return False
+
+
+def _check(
+    rec: dict[str, Any], source: str, row: int, text_column: str, id_column: str | None, raw: str
+) -> Review | DeadLetter:
+    """One parsed record → a Review, or a DeadLetter saying what is wrong with it."""
+    rid: Any = rec.get(id_column) if id_column else None
+    id_generated = rid is None or (isinstance(rid, str) and not rid.strip())
+    if id_generated:
+        rid = generated_id(source, row)
+    elif isinstance(rid, bool) or not isinstance(rid, str | int | float):
+        return DeadLetter(None, source, row, BAD_ID, f"id is {type(rid).__name__}", raw)
+    elif isinstance(rid, float):
+        rid = str(int(rid)) if rid.is_integer() else repr(rid)
+    rid = str(rid)
+
+    def dead(reason: str, detail: str) -> DeadLetter:
+        return DeadLetter(rid, source, row, reason, detail, raw)
+
+    if text_column not in rec or rec[text_column] is None:
+        return dead(MISSING_TEXT, f"no value in column {text_column!r}")
+    text = rec[text_column]
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return dead(UNDECODABLE, f"text bytes are not UTF-8: {e.reason} at {e.start}")
+    if not isinstance(text, str):
+        return dead(WRONG_TYPE, f"text is {type(text).__name__}, expected a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates from JSON "\ud800" or undecodable CSV bytes
+        return dead(UNDECODABLE, f"text has an invalid code point at {e.start}")
+    if not text.strip():
+        return dead(EMPTY_TEXT, "text is empty or whitespace only")
+    return Review(rid, text, source, row, id_generated)
+
+
+def _preview(raw: bytes | str) -> str:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="backslashreplace")
+    raw = raw.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return raw[:RAW_PREVIEW]
+
+
+def iter_jsonl(url: str, text_column: str, id_column: str | None) -> Iterator[Review | DeadLetter]:
+    fs, path = storage.get_fs(url)
+    with fs.open(path, "rb", compression="infer") as f:
+        row = -1
+        for line in f:
+            if not line.strip():
+                continue
+            row += 1
+            raw = _preview(line.rstrip(b"\r\n"))
+            try:
+                decoded = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield DeadLetter(None, url, row, UNDECODABLE, f"line is not UTF-8: {e.reason}", raw)
+                continue
+            try:
+                rec = json.loads(decoded)
+            except json.JSONDecodeError as e:
+                yield DeadLetter(None, url, row, MALFORMED_LINE, f"invalid JSON: {e.msg}", raw)
+                continue
+            if not isinstance(rec, dict):
+                detail = f"JSON {type(rec).__name__}, expected an object"
+                yield DeadLetter(None, url, row, MALFORMED_LINE, detail, raw)
+                continue
+            yield _check(rec, url, row, text_column, id_column, raw)
+
+
+def iter_csv(
+    url: str, text_column: str, id_column: str | None, delimiter: str = ","
+) -> Iterator[Review | DeadLetter]:
+    fs, path = storage.get_fs(url)
+    with fs.open(path, "rb", compression="infer") as fb:
+        # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is caught by
+        # _check (-> "undecodable") instead of failing the whole file.
+        f = codecs.getreader("utf-8")(fb, errors="surrogateescape")
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        for row, fields in enumerate(reader):
+            raw = _preview(delimiter.join(fields))
+            if len(fields) != len(header):
+                detail = f"{len(fields)} fields, header has {len(header)}"
+                yield DeadLetter(None, url, row, MALFORMED_ROW, detail, raw)
+                continue
+            rec = dict(zip(header, fields, strict=True))
+            yield _check(rec, url, row, text_column, id_column, raw)
+
+
+def iter_parquet(
+    url: str, text_column: str, id_column: str | None, batch_rows: int = 8192
+) -> Iterator[Review | DeadLetter]:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_filesystem(url)
+    with fs.open_input_file(path) as fh:
+        pf = pq.ParquetFile(fh)
+        names = set(pf.schema_arrow.names)
+        cols = [c for c in (text_column, id_column) if c and c in names]
+        row = 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=cols or None):
+            recs = batch.to_pylist() if cols else [{}] * batch.num_rows
+            for rec in recs:
+                raw = _preview(json.dumps(rec, default=repr, ensure_ascii=False))
+                yield _check(rec, url, row, text_column, id_column, raw)
+                row += 1
+
+
+def iter_reviews(
+    url: str, text_column: str, id_column: str | None, input_format: str = "auto"
+) -> Iterator[Review | DeadLetter]:
+    """Every record of one file, good or bad. Never raises for bad data: a file that cannot be
+    read (corrupt, truncated archive, wrong format) ends with one ``unreadable_file`` record."""
+    fmt = format_of(url, input_format)
+    n = 0
+    try:
+        if fmt == "jsonl":
+            gen = iter_jsonl(url, text_column, id_column)
+        elif fmt in ("csv", "tsv"):
+            gen = iter_csv(url, text_column, id_column, "\t" if fmt == "tsv" else ",")
+        else:
+            gen = iter_parquet(url, text_column, id_column)
+        for item in gen:
+            n += 1
+            yield item
+    except (OSError, ValueError, EOFError, csv.Error, io.UnsupportedOperation) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        detail = f"{type(e).__name__} after {n} records: {e}"[:RAW_PREVIEW]
+        yield DeadLetter(None, url, -1, UNREADABLE_FILE, detail, "")

@@ -1,0 +1,308 @@
+"""distil score end to end: real Beam (FnApiRunner), real SeaweedFS S3, a tiny real classifier."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from distil import storage
+from distil.sentiment import scored
+from distil.sentiment.config import ScoreConfig
+from distil.sentiment.review_files import generated_id, text_sha256
+
+LONG_TEXT = "a long and winding review " * 150  # ~750 tokens: truncated to max_length
+GOOD = {
+    # (file, row) -> (id or None, text) for every row that must be scored
+    ("a.jsonl", 0): ("good-1", "a wonderful, moving film"),
+    ("a.jsonl", 11): (None, "no id here but a fine film"),
+    ("a.jsonl", 12): ("long", LONG_TEXT),
+    ("a.jsonl", 13): ("dup", "a wonderful, moving film"),
+    ("b.csv", 0): ("c1", "terrible, boring"),
+    ("b.csv", 4): ("c5", 'Quoted "text", with a comma'),
+    ("c.parquet", 0): ("p1", "solid acting"),
+    ("c.parquet", 3): ("p4", "I walked out after ten minutes"),
+    ("e.jsonl.gz", 0): ("g1", "gzip keeps working"),
+    ("e.jsonl.gz", 1): ("g2", "clichés and all, it works"),
+}
+# (file, row) -> reason for every planted bad record
+BAD = {
+    ("a.jsonl", 1): "missing_text",
+    ("a.jsonl", 2): "missing_text",
+    ("a.jsonl", 3): "empty_text",
+    ("a.jsonl", 4): "wrong_type",
+    ("a.jsonl", 5): "wrong_type",
+    ("a.jsonl", 6): "malformed_line",
+    ("a.jsonl", 7): "malformed_line",
+    ("a.jsonl", 8): "undecodable",
+    ("a.jsonl", 9): "undecodable",
+    ("a.jsonl", 10): "bad_id",
+    ("b.csv", 1): "malformed_row",
+    ("b.csv", 2): "undecodable",
+    ("b.csv", 3): "empty_text",
+    ("c.parquet", 1): "missing_text",
+    ("c.parquet", 2): "empty_text",
+    ("d.parquet", -1): "unreadable_file",
+}
+
+
+def _jsonl() -> bytes:
+    lines = [
+        json.dumps({"id": "good-1", "text": "a wonderful, moving film"}).encode(),
+        b'{"id": "m1"}',
+        b'{"id": "m2", "text": null}',
+        b'{"id": "e1", "text": "   \\t "}',
+        b'{"id": "w1", "text": 42}',
+        b'{"id": "w2", "text": ["a", "list"]}',
+        b'{"id": "broken", "text": "no closing brace"',
+        b"[1, 2, 3]",
+        b'{"id": "u1", "text": "caf\xe9 latin-1 byte"}',
+        b'{"id": "u2", "text": "lone \\ud800 surrogate"}',
+        b'{"id": {"nested": 1}, "text": "fine text, bad id"}',
+        b"",  # blank lines are not records
+        json.dumps({"text": "no id here but a fine film"}).encode(),
+        json.dumps({"id": "long", "text": LONG_TEXT}).encode(),
+        json.dumps({"id": "dup", "text": "a wonderful, moving film"}).encode(),
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
+def _csv() -> bytes:
+    return (
+        b"id,text\r\n"
+        b'c1,"terrible, boring"\r\n'
+        b"c2,too,many,fields\r\n"
+        b"c3,\xff\xfe not utf-8\r\n"
+        b"c4,\r\n"
+        b'c5,"Quoted ""text"", with a comma"\r\n'
+    )
+
+
+def _parquet() -> bytes:
+    t = pa.table(
+        {
+            "id": ["p1", "p2", "p3", "p4"],
+            "text": ["solid acting", None, "", "I walked out after ten minutes"],
+            "stars": [4, 1, 3, 1],
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    return buf.getvalue()
+
+
+def _gz() -> bytes:
+    rows = [
+        {"id": "g1", "text": "gzip keeps working"},
+        {"id": "g2", "text": "clichés and all, it works"},
+    ]
+    return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+@pytest.fixture(scope="module")
+def reviews_url(s3_server):
+    url = f"s3://{s3_server.bucket}/reviews-{uuid.uuid4().hex[:8]}"
+    files = {
+        "a.jsonl": _jsonl(),
+        "b.csv": _csv(),
+        "c.parquet": _parquet(),
+        "d.parquet": b"PAR1 this is not a parquet file",
+        "e.jsonl.gz": _gz(),
+    }
+    for name, data in files.items():
+        storage.write_bytes(storage.join(url, name), data)
+    return url
+
+
+def _score(reviews_url, model_url, output, run_id, tmp_path, **kw) -> dict:
+    from pipelines.score_reviews import run
+
+    cfg = ScoreConfig(
+        input=[reviews_url],
+        model=model_url,
+        output=output,
+        run_id=run_id,
+        model_cache=str(tmp_path / "model-cache"),
+        max_length=128,
+        batch_size=8,
+        micro_batch_size=4,
+        rows_per_file=4,
+        runner="FnApiRunner",
+        **kw,
+    )
+    return run(cfg)
+
+
+@pytest.fixture(scope="module")
+def base_run(reviews_url, tiny_classifier_url, s3_server, tmp_path_factory):
+    output = f"s3://{s3_server.bucket}/scored-{uuid.uuid4().hex[:8]}"
+    tmp = tmp_path_factory.mktemp("score")
+    summary = _score(reviews_url, tiny_classifier_url, output, "base", tmp)
+    return output, summary, tmp
+
+
+def _expected_id(reviews_url, key):
+    rid, _ = GOOD[key]
+    return rid if rid is not None else generated_id(storage.join(reviews_url, key[0]), key[1])
+
+
+@pytest.mark.timeout(180)
+def test_every_row_is_scored_or_dead_lettered_with_its_reason(base_run, reviews_url):
+    output, summary, _ = base_run
+    assert summary["rows_in"] == len(GOOD) + len(BAD) == 26
+    assert summary["scored"] == len(GOOD)
+    assert summary["dead_letter"] == len(BAD)
+    assert summary["accounted"] is True
+    want_reasons: dict[str, int] = {}
+    for reason in BAD.values():
+        want_reasons[reason] = want_reasons.get(reason, 0) + 1
+    assert summary["dead_letter_by_reason"] == want_reasons
+    assert len(want_reasons) >= 6
+
+    dead = scored.read_run(output, "base", "dead_letter_files").to_pylist()
+    got = {(r["source_file"].rsplit("/", 1)[1], r["source_row"]): r["reason"] for r in dead}
+    assert got == BAD
+    assert all(r["detail"] and r["run_id"] == "base" for r in dead)
+
+    rows = scored.read_run(output, "base").to_pylist()
+    by_key = {(r["source_file"].rsplit("/", 1)[1], r["source_row"]): r for r in rows}
+    assert set(by_key) == set(GOOD)
+    for key, (_, text) in GOOD.items():
+        r = by_key[key]
+        assert r["id"] == _expected_id(reviews_url, key)
+        assert r["id_generated"] == (GOOD[key][0] is None)
+        assert r["text_sha256"] == text_sha256(text)
+        assert r["label"] in ("negative", "positive")
+        assert r["score"] == pytest.approx(max(r["probs"]), abs=1e-6)
+        assert r["run_id"] == "base" and r["model_fingerprint"] == summary["model_fingerprint"]
+    long = by_key[("a.jsonl", 12)]
+    assert long["truncated"] and long["n_tokens"] == 128
+    assert summary["truncated"] == 1
+    # rows_per_file=4: the output really is split into several parts
+    assert len(storage.read_manifest(scored.run_dir(output, "base"))["files"]) >= 3
+
+
+@pytest.mark.timeout(180)
+def test_beam_scores_equal_transformers_pipeline(base_run, reviews_url, tiny_classifier_url):
+    from transformers import pipeline
+
+    from distil.sentiment.classifier import fetch_model
+
+    output, _, tmp = base_run
+    local_dir, _ = fetch_model(tiny_classifier_url, str(tmp / "reference"))
+    clf = pipeline("text-classification", model=local_dir, top_k=None, device="cpu")
+    rows = {
+        (r["source_file"].rsplit("/", 1)[1], r["source_row"]): r
+        for r in scored.read_run(output, "base").to_pylist()
+    }
+    keys = sorted(GOOD)
+    ref = clf([GOOD[k][1] for k in keys], truncation=True, max_length=128)
+    labels = set()
+    for key, scores in zip(keys, ref, strict=True):
+        want = [
+            next(s["score"] for s in scores if s["label"] == name)
+            for name in ("negative", "positive")
+        ]
+        np.testing.assert_allclose(rows[key]["probs"], want, atol=1e-4)
+        assert rows[key]["label"] == max(scores, key=lambda s: s["score"])["label"]
+        labels.add(rows[key]["label"])
+    assert labels == {"negative", "positive"}  # the check covers both classes
+
+
+@pytest.mark.timeout(240)
+def test_rerunning_a_run_id_leaves_one_copy_of_each_row(
+    reviews_url, tiny_classifier_url, s3_server, tmp_path
+):
+    output = f"s3://{s3_server.bucket}/rerun-{uuid.uuid4().hex[:8]}"
+    first = _score(reviews_url, tiny_classifier_url, output, "nightly", tmp_path)
+    second = _score(reviews_url, tiny_classifier_url, output, "nightly", tmp_path)
+    assert first["attempt"] != second["attempt"]
+    table = scored.read_run(output, "nightly")
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == second["scored"] == len(GOOD)
+    dead = scored.read_run(output, "nightly", "dead_letter_files")
+    assert dead.num_rows == len(BAD)
+    # the first attempt's parts are gone, not merely hidden (SeaweedFS may keep the empty
+    # folder, so look at the files)
+    fs, path = storage.get_fs(scored.run_dir(output, "nightly"))
+    fs.invalidate_cache()
+    left = {p[len(path) + 1 :].split("/", 1)[0] for p in fs.find(path)}
+    assert left == {second["attempt"], "manifest.json", "summary.json"}
+
+
+@pytest.mark.timeout(240)
+def test_teacher_agreement_matches_independent_computation(
+    base_run, reviews_url, tiny_classifier_url, s3_server, tmp_path
+):
+    import pandas as pd
+    import torch
+
+    from distil.sentiment.teacher_cache import write_teacher_cache
+
+    texts = sorted({t for _, t in GOOD.values()})[:6] + ["a text that no input row has"]
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, size=(len(texts), 2)).astype(np.float32)
+    cache_url = f"s3://{s3_server.bucket}/teacher-{uuid.uuid4().hex[:8]}"
+    write_teacher_cache(cache_url, texts, logits, {0: "negative", 1: "positive"})
+
+    output = f"s3://{s3_server.bucket}/agree-{uuid.uuid4().hex[:8]}"
+    summary = _score(
+        reviews_url, tiny_classifier_url, output, "drift", tmp_path, teacher_cache=cache_url
+    )
+    agreement = summary["teacher_agreement"]
+
+    # Independently: the Parquet files as they lie on S3, joined with pandas, KL with torch.
+    def read(url):
+        fs, path = storage.arrow_filesystem(url)
+        return pq.read_table(path, filesystem=fs).to_pandas()
+
+    run_url = scored.run_dir(output, "drift")
+    manifest = storage.read_manifest(run_url)
+    out = pd.concat(read(storage.join(run_url, f["name"])) for f in manifest["files"])
+    cache = pd.concat(read(u) for u in storage.committed_files(cache_url))
+    joined = out.merge(cache, on="text_sha256", how="inner")
+    # 6 cached texts cover 7 rows: the duplicated review counts twice
+    assert len(joined) == agreement["covered_rows"] == 7
+    student = np.stack(joined["probs"].to_numpy()).astype(np.float64)
+    teacher = torch.tensor(np.stack(joined["logits"].to_numpy()), dtype=torch.float64)
+    agree = float((student.argmax(1) == teacher.argmax(1).numpy()).mean())
+    kl = torch.nn.functional.kl_div(
+        torch.log(torch.tensor(student)),
+        torch.log_softmax(teacher, 1),
+        log_target=True,
+        reduction="batchmean",
+    ).item()
+    assert agreement["label_agreement"] == pytest.approx(agree, abs=1e-12)
+    assert agreement["mean_kl"] == pytest.approx(kl, rel=1e-6, abs=1e-9)
+    assert 0 < agreement["label_agreement"] < 1 or agreement["mean_kl"] > 0
+
+
+def test_unknown_flags_pass_through_to_beam():
+    from pipelines.score_reviews import _pipeline_args, parse_args
+
+    cfg = parse_args(
+        [
+            "--input",
+            "s3://b/in/",
+            "--model",
+            "s3://b/m/latest.json",
+            "--output",
+            "s3://b/out",
+            "--runner",
+            "FlinkRunner",
+            "--flink_master=jm:8081",
+            "--environment_type=LOOPBACK",
+        ]
+    )
+    assert cfg.runner == "FlinkRunner"
+    assert _pipeline_args(cfg) == [
+        "--runner=FlinkRunner",
+        "--flink_master=jm:8081",
+        "--environment_type=LOOPBACK",
+    ]

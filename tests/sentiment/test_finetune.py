@@ -1,0 +1,118 @@
+"""The fine-tuning recipe without Ray (world size 1): data, split, losses, KD, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distil import storage
+from distil.sentiment.config import FinetuneConfig
+from distil.sentiment.finetune import (
+    classification_metrics,
+    kd_loss,
+    load_labelled,
+    lr_factor,
+    run_local,
+)
+from distil.sentiment.teacher_cache import write_teacher_cache
+
+
+def test_kd_loss_is_tempered_kl_times_t_squared():
+    s, t = torch.randn(5, 2), torch.randn(5, 2)
+    T = 2.0
+    p_t = torch.softmax(t / T, -1)
+    want = (p_t * (p_t.log() - torch.log_softmax(s / T, -1))).sum(-1) * T * T
+    torch.testing.assert_close(kd_loss(s, t, T), want)
+    assert kd_loss(t, t, T).abs().max() < 1e-6
+
+
+def test_metrics_and_schedule():
+    m = classification_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]), 2)
+    assert m["accuracy"] == 0.75
+    assert m["f1"] == pytest.approx(2 / 3)  # positive class: tp 1, fp 1, fn 0
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)
+    lrs = [lr_factor(s, 10, 2) for s in range(10)]
+    assert (
+        lrs[:2] == [0.5, 1.0]
+        and lrs[-1] == pytest.approx(0.125)
+        and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+    )
+
+
+def test_load_labelled_accounts_for_unusable_rows(tmp_path):
+    (tmp_path / "r.csv").write_text(
+        "id,text,label\n1,good film,positive\n2,bad film,0\n3,,1\n4,meh,neutral\n5,fine,1\n"
+    )
+    rows, acc = load_labelled(
+        str(tmp_path / "r.csv"), "text", "label", "id", ["negative", "positive"]
+    )
+    assert [(r["id"], r["label"]) for r in rows] == [("1", 1), ("2", 0), ("5", 1)]
+    assert acc == {
+        "rows_in": 5,
+        "used": 3,
+        "dropped": {"missing_or_empty_text": 1, "unknown_label": 1},
+    }
+
+
+@pytest.mark.timeout(300)
+def test_finetune_on_movie_snippets_reports_validation_metrics(tiny_base_dir, tmp_path):
+    from transformers import pipeline
+
+    cfg = FinetuneConfig(
+        model=str(tiny_base_dir),
+        output=str(tmp_path / "models"),
+        run_name="tiny",
+        reviews_cache=str(tmp_path / "reviews"),
+        max_train_examples=96,
+        max_validation_examples=64,
+        max_steps=3,
+        batch_size=16,
+        max_length=48,
+    )
+    out = run_local(cfg)
+    model_dir = tmp_path / "models" / "tiny"
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["validation_examples"] == 64 and metrics["train_examples"] == 96
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1"] <= 1.0
+    assert metrics["validation"]["examples"] == 64
+    # the validation sample is not one class (the source file is sorted by label)
+    assert metrics["validation"]["f1_per_class"][0] + metrics["validation"]["f1_per_class"][1] > 0
+    assert out["metrics"]["accuracy"] == metrics["accuracy"]
+    pointer = storage.read_json(str(tmp_path / "models" / "latest.json"))
+    assert pointer["model"] == str(model_dir) and pointer["fingerprint"] == out["fingerprint"]
+    clf = pipeline("text-classification", model=str(model_dir), device="cpu")
+    assert clf("a wonderful film")[0]["label"] in ("negative", "positive")
+
+
+@pytest.mark.timeout(300)
+def test_kd_term_pulls_the_student_towards_the_teacher(
+    tiny_base_dir, tmp_path, make_planted_reviews
+):
+    """A teacher that says the opposite of every label, at kd_alpha=1: the student must learn
+    the teacher, so its accuracy against the true labels collapses. Without KD it learns them."""
+    rows = make_planted_reviews(400)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flipped = np.array([[4.0, -4.0] if r["label"] else [-4.0, 4.0] for r in rows], np.float32)
+    cache = str(tmp_path / "teacher")
+    write_teacher_cache(cache, [r["text"] for r in rows], flipped, {0: "negative", 1: "positive"})
+    common = dict(
+        model=str(tiny_base_dir),
+        train=str(tmp_path / "train.jsonl"),
+        output=str(tmp_path / "models"),
+        epochs=3,
+        batch_size=16,
+        lr=1e-2,
+        max_length=16,
+        validation_fraction=0.2,
+    )
+    plain = run_local(FinetuneConfig(run_name="plain", **common))
+    kd = run_local(
+        FinetuneConfig(
+            run_name="kd", teacher_cache=cache, kd_alpha=1.0, kd_temperature=1.0, **common
+        )
+    )
+    assert plain["metrics"]["accuracy"] >= 0.9
+    assert kd["metrics"]["accuracy"] <= 0.1
