@@ -105,3 +105,13 @@ def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser, cls)
     return config_from_args(cls, parser.parse_args(argv))
+
+
+RESULT_PREFIX = "DISTIL_RESULT "
+
+
+def emit_result(summary: dict[str, Any]) -> None:
+    """Print a job's summary as one machine-readable line (the demo reads it from the job log)."""
+    import json
+
+    print(RESULT_PREFIX + json.dumps(summary, default=str), flush=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -26,10 +25,9 @@ import yaml
 from pydantic import Field
 
 from distil import storage
-from distil.config import StageConfig
+from distil.config import RESULT_PREFIX, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "DISTIL_RESULT "
 
 
 class DemoConfig(StageConfig):
@@ -125,6 +123,7 @@ class Demo:
         output_arg: str | None,
         engine: Literal["ray", "beam"] = "ray",
         upstream: tuple[Step, ...] = (),
+        output_key: str = "output",
     ) -> Step:
         """Run (or reuse) one stage. ``output_arg`` names the flag that receives this step's
         output URL (derived from the fingerprint); None when the job derives it itself."""
@@ -149,7 +148,7 @@ class Demo:
             logs = self._execute(st)
             st.wall_s = round(time.perf_counter() - t0, 2)
             st.result = parse_result(logs)
-            st.output = st.result.get("output_url", output)
+            st.output = st.result.get(output_key) or output
             if not storage.is_committed(st.output):
                 raise RuntimeError(f"{name} finished but {st.output} has no committed manifest")
             storage.write_json(
@@ -186,3 +185,404 @@ class Demo:
         if proc.wait() != 0:
             raise RuntimeError(f"{st.name} failed with exit code {proc.returncode}")
         return "".join(lines)
+
+    # -- the plan -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        b = self.budgets
+        samples = self._samples()
+        corpus = storage.join(self.cfg.samples, "corpus")
+        reviews = storage.join(self.cfg.samples, "reviews")
+
+        prepared = self.step(
+            "prepare", "jobs/prepare.py", {**b["prepare"], "input": corpus}, "output"
+        )
+        teacher = self.step(
+            "adapt_teacher",
+            "jobs/adapt_teacher.py",
+            {**b["adapt"], "input": prepared.output},
+            "output",
+            upstream=(prepared,),
+        )
+        cache = self.step(
+            "logits",
+            "jobs/teacher_logits.py",
+            {
+                **b["logits"],
+                "input": prepared.output,
+                "teacher": teacher.output,
+                "cache_root": storage.join(self.cfg.root, "cache"),
+            },
+            None,
+            upstream=(prepared, teacher),
+            output_key="cache_url",
+        )
+        run_name = "distil-" + storage.fingerprint([b["distil"], cache.fingerprint])
+        student = self.step(
+            "distil",
+            "jobs/distil.py",
+            {
+                **b["distil"],
+                "cache": cache.output,
+                "teacher": teacher.output,
+                "storage_path": storage.join(self.run_url, "train"),
+                "run_name": run_name,
+            },
+            "output",
+            upstream=(cache, teacher),
+        )
+        movie = storage.join(reviews, "movie_snippets.jsonl")
+        task_cache = storage.join(self.run_url, "task-teacher-logits-" + teacher.fingerprint)
+        clf_teacher = self.step(
+            "finetune_teacher",
+            "jobs/finetune.py",
+            {
+                **b["finetune"],
+                "model": teacher.output,
+                "train": movie,
+                "run_name": "model",
+                "write_teacher_cache": task_cache,
+                "latest_pointer": storage.join(self.run_url, "teacher-classifier-latest.json"),
+            },
+            "output",
+            upstream=(teacher,),
+            output_key="model_url",
+        )
+        latest = storage.join(self.run_url, "models", "latest.json")
+        clf_student = self.step(
+            "finetune_student",
+            "jobs/finetune.py",
+            {
+                **b["finetune"],
+                "model": student.output,
+                "train": movie,
+                "run_name": "model",
+                "teacher_cache": clf_teacher.result["teacher_cache"],
+                "latest_pointer": latest,
+            },
+            "output",
+            upstream=(student, clf_teacher),
+            output_key="model_url",
+        )
+        run_id = "demo-" + storage.fingerprint([b["score"], clf_student.fingerprint])
+        inputs = [
+            movie,
+            storage.join(reviews, "amazon_snippets.jsonl"),
+            storage.join(reviews, "rotten_tomatoes.jsonl"),
+        ]
+        scored = self.step(
+            "score",
+            "pipelines/score_reviews.py",
+            {
+                **b["score"],
+                "input": inputs,
+                "model": latest,
+                "run_id": run_id,
+                "teacher_cache": clf_teacher.result["teacher_cache"],
+                "runner": "FnApiRunner",
+            },
+            "output",
+            engine="beam",
+            upstream=(clf_student, clf_teacher),
+            output_key="run_url",
+        )
+        run = self._run_json(started, time.perf_counter() - t0, samples)
+        storage.write_json(storage.join(self.run_url, "run.json"), run)
+        from distil.report import build_report
+
+        local = str(Path(self.cfg.report_dir, self.cfg.scale).resolve())
+        report_url = build_report(self.run_url, local_copy=local)
+        del scored
+        return {
+            "run_json": storage.join(self.run_url, "run.json"),
+            "report": report_url,
+            "local_report": os.path.join(local, "report.html"),
+            "wall_s": run["wall_s"],
+            "reused": [k for k, v in self.steps.items() if v.reused],
+        }
+
+    def _samples(self) -> dict[str, Any]:
+        from distil.data.config import SamplesConfig
+        from distil.data.samples import run as build_samples
+
+        t0 = time.perf_counter()
+        summary = build_samples(SamplesConfig(output=self.cfg.samples))
+        reused = bool(summary["corpus"]["reused"])
+        verb = "reusing committed" if reused else "built"
+        print(f"[demo] samples: {verb} {self.cfg.samples}", flush=True)
+        return {"summary": summary, "wall_s": round(time.perf_counter() - t0, 2), "reused": reused}
+
+    # -- run.json -------------------------------------------------------------------------
+    def _run_json(self, started: str, wall_s: float, samples: dict[str, Any]) -> dict[str, Any]:
+        from distil import stack
+
+        s = self.steps
+        prep = storage.read_manifest(s["prepare"].output)
+        cache = storage.read_manifest(s["logits"].output)
+        student_metrics = storage.read_json(storage.join(s["distil"].output, "metrics.json"))
+        adapt = storage.read_manifest(s["adapt_teacher"].output)
+        clf = {
+            k: storage.read_manifest(s[k].output) for k in ("finetune_teacher", "finetune_student")
+        }
+        score = s["score"].result
+
+        def stage(name: str, metrics: dict[str, Any], throughput: str = "") -> dict[str, Any]:
+            st = s[name]
+            return {
+                "url": st.output,
+                "fingerprint": st.fingerprint,
+                "wall_s": st.wall_s,
+                "reused": st.reused,
+                "command": " ".join(st.argv),
+                "metrics": metrics,
+                "throughput": throughput,
+            }
+
+        def per_s(n: float, st: Step) -> str:
+            return f"{n / st.wall_s:,.0f}/s" if st.wall_s else ""
+
+        stages = {
+            "samples": {
+                "url": self.cfg.samples,
+                "wall_s": samples["wall_s"],
+                "reused": samples["reused"],
+                "metrics": {
+                    "docs": samples["summary"]["corpus"]["docs"],
+                    "words": samples["summary"]["corpus"]["words"],
+                },
+            },
+            "prepare": stage(
+                "prepare",
+                {k: prep[k] for k in ("rows", "tokens", "padding_fraction") if k in prep},
+                per_s(prep["tokens"], s["prepare"]) + " tokens",
+            ),
+            "adapt_teacher": stage("adapt_teacher", _pick(adapt.get("metrics", adapt), "heldout")),
+            "logits": stage(
+                "logits",
+                {k: cache[k] for k in ("positions", "bytes_per_token", "bytes_per_position")},
+                per_s(cache["rows"], s["logits"]) + " sequences",
+            ),
+            "distil": stage(
+                "distil",
+                {
+                    k: v
+                    for k, v in student_metrics.items()
+                    if k.startswith("eval_") and k != "eval_history"
+                }
+                | {"steps": student_metrics["step"]},
+                per_s(student_metrics.get("tokens_seen", 0), s["distil"]) + " tokens",
+            ),
+            "finetune_teacher": stage(
+                "finetune_teacher", _pick(clf["finetune_teacher"]["metrics"], "accuracy", "f1")
+            ),
+            "finetune_student": stage(
+                "finetune_student", _pick(clf["finetune_student"]["metrics"], "accuracy", "f1")
+            ),
+            "score": stage(
+                "score",
+                {k: score[k] for k in ("rows_in", "scored", "dead_letter") if k in score}
+                | _pick(score, "agreement", "kl"),
+                per_s(score.get("rows_in", 0), s["score"]) + " reviews",
+            ),
+        }
+        artifacts = {
+            "shards": {"url": s["prepare"].output, "fingerprint": prep["fingerprint"]},
+            "teacher": {
+                "url": s["adapt_teacher"].output,
+                "fingerprint": adapt.get("fingerprint", ""),
+            },
+            "cache": {"url": s["logits"].output, "fingerprint": cache.get("fingerprint", "")},
+            "student_mlm": {
+                "url": s["distil"].output,
+                "fingerprint": storage.read_manifest(s["distil"].output)["fingerprint"],
+            },
+            "classifier_teacher": {
+                "url": s["finetune_teacher"].output,
+                "fingerprint": clf["finetune_teacher"]["fingerprint"],
+            },
+            "classifier_student": {
+                "url": s["finetune_student"].output,
+                "fingerprint": clf["finetune_student"]["fingerprint"],
+            },
+            "scored": {"url": s["score"].output, "fingerprint": score.get("model_fingerprint", "")},
+            "dead_letter": {"url": s["score"].output + " (dead_letter_files)", "fingerprint": ""},
+        }
+        curves = {
+            "distil": {
+                "train_loss": [
+                    [h["step"], h["loss"]] for h in student_metrics.get("train_history", [])
+                ],
+                "eval_kl_to_teacher": [
+                    [h["step"], h["eval_kl_to_teacher"]]
+                    for h in student_metrics.get("eval_history", [])
+                    if "eval_kl_to_teacher" in h
+                ],
+            }
+        }
+        return {
+            "run_id": Path(self.run_url).name + "-" + storage.fingerprint(artifacts)[:8],
+            "scale": self.cfg.scale,
+            "started_at": started,
+            "wall_s": round(wall_s, 2),
+            "stack": {
+                "s3_endpoint": os.environ.get("AWS_ENDPOINT_URL", ""),
+                "ray_address": self.cfg.ray_address or "embedded",
+                "local_stack": stack.status() if self.cfg.start_stack else None,
+            },
+            "stages": stages,
+            "artifacts": artifacts,
+            "curves": curves,
+            "comparison": compare_models(
+                teacher_mlm=s["adapt_teacher"].output,
+                student_mlm=s["distil"].output,
+                teacher_clf=s["finetune_teacher"].output,
+                student_clf=s["finetune_student"].output,
+                student_agreement=student_metrics.get("eval_teacher_agreement"),
+                reviews=storage.join(self.cfg.samples, "reviews", "amazon_snippets.jsonl"),
+            ),
+            "scores": score_histogram(s["score"].output, score),
+        }
+
+
+def _pick(d: dict[str, Any], *prefixes: str) -> dict[str, Any]:
+    return {
+        k: v for k, v in d.items() if k.startswith(prefixes) and not isinstance(v, (dict, list))
+    }
+
+
+def _local_model(url: str) -> str:
+    from distil.stack import distil_home
+
+    dest = os.path.join(distil_home(), "cache", "demo-models", storage.fingerprint(url))
+    return storage.copy_dir_to_local(url, dest)
+
+
+def _dir_bytes(url: str) -> int:
+    fs, path = storage.get_fs(url)
+    return sum(fs.size(p) for p in fs.find(path) if p.endswith((".safetensors", ".bin")))
+
+
+def cpu_latency_ms(model_dir: str, texts: list[str], warmup: int = 5) -> float:
+    """Median wall time of one review through tokenizer + model, batch 1, one CPU thread."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        with torch.inference_mode():
+            for i, text in enumerate(texts):
+                t0 = time.perf_counter()
+                model(**tok(text, truncation=True, max_length=256, return_tensors="pt"))
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def compare_models(
+    teacher_mlm: str,
+    student_mlm: str,
+    teacher_clf: str,
+    student_clf: str,
+    student_agreement: float | None,
+    reviews: str,
+) -> dict[str, Any]:
+    """Teacher vs student, every figure measured now or read from the run's own artifacts."""
+    from safetensors import safe_open
+
+    texts = [
+        json.loads(line)["text"]
+        for line in storage.read_bytes(reviews).decode().splitlines()[:105]
+        if line.strip()
+    ]
+    local = {k: _local_model(u) for k, u in (("teacher", teacher_clf), ("student", student_clf))}
+
+    def params(d: str) -> int:
+        with safe_open(os.path.join(d, "model.safetensors"), "pt") as f:
+            return sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+
+    acc = {
+        k: storage.read_manifest(u)["metrics"]["accuracy"]
+        for k, u in (("teacher", teacher_clf), ("student", student_clf))
+    }
+    rows = [
+        ("parameters", params(local["teacher"]), params(local["student"])),
+        ("size on disk (MB)", _dir_bytes(teacher_clf) / 1e6, _dir_bytes(student_clf) / 1e6),
+        (
+            "CPU latency per review (ms, batch 1, 1 thread)",
+            cpu_latency_ms(local["teacher"], texts),
+            cpu_latency_ms(local["student"], texts),
+        ),
+        ("MLM top-1 agreement with teacher (held-out)", 1.0, student_agreement),
+        ("sentiment accuracy (movie snippets, validation)", acc["teacher"], acc["student"]),
+    ]
+    out = []
+    for metric, t, s in rows:
+        ratio = (s / t) if (t and s is not None) else None
+        out.append({"metric": metric, "teacher": t, "student": s, "student / teacher": ratio})
+    kept = acc["student"] / acc["teacher"] if acc["teacher"] else None
+    return {"rows": out, "sentiment_accuracy_kept": kept, "mlm_dirs": [teacher_mlm, student_mlm]}
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def score_histogram(run_url: str, summary: dict[str, Any], bins: int = 20) -> dict[str, Any]:
+    """Histogram of P(positive) per input file, read back through the run's manifest."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    counts: dict[str, np.ndarray] = {}
+    edges = np.linspace(0, 1, bins + 1)
+    for url in storage.committed_files(run_url, key="files"):
+        fs, path = storage.arrow_filesystem(url)
+        t = pq.read_table(path, filesystem=fs, columns=["probs", "source_file"])
+        probs = t.column("probs").combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
+        sources = t.column("source_file").to_pylist()
+        for src in sorted(set(sources)):
+            mask = np.array([x == src for x in sources])
+            name = os.path.basename(src)
+            h, _ = np.histogram(probs[mask, -1], bins=edges)
+            counts[name] = counts.get(name, np.zeros(bins, int)) + h
+    return {
+        "histogram": {
+            "edges": edges.tolist(),
+            "counts": {k: v.tolist() for k, v in counts.items()},
+        },
+        "rows": int(sum(v.sum() for v in counts.values())),
+        "summary": {k: summary.get(k) for k in ("rows_in", "scored", "dead_letter", "agreement")},
+    }
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """``distil demo``: start the stack if needed, run every stage, write run.json + report."""
+    from distil import stack
+
+    if cfg.start_stack:
+        st = stack.status()
+        if not all(v["healthy"] for v in st.values()):
+            print("[demo] starting the local stack (Ray head + SeaweedFS on 127.0.0.1)", flush=True)
+            st = stack.up()
+        os.environ.update({k: v for k, v in stack.env_exports().items() if k.startswith("AWS_")})
+    t0 = time.perf_counter()
+    out = Demo(cfg).run()
+    print(
+        f"[demo] finished in {time.perf_counter() - t0:.0f}s; "
+        f"reused: {', '.join(out['reused']) or 'nothing'}\n"
+        f"[demo] run.json: {out['run_json']}\n"
+        f"[demo] report:   {out['report']}\n"
+        f"[demo] local copy of the report: {out['local_report']}",
+        flush=True,
+    )
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 with contextlib.suppress(ModuleNotFoundError):  # run as a script: repo root onto sys.path
     import _bootstrap  # noqa: F401
 
-from distil.config import parse_job_args
+from distil.config import emit_result, parse_job_args
 from distil.teacher.adapt import adapt
 from distil.teacher.config import AdaptConfig
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_job_args(AdaptConfig, __doc__.splitlines()[0], argv)
     result = run(cfg)
     print(json.dumps(result, indent=2))
+    emit_result(result)
     return result
 
 

@@ -38,7 +38,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from distil import storage  # noqa: E402
-from distil.config import parse_job_args  # noqa: E402
+from distil.config import emit_result, parse_job_args  # noqa: E402
+from distil.teacher.cache import resolve_cache_url  # noqa: E402
 from distil.train.config import DistilConfig  # noqa: E402
 from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe  # noqa: E402
 
@@ -75,7 +76,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
 
     def report(step: int, metrics: dict[str, Any], save: bool) -> None:
-        scalars = {k: v for k, v in metrics.items() if k != "eval_history"}
+        scalars = {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")}
         scalars.update(
             start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step, pid=os.getpid()
         )
@@ -139,7 +140,7 @@ def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
         "fingerprint": fp,
         "step": metrics["step"],
         "run": {"storage_path": storage.redact(cfg.storage_path), "name": cfg.run_name},
-        "metrics": {k: v for k, v in metrics.items() if k != "eval_history"},
+        "metrics": {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")},
     }
     storage.commit(cfg.output, manifest)
     log.info("exported student to %s", storage.redact(cfg.output))
@@ -185,6 +186,8 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     says ``steps_run: 0`` and the export is (re)done from that checkpoint only if missing.
     """
     _setup_logging()
+    if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
+        cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})
     found = latest_checkpoint(cfg)
     if found is not None and found[1].get("step", 0) >= cfg.max_steps:
         checkpoint, metrics = found
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_job_args(DistilConfig, __doc__.splitlines()[0], argv)
     summary = run(cfg)
     print("DISTIL", json.dumps(summary, default=str))
+    emit_result(summary)
     return summary
 
 

@@ -24,7 +24,7 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
-from distil.config import parse_job_args
+from distil.config import emit_result, parse_job_args
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
 
@@ -125,7 +125,9 @@ def summary_of(cfg: FinetuneConfig, model_url: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_job_args(FinetuneConfig, __doc__.splitlines()[0], argv)
-    return run(cfg)
+    summary = run(cfg)
+    emit_result(summary)
+    return summary
 
 
 if __name__ == "__main__":

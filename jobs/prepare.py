@@ -24,7 +24,7 @@ with contextlib.suppress(ModuleNotFoundError):
     import _bootstrap  # noqa: F401
 
 from distil import storage
-from distil.config import parse_job_args
+from distil.config import emit_result, parse_job_args
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
     build_manifest,
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_job_args(PrepareConfig, __doc__.splitlines()[0], argv)
     summary = run(cfg)
     print("PREPARE", summary)
+    emit_result(summary)
     return summary
 
 

@@ -20,8 +20,9 @@ with contextlib.suppress(ModuleNotFoundError):  # run as a script: repo root ont
     import _bootstrap  # noqa: F401
 
 from distil import storage
-from distil.config import parse_job_args
+from distil.config import emit_result, parse_job_args
 from distil.teacher.build import ShardWorker, check_compatible, finalize, plan_cache, unit_name
+from distil.teacher.cache import write_latest_pointer
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 
@@ -52,6 +53,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     del teacher
     summary: dict[str, Any] = {"cache_url": plan.url, "key": plan.key}
     if plan.committed:
+        write_latest_pointer(cfg.cache_root, plan.url, plan.key)
         manifest = storage.read_manifest(plan.url)
         print(f"cache hit: {storage.redact(plan.url)} (nothing to do)")
         return {**summary, "cache_hit": True, **_stats(manifest)}
@@ -95,6 +97,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
                 row["bytes"],
             )
     manifest = finalize(plan, cfg)
+    write_latest_pointer(cfg.cache_root, plan.url, plan.key)
     return {
         **summary,
         "cache_hit": False,
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_job_args(LogitsConfig, __doc__.splitlines()[0], argv)
     result = run(cfg)
     print(json.dumps(result, indent=2))
+    emit_result(result)
     return result
 
 

@@ -340,7 +340,11 @@ def parse_args(argv: list[str] | None = None) -> ScoreConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     """Script entry (``python pipelines/score_reviews.py …``, the scheduled job's command)."""
-    return run(parse_args(argv))
+    from distil.config import emit_result
+
+    summary = run(parse_args(argv))
+    emit_result(summary)
+    return summary
 
 
 if __name__ == "__main__":

@@ -245,5 +245,20 @@ def run(cfg: SamplesConfig) -> dict[str, Any]:
                 for k, v in corpus["sources"].items()
             },
         },
-        # the reviews assembly (stage 4) adds its entry here: "reviews": build_reviews(cfg)
+        "reviews": _reviews(cfg),
+    }
+
+
+def _reviews(cfg: SamplesConfig) -> dict[str, Any]:
+    """The labelled review sets (stage 4's input) under OUTPUT/reviews/."""
+    from distil.sentiment.reviews import assemble_reviews
+
+    url = storage.join(cfg.output, "reviews")
+    if cfg.force and storage.is_committed(url):
+        storage.remove(url)
+    manifest = assemble_reviews(url)
+    return {
+        "url": storage.redact(url),
+        "files": [f["name"] for f in manifest["files"]],
+        "rows": {f["name"]: f["rows"] for f in manifest["files"]},
     }

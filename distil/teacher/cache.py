@@ -251,3 +251,25 @@ class TeacherCache:
                 np.concatenate(tcnt).astype(np.float32).reshape(-1, k)
             )
         return batch
+
+
+LATEST_POINTER = "latest.json"
+
+
+def write_latest_pointer(cache_root: str, cache_url: str, key: str) -> None:
+    """``CACHE_ROOT/latest.json`` names the newest committed cache, so a scheduled distil job
+    can be configured with the root's pointer instead of a key it cannot know in advance."""
+    storage.write_json(
+        storage.join(cache_root, LATEST_POINTER),
+        {"kind": "latest_teacher_cache", "url": cache_url, "key": key},
+    )
+
+
+def resolve_cache_url(url: str) -> str:
+    """A cache dir URL, following a ``latest.json`` pointer if given one."""
+    if not url.endswith(".json"):
+        return url
+    pointer = storage.read_json(url)
+    if pointer.get("kind") != "latest_teacher_cache":
+        raise ValueError(f"{url} is not a teacher-cache pointer (kind={pointer.get('kind')})")
+    return pointer["url"]

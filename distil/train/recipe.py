@@ -97,6 +97,7 @@ class DistilRecipe:
         self.tokens_seen = 0
         self.start_step = 0
         self.history: list[dict[str, Any]] = []
+        self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
         self.teacher: BertForMaskedLM | None = None
         self.cache = None
 
@@ -148,6 +149,7 @@ class DistilRecipe:
             self.step, self.epoch = state["step"], state["epoch"]
             self.batch_in_epoch, self.tokens_seen = state["batch_in_epoch"], state["tokens_seen"]
             self.history = json.loads(state["history"])
+            self.train_history = json.loads(state.get("train_history", "[]"))
         self.start_step = self.step
         if cfg.mode == "online":
             frac = cfg.heldout_fraction
@@ -312,6 +314,13 @@ class DistilRecipe:
                     dist.all_reduce(agg)
                 secs = time.perf_counter() - window_t
                 if self.rank == 0:
+                    self.train_history.append(
+                        {
+                            "step": self.step,
+                            "loss": float(agg[0] / agg[1]),
+                            "tokens_per_s": float(agg[2] / secs),
+                        }
+                    )
                     log.info(
                         "step %d/%d loss %.4f tokens/s %.0f lr %.2e",
                         self.step,
@@ -401,6 +410,7 @@ class DistilRecipe:
             "temperature": self.cfg.temperature,
             **last_eval,
             "eval_history": self.history,
+            "train_history": self.train_history,
         }
 
     # ------------------------------------------------------------------ checkpoint
@@ -419,6 +429,7 @@ class DistilRecipe:
                 "batch_in_epoch": self.batch_in_epoch,
                 "tokens_seen": self.tokens_seen,
                 "history": json.dumps(self.history),
+                "train_history": json.dumps(self.train_history),
             },
             os.path.join(directory, TRAINER_STATE),
         )
