@@ -278,10 +278,29 @@ def up(num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict[str, d
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if rc != 0:
             raise RuntimeError(f"`ray start --head` failed ({rc}); see {stack_dir() / 'ray.log'}")
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while time.time() < deadline and not status()["ray"]["healthy"]:
             time.sleep(0.5)
+        _wait_for_job_agent(deadline)
     return status()
+
+
+def _wait_for_job_agent(deadline: float) -> None:
+    """The dashboard answers before the head's job agent registers, and `ray job submit` then
+    fails with "No available agent". Readiness = a no-op job actually runs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from distil.submit import _submit_when_agent_ready
+
+    client = JobSubmissionClient(f"http://127.0.0.1:{DASHBOARD_PORT}")
+    job = _submit_when_agent_ready(
+        client, wait_s=max(5.0, deadline - time.time()), entrypoint="true",
+        metadata={"distil_step": "stack-readiness"},
+    )  # fmt: skip
+    while time.time() < deadline:
+        if client.get_job_status(job) in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return
+        time.sleep(0.5)
 
 
 def down() -> dict[str, dict]:

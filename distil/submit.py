@@ -36,7 +36,8 @@ def submit_ray_job(
             print(f"[distil] attaching to running job {sub_id} for {step_key}", flush=True)
             break
     if sub_id is None:
-        sub_id = client.submit_job(
+        sub_id = _submit_when_agent_ready(
+            client,
             entrypoint=shlex.join(argv),
             runtime_env={"working_dir": str(working_dir), "env_vars": env_vars},
             metadata={"distil_step": step_key},
@@ -62,3 +63,16 @@ def submit_ray_job(
         info = client.get_job_info(sub_id)
         raise RuntimeError(f"{step_key}: Ray job {sub_id} {status}: {info.message}")
     return sub_id, client.get_job_logs(sub_id)
+
+
+def _submit_when_agent_ready(client, wait_s: float = 90.0, **kwargs) -> str:
+    """Right after `ray start --head` the job agent may not be registered yet ("No available
+    agent to submit job"): retry that one error for a while, fail on anything else."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2.0)
