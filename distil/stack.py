@@ -265,6 +265,10 @@ def up(num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict[str, d
             "--include-dashboard=true",
             f"--num-cpus={cpus}",
             "--disable-usage-stats",
+            # Agent/metrics ports default to fixed numbers (52365, …) that another Ray on this
+            # machine (an embedded `ray.init()`, a test) may hold; the head's job agent then never
+            # registers and `ray job submit` answers "No available agent". Pick free ones.
+            *_agent_port_flags(),
         ]
         env = ray_env()
         env.update(
@@ -283,6 +287,23 @@ def up(num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict[str, d
             time.sleep(0.5)
         _wait_for_job_agent(deadline)
     return status()
+
+
+def _agent_port_flags() -> list[str]:
+    names = [
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    ]
+    flags, taken = [], set()
+    for name, default in zip(names, (52365, 52366, 52367, 52368), strict=True):
+        port = default
+        while port in taken or not port_free(port):
+            port += 10
+        taken.add(port)
+        flags.append(f"--{name}={port}")
+    return flags
 
 
 def _wait_for_job_agent(deadline: float) -> None:

@@ -109,3 +109,9 @@ def repo_root() -> Path:
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """`distil stack down` runs `ray stop`, which ends every Ray on the machine (the session's
+    `ray_local` too): run the stack tests last."""
+    items.sort(key=lambda item: item.fspath.basename == "test_stack.py")
