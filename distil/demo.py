@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +124,7 @@ class Demo:
         output_arg: str | None,
         engine: Literal["ray", "beam"] = "ray",
         upstream: tuple[Step, ...] = (),
-        output_key: str = "output",
+        output_key: str | Callable[[str, dict[str, Any]], str] = "output",
     ) -> Step:
         """Run (or reuse) one stage. ``output_arg`` names the flag that receives this step's
         output URL (derived from the fingerprint); None when the job derives it itself."""
@@ -148,7 +149,10 @@ class Demo:
             logs = self._execute(st)
             st.wall_s = round(time.perf_counter() - t0, 2)
             st.result = parse_result(logs)
-            st.output = st.result.get(output_key) or output
+            if callable(output_key):
+                st.output = output_key(output, st.result)
+            else:
+                st.output = st.result.get(output_key) or output
             if not storage.is_committed(st.output):
                 raise RuntimeError(f"{name} finished but {st.output} has no committed manifest")
             storage.write_json(
@@ -195,8 +199,11 @@ class Demo:
         corpus = storage.join(self.cfg.samples, "corpus")
         reviews = storage.join(self.cfg.samples, "reviews")
 
+        # which parts of the sample corpus this scale trains on (all of it unless listed)
+        parts = b.get("corpus") or [""]
+        inputs = [storage.join(corpus, p) if p else corpus for p in parts]
         prepared = self.step(
-            "prepare", "jobs/prepare.py", {**b["prepare"], "input": corpus}, "output"
+            "prepare", "jobs/prepare.py", {**b["prepare"], "input": inputs}, "output"
         )
         teacher = self.step(
             "adapt_teacher",
@@ -265,12 +272,15 @@ class Demo:
             upstream=(student, clf_teacher),
             output_key="model_url",
         )
-        run_id = "demo-" + storage.fingerprint([b["score"], clf_student.fingerprint])
-        inputs = [
-            movie,
-            storage.join(reviews, "amazon_snippets.jsonl"),
-            storage.join(reviews, "rotten_tomatoes.jsonl"),
+        run_id = "demo-" + storage.fingerprint(
+            [b["score"], b.get("score_inputs"), clf_student.fingerprint]
+        )
+        names = b.get("score_inputs") or [
+            "movie_snippets.jsonl",
+            "amazon_snippets.jsonl",
+            "rotten_tomatoes.jsonl",
         ]
+        inputs = [storage.join(reviews, n) for n in names]
         scored = self.step(
             "score",
             "pipelines/score_reviews.py",
@@ -285,7 +295,7 @@ class Demo:
             "output",
             engine="beam",
             upstream=(clf_student, clf_teacher),
-            output_key="run_url",
+            output_key=lambda out, _: scored_run_dir(out, run_id),
         )
         run = self._run_json(started, time.perf_counter() - t0, samples)
         storage.write_json(storage.join(self.run_url, "run.json"), run)
@@ -382,7 +392,7 @@ class Demo:
             "score": stage(
                 "score",
                 {k: score[k] for k in ("rows_in", "scored", "dead_letter") if k in score}
-                | _pick(score, "agreement", "kl"),
+                | {f"teacher_{k}": v for k, v in (score.get("teacher_agreement") or {}).items()},
                 per_s(score.get("rows_in", 0), s["score"]) + " reviews",
             ),
         }
@@ -443,6 +453,12 @@ class Demo:
             ),
             "scores": score_histogram(s["score"].output, score),
         }
+
+
+def scored_run_dir(output: str, run_id: str) -> str:
+    from distil.sentiment.scored import run_dir
+
+    return run_dir(output, run_id)
 
 
 def _pick(d: dict[str, Any], *prefixes: str) -> dict[str, Any]:
@@ -561,7 +577,9 @@ def score_histogram(run_url: str, summary: dict[str, Any], bins: int = 20) -> di
             "counts": {k: v.tolist() for k, v in counts.items()},
         },
         "rows": int(sum(v.sum() for v in counts.values())),
-        "summary": {k: summary.get(k) for k in ("rows_in", "scored", "dead_letter", "agreement")},
+        "summary": {
+            k: summary.get(k) for k in ("rows_in", "scored", "dead_letter", "teacher_agreement")
+        },
     }
 
 

@@ -29,12 +29,17 @@ def submit_ray_job(
 
     client = JobSubmissionClient(address)
     sub_id = None
+    family = step_key.rsplit("-", 1)[0] + "-"  # same step, any fingerprint
     for job in client.list_jobs():
-        meta = job.metadata or {}
-        if meta.get("distil_step") == step_key and str(job.status) in RUNNING:
+        key = (job.metadata or {}).get("distil_step", "")
+        if str(job.status) not in RUNNING or not key.startswith(family):
+            continue
+        if key == step_key:
             sub_id = job.submission_id
             print(f"[distil] attaching to running job {sub_id} for {step_key}", flush=True)
-            break
+        else:  # a run with other settings was left running (its driver was killed): stop it
+            print(f"[distil] stopping superseded job {job.submission_id} ({key})", flush=True)
+            client.stop_job(job.submission_id)
     if sub_id is None:
         sub_id = _submit_when_agent_ready(
             client,
