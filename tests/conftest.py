@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from bert_fixtures import save_tiny_bert
 
 from distil import stack
 
@@ -82,24 +83,44 @@ def real_tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, real_tokenizer_dir) -> Path:
-    """A tiny random ``BertForMaskedLM`` with the real bert-base-uncased vocab, built in code."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    """A tiny random 4-layer ``BertForMaskedLM`` with the real bert-base-uncased vocab."""
+    from transformers import BertForMaskedLM
 
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    model = BertForMaskedLM(cfg).eval()
     out = tmp_path_factory.mktemp("tiny_teacher")
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(real_tokenizer_dir).save_pretrained(out)
-    return out
+    return save_tiny_bert(out, BertForMaskedLM, real_tokenizer_dir, layers=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory, real_tokenizer_dir) -> Path:
+    """A tiny random 2-layer BERT dir (MLM head) with the real tokenizer: a stand-in student."""
+    from transformers import BertForMaskedLM
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_base"), BertForMaskedLM, real_tokenizer_dir)
+
+
+POSITIVE = ["great", "wonderful", "excellent", "superb", "delightful"]
+NEGATIVE = ["awful", "boring", "terrible", "dull", "dreadful"]
+FILLER = ["the", "film", "plot", "actor", "scene", "story", "was", "and", "it", "really"]
+
+
+def planted_reviews(n: int, seed: int = 0) -> list[dict]:
+    """Reviews whose label is decided by one sentiment word among filler: a tiny model can
+    learn it in a few dozen steps, so "the model learned" is a claim a test can check."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(2))
+        words = list(rng.choice(FILLER, size=5))
+        words.insert(int(rng.integers(6)), str(rng.choice(POSITIVE if label else NEGATIVE)))
+        rows.append({"id": f"r{i}", "text": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def make_planted_reviews():
+    return planted_reviews
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bert_fixtures import tiny_classifier
 
 from distil import storage
 from distil.sentiment.classifier import (
@@ -17,22 +18,7 @@ from distil.sentiment.classifier import (
 
 
 def _tiny(real_tokenizer_dir, initializer_range: float = 0.5):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(1)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        initializer_range=initializer_range,
-    )
-    return BertForSequenceClassification(cfg).eval(), AutoTokenizer.from_pretrained(
-        real_tokenizer_dir
-    )
+    return tiny_classifier(real_tokenizer_dir, seed=1, initializer_range=initializer_range)
 
 
 @pytest.mark.timeout(120)

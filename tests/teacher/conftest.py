@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from bert_fixtures import save_tiny_bert
 from teacher_helpers import make_prepared
 
 
@@ -17,19 +18,7 @@ def prepared_dir(tmp_path_factory, real_tokenizer_dir) -> str:
 @pytest.fixture(scope="session")
 def headless_teacher_dir(tmp_path_factory, real_tokenizer_dir):
     """A tiny random ``BertModel`` (encoder only, no MLM head) with the real vocab."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertModel
 
-    torch.manual_seed(1)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
     out = tmp_path_factory.mktemp("headless_teacher")
-    BertModel(cfg).save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(real_tokenizer_dir).save_pretrained(out)
-    return out
+    return save_tiny_bert(out, BertModel, real_tokenizer_dir, seed=1)
