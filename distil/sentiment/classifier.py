@@ -47,7 +47,11 @@ def export_classifier(
         "files": files,
         "id2label": {str(k): v for k, v in model.config.id2label.items()},
         "metrics": metrics,
-        "fingerprint": storage.fingerprint([(f["name"], f["sha256"]) for f in files]),
+        # identifies the model (weights, config, tokenizer), not the run that made it:
+        # metrics.json carries wall-clock times, so two identical trainings would differ
+        "fingerprint": storage.fingerprint(
+            [(f["name"], f["sha256"]) for f in files if f["name"] != "metrics.json"]
+        ),
         **(extra or {}),
     }
     storage.commit(url, manifest)
