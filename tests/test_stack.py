@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distil import stack
+from distil import stack, storage
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -32,8 +32,10 @@ def stack_env(tmp_path):
     _distil("stack", "down", env=env)
 
 
-@pytest.mark.timeout(400)
-def test_stack_up_status_submit_down(stack_env, repo_root):
+@pytest.mark.timeout(600)
+def test_stack_up_status_submit_down(
+    stack_env, repo_root, tiny_teacher_dir, real_tokenizer_dir, tmp_path
+):
     up = _distil("stack", "up", env=stack_env)
     assert up.returncode == 0, up.stdout + up.stderr
     # idempotent
@@ -63,6 +65,10 @@ def test_stack_up_status_submit_down(stack_env, repo_root):
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     line = next(x for x in submit.stdout.splitlines() if x.startswith("SMOKE"))
     assert json.loads(line.split(" ", 1)[1])["ok"] is True
+
+    _submit_distil_and_load_fill_mask(
+        job_env, repo_root, tiny_teacher_dir, real_tokenizer_dir, tmp_path
+    )
 
     down = _distil("stack", "down", env=stack_env)
     assert down.returncode == 0, down.stdout
@@ -96,3 +102,51 @@ def test_cli_help_lists_stages():
     ).stdout
     for stage in ("stack", "data", "prepare", "logits", "distil", "finetune", "score", "demo"):
         assert stage in out
+
+
+def _submit_distil_and_load_fill_mask(env, repo_root, teacher_dir, tokenizer_dir, tmp_path):
+    """Issue 5, acceptance 1: `ray job submit -- python jobs/distil.py` against the stack trains
+    2 workers from a teacher cache on the stack's S3, checkpoints there, and exports a student
+    that `transformers.pipeline("fill-mask")` loads and runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "stage3_data", repo_root / "tests" / "train" / "stage3_data.py"
+    )
+    stage3_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage3_data)
+    root = f"s3://{stack.DEFAULT_BUCKET}/submit-{uuid.uuid4().hex[:6]}"
+    saved = {k: os.environ.get(k) for k in env if k.startswith("AWS_")}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    try:
+        prepared = stage3_data.write_prepared(f"{root}/prepared", tokenizer_dir)
+        cache = stage3_data.build_cache(prepared, f"{root}/cache", teacher_dir)
+        # the stack's Ray workers must be able to read the teacher: put it on S3 too
+        storage.upload_dir(str(teacher_dir), f"{root}/teacher")
+        submit = subprocess.run(
+            [
+                str(VENV_BIN / "ray"), "job", "submit",
+                "--address", "http://127.0.0.1:8265", "--working-dir", ".", "--",
+                "python", "jobs/distil.py", "--config", "configs/distil/tiny.yaml",
+                "--cache", cache, "--teacher", f"{root}/teacher",
+                "--output", f"{root}/student", "--storage-path", f"{root}/runs",
+                "--max-steps", "6", "--checkpoint-every", "3", "--eval-every", "3",
+                "--num-workers", "2",
+            ],
+            cwd=repo_root, env=env, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        fs, path = storage.get_fs(f"{root}/runs")
+        assert any("checkpoint" in p or "step-" in p for p in fs.find(path)), "no checkpoint on S3"
+        assert storage.is_committed(f"{root}/student")
+        local = storage.copy_dir_to_local(f"{root}/student", str(tmp_path / "student"))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    from transformers import pipeline
+
+    preds = pipeline("fill-mask", model=local)("the film was [MASK] .")
+    assert len(preds) == 5 and all("token_str" in p for p in preds)
