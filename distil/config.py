@@ -1,6 +1,8 @@
-"""Typed stage configs: pydantic models, loaded from YAML (``configs/``) and overridden by flags.
+"""Typed stage configs: pydantic models, loaded from YAML and overridden by flags.
 
-Each stage declares one ``StageConfig`` subclass. ``add_config_args`` turns its fields into
+The YAML files that ship with the package live in ``distil/configs/<stage>/<name>.yaml`` and are
+named ``<stage>/<name>`` on the command line (``--config distil/cluster``); any other value of
+``--config`` is a path to the user's own file. Each stage declares one ``StageConfig`` subclass. ``add_config_args`` turns its fields into
 ``--flag`` options (with the field description as help text), so ``distil <stage> --help``
 documents every option without a second list to keep in sync.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +43,11 @@ def _scalar_type(annotation: Any) -> tuple[Any, bool]:
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> None:
     parser.add_argument(
-        "--config", type=str, default=None, help="YAML file with defaults for this stage"
+        "--config",
+        type=str,
+        default=None,
+        help="YAML file with defaults for this stage, or a packaged config by name "
+        f"({', '.join(packaged_configs()) or 'none'})",
     )
     group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
     for name, field in cls.model_fields.items():
@@ -81,11 +88,40 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
             )
 
 
+def packaged_configs() -> list[str]:
+    """Names (``<stage>/<name>``) of the YAML configs shipped inside the package."""
+    root = resources.files("distil") / "configs"
+    return sorted(
+        f"{stage.name}/{f.name[: -len('.yaml')]}"
+        for stage in root.iterdir()
+        if stage.is_dir()
+        for f in stage.iterdir()
+        if f.name.endswith(".yaml")
+    )
+
+
+def resolve_config_path(ref: str | Path) -> Path:
+    """A user's YAML file when ``ref`` is an existing path, else the packaged config named
+    ``ref`` (``distil/cluster``, ``demo/tiny``); anything else is an error that lists both."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    name = str(ref).removesuffix(".yaml")
+    packaged = Path(str(resources.files("distil") / "configs" / f"{name}.yaml"))
+    if name in packaged_configs() and packaged.is_file():
+        return packaged
+    raise FileNotFoundError(
+        f"config {str(ref)!r}: no such file, and no packaged config of that name "
+        f"(packaged: {', '.join(packaged_configs())})"
+    )
+
+
 def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
     """Defaults < YAML file < explicit overrides; unknown keys are an error, not ignored."""
     data: dict[str, Any] = {}
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        path = resolve_config_path(path)
+        loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(
                 f"{path}: expected a mapping at top level, got {type(loaded).__name__}"
