@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch (a GPU user installs their own torch first; see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint format demo stack-up stack-down stack-status bench clean
+.PHONY: setup test test-fast lint format demo stack-up stack-down stack-status bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(STAMP)
 
 test: setup
 	$(VENV)/bin/pytest
+
+# The unit suite alone (no Ray cluster, Beam pipeline, stack or demo): a few minutes.
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

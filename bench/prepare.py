@@ -167,7 +167,7 @@ def main() -> None:
         if args.ray:
             import ray
 
-            from jobs.prepare import run
+            from distil.jobs.prepare import run
 
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
             cfg = PrepareConfig(input=corpus, output=os.path.join(tmp, "ray"), num_workers=2)

@@ -138,9 +138,9 @@ def main() -> None:
         del ours
 
     if args.beam:
+        from distil.pipelines.score_reviews import run
         from distil.sentiment.classifier import export_classifier
         from distil.sentiment.config import ScoreConfig
-        from pipelines.score_reviews import run
 
         m = AutoModelForSequenceClassification.from_pretrained(model_dir)
         export_classifier(

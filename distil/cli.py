@@ -16,27 +16,27 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "prepare": (
         "stage 1: corpora -> tokenized, packed Parquet shards (Ray Data)",
         "distil.data.config:PrepareConfig",
-        "jobs.prepare:run",
+        "distil.jobs.prepare:run",
     ),
     "logits": (
         "stage 2: static masking + sparse teacher logits cached on object storage (Ray Data)",
         "distil.teacher.config:LogitsConfig",
-        "jobs.teacher_logits:run",
+        "distil.jobs.teacher_logits:run",
     ),
     "distil": (
         "stage 3: distil a student from the cached teacher logits (Ray Train)",
         "distil.train.config:DistilConfig",
-        "jobs.distil:run",
+        "distil.jobs.distil:run",
     ),
     "finetune": (
         "stage 4a: fine-tune a sentiment head on labelled reviews (Ray Train)",
         "distil.sentiment.config:FinetuneConfig",
-        "jobs.finetune:run",
+        "distil.jobs.finetune:run",
     ),
     "score": (
         "stage 4b: score review files with a fine-tuned model (Apache Beam)",
         "distil.sentiment.config:ScoreConfig",
-        "pipelines.score_reviews:run",
+        "distil.pipelines.score_reviews:run",
     ),
     "demo": (
         "the whole pipeline on the embedded default (local stack, real sample data)",
@@ -57,7 +57,7 @@ SUBGROUPS: dict[str, dict[str, tuple[str, str, str]]] = {
         "adapt": (
             "train an MLM head (+ encoder) for a checkpoint that has none",
             "distil.teacher.config:AdaptConfig",
-            "jobs.adapt_teacher:run",
+            "distil.jobs.adapt_teacher:run",
         ),
     },
 }
@@ -141,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(args._missing, file=sys.stderr)
         return 2
-    cfg = config_from_args(args._cfg_cls, args)
-    result = _load(args._run_ref)(cfg)
+    from distil.cluster import RayAddressError
+    from distil.config import ConfigError
+
+    try:
+        cfg = config_from_args(args._cfg_cls, args)
+        result = _load(args._run_ref)(cfg)
+    except (ConfigError, RayAddressError) as e:
+        print(f"distil {args.command}: error: {e}", file=sys.stderr)
+        return 2
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 C = TypeVar("C", bound="StageConfig")
+
+
+class ConfigError(ValueError):
+    """A config file or option the user gave that cannot be used; the message says why."""
 
 
 class StageConfig(BaseModel):
@@ -110,7 +114,7 @@ def resolve_config_path(ref: str | Path) -> Path:
     packaged = Path(str(resources.files("distil") / "configs" / f"{name}.yaml"))
     if name in packaged_configs() and packaged.is_file():
         return packaged
-    raise FileNotFoundError(
+    raise ConfigError(
         f"config {str(ref)!r}: no such file, and no packaged config of that name "
         f"(packaged: {', '.join(packaged_configs())})"
     )
@@ -123,7 +127,7 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
         path = resolve_config_path(path)
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: expected a mapping at top level, got {type(loaded).__name__}"
             )
         data.update(loaded)
@@ -132,15 +136,22 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """The stage config from ``--config`` and flags; a ``ConfigError`` names what is wrong."""
     overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
-    return load_config(cls, getattr(args, "config", None), **overrides)
+    try:
+        return load_config(cls, getattr(args, "config", None), **overrides)
+    except ValidationError as e:
+        raise ConfigError(f"{cls.__name__}: {e}") from e
 
 
 def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None) -> C:
-    """For ``jobs/*.py`` entry points: the same flags as the ``distil`` subcommand."""
+    """For the ``distil.jobs.*`` entry points: the same flags as the ``distil`` subcommand."""
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser, cls)
-    return config_from_args(cls, parser.parse_args(argv))
+    try:
+        return config_from_args(cls, parser.parse_args(argv))
+    except ConfigError as e:
+        parser.error(str(e))
 
 
 RESULT_PREFIX = "DISTIL_RESULT "

@@ -1,39 +1,15 @@
-"""Train an MLM head (and the encoder under it) for a checkpoint that has none.
+"""Train an MLM head (and the encoder under it) for a teacher checkpoint that has none.
 
-    python jobs/adapt_teacher.py --input s3://distil/prepared --output s3://distil/teacher-adapted
-    distil teacher adapt --config configs/adapt/default.yaml --input ... --output ...
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/adapt_teacher.py --help
 
-Plain torch in one process (minutes on CPU for the default budget); reports held-out
-masked-token accuracy and perplexity before and after, and writes an HF BertForMaskedLM dir.
+A thin entry point for ``ray job submit`` and cluster manifests; the stage is the module
+``distil.jobs.adapt_teacher`` of the installed ``distil`` package (``distil --help`` runs the same code).
 """
 
-from __future__ import annotations
-
-import contextlib
-import json
-import logging
-from typing import Any
-
-with contextlib.suppress(ModuleNotFoundError):  # run as a script: repo root onto sys.path
-    import _bootstrap  # noqa: F401
-
-from distil.config import emit_result, parse_job_args
-from distil.teacher.adapt import adapt
-from distil.teacher.config import AdaptConfig
-
-
-def run(cfg: AdaptConfig) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return adapt(cfg)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_job_args(AdaptConfig, __doc__.splitlines()[0], argv)
-    result = run(cfg)
-    print(json.dumps(result, indent=2))
-    emit_result(result)
-    return result
-
+import os
+import sys
 
 if __name__ == "__main__":
-    main()
+    # Python puts this script's folder first on sys.path, and jobs/distil.py there would shadow
+    # the distil package: run the module instead (same interpreter, same arguments, same PID).
+    os.execv(sys.executable, [sys.executable, "-m", "distil.jobs.adapt_teacher", *sys.argv[1:]])

@@ -1,140 +1,15 @@
-"""Stage 1 job: corpora -> tokenized, packed Parquet shards, one Ray Data task per input shard.
+"""Stage 1: corpora -> tokenized, packed Parquet shards (Ray Data).
 
-    python jobs/prepare.py --input data/corpus --output data/prepared          # embedded Ray
-    ray job submit --working-dir . -- python jobs/prepare.py --input s3://b/corpus --output s3://b/prep
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/prepare.py --help
 
-Each input file is one unit of work (``distil.data.prepare.prepare_shard``): it writes its own
-output shard and then its completion marker, so a rerun after a crash redoes only the shards
-without a marker. The manifest is written last, from the markers.
+A thin entry point for ``ray job submit`` and cluster manifests; the stage is the module
+``distil.jobs.prepare`` of the installed ``distil`` package (``distil --help`` runs the same code).
 """
 
-from __future__ import annotations
-
-import contextlib
-import logging
 import os
-import time
-from typing import Any
-
-import ray
-
-# Run as a script (python jobs/prepare.py, ray job submit) _bootstrap puts the repo root on
-# sys.path; imported as jobs.prepare by the distil CLI it is neither needed nor importable.
-with contextlib.suppress(ModuleNotFoundError):
-    import _bootstrap  # noqa: F401
-
-from distil import storage
-from distil.config import emit_result, parse_job_args
-from distil.data.config import PrepareConfig
-from distil.data.prepare import (
-    build_manifest,
-    input_size,
-    load_tokenizer_info,
-    plan_inputs,
-    prepare_shard,
-)
-
-log = logging.getLogger("distil.prepare")
-
-
-def init_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` when set (``ray job submit``), else start an embedded Ray."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-    else:
-        # address="local": never attach to a stale cluster another process left behind.
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
-
-
-def run(cfg: PrepareConfig) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    t0 = time.monotonic()
-    tok = load_tokenizer_info(cfg.tokenizer)
-    plan = plan_inputs(cfg)
-    log.info(
-        "prepare: %d input shards -> %s (seq_len=%d, cross_document=%s, workers=%d)",
-        len(plan),
-        storage.redact(cfg.output),
-        cfg.seq_len,
-        cfg.cross_document,
-        cfg.num_workers,
-    )
-    init_ray()
-
-    def process(item: dict[str, Any]) -> dict[str, Any]:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        info = prepare_shard(item["index"], item["url"], item["name"], cfg, tok)
-        # only what the driver needs; the full statistics live in the marker
-        return {
-            "index": info["index"],
-            "reused": bool(info.get("reused")),
-            "documents": info["documents"],
-            "tokens": info["tokens"],
-        }
-
-    items = [{"index": i, "url": u, "name": n} for i, u, n in plan]
-    # Biggest inputs first so a large file does not start last and leave the other workers idle;
-    # the order of work never changes the output (indices come from the sorted input list).
-    sizes = {item["url"]: input_size(item["url"]) for item in items}
-    items.sort(key=lambda item: (-sizes[item["url"]], item["index"]))
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        process,
-        num_cpus=cfg.cpus_per_worker,
-        compute=ray.data.TaskPoolStrategy(size=cfg.num_workers),
-    )
-    reused = docs = tokens = 0
-    t_work = time.monotonic()
-    for finished, row in enumerate(ds.iter_rows(), start=1):
-        reused += int(row["reused"])
-        if not row["reused"]:
-            docs += row["documents"]
-            tokens += row["tokens"]
-        dt = max(time.monotonic() - t_work, 1e-9)
-        log.info(
-            "prepare: %d/%d shards done (%d reused), %d docs, %d tokens (%.0f docs/s, %.0f tokens/s)",
-            finished,
-            len(items),
-            reused,
-            docs,
-            tokens,
-            docs / dt,
-            tokens / dt,
-        )
-    infos = []
-    for item in sorted(items, key=lambda item: item["index"]):
-        info = storage.read_marker(cfg.output, f"shard-{item['index']:05d}")
-        if info is None:
-            raise RuntimeError(f"shard {item['index']} ({item['name']}) finished without marker")
-        infos.append(info)
-    manifest = build_manifest(cfg, tok, infos)
-    storage.commit(cfg.output, manifest)
-    elapsed = time.monotonic() - t0
-    summary = {
-        "output": storage.redact(cfg.output),
-        "shards": len(manifest["files"]),
-        "shards_reused": reused,
-        "rows": manifest["rows"],
-        "tokens": manifest["tokens"],
-        "documents": manifest["records"]["documents"],
-        "padding_fraction": round(manifest["padding_fraction"], 4),
-        "dead_letter": manifest["dead_letter"]["count"],
-        "fingerprint": manifest["fingerprint"],
-        "seconds": round(elapsed, 1),
-        "tokens_per_s": round(manifest["tokens"] / max(elapsed, 1e-9)),
-    }
-    log.info("prepare: committed %s", summary)
-    return summary
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_job_args(PrepareConfig, __doc__.splitlines()[0], argv)
-    summary = run(cfg)
-    print("PREPARE", summary)
-    emit_result(summary)
-    return summary
-
+import sys
 
 if __name__ == "__main__":
-    main()
+    # Python puts this script's folder first on sys.path, and jobs/distil.py there would shadow
+    # the distil package: run the module instead (same interpreter, same arguments, same PID).
+    os.execv(sys.executable, [sys.executable, "-m", "distil.jobs.prepare", *sys.argv[1:]])

@@ -1,135 +1,15 @@
-"""Stage 2: static masking + sparse teacher logits, cached on object storage (Ray Data).
+"""Stage 2: static masking + sparse teacher logits cached on object storage (Ray Data).
 
-    python jobs/teacher_logits.py --input s3://distil/prepared --cache-root s3://distil/teacher \
-        --teacher s3://distil/teacher-adapted
-    ray job submit --working-dir . -- python jobs/teacher_logits.py --config configs/logits/default.yaml ...
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/teacher_logits.py --help
 
-One Ray Data actor pool of teacher replicas (one GPU each when the cluster has GPUs); each
-actor call turns one prepared shard into one cache shard and marks it done, so a killed run
-resumes where it stopped and a finished cache (same key) is never recomputed.
+A thin entry point for ``ray job submit`` and cluster manifests; the stage is the module
+``distil.jobs.teacher_logits`` of the installed ``distil`` package (``distil --help`` runs the same code).
 """
 
-from __future__ import annotations
-
-import contextlib
-import logging
-import time
-from typing import Any
-
-with contextlib.suppress(ModuleNotFoundError):  # run as a script: repo root onto sys.path
-    import _bootstrap  # noqa: F401
-
-from distil import storage
-from distil.config import emit_result, parse_job_args
-from distil.teacher.build import ShardWorker, check_compatible, finalize, plan_cache, unit_name
-from distil.teacher.cache import write_latest_pointer
-from distil.teacher.config import LogitsConfig
-from distil.teacher.load import load_teacher
-
-log = logging.getLogger("distil.logits")
-
-
-def _resources(cfg: LogitsConfig) -> dict[str, Any]:
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0) if cfg.device != "cpu" else 0
-    if cfg.device == "cuda" and not gpus:
-        raise RuntimeError("--device cuda but the Ray cluster has no GPUs")
-    if gpus:
-        return {"num_gpus": 1, "device": "cuda", "size": min(cfg.num_actors, int(gpus))}
-    return {"num_cpus": cfg.num_cpus_per_actor, "device": "cpu", "size": cfg.num_actors}
-
-
-def run(cfg: LogitsConfig) -> dict[str, Any]:
-    """Build (or find) the teacher cache for ``cfg``; returns a summary with its URL."""
-    import ray
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    t0 = time.perf_counter()
-    # Load once here: fail fast on a headless checkpoint, and the weights hash is the cache key.
-    teacher = load_teacher(cfg.teacher, cfg.allow_pickle, require_mlm_head=True)
-    plan = plan_cache(cfg, teacher.weights_sha256)
-    check_compatible(teacher.model.config, plan.prepared)
-    del teacher
-    summary: dict[str, Any] = {"cache_url": plan.url, "key": plan.key}
-    if plan.committed:
-        write_latest_pointer(cfg.cache_root, plan.url, plan.key)
-        manifest = storage.read_manifest(plan.url)
-        print(f"cache hit: {storage.redact(plan.url)} (nothing to do)")
-        return {**summary, "cache_hit": True, **_stats(manifest)}
-    pending = [
-        t for t in plan.shard_tasks if storage.read_marker(plan.url, unit_name(t["name"])) is None
-    ]
-    log.info(
-        "cache %s: %d shards, %d already done, %d to compute",
-        storage.redact(plan.url),
-        len(plan.shard_tasks),
-        len(plan.shard_tasks) - len(pending),
-        len(pending),
-    )
-    computed = 0
-    if pending:
-        if not ray.is_initialized():
-            ray.init()
-        res = _resources(cfg)
-        device = res.pop("device")
-        size = res.pop("size")
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        out = ds.map_batches(
-            ShardWorker,
-            fn_constructor_kwargs={
-                "cfg": cfg.model_dump(),
-                "teacher_sha256": plan.teacher_sha256,
-                "prepared": plan.prepared,
-                "device": device,
-            },
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=size),
-            **res,
-        )
-        for row in out.iter_rows():
-            computed += int(not row["skipped"])
-            log.info(
-                "done %s: %d rows, %d positions, %d bytes",
-                row["name"],
-                row["rows"],
-                row["positions"],
-                row["bytes"],
-            )
-    manifest = finalize(plan, cfg)
-    write_latest_pointer(cfg.cache_root, plan.url, plan.key)
-    return {
-        **summary,
-        "cache_hit": False,
-        "shards_computed": computed,
-        "shards_resumed": len(plan.shard_tasks) - len(pending),
-        "seconds": round(time.perf_counter() - t0, 2),
-        **_stats(manifest),
-    }
-
-
-def _stats(manifest: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "rows",
-        "positions",
-        "tokens",
-        "bytes",
-        "bytes_per_position",
-        "target_bytes_per_position",
-        "bytes_per_token",
-    )
-    return {k: manifest[k] for k in keys}
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import json
-
-    cfg = parse_job_args(LogitsConfig, __doc__.splitlines()[0], argv)
-    result = run(cfg)
-    print(json.dumps(result, indent=2))
-    emit_result(result)
-    return result
-
+import os
+import sys
 
 if __name__ == "__main__":
-    main()
+    # Python puts this script's folder first on sys.path, and jobs/distil.py there would shadow
+    # the distil package: run the module instead (same interpreter, same arguments, same PID).
+    os.execv(sys.executable, [sys.executable, "-m", "distil.jobs.teacher_logits", *sys.argv[1:]])

@@ -1,9 +1,17 @@
 import argparse
 
 import pytest
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from distil.config import StageConfig, add_config_args, config_from_args
+from distil.config import (
+    ConfigError,
+    StageConfig,
+    add_config_args,
+    config_from_args,
+    load_config,
+    packaged_configs,
+    resolve_config_path,
+)
 
 
 class ToyConfig(StageConfig):
@@ -28,7 +36,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     y.write_text("seq_lenn: 3\n")
     p = argparse.ArgumentParser()
     add_config_args(p, ToyConfig)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError, match="seq_lenn"):
         config_from_args(ToyConfig, p.parse_args(["--config", str(y)]))
 
 
@@ -40,3 +48,41 @@ def test_help_lists_every_option(capsys):
     out = capsys.readouterr().out
     for flag in ("--seq-len", "--cross-document", "--output", "tokens per sequence"):
         assert flag in out
+
+
+STAGE_CLASSES = {
+    "adapt": "distil.teacher.config:AdaptConfig",
+    "logits": "distil.teacher.config:LogitsConfig",
+    "distil": "distil.train.config:DistilConfig",
+    "finetune": "distil.sentiment.config:FinetuneConfig",
+    "score": "distil.sentiment.config:ScoreConfig",
+}
+
+
+def test_every_packaged_config_validates_against_its_stage():
+    """The configs ship inside the package (a wheel has no configs/ folder); every key of each
+    must be a field of its stage (required fields such as --input may come from flags)."""
+    import importlib
+
+    import yaml
+
+    names = packaged_configs()
+    assert {"distil/cluster", "logits/cluster", "demo/tiny", "prepare/default"} <= set(names)
+    for name in names:
+        stage = name.split("/")[0]
+        path = resolve_config_path(name)
+        assert path.is_file() and path.parent.parent.name == "configs", path
+        if stage in STAGE_CLASSES:
+            module, cls = STAGE_CLASSES[stage].split(":")
+            fields = getattr(importlib.import_module(module), cls).model_fields
+            unknown = set(yaml.safe_load(path.read_text())) - set(fields)
+            assert not unknown, f"{name}: {sorted(unknown)} are not {cls} fields"
+
+
+def test_a_users_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
+    (tmp_path / "distil").mkdir()
+    (tmp_path / "distil" / "tiny").write_text("seq_len: 300\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(ToyConfig, "distil/tiny").seq_len == 300
+    with pytest.raises(ConfigError, match="packaged: .*distil/tiny"):
+        resolve_config_path("distil/nope")

@@ -127,7 +127,7 @@ def _submit_distil_and_load_fill_mask(env, repo_root, teacher_dir, tokenizer_dir
             [
                 str(VENV_BIN / "ray"), "job", "submit",
                 "--address", "http://127.0.0.1:8265", "--working-dir", ".", "--",
-                "python", "jobs/distil.py", "--config", "configs/distil/tiny.yaml",
+                "python", "jobs/distil.py", "--config", "distil/tiny",
                 "--cache", cache, "--teacher", f"{root}/teacher",
                 "--output", f"{root}/student", "--storage-path", f"{root}/runs",
                 "--max-steps", "6", "--checkpoint-every", "3", "--eval-every", "3",

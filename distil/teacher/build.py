@@ -1,7 +1,7 @@
 """Building a teacher cache, engine-free: plan (key, pending shards), one shard as a unit of
 work (skip if its marker exists, else compute, write staged, mark), and the final manifest.
 
-``jobs/teacher_logits.py`` runs ``ShardWorker`` as a Ray Data actor pool; everything here also
+``distil.jobs.teacher_logits`` runs ``ShardWorker`` as a Ray Data actor pool; everything here also
 runs in a plain loop (tests, a GPU box without Ray).
 """
 

@@ -1,5 +1,5 @@
 """``DistilRecipe``: one DDP rank of the distillation job, free of Ray so it runs (and is tested)
-in a plain process too. ``jobs/distil.py`` wraps it in a Ray Train worker.
+in a plain process too. ``distil.jobs.distil`` wraps it in a Ray Train worker.
 
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact

@@ -1,20 +1,16 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
 from distil.config import load_config
 from distil.data.config import PrepareConfig, SamplesConfig
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "prepare"
-
 
 def test_yaml_configs_load_and_flags_override():
-    cfg = load_config(PrepareConfig, CONFIGS / "default.yaml", seq_len=512)
+    cfg = load_config(PrepareConfig, "prepare/default", seq_len=512)
     assert cfg.seq_len == 512 and cfg.input == [".distil/samples/corpus"]
-    assert load_config(SamplesConfig, CONFIGS / "samples.yaml").output == ".distil/samples"
+    assert load_config(SamplesConfig, "prepare/samples").output == ".distil/samples"
 
 
 def test_cli_flags(repo_root):

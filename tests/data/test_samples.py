@@ -47,7 +47,7 @@ def test_samples_assembles_every_source(samples_dir):
 def test_prepare_sample_corpus_on_s3(samples_dir, ray_local, s3_url, real_tokenizer_dir):
     """Acceptance 1 on the real corpus: committed shards on S3, every row well formed, the
     token multiset equal to the tokenizer's output on the documents, manifest counts exact."""
-    from jobs.prepare import run as prepare
+    from distil.jobs.prepare import run as prepare
 
     out = str(samples_dir[0])
     result = prepare(PrepareConfig(input=storage.join(out, "corpus"), output=f"{s3_url}/prepared"))

@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from distil.config import resolve_config_path
+
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 IMAGE_ROOT = "/home/ray/distil/"  # where infra/docker/Dockerfile puts the repo
@@ -61,7 +63,8 @@ def check_pod_template(template: dict) -> None:
 
 
 def check_command(words: list[str]) -> None:
-    """``python <script> ... --config <file>``: script and config must exist in the repo."""
+    """``python <script> ... --config <name>``: the script must exist in the repo and the config
+    must resolve (a packaged ``<stage>/<name>`` or a file) to a mapping."""
     assert words[0] == "python", words
     script = repo_path(words[1])
     assert script.is_file(), f"entry point {script} does not exist"
@@ -72,8 +75,7 @@ def check_command(words: list[str]) -> None:
         elif w == "--config":
             value = words[i + 1]
         if value:
-            cfg = repo_path(value)
-            assert cfg.is_file(), f"config {cfg} does not exist"
+            cfg = resolve_config_path(value)
             assert isinstance(yaml.safe_load(cfg.read_text()), dict)
 
 

@@ -1,4 +1,4 @@
-"""jobs/distil.py on a real local Ray cluster: 2 Ray Train workers (gloo DDP), cache,
+"""distil.jobs.distil (what jobs/distil.py runs) on a real local Ray cluster: 2 Ray Train workers (gloo DDP), cache,
 checkpoints and export on S3 (SeaweedFS); a worker is SIGKILLed mid-run; the finished run is
 resubmitted; the export is loaded by transformers' fill-mask pipeline."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,18 +16,11 @@ import pytest
 from distil import storage
 from distil.train.config import DistilConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-import distil as _distil_pkg  # noqa: E402,F401  (the package, before jobs/distil.py shadows it)
-
 
 def _job():
-    import importlib.util
+    import distil.jobs.distil
 
-    path = Path(__file__).resolve().parents[2] / "jobs" / "distil.py"
-    spec = importlib.util.spec_from_file_location("jobs_distil", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return distil.jobs.distil
 
 
 def _descendants(pid: int) -> list[int]:

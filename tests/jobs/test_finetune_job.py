@@ -1,4 +1,4 @@
-"""jobs/finetune.py on a real local Ray cluster: 2 DDP workers (gloo), data and model on S3."""
+"""distil.jobs.finetune (what jobs/finetune.py runs) on a real local Ray cluster: 2 DDP workers (gloo), data and model on S3."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ def test_ray_finetune_learns_exports_and_points_latest(
 ):
     from transformers import pipeline
 
+    from distil.jobs.finetune import run
     from distil.sentiment.classifier import fetch_model
     from distil.sentiment.teacher_cache import read_teacher_cache
-    from jobs.finetune import run
 
     rows = make_planted_reviews(400, seed=1)
     train_url = storage.join(s3_url, "reviews", "train.jsonl")

@@ -34,7 +34,7 @@ def output_bytes(out: str) -> dict[str, bytes]:
 
 @pytest.mark.timeout(240)
 def test_one_worker_and_two_workers_write_identical_bytes(ray_local, tmp_path):
-    from jobs.prepare import run
+    from distil.jobs.prepare import run
 
     root = tmp_path / "corpus"
     write_good_corpus(root, scale=3)
@@ -53,7 +53,7 @@ def test_one_worker_and_two_workers_write_identical_bytes(ray_local, tmp_path):
 def test_s3_output_matches_local_output(ray_local, s3_url, tmp_path):
     import datasets
 
-    from jobs.prepare import run
+    from distil.jobs.prepare import run
 
     root = tmp_path / "corpus"
     write_good_corpus(root)
@@ -85,7 +85,7 @@ def _big_corpus(root: Path, shards: int = 6, docs: int = 400) -> None:
 
 @pytest.mark.timeout(300)
 def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
-    from jobs.prepare import run
+    from distil.jobs.prepare import run
 
     root = tmp_path / "corpus"
     _big_corpus(root)

@@ -47,7 +47,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 def test_cache_on_s3_then_rerun_is_a_cache_hit_that_writes_nothing(
     ray_local, s3_url, tiny_teacher_dir, real_tokenizer_dir, capsys
 ):
-    from jobs.teacher_logits import run
+    from distil.jobs.teacher_logits import run
 
     prepared = f"{s3_url}/prepared"
     make_prepared(prepared, real_tokenizer_dir, n_shards=3, rows_per_shard=8)
@@ -79,7 +79,7 @@ def test_cache_on_s3_then_rerun_is_a_cache_hit_that_writes_nothing(
 def test_kill_9_mid_run_then_rerun_gives_a_byte_identical_cache(
     ray_local, tmp_path, tiny_teacher_dir, real_tokenizer_dir
 ):
-    from jobs.teacher_logits import run
+    from distil.jobs.teacher_logits import run
 
     prepared = str(tmp_path / "prepared")
     make_prepared(prepared, real_tokenizer_dir, n_shards=8, rows_per_shard=64)
@@ -123,7 +123,7 @@ def test_kill_9_mid_run_then_rerun_gives_a_byte_identical_cache(
 
 
 def test_a_headless_teacher_is_refused_before_any_work(tmp_path, real_tokenizer_dir):
-    from jobs.teacher_logits import run
+    from distil.jobs.teacher_logits import run
 
     prepared = str(tmp_path / "prepared")
     make_prepared(prepared, real_tokenizer_dir, n_shards=1)

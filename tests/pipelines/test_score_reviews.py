@@ -121,7 +121,7 @@ def reviews_url(s3_server):
 
 
 def _score(reviews_url, model_url, output, run_id, tmp_path, **kw) -> dict:
-    from pipelines.score_reviews import run
+    from distil.pipelines.score_reviews import run
 
     cfg = ScoreConfig(
         input=[reviews_url],
@@ -284,7 +284,7 @@ def test_teacher_agreement_matches_independent_computation(
 
 
 def test_unknown_flags_pass_through_to_beam():
-    from pipelines.score_reviews import _pipeline_args, parse_args
+    from distil.pipelines.score_reviews import _pipeline_args, parse_args
 
     cfg = parse_args(
         [

@@ -1,0 +1,107 @@
+"""``init_ray``: how every job finds its Ray cluster (one place, so every stage behaves the same).
+
+A stage runs in one of three places: inside ``ray job submit`` (Ray sets ``RAY_ADDRESS`` to the
+cluster's GCS address), as a plain process next to a running cluster (the user passes an address
+or ``auto``, or has ``eval $(distil stack env)`` in their shell), or alone (an embedded Ray that
+lives as long as the process). Users copy the job-API URL (``http://host:8265``) into
+``RAY_ADDRESS`` because ``ray job submit`` wants it there, and ``ray.init`` refuses it; so a
+loopback job-API URL is mapped to the GCS address of the cluster serving it, and a remote one is
+a clear error saying what to do instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger("distil.cluster")
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class RayAddressError(ValueError):
+    """An address ``init_ray`` cannot join, with the fix in the message."""
+
+
+def resolve_address(address: str | None) -> str | None:
+    """What ``ray.init(address=…)`` should get: ``None`` for an embedded Ray, a GCS
+    ``host:port``, ``auto``, or a ``ray://`` client URL. ``address`` None reads ``RAY_ADDRESS``."""
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address is None or address in ("", "local"):
+        return None
+    if address == "auto" or address.startswith("ray://"):
+        return address
+    if address.startswith(("http://", "https://")):
+        return _gcs_address_for_job_api(address)
+    if ":" not in address:
+        raise RayAddressError(
+            f"Ray address {address!r}: expected host:port (GCS), 'auto', ray://host:10001, "
+            "or the job-API URL http://host:8265 of a cluster on this machine"
+        )
+    return address
+
+
+def _gcs_address_for_job_api(url: str) -> str:
+    host = urlparse(url).hostname or ""
+    fix = (
+        "A driver joins a cluster through its GCS address (host:6379) or 'auto'. To run a stage "
+        f"on that cluster submit it as a job: `ray job submit --address {url} -- python -m "
+        "distil.jobs.<stage> …`, or set RAY_ADDRESS to the GCS address (unset it for an "
+        "embedded Ray)."
+    )
+    if host not in LOOPBACK:
+        raise RayAddressError(f"Ray address {url!r} is a job-API URL, not a cluster address. {fix}")
+    from distil import stack
+
+    st = stack.status()["ray"]
+    if st["healthy"] and urlparse(st["dashboard"]).port == urlparse(url).port:
+        return st["address"]
+    from ray._private.services import find_gcs_addresses
+
+    found = sorted(find_gcs_addresses())
+    if len(found) == 1:
+        return found[0]
+    raise RayAddressError(
+        f"Ray address {url!r}: no Ray cluster on this machine answers there "
+        f"({len(found)} GCS servers found). Start one (`distil stack up`) or unset RAY_ADDRESS. "
+        + fix
+    )
+
+
+def init_ray(address: str | None = None, **init_kwargs: Any) -> str:
+    """Join the cluster ``address`` (default ``RAY_ADDRESS``) or start an embedded Ray; log and
+    return one line saying which. A process already connected keeps its connection.
+
+    The embedded Ray uses ``address="local"`` so it never silently joins a stale ``ray start``
+    cluster; its workers inherit this process's environment (object-storage credentials
+    included), so nothing secret goes through ``runtime_env``.
+    """
+    import ray
+
+    how = "already connected to"
+    if not ray.is_initialized():
+        target = resolve_address(address)
+        if target is None:
+            init_kwargs.setdefault("include_dashboard", False)
+            ray.init(address="local", **init_kwargs)
+            how = "started an embedded"
+        else:
+            ray.init(address=target, **init_kwargs)
+            how = f"joined ({target})"
+    return describe_cluster(how)
+
+
+def describe_cluster(how: str = "connected to") -> str:
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    line = (
+        f"{how} Ray cluster {ray.get_runtime_context().gcs_address}: {nodes} node(s), "
+        f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+    )
+    log.info(line)
+    return line

@@ -1,0 +1,1 @@
+"""Each Ray stage as a module: ``python -m distil.jobs.<stage>`` (what ``jobs/*.py`` and the CLI run)."""
