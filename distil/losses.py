@@ -1,7 +1,8 @@
 """Distillation losses (DistilBERT: ``alpha_ce * KD + alpha_mlm * MLM + alpha_cos * cosine``).
 
 All of them work on the masked positions only, in the row-major order the teacher cache uses
-(``student_logits`` is ``[N, vocab]`` with ``N = (labels != -100).sum()``).
+(``student_logits`` is ``[N, vocab]`` with ``N = (labels != -100).sum()``). ``kd_dense`` also
+serves sentence classification (``[N, num_labels]``), so there is one KD formula in the project.
 
 KD is scaled by ``T**2`` (Hinton et al.): the soft-target gradients shrink as ``1/T**2``, so the
 scale keeps the KD term's weight comparable to the MLM term whatever the temperature.
@@ -9,16 +10,33 @@ scale keeps the KD term's weight comparable to the MLM term whatever the tempera
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 
-def kd_dense(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
-    """Reference KD: ``T**2 * KL(p_T || q_T)`` over the full vocabulary, averaged over positions."""
+def kd_dense(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    reduction: Literal["mean", "none"] = "mean",
+) -> torch.Tensor:
+    """Reference KD: ``T**2 * KL(p_T || q_T)`` over the full last dimension (vocabulary, or the
+    classes of ``[N, C]`` classification logits), averaged over positions.
+
+    ``reduction="none"`` returns the ``[N]`` per-row terms instead: the sentiment fine-tuning
+    mixes KD and cross-entropy per example (only rows the teacher cache covers get KD), so it
+    needs the rows before they are averaged.
+    """
     t = temperature
     log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
     log_q = F.log_softmax(student_logits.float() / t, dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if reduction == "none":
+        return t * t * kl
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
     return t * t * kl.mean() if kl.numel() else student_logits.sum() * 0.0
 
 

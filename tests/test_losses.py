@@ -32,6 +32,22 @@ def test_topk_with_k_equal_vocab_is_dense_kl(t):
     assert losses.kd_dense(student, teacher, t).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_dense_per_row_on_classification_logits(t):
+    """``reduction="none"``: one T²·KL per row of ``[N, C]`` logits (the sentiment fine-tuning
+    mixes KD and cross-entropy per example); ``"mean"`` is their mean."""
+    g = torch.Generator().manual_seed(2)
+    teacher, student = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
+    rows = losses.kd_dense(student, teacher, t, reduction="none")
+    assert rows.shape == (5,)
+    ref = t * t * _dense_kl(teacher, student, t)
+    torch.testing.assert_close(rows.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows.mean(), losses.kd_dense(student, teacher, t))
+    assert losses.kd_dense(teacher, teacher, t, reduction="none").abs().max() < 1e-6
+    with pytest.raises(ValueError):
+        losses.kd_dense(student, teacher, t, reduction="sum")
+
+
 def test_topk_small_k_is_kl_of_renormalised_teacher_and_pads_are_ignored():
     g = torch.Generator().manual_seed(1)
     teacher, student = torch.randn(4, V, generator=g), torch.randn(4, V, generator=g)

