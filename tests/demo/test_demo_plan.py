@@ -118,3 +118,40 @@ def test_second_run_reuses_every_step(fake_run):
     assert {k: v.output for k, v in again.steps.items()} == {
         k: v.output for k, v in first.steps.items()
     }
+
+
+PINNED_BUDGETS = """
+corpus: [news/]
+prepare: {seq_len: 64}
+adapt: {token_budget: 4000}
+logits: {k: 8}
+distil: {max_steps: 6}
+finetune: {max_steps: 4}
+score_inputs: [movie_snippets.jsonl]
+score: {batch_size: 256, quantize: false}
+"""
+
+
+def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_path):
+    """Fixed budgets and root: every step's fingerprint and output URL are the ones the demo
+    computed before it ran package modules (pinned from that implementation), so the outputs of
+    earlier runs are found and reused, and the plan's wiring (args, upstream) did not move."""
+    monkeypatch.setattr(Demo, "_samples", lambda self: {})
+    monkeypatch.setattr(plan, "run_json", lambda *a: {"wall_s": 1.0})
+    monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(PINNED_BUDGETS)
+    root = "memory://demo-plan-pinned"
+    d = Demo(DemoConfig(scale="tiny", root=root, samples="memory://samples", ray_address="",
+                        budgets=str(budgets), report_dir=str(tmp_path / "runs")))  # fmt: skip
+    d.runner.execute = FakeStages()
+    d.run()
+    assert {k: v.fingerprint for k, v in d.steps.items()} == {
+        "prepare": "02a9f4bb227534d1", "adapt_teacher": "7206e2fed0ecf4f9",
+        "logits": "882da3175abd4e05", "distil": "1935d604a0d9c283",
+        "finetune_teacher": "fa7538d7feced8f5", "finetune_student": "0801ad8a748fd1e7",
+        "score": "81b3a81220e38daa",
+    }  # fmt: skip
+    assert d.steps["score"].output == (
+        f"{root}/tiny/score-81b3a81220e38daa/run_id=demo-dc9730626e275073"
+    )
