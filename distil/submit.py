@@ -1,4 +1,10 @@
-"""Submit a stage to a Ray cluster exactly as a user would (`ray job submit --working-dir .`).
+"""Submit a stage to a Ray cluster exactly as a user would
+(`ray job submit -- python -m distil.jobs.<stage> ...`).
+
+Nothing is uploaded by default: the stage modules are part of the installed ``distil`` package,
+which the cluster's Python has (the local stack's Ray runs in the same environment as ``distil``).
+A ``working_dir`` is shipped only when a caller asks for one (say, to run an uninstalled checkout's
+``jobs/*.py`` scripts).
 
 A step is keyed (``distil_step`` metadata): if a job with the same key is still running — say the
 demo was killed while it ran — we attach to it instead of starting a second writer on the same
@@ -18,13 +24,14 @@ RUNNING = {"PENDING", "RUNNING"}
 def submit_ray_job(
     address: str,
     argv: list[str],
-    working_dir: str | Path,
+    *,
     env_vars: dict[str, str],
     step_key: str,
+    working_dir: str | Path | None = None,
     timeout_s: float = 3600,
 ) -> tuple[str, str]:
-    """Run ``argv`` (e.g. ``["python", "jobs/prepare.py", ...]``) as a Ray job; wait; raise on
-    failure. Returns the submission id and the job's full log."""
+    """Run ``argv`` (e.g. ``["python", "-m", "distil.jobs.prepare", ...]``) as a Ray job; wait;
+    raise on failure. Returns the submission id and the job's full log."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
@@ -44,7 +51,7 @@ def submit_ray_job(
         sub_id = _submit_when_agent_ready(
             client,
             entrypoint=shlex.join(argv),
-            runtime_env={"working_dir": str(working_dir), "env_vars": env_vars},
+            runtime_env=runtime_env(env_vars, working_dir),
             metadata={"distil_step": step_key},
             entrypoint_num_cpus=0.25,
         )
@@ -68,6 +75,14 @@ def submit_ray_job(
         info = client.get_job_info(sub_id)
         raise RuntimeError(f"{step_key}: Ray job {sub_id} {status}: {info.message}")
     return sub_id, client.get_job_logs(sub_id)
+
+
+def runtime_env(env_vars: dict[str, str], working_dir: str | Path | None = None) -> dict:
+    """The job's Ray runtime env: ``env_vars``, plus ``working_dir`` only when one is given."""
+    env: dict = {"env_vars": dict(env_vars)}
+    if working_dir is not None:
+        env["working_dir"] = str(working_dir)
+    return env
 
 
 def _submit_when_agent_ready(client, wait_s: float = 90.0, **kwargs) -> str:

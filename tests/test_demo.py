@@ -1,6 +1,7 @@
 """`distil demo --scale tiny` end to end on the S3 fixture, each stage run as its own job process
-(embedded Ray, `--ray-address ''`): run.json names committed artifacts, the report's numbers are
-the run's, and a second run reuses every stage."""
+(embedded Ray, `--ray-address ''`) as ``python -m distil.jobs.<stage>``, started from a directory
+that is not the repository: run.json names committed artifacts, the report's numbers are the
+run's, and a second run reuses every stage."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _demo(
-    root: str, samples: str, report_dir: Path, env: dict
+    root: str, samples: str, report_dir: Path, env: dict, cwd: Path
 ) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
     out = subprocess.run(
@@ -28,7 +29,7 @@ def _demo(
             "--root", root, "--samples", samples, "--ray-address", "",
             "--no-start-stack", "--report-dir", str(report_dir),
         ],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=1500,
     )  # fmt: skip
     return out, time.perf_counter() - t0
 
@@ -37,11 +38,15 @@ def _demo(
 def test_tiny_demo_runs_every_stage_then_reuses_them(s3_server, tmp_path):
     root = f"s3://{s3_server.bucket}/demo"
     samples = f"s3://{s3_server.bucket}/samples"
+    # PYTHONPATH stands in for an installed package; the demo must need nothing from its cwd
     env = dict(os.environ, PYTHONPATH=str(REPO), DISTIL_HOME=str(tmp_path / "home"))
     env.pop("RAY_ADDRESS", None)
-    first, _ = _demo(root, samples, tmp_path / "runs", env)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first, _ = _demo(root, samples, tmp_path / "runs", env, elsewhere)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "run.json:" in first.stdout and "report:" in first.stdout
+    assert "running python -m distil.jobs.prepare " in first.stdout
 
     run = storage.read_json(f"{root}/tiny/run.json")
     stages = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher",
@@ -50,6 +55,7 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(s3_server, tmp_path):
         st = run["stages"][name]
         assert st["reused"] is False and st["wall_s"] > 0
         assert storage.is_committed(st["url"]), name
+        assert st["command"].startswith("python -m distil."), st["command"]
     for name, art in run["artifacts"].items():
         if name != "dead_letter":
             assert art["url"] and art["fingerprint"], name
@@ -70,7 +76,7 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(s3_server, tmp_path):
         == clf["metrics"]["accuracy"]
     )
 
-    second, _ = _demo(root, samples, tmp_path / "runs2", env)
+    second, _ = _demo(root, samples, tmp_path / "runs2", env, elsewhere)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     for name in stages:
         assert f"[demo] {name}: reusing committed output" in second.stdout, name

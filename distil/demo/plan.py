@@ -1,0 +1,196 @@
+"""The demo's plan: which stages run, in what order, with which budgets and inputs.
+
+Stage budgets come from the packaged config ``demo/<scale>`` (or the user's ``--budgets`` file);
+running, reusing and recording each step is ``distil.demo.steps``; run.json is
+``distil.demo.record``. This module only wires one step's outputs into the next one's flags.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distil import storage
+from distil.config import resolve_config_path
+from distil.demo.config import DemoConfig
+from distil.demo.record import run_json
+from distil.demo.steps import StepRunner, job_env
+
+
+def budgets_path(cfg: DemoConfig) -> Path:
+    """The user's ``--budgets`` file, else the packaged ``demo/<scale>`` config."""
+    return Path(cfg.budgets) if cfg.budgets else resolve_config_path(f"demo/{cfg.scale}")
+
+
+def scored_run_dir(output: str, run_id: str) -> str:
+    from distil.sentiment.scored import run_dir
+
+    return run_dir(output, run_id)
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.run_url = storage.join(cfg.root, cfg.scale)
+        self.budgets: dict[str, dict[str, Any]] = yaml.safe_load(budgets_path(cfg).read_text())
+        self.env = job_env(os.environ)
+        self.runner = StepRunner(self.run_url, cfg.ray_address, self.env)
+        self.steps = self.runner.steps
+        self.step = self.runner.step
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        b = self.budgets
+        samples = self._samples()
+        corpus = storage.join(self.cfg.samples, "corpus")
+        reviews = storage.join(self.cfg.samples, "reviews")
+
+        # which parts of the sample corpus this scale trains on (all of it unless listed)
+        parts = b.get("corpus") or [""]
+        inputs = [storage.join(corpus, p) if p else corpus for p in parts]
+        prepared = self.step("prepare", "prepare", {**b["prepare"], "input": inputs}, "output")
+        teacher = self.step(
+            "adapt_teacher",
+            "adapt_teacher",
+            {**b["adapt"], "input": prepared.output},
+            "output",
+            upstream=(prepared,),
+        )
+        cache = self.step(
+            "logits",
+            "teacher_logits",
+            {
+                **b["logits"],
+                "input": prepared.output,
+                "teacher": teacher.output,
+                "cache_root": storage.join(self.cfg.root, "cache"),
+            },
+            None,
+            upstream=(prepared, teacher),
+            output_key="cache_url",
+        )
+        run_name = "distil-" + storage.fingerprint([b["distil"], cache.fingerprint])
+        student = self.step(
+            "distil",
+            "distil",
+            {
+                **b["distil"],
+                "cache": cache.output,
+                "teacher": teacher.output,
+                "storage_path": storage.join(self.run_url, "train"),
+                "run_name": run_name,
+            },
+            "output",
+            upstream=(cache, teacher),
+        )
+        movie = storage.join(reviews, "movie_snippets.jsonl")
+        task_cache = storage.join(self.run_url, "task-teacher-logits-" + teacher.fingerprint)
+        clf_teacher = self.step(
+            "finetune_teacher",
+            "finetune",
+            {
+                **b["finetune"],
+                "model": teacher.output,
+                "train": movie,
+                "run_name": "model",
+                "write_teacher_cache": task_cache,
+                "latest_pointer": storage.join(self.run_url, "teacher-classifier-latest.json"),
+            },
+            "output",
+            upstream=(teacher,),
+            output_key="model_url",
+        )
+        latest = storage.join(self.run_url, "models", "latest.json")
+        clf_student = self.step(
+            "finetune_student",
+            "finetune",
+            {
+                **b["finetune"],
+                "model": student.output,
+                "train": movie,
+                "run_name": "model",
+                "teacher_cache": clf_teacher.result["teacher_cache"],
+                "latest_pointer": latest,
+            },
+            "output",
+            upstream=(student, clf_teacher),
+            output_key="model_url",
+        )
+        run_id = "demo-" + storage.fingerprint(
+            [b["score"], b.get("score_inputs"), clf_student.fingerprint]
+        )
+        names = b.get("score_inputs") or [
+            "movie_snippets.jsonl",
+            "amazon_snippets.jsonl",
+            "rotten_tomatoes.jsonl",
+        ]
+        inputs = [storage.join(reviews, n) for n in names]
+        self.step(
+            "score",
+            "score_reviews",
+            {
+                **b["score"],
+                "input": inputs,
+                "model": latest,
+                "run_id": run_id,
+                "teacher_cache": clf_teacher.result["teacher_cache"],
+                "runner": "FnApiRunner",
+            },
+            "output",
+            upstream=(clf_student, clf_teacher),
+            output_key=lambda out, _: scored_run_dir(out, run_id),
+        )
+        run = run_json(
+            self.cfg, self.run_url, self.steps, started, time.perf_counter() - t0, samples
+        )
+        storage.write_json(storage.join(self.run_url, "run.json"), run)
+        from distil.report import build_report
+
+        local = str(Path(self.cfg.report_dir, self.cfg.scale).resolve())
+        report_url = build_report(self.run_url, local_copy=local)
+        return {
+            "run_json": storage.join(self.run_url, "run.json"),
+            "report": report_url,
+            "local_report": os.path.join(local, "report.html"),
+            "wall_s": run["wall_s"],
+            "reused": [k for k, v in self.steps.items() if v.reused],
+        }
+
+    def _samples(self) -> dict[str, Any]:
+        from distil.data.config import SamplesConfig
+        from distil.data.samples import run as build_samples
+
+        t0 = time.perf_counter()
+        summary = build_samples(SamplesConfig(output=self.cfg.samples))
+        reused = bool(summary["corpus"]["reused"])
+        verb = "reusing committed" if reused else "built"
+        print(f"[demo] samples: {verb} {self.cfg.samples}", flush=True)
+        return {"summary": summary, "wall_s": round(time.perf_counter() - t0, 2), "reused": reused}
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """``distil demo``: start the stack if needed, run every stage, write run.json + report."""
+    from distil import stack
+
+    if cfg.start_stack:
+        st = stack.status()
+        if not all(v["healthy"] for v in st.values()):
+            print("[demo] starting the local stack (Ray head + SeaweedFS on 127.0.0.1)", flush=True)
+            st = stack.up()
+        os.environ.update({k: v for k, v in stack.env_exports().items() if k.startswith("AWS_")})
+    t0 = time.perf_counter()
+    out = Demo(cfg).run()
+    print(
+        f"[demo] finished in {time.perf_counter() - t0:.0f}s; "
+        f"reused: {', '.join(out['reused']) or 'nothing'}\n"
+        f"[demo] run.json: {out['run_json']}\n"
+        f"[demo] report:   {out['report']}\n"
+        f"[demo] local copy of the report: {out['local_report']}",
+        flush=True,
+    )
+    return out

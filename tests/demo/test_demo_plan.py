@@ -1,0 +1,157 @@
+"""distil.demo.plan: budgets come from the package, the plan wires each step's output into the
+next step's flags, and a second run reuses every step — on an in-memory store, stages faked."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+import distil
+import distil.report
+from distil import storage
+from distil.config import resolve_config_path
+from distil.demo import Demo, DemoConfig, plan
+
+STEPS = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher", "finetune_student",
+         "score"]  # fmt: skip
+
+
+def test_budgets_are_the_packaged_config_whatever_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for scale in ("tiny", "sample", "full"):
+        path = plan.budgets_path(DemoConfig(scale=scale))
+        assert path == resolve_config_path(f"demo/{scale}")
+        assert path.is_relative_to(Path(distil.__file__).parent / "configs")
+        assert {"prepare", "adapt", "logits", "distil", "finetune", "score"} <= set(
+            yaml.safe_load(path.read_text())
+        )
+    own = tmp_path / "mine.yaml"
+    own.write_text("prepare: {seq_len: 8}\n")
+    assert Demo(DemoConfig(budgets=str(own), root="memory://x")).budgets == {
+        "prepare": {"seq_len": 8}
+    }
+
+
+class FakeStages:
+    """Stands in for ``StepRunner.execute``: commits where the real stage would and prints the
+    result keys the plan reads."""
+
+    def __init__(self):
+        self.ran: list[list[str]] = []
+
+    def __call__(self, st):
+        self.ran.append(st.argv)
+        a = st.argv
+
+        def arg(flag):
+            return a[a.index(flag) + 1] if flag in a else None
+
+        out, result = arg("--output"), {}
+        if st.name == "logits":
+            out = storage.join(arg("--cache-root"), "cache-" + st.fingerprint)
+            result["cache_url"] = out
+        if st.name.startswith("finetune"):
+            out = storage.join(out, "model")
+            result |= {"model_url": out, "teacher_cache": "memory://task-cache"}
+        if st.name == "score":
+            out = plan.scored_run_dir(out, arg("--run-id"))
+        storage.commit(out, {"fingerprint": "f"})
+        return "DISTIL_RESULT " + json.dumps(result) + "\n"
+
+
+@pytest.fixture
+def fake_run(monkeypatch, tmp_path):
+    """Everything around the steps (samples, run.json, report) replaced by stubs."""
+    monkeypatch.setattr(Demo, "_samples", lambda self: {})
+    monkeypatch.setattr(plan, "run_json", lambda *a: {"wall_s": 1.0})
+    monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
+    stages = FakeStages()
+    root = f"memory://demo-plan-{uuid.uuid4().hex[:8]}"
+
+    def demo():
+        d = Demo(DemoConfig(scale="tiny", root=root, samples="memory://samples",
+                            ray_address="", report_dir=str(tmp_path / "runs")))  # fmt: skip
+        d.runner.execute = stages
+        return d
+
+    return demo, stages
+
+
+def test_plan_wires_outputs_into_the_next_steps(fake_run):
+    demo, stages = fake_run
+    d = demo()
+    out = d.run()
+    assert list(d.steps) == STEPS and out["reused"] == []
+    modules = [argv[2] for argv in stages.ran]
+    assert modules == [
+        "distil.jobs.prepare", "distil.jobs.adapt_teacher", "distil.jobs.teacher_logits",
+        "distil.jobs.distil", "distil.jobs.finetune", "distil.jobs.finetune",
+        "distil.pipelines.score_reviews",
+    ]  # fmt: skip
+    assert all(argv[:2] == ["python", "-m"] for argv in stages.ran)
+    s = d.steps
+    prep, adapt, logits, student = (stages.ran[i] for i in range(4))
+    assert prep[prep.index("--input") + 1] == '["memory://samples/corpus/news/"]'  # tiny: news/
+    assert adapt[adapt.index("--input") + 1] == s["prepare"].output
+    assert logits[logits.index("--teacher") + 1] == s["adapt_teacher"].output
+    assert student[student.index("--cache") + 1] == s["logits"].output
+    ft_student = stages.ran[5]
+    assert ft_student[ft_student.index("--model") + 1] == s["distil"].output
+    assert ft_student[ft_student.index("--teacher-cache") + 1] == "memory://task-cache"
+    assert s["score"].engine == "beam" and "--runner" in stages.ran[6]
+    assert out["run_json"] == d.run_url + "/run.json"
+    assert storage.read_json(out["run_json"]) == {"wall_s": 1.0}
+
+
+def test_second_run_reuses_every_step(fake_run):
+    demo, stages = fake_run
+    first = demo()
+    first.run()
+    again = demo()
+    out = again.run()
+    assert len(stages.ran) == len(STEPS)  # nothing ran the second time
+    assert out["reused"] == STEPS
+    assert {k: v.output for k, v in again.steps.items()} == {
+        k: v.output for k, v in first.steps.items()
+    }
+
+
+PINNED_BUDGETS = """
+corpus: [news/]
+prepare: {seq_len: 64}
+adapt: {token_budget: 4000}
+logits: {k: 8}
+distil: {max_steps: 6}
+finetune: {max_steps: 4}
+score_inputs: [movie_snippets.jsonl]
+score: {batch_size: 256, quantize: false}
+"""
+
+
+def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_path):
+    """Fixed budgets and root: every step's fingerprint and output URL are the ones the demo
+    computed before it ran package modules (pinned from that implementation), so the outputs of
+    earlier runs are found and reused, and the plan's wiring (args, upstream) did not move."""
+    monkeypatch.setattr(Demo, "_samples", lambda self: {})
+    monkeypatch.setattr(plan, "run_json", lambda *a: {"wall_s": 1.0})
+    monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(PINNED_BUDGETS)
+    root = "memory://demo-plan-pinned"
+    d = Demo(DemoConfig(scale="tiny", root=root, samples="memory://samples", ray_address="",
+                        budgets=str(budgets), report_dir=str(tmp_path / "runs")))  # fmt: skip
+    d.runner.execute = FakeStages()
+    d.run()
+    assert {k: v.fingerprint for k, v in d.steps.items()} == {
+        "prepare": "02a9f4bb227534d1", "adapt_teacher": "7206e2fed0ecf4f9",
+        "logits": "882da3175abd4e05", "distil": "1935d604a0d9c283",
+        "finetune_teacher": "fa7538d7feced8f5", "finetune_student": "0801ad8a748fd1e7",
+        "score": "81b3a81220e38daa",
+    }  # fmt: skip
+    assert d.steps["score"].output == (
+        f"{root}/tiny/score-81b3a81220e38daa/run_id=demo-dc9730626e275073"
+    )
