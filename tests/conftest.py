@@ -165,7 +165,19 @@ def have(binary: str) -> bool:
     return shutil.which(binary) is not None
 
 
+# What makes a test `slow` (skipped by `make test-fast`): it runs a stage as a job on a real Ray
+# (tests/jobs/, the `ray_local` fixture), a Beam pipeline (tests/pipelines/), the local stack, the
+# demo, a fresh install, or downloads from the registries. Marked here by rule, so a new test of
+# that kind is slow without anyone remembering to mark it.
+SLOW_DIRS = {"jobs", "pipelines"}
+SLOW_FIXTURES = {"ray_local", "installed_distil"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`distil stack down` runs `ray stop`, which ends every Ray on the machine (the session's
-    `ray_local` too): run the stack tests last."""
+    """Mark slow tests (above); and since `distil stack down` runs `ray stop`, which ends every
+    Ray on the machine (the session's `ray_local` too), run the stack tests last."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in SLOW_DIRS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.fspath.basename == "test_stack.py")

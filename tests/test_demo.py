@@ -1,14 +1,14 @@
-"""`distil demo --scale tiny` end to end on the S3 fixture, each stage run as its own job process
-(embedded Ray, `--ray-address ''`) as ``python -m distil.jobs.<stage>``, started from a directory
-that is not the repository: run.json names committed artifacts, the report's numbers are the
-run's, and a second run reuses every stage."""
+"""`distil demo --scale tiny` end to end as a new user runs it: `pip install .` (non-editable) in a
+fresh venv, then the venv's `distil demo` from a directory that is not the repository, on the S3
+fixture. Each stage runs as its own job process (embedded Ray, `--ray-address ''`) as
+``python -m distil.jobs.<stage>``: run.json names committed artifacts, the report's numbers are
+the run's, and a second run reuses every stage."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,13 +19,16 @@ from distil import storage
 REPO = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.slow
+
+
 def _demo(
-    root: str, samples: str, report_dir: Path, env: dict, cwd: Path
+    bin_dir: Path, root: str, samples: str, report_dir: Path, env: dict, cwd: Path
 ) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
     out = subprocess.run(
         [
-            sys.executable, "-m", "distil.cli", "demo", "--scale", "tiny",
+            str(bin_dir / "distil"), "demo", "--scale", "tiny",
             "--root", root, "--samples", samples, "--ray-address", "",
             "--no-start-stack", "--report-dir", str(report_dir),
         ],
@@ -35,15 +38,32 @@ def _demo(
 
 
 @pytest.mark.timeout(1800)
-def test_tiny_demo_runs_every_stage_then_reuses_them(s3_server, tmp_path):
+def test_tiny_demo_runs_every_stage_then_reuses_them(installed_distil, s3_server, tmp_path):
     root = f"s3://{s3_server.bucket}/demo"
     samples = f"s3://{s3_server.bucket}/samples"
-    # PYTHONPATH stands in for an installed package; the demo must need nothing from its cwd
-    env = dict(os.environ, PYTHONPATH=str(REPO), DISTIL_HOME=str(tmp_path / "home"))
-    env.pop("RAY_ADDRESS", None)
+    env = dict(os.environ, DISTIL_HOME=str(tmp_path / "home"))
+    for k in ("RAY_ADDRESS", "PYTHONPATH", "VIRTUAL_ENV"):
+        env.pop(k, None)
+    env["PATH"] = os.pathsep.join([str(installed_distil), env.get("PATH", "")])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    first, _ = _demo(root, samples, tmp_path / "runs", env, elsewhere)
+    # the installed copy is what runs: distil (configs included) from site-packages, no jobs/
+    probe = subprocess.run(
+        [
+            str(installed_distil / "python"), "-c",
+            "import distil, importlib.util as u; from distil.config import resolve_config_path;"
+            "print(distil.__file__); print(resolve_config_path('demo/tiny'));"
+            "print(u.find_spec('jobs'), u.find_spec('pipelines'))",
+        ],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    pkg, cfg, others = probe.stdout.splitlines()
+    assert "site-packages" in pkg and str(REPO) not in pkg, pkg
+    assert "site-packages" in cfg, cfg
+    assert others == "None None", others
+
+    first, _ = _demo(installed_distil, root, samples, tmp_path / "runs", env, elsewhere)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "run.json:" in first.stdout and "report:" in first.stdout
     assert "running python -m distil.jobs.prepare " in first.stdout
@@ -76,7 +96,7 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(s3_server, tmp_path):
         == clf["metrics"]["accuracy"]
     )
 
-    second, _ = _demo(root, samples, tmp_path / "runs2", env, elsewhere)
+    second, _ = _demo(installed_distil, root, samples, tmp_path / "runs2", env, elsewhere)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     for name in stages:
         assert f"[demo] {name}: reusing committed output" in second.stdout, name

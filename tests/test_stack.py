@@ -11,6 +11,8 @@ import pytest
 
 from distil import stack, storage
 
+pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job
+
 VENV_BIN = Path(sys.executable).parent
 
 

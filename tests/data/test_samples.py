@@ -14,6 +14,8 @@ from distil.data.config import PrepareConfig, SamplesConfig
 from distil.data.readers import Document, list_inputs, read_records
 from distil.data.samples import detokenize_brown, run
 
+pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job
+
 
 def test_detokenize_brown():
     tagged = (

@@ -95,6 +95,7 @@ def test_finetune_on_movie_snippets_reports_validation_metrics(tiny_base_dir, tm
     assert clf("a wonderful film")[0]["label"] in ("negative", "positive")
 
 
+@pytest.mark.slow  # trains two students for real (~25 s on 2 cores)
 @pytest.mark.timeout(300)
 def test_kd_term_pulls_the_student_towards_the_teacher(
     tiny_base_dir, tmp_path, make_planted_reviews
