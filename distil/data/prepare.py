@@ -34,6 +34,7 @@ from distil.data.readers import (
     read_records,
 )
 from distil.packaged import resolve_model_ref
+from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
 
@@ -141,26 +142,6 @@ def input_size(url: str) -> int:
     return int(fs.size(path) or 0)
 
 
-class _Progress:
-    def __init__(self, name: str, every_s: float):
-        self.name, self.every_s = name, every_s
-        self.t0 = self.last = time.monotonic()
-
-    def maybe_log(self, docs: int, tokens: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            dt = max(now - self.t0, 1e-9)
-            log.info(
-                "%s: %d docs, %d tokens (%.0f docs/s, %.0f tokens/s)",
-                self.name,
-                docs,
-                tokens,
-                docs / dt,
-                tokens / dt,
-            )
-
-
 def prepare_shard(
     index: int, input_url: str, input_name: str, cfg: PrepareConfig, tok: TokenizerInfo
 ) -> dict[str, Any]:
@@ -187,13 +168,14 @@ def prepare_shard(
     skipped_by_reason: dict[str, int] = {}
     dead: list[dict[str, Any]] = []
     rows_written = tokens_written = 0
-    progress = _Progress(input_name, cfg.log_every_s)
+    t0 = time.monotonic()
     hasher: list[HashingReader] = []
     fmt = cfg.format if cfg.format != "auto" else (detect_format(input_url) or "auto")
     schema = shards.schema(vocab)
     name = shards.SHARD_PATTERN.format(index=index)
 
     with (
+        Progress(input_name, unit="docs", every_s=cfg.log_every_s, log=log) as progress,
         storage.staged_file(cfg.output, name) as f,
         pq.ParquetWriter(
             f,
@@ -235,7 +217,10 @@ def prepare_shard(
             )
             for doc, enc in zip(batch, encodings, strict=True):
                 packer.add(enc.ids, new_document=not doc.continues)
+            before = tokens_written
             flush(final=False)
+            docs = sum(not d.continues for d in batch)
+            progress.update(docs, tokens=tokens_written - before)
 
         for record in read_records(
             input_url,
@@ -255,7 +240,6 @@ def prepare_shard(
                 if len(batch) >= ENCODE_BATCH_DOCS or batch_chars >= ENCODE_BATCH_CHARS:
                     encode(batch)
                     batch, batch_chars = [], 0
-                    progress.maybe_log(stats["documents"], tokens_written)
             elif isinstance(record, DeadLetter):
                 if cfg.strict:
                     raise BadInputError(
@@ -271,7 +255,9 @@ def prepare_shard(
         if batch:
             encode(batch)
         packer.finish()
+        before = tokens_written
         flush(final=True)
+        progress.update(0, tokens=tokens_written - before)
 
     dead_name = None
     if dead:
@@ -281,7 +267,7 @@ def prepare_shard(
                 f.write((json.dumps(rec, sort_keys=True) + "\n").encode())
 
     sha = hasher[0].hexdigest() if hasher else storage.sha256_url(input_url)
-    elapsed = time.monotonic() - progress.t0
+    elapsed = time.monotonic() - t0
     nonzero = np.nonzero(counts)[0]
     info = {
         "key": key,
