@@ -5,6 +5,7 @@ streams records from the reader, tokenizes them in batches, packs rows, writes t
 through ``storage.staged_file`` row group by row group and, last, writes the shard's marker.
 ``build_manifest`` turns the markers into the committed manifest. Output bytes depend only on
 the input file, its index in the sorted input list and the config — never on the worker count.
+The tokenizer (``TokenizerInfo``, ``load_tokenizer_info``) lives in ``distil.data.tokenizer``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import os
 import posixpath
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from distil.data.readers import (
     detect_format,
     read_records,
 )
-from distil.packaged import resolve_model_ref
+from distil.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer_info
 from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
@@ -43,67 +43,6 @@ DEAD_LETTER_PATTERN = "dead_letter/shard-{index:05d}.jsonl"
 # memory whatever the document sizes.
 ENCODE_BATCH_DOCS = 512
 ENCODE_BATCH_CHARS = 2_000_000
-SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]", "unk": "[UNK]"}
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    path: str  # the reference as given (packaged:… / path / URL)
-    json_text: str
-    fingerprint: str  # sha256 of tokenizer.json
-    vocab_size: int
-    special_ids: dict[str, int]
-
-
-def load_tokenizer_info(ref: str) -> TokenizerInfo:
-    """Read ``tokenizer.json`` from a model directory reference (packaged:…, path or URL)."""
-    location = resolve_model_ref(ref)
-    url = location if location.endswith(".json") else storage.join(location, "tokenizer.json")
-    try:
-        data = storage.read_bytes(url)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"no fast tokenizer at {storage.redact(url)} (stage 1 needs a tokenizer.json)"
-        ) from e
-    tok = _tokenizer_from_json(data.decode())
-    special: dict[str, int] = {}
-    for key, token in SPECIAL_TOKENS.items():
-        tid = tok.token_to_id(token)
-        if tid is None:
-            raise ValueError(f"tokenizer {ref} has no {token} token (not a BERT WordPiece vocab?)")
-        special[key] = tid
-    return TokenizerInfo(
-        path=ref,
-        json_text=data.decode(),
-        fingerprint=storage.sha256_bytes(data),
-        vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        special_ids=special,
-    )
-
-
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _tokenizer_from_json(text: str):
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(text)
-    # The packaged tokenizer.json truncates at 128 (a sentence-transformers setting): without
-    # this every document would silently lose all but its first 128 tokens.
-    tok.no_truncation()
-    tok.no_padding()  # it pads to 128 too
-    # Text that happens to spell "[SEP]" or "[MASK]" is text: without this the tokenizer turns
-    # it into the real special ids, which would corrupt packing and masking downstream.
-    tok.encode_special_tokens = True
-    return tok
-
-
-def get_tokenizer(info: TokenizerInfo):
-    """One tokenizer object per process (a Ray worker reuses it across shards)."""
-    tok = _TOKENIZERS.get(info.fingerprint)
-    if tok is None:
-        tok = _TOKENIZERS[info.fingerprint] = _tokenizer_from_json(info.json_text)
-    return tok
 
 
 def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
