@@ -5,6 +5,7 @@ streams records from the reader, tokenizes them in batches, packs rows, writes t
 through ``storage.staged_file`` row group by row group and, last, writes the shard's marker.
 ``build_manifest`` turns the markers into the committed manifest. Output bytes depend only on
 the input file, its index in the sorted input list and the config — never on the worker count.
+The tokenizer (``TokenizerInfo``, ``load_tokenizer_info``) lives in ``distil.data.tokenizer``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import os
 import posixpath
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,8 @@ from distil.data.readers import (
     detect_format,
     read_records,
 )
-from distil.packaged import resolve_model_ref
+from distil.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer_info
+from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
 
@@ -42,67 +43,6 @@ DEAD_LETTER_PATTERN = "dead_letter/shard-{index:05d}.jsonl"
 # memory whatever the document sizes.
 ENCODE_BATCH_DOCS = 512
 ENCODE_BATCH_CHARS = 2_000_000
-SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]", "unk": "[UNK]"}
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    path: str  # the reference as given (packaged:… / path / URL)
-    json_text: str
-    fingerprint: str  # sha256 of tokenizer.json
-    vocab_size: int
-    special_ids: dict[str, int]
-
-
-def load_tokenizer_info(ref: str) -> TokenizerInfo:
-    """Read ``tokenizer.json`` from a model directory reference (packaged:…, path or URL)."""
-    location = resolve_model_ref(ref)
-    url = location if location.endswith(".json") else storage.join(location, "tokenizer.json")
-    try:
-        data = storage.read_bytes(url)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"no fast tokenizer at {storage.redact(url)} (stage 1 needs a tokenizer.json)"
-        ) from e
-    tok = _tokenizer_from_json(data.decode())
-    special: dict[str, int] = {}
-    for key, token in SPECIAL_TOKENS.items():
-        tid = tok.token_to_id(token)
-        if tid is None:
-            raise ValueError(f"tokenizer {ref} has no {token} token (not a BERT WordPiece vocab?)")
-        special[key] = tid
-    return TokenizerInfo(
-        path=ref,
-        json_text=data.decode(),
-        fingerprint=storage.sha256_bytes(data),
-        vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        special_ids=special,
-    )
-
-
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _tokenizer_from_json(text: str):
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(text)
-    # The packaged tokenizer.json truncates at 128 (a sentence-transformers setting): without
-    # this every document would silently lose all but its first 128 tokens.
-    tok.no_truncation()
-    tok.no_padding()  # it pads to 128 too
-    # Text that happens to spell "[SEP]" or "[MASK]" is text: without this the tokenizer turns
-    # it into the real special ids, which would corrupt packing and masking downstream.
-    tok.encode_special_tokens = True
-    return tok
-
-
-def get_tokenizer(info: TokenizerInfo):
-    """One tokenizer object per process (a Ray worker reuses it across shards)."""
-    tok = _TOKENIZERS.get(info.fingerprint)
-    if tok is None:
-        tok = _TOKENIZERS[info.fingerprint] = _tokenizer_from_json(info.json_text)
-    return tok
 
 
 def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
@@ -141,26 +81,6 @@ def input_size(url: str) -> int:
     return int(fs.size(path) or 0)
 
 
-class _Progress:
-    def __init__(self, name: str, every_s: float):
-        self.name, self.every_s = name, every_s
-        self.t0 = self.last = time.monotonic()
-
-    def maybe_log(self, docs: int, tokens: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            dt = max(now - self.t0, 1e-9)
-            log.info(
-                "%s: %d docs, %d tokens (%.0f docs/s, %.0f tokens/s)",
-                self.name,
-                docs,
-                tokens,
-                docs / dt,
-                tokens / dt,
-            )
-
-
 def prepare_shard(
     index: int, input_url: str, input_name: str, cfg: PrepareConfig, tok: TokenizerInfo
 ) -> dict[str, Any]:
@@ -187,13 +107,14 @@ def prepare_shard(
     skipped_by_reason: dict[str, int] = {}
     dead: list[dict[str, Any]] = []
     rows_written = tokens_written = 0
-    progress = _Progress(input_name, cfg.log_every_s)
+    t0 = time.monotonic()
     hasher: list[HashingReader] = []
     fmt = cfg.format if cfg.format != "auto" else (detect_format(input_url) or "auto")
     schema = shards.schema(vocab)
     name = shards.SHARD_PATTERN.format(index=index)
 
     with (
+        Progress(input_name, unit="docs", every_s=cfg.log_every_s, log=log) as progress,
         storage.staged_file(cfg.output, name) as f,
         pq.ParquetWriter(
             f,
@@ -235,7 +156,10 @@ def prepare_shard(
             )
             for doc, enc in zip(batch, encodings, strict=True):
                 packer.add(enc.ids, new_document=not doc.continues)
+            before = tokens_written
             flush(final=False)
+            docs = sum(not d.continues for d in batch)
+            progress.update(docs, tokens=tokens_written - before)
 
         for record in read_records(
             input_url,
@@ -255,7 +179,6 @@ def prepare_shard(
                 if len(batch) >= ENCODE_BATCH_DOCS or batch_chars >= ENCODE_BATCH_CHARS:
                     encode(batch)
                     batch, batch_chars = [], 0
-                    progress.maybe_log(stats["documents"], tokens_written)
             elif isinstance(record, DeadLetter):
                 if cfg.strict:
                     raise BadInputError(
@@ -271,7 +194,9 @@ def prepare_shard(
         if batch:
             encode(batch)
         packer.finish()
+        before = tokens_written
         flush(final=True)
+        progress.update(0, tokens=tokens_written - before)
 
     dead_name = None
     if dead:
@@ -281,7 +206,7 @@ def prepare_shard(
                 f.write((json.dumps(rec, sort_keys=True) + "\n").encode())
 
     sha = hasher[0].hexdigest() if hasher else storage.sha256_url(input_url)
-    elapsed = time.monotonic() - progress.t0
+    elapsed = time.monotonic() - t0
     nonzero = np.nonzero(counts)[0]
     info = {
         "key": key,

@@ -20,11 +20,14 @@ import pyarrow.parquet as pq
 
 from distil import storage
 from distil.data import shards
+from distil.progress import Progress
 from distil.teacher.cache import CACHE_KIND, FORMAT_VERSION, cache_key
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0  # seconds between progress lines of one shard in a log
 
 
 @dataclass
@@ -82,27 +85,6 @@ def unit_name(shard_name: str) -> str:
     return shard_name.removesuffix(".parquet")
 
 
-class _Progress:
-    """Prints rows done / rate every ``every_s`` seconds (Ray forwards actor stdout)."""
-
-    def __init__(self, name: str, total: int, every_s: float = 30.0):
-        self.name, self.total, self.every_s = name, total, every_s
-        self.done, self.t0 = 0, time.perf_counter()
-        self.last = self.t0
-
-    def __call__(self, rows: int) -> None:
-        self.done += rows
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            rate = self.done / (now - self.t0)
-            print(
-                f"{self.name}: {self.done}/{self.total} rows, {rate:.1f} rows/s, "
-                f"eta {(self.total - self.done) / max(rate, 1e-9):.0f}s",
-                flush=True,
-            )
-
-
 class ShardWorker:
     """Holds one teacher replica; ``__call__`` turns one input shard into one cache shard."""
 
@@ -141,15 +123,17 @@ class ShardWorker:
             return {**done, "skipped": True}
         table = shards.read_table(task["input"])
         t0 = time.perf_counter()
-        out, stats = compute_shard(
-            self.model,
-            table,
-            self.masking,
-            self.sparsity,
-            self.cfg.batch_size,
-            self.pad_id,
-            progress=_Progress(task["name"], table.num_rows * self.masking.copies),
-        )
+        total = table.num_rows * self.masking.copies
+        with Progress(task["name"], total, "rows", every_s=PROGRESS_EVERY_S, log=log) as bar:
+            out, stats = compute_shard(
+                self.model,
+                table,
+                self.masking,
+                self.sparsity,
+                self.cfg.batch_size,
+                self.pad_id,
+                progress=bar.update,
+            )
         buf = io.BytesIO()
         shards.write_table(out, buf)
         data = buf.getvalue()

@@ -1,6 +1,11 @@
 """``DistilRecipe``: one DDP rank of the distillation job, free of Ray so it runs (and is tested)
 in a plain process too. ``distil.jobs.distil`` wraps it in a Ray Train worker.
 
+Why one module over ~350 lines: it is one class whose methods share its state (model, optimizer,
+scheduler, data position, step counters); setup, the loss, the train loop, evaluation and
+checkpointing only make sense together, so splitting them into modules would scatter one
+object. (The recipe is due to be reworked by another issue; split it then if a seam appears.)
+
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
 step and batch where the checkpoint was taken (data order is a function of (seed, epoch)).

@@ -191,3 +191,19 @@ def test_progress_is_logged_with_rates(good_corpus, tmp_path, caplog):
         run_serial(PrepareConfig(input=str(root / "news.jsonl"), output=str(tmp_path / "o")))
     done = [r.getMessage() for r in caplog.records if "news.jsonl -> shard-00000" in r.getMessage()]
     assert len(done) == 1 and "tokens/s" in done[0] and "40 docs" in done[0]
+
+
+def test_progress_lines_honour_log_every_s(good_corpus, tmp_path, caplog):
+    import logging
+
+    root, _ = good_corpus
+    cfg = PrepareConfig(
+        input=str(root / "news.jsonl"), output=str(tmp_path / "o"), log_every_s=1e-6
+    )
+    with caplog.at_level(logging.INFO, logger="distil.prepare"):
+        manifest = run_serial(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("news.jsonl: ")]
+    assert lines and "\r" not in "".join(lines)
+    # the last progress line has the shard's final counts and both rates
+    assert lines[-1].startswith(f"news.jsonl: 40 docs, {manifest['tokens']} tokens [")
+    assert "docs/s" in lines[-1] and "tokens/s" in lines[-1]
