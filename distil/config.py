@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,6 +156,20 @@ def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None
 
 
 RESULT_PREFIX = "DISTIL_RESULT "
+
+
+def job_main(
+    cls: type[C], run: Callable[[C], dict[str, Any]], doc: str | None, argv: list[str] | None
+) -> dict[str, Any]:
+    """Every stage module's ``main``: flags (``doc``'s first line as the description) -> ``run``
+    -> the summary as indented JSON on stdout and as the machine-readable result line."""
+    import json
+
+    cfg = parse_job_args(cls, (doc or "").splitlines()[0], argv)
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2, default=str), flush=True)
+    emit_result(summary)
+    return summary
 
 
 def emit_result(summary: dict[str, Any]) -> None:

@@ -9,11 +9,10 @@ masked-token accuracy and perplexity before and after, and writes an HF BertForM
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from distil.config import emit_result, parse_job_args
+from distil.config import job_main
 from distil.teacher.adapt import adapt
 from distil.teacher.config import AdaptConfig
 
@@ -24,11 +23,7 @@ def run(cfg: AdaptConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_job_args(AdaptConfig, __doc__.splitlines()[0], argv)
-    result = run(cfg)
-    print(json.dumps(result, indent=2))
-    emit_result(result)
-    return result
+    return job_main(AdaptConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":

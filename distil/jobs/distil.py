@@ -27,7 +27,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import emit_result, parse_job_args
+from distil.config import job_main
 from distil.teacher.cache import resolve_cache_url
 from distil.train.config import DistilConfig
 from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
@@ -189,11 +189,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_job_args(DistilConfig, __doc__.splitlines()[0], argv)
-    summary = run(cfg)
-    print("DISTIL", json.dumps(summary, default=str))
-    emit_result(summary)
-    return summary
+    return job_main(DistilConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import emit_result, parse_job_args
+from distil.config import job_main
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
 
@@ -120,13 +120,8 @@ def summary_of(cfg: FinetuneConfig, model_url: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_job_args(FinetuneConfig, __doc__.splitlines()[0], argv)
-    summary = run(cfg)
-    emit_result(summary)
-    return summary
+    return job_main(FinetuneConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":
-    import json
-
-    print(json.dumps(main(), indent=2, default=str))
+    main()

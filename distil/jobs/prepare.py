@@ -18,7 +18,7 @@ import ray
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import emit_result, parse_job_args
+from distil.config import job_main
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
     build_manifest,
@@ -27,6 +27,7 @@ from distil.data.prepare import (
     plan_inputs,
     prepare_shard,
 )
+from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
 
@@ -67,24 +68,14 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         num_cpus=cfg.cpus_per_worker,
         compute=ray.data.TaskPoolStrategy(size=cfg.num_workers),
     )
-    reused = docs = tokens = 0
-    t_work = time.monotonic()
-    for finished, row in enumerate(ds.iter_rows(), start=1):
-        reused += int(row["reused"])
-        if not row["reused"]:
-            docs += row["documents"]
-            tokens += row["tokens"]
-        dt = max(time.monotonic() - t_work, 1e-9)
-        log.info(
-            "prepare: %d/%d shards done (%d reused), %d docs, %d tokens (%.0f docs/s, %.0f tokens/s)",
-            finished,
-            len(items),
-            reused,
-            docs,
-            tokens,
-            docs / dt,
-            tokens / dt,
-        )
+    reused = 0
+    with Progress(
+        "prepare", total=len(items), unit="shards", every_s=cfg.log_every_s, log=log
+    ) as bar:
+        for row in ds.iter_rows():
+            reused += int(row["reused"])
+            new = not row["reused"]
+            bar.update(1, docs=row["documents"] * new, tokens=row["tokens"] * new, reused=1 - new)
     infos = []
     for item in sorted(items, key=lambda item: item["index"]):
         info = storage.read_marker(cfg.output, f"shard-{item['index']:05d}")
@@ -112,11 +103,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_job_args(PrepareConfig, __doc__.splitlines()[0], argv)
-    summary = run(cfg)
-    print("PREPARE", summary)
-    emit_result(summary)
-    return summary
+    return job_main(PrepareConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":

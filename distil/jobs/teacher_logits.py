@@ -17,7 +17,8 @@ from typing import Any
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import emit_result, parse_job_args
+from distil.config import job_main
+from distil.progress import Progress
 from distil.teacher.build import ShardWorker, check_compatible, finalize, plan_cache, unit_name
 from distil.teacher.cache import write_latest_pointer
 from distil.teacher.config import LogitsConfig
@@ -83,15 +84,10 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
             compute=ray.data.ActorPoolStrategy(size=size),
             **res,
         )
-        for row in out.iter_rows():
-            computed += int(not row["skipped"])
-            log.info(
-                "done %s: %d rows, %d positions, %d bytes",
-                row["name"],
-                row["rows"],
-                row["positions"],
-                row["bytes"],
-            )
+        with Progress("logits", total=len(pending), unit="shards", log=log) as bar:
+            for row in out.iter_rows():
+                computed += int(not row["skipped"])
+                bar.update(1, rows=row["rows"], positions=row["positions"], bytes=row["bytes"])
     manifest = finalize(plan, cfg)
     write_latest_pointer(cfg.cache_root, plan.url, plan.key)
     return {
@@ -118,13 +114,7 @@ def _stats(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import json
-
-    cfg = parse_job_args(LogitsConfig, __doc__.splitlines()[0], argv)
-    result = run(cfg)
-    print(json.dumps(result, indent=2))
-    emit_result(result)
-    return result
+    return job_main(LogitsConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":
