@@ -9,8 +9,12 @@ Commit protocol (what makes reruns safe and partial output invisible):
 * ``manifest.json`` is written last (``commit``); readers (``read_manifest``/``open_committed``)
   trust a directory only when it has a manifest, and only the files the manifest lists.
 
-S3 settings come from the standard variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) and are never logged.
+S3 settings come from the standard variables (``AWS_ENDPOINT_URL[_S3]``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``); whatever
+is not set is left to botocore's / Arrow's own chain (``AWS_PROFILE``, ``~/.aws``, web identity,
+instance or pod role). Secrets are never logged. Writers never create a bucket (only
+``distil storage check --create-bucket`` does): S3 has no directories, so nothing here calls
+``makedirs`` there (s3fs would create a missing bucket: a typo would become a new bucket).
 """
 
 from __future__ import annotations
@@ -36,21 +40,70 @@ class NotCommittedError(FileNotFoundError):
     """Raised when a reader asks for output that has no committed manifest."""
 
 
+def s3_endpoint() -> str | None:
+    """``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (SeaweedFS, MinIO, R2 …); None means AWS."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_region() -> str | None:
+    """``AWS_REGION`` / ``AWS_DEFAULT_REGION``; None lets botocore / Arrow resolve it (profile,
+    instance metadata), never a guessed default."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def env_credentials() -> dict[str, str] | None:
+    """Keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN`` for
+    temporary credentials), or None so the client's own chain finds them (``AWS_PROFILE``,
+    ``~/.aws/credentials``, web identity, pod/instance role). Half a key pair is an error."""
+    key = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key and not secret:
+        return None
+    if not key or not secret:
+        have, missing = (
+            ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            if key
+            else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+        )
+        raise ValueError(
+            f"{have} is set but {missing} is not: set both, or unset both to use AWS_PROFILE, "
+            "~/.aws/credentials or the instance/pod role"
+        )
+    creds = {"key": key, "secret": secret}
+    if os.environ.get("AWS_SESSION_TOKEN"):
+        creds["token"] = os.environ["AWS_SESSION_TOKEN"]
+    return creds
+
+
 def storage_options(url: str) -> dict[str, Any]:
-    """fsspec options for ``url``: S3 endpoint and credentials from the environment."""
+    """fsspec (s3fs) options for ``url``: only what the environment sets explicitly."""
     if protocol_of(url) != "s3":
         return {}
     opts: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     if endpoint:
         opts["endpoint_url"] = endpoint
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        opts["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    opts.update(env_credentials() or {})
+    region = s3_region()
     if region:
         opts["client_kwargs"] = {"region_name": region}
     return opts
+
+
+def arrow_s3_options(url: str) -> dict[str, Any]:
+    """The same settings as ``storage_options``, spelled for ``pyarrow.fs.S3FileSystem``."""
+    opts = storage_options(url)
+    kwargs: dict[str, Any] = {}
+    if "endpoint_url" in opts:
+        scheme, host = opts["endpoint_url"].split("://", 1)
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+    if "key" in opts:
+        kwargs.update(access_key=opts["key"], secret_key=opts["secret"])
+        if "token" in opts:
+            kwargs["session_token"] = opts["token"]
+    if "client_kwargs" in opts:
+        kwargs["region"] = opts["client_kwargs"]["region_name"]
+    return kwargs
 
 
 def protocol_of(url: str) -> str:
@@ -84,16 +137,7 @@ def arrow_filesystem(url: str):
     import pyarrow.fs as pafs
 
     if protocol_of(url) == "s3":
-        opts = storage_options(url)
-        endpoint = opts.get("endpoint_url")
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            scheme, host = endpoint.split("://", 1)
-            kwargs.update(endpoint_override=host, scheme=scheme)
-        if "key" in opts:
-            kwargs.update(access_key=opts["key"], secret_key=opts["secret"])
-        kwargs["region"] = opts.get("client_kwargs", {}).get("region_name", "us-east-1")
-        return pafs.S3FileSystem(**kwargs), url.split("://", 1)[1]
+        return pafs.S3FileSystem(**arrow_s3_options(url)), url.split("://", 1)[1]
     fs, path = get_fs(url)
     if protocol_of(url) == "file":
         return pafs.LocalFileSystem(), path
@@ -124,10 +168,16 @@ def write_bytes(url: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
+    make_parent_dirs(fs, url, path)
     with fs.open(path, "wb") as f:
         f.write(data)
+
+
+def make_parent_dirs(fs: fsspec.AbstractFileSystem, url: str, path: str) -> None:
+    """Directories for filesystems that have them; on S3 ``makedirs`` can only create buckets."""
+    parent = posixpath.dirname(path)
+    if parent and protocol_of(url) != "s3":
+        fs.makedirs(parent, exist_ok=True)
 
 
 def read_json(url: str) -> Any:
@@ -145,7 +195,7 @@ def staged_file(dir_url: str, name: str, mode: str = "wb") -> Iterator[IO]:
     token = uuid.uuid4().hex
     staging = posixpath.join(dir_path, STAGING, token, name)
     final = posixpath.join(dir_path, name)
-    fs.makedirs(posixpath.dirname(staging), exist_ok=True)
+    make_parent_dirs(fs, dir_url, staging)
     try:
         with fs.open(staging, mode) as f:
             yield f
@@ -153,7 +203,7 @@ def staged_file(dir_url: str, name: str, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(Exception):
             fs.rm(posixpath.join(dir_path, STAGING, token), recursive=True)
         raise
-    fs.makedirs(posixpath.dirname(final), exist_ok=True)
+    make_parent_dirs(fs, dir_url, final)
     if protocol_of(dir_url) == "file":
         os.replace(staging, final)
     else:

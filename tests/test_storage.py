@@ -83,12 +83,115 @@ def test_markers_and_fingerprint(tmp_path):
     assert storage.fingerprint({"a": 1}) != storage.fingerprint({"a": 2})
 
 
-def test_s3_options_from_env_and_redaction(monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    opts = storage.storage_options("s3://b/x")
-    assert opts["endpoint_url"] == "http://127.0.0.1:1" and opts["key"] == "k"
+S3_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
+
+
+@pytest.fixture
+def clean_aws_env(monkeypatch, tmp_path):
+    """No AWS_* settings and no ~/.aws, so each test sets exactly what it means."""
+    for k in S3_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+def test_keys_and_session_token_reach_s3fs_and_arrow(clean_aws_env):
+    import pyarrow.fs as pafs
+
+    clean_aws_env.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    clean_aws_env.setenv("AWS_ACCESS_KEY_ID", "k")
+    clean_aws_env.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    clean_aws_env.setenv("AWS_SESSION_TOKEN", "t")
+    clean_aws_env.setenv("AWS_REGION", "eu-west-3")
+    assert storage.storage_options("s3://b/x") == {
+        "endpoint_url": "http://127.0.0.1:1",
+        "key": "k",
+        "secret": "s",
+        "token": "t",
+        "client_kwargs": {"region_name": "eu-west-3"},
+    }
+    arrow = storage.arrow_s3_options("s3://b/x")
+    assert arrow == {
+        "endpoint_override": "127.0.0.1:1",
+        "scheme": "http",
+        "access_key": "k",
+        "secret_key": "s",
+        "session_token": "t",
+        "region": "eu-west-3",
+    }
+    assert pafs.S3FileSystem(**arrow).region == "eu-west-3"  # pyarrow accepts every kwarg
     assert storage.storage_options("/tmp/x") == {}
+
+
+def test_no_keys_means_no_credential_kwargs_and_no_guessed_region(clean_aws_env):
+    """The client's own chain (profile, ~/.aws, pod/instance role) must get to choose."""
+    clean_aws_env.setenv("AWS_SESSION_TOKEN", "t")  # a token alone is not a credential
+    assert storage.storage_options("s3://b/x") == {}
+    assert storage.arrow_s3_options("s3://b/x") == {}
+    clean_aws_env.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    clean_aws_env.setenv("AWS_ENDPOINT_URL_S3", "https://s3.example.com/")
+    assert storage.storage_options("s3://b/x") == {
+        "endpoint_url": "https://s3.example.com/",
+        "client_kwargs": {"region_name": "ap-south-1"},
+    }
+    assert storage.arrow_s3_options("s3://b/x") == {
+        "endpoint_override": "s3.example.com",
+        "scheme": "https",
+        "region": "ap-south-1",
+    }
+
+
+def test_half_a_key_pair_is_an_error_naming_the_missing_variable(clean_aws_env):
+    clean_aws_env.setenv("AWS_ACCESS_KEY_ID", "k")
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY is not"):
+        storage.storage_options("s3://b/x")
+
+
+def test_profile_credentials_round_trip_on_real_s3(s3_server, clean_aws_env, tmp_path):
+    """No AWS_* keys: s3fs and Arrow both find the profile in the shared credentials file."""
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        f"[distil-test]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
+    clean_aws_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    clean_aws_env.setenv("AWS_PROFILE", "distil-test")
+    clean_aws_env.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    url = f"s3://{s3_server.bucket}/profile-{tmp_path.name}"
+    assert "key" not in storage.storage_options(url)
+    storage.write_bytes(storage.join(url, "a.bin"), b"via s3fs")
+    assert storage.read_bytes(storage.join(url, "a.bin")) == b"via s3fs"
+    _write_parquet(url, "b.parquet", 4)
+    fs, path = storage.arrow_filesystem(storage.join(url, "b.parquet"))
+    assert pq.read_table(path, filesystem=fs).num_rows == 4
+
+
+def test_session_token_goes_on_the_wire_for_s3fs_and_arrow(s3_server, s3_url, monkeypatch):
+    """SeaweedFS looks a request's keys up among STS sessions when it carries a token, so static
+    keys + a made-up token are refused: the refusal shows that both clients sent the token."""
+    storage.write_bytes(storage.join(s3_url, "a.bin"), b"x")
+    _write_parquet(s3_url, "b.parquet", 2)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "made-up-token")
+    with pytest.raises(PermissionError):
+        storage.read_bytes(storage.join(s3_url, "a.bin"))
+    fs, path = storage.arrow_filesystem(storage.join(s3_url, "b.parquet"))
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        pq.read_table(path, filesystem=fs)
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    assert storage.read_bytes(storage.join(s3_url, "a.bin")) == b"x"
+
+
+def test_redaction_and_join():
     assert storage.redact("s3://user:pw@host/b") == "s3://***@host/b"
     assert storage.join("s3://b/x", "y", "z") == "s3://b/x/y/z"
