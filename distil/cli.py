@@ -80,6 +80,46 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, spec: tuple[str, str,
     p.set_defaults(_cfg_cls=cfg_cls, _run_ref=run_ref)
 
 
+def _add_storage(sub: argparse._SubParsersAction) -> None:
+    st = sub.add_parser("storage", help="object storage: check access, upload a directory")
+    st_sub = st.add_subparsers(dest="action", metavar="ACTION", required=True)
+    chk = st_sub.add_parser(
+        "check", help="list URL, write/read/delete a probe there; print endpoint and identity"
+    )
+    chk.add_argument("url", help="where jobs will read/write, e.g. s3://bucket/prefix")
+    chk.add_argument("--create-bucket", action="store_true", help="create the bucket if missing")
+    up = st_sub.add_parser("upload", help="copy a local directory (e.g. a teacher) to URL")
+    up.add_argument("local_dir")
+    up.add_argument("url")
+    st.set_defaults(_handler=_storage)
+
+
+def _storage(args: argparse.Namespace) -> int:
+    """``distil storage check|upload``: exit 0 only when URL is readable and writable."""
+    import os
+
+    from distil import storage, storage_check
+
+    if args.action == "upload":
+        if not os.path.isdir(args.local_dir):
+            print(f"distil storage upload: {args.local_dir} is not a directory", file=sys.stderr)
+            return 2
+        storage.upload_dir(args.local_dir, args.url)
+        print(f"uploaded {args.local_dir} -> {storage.redact(args.url)}")
+        return 0
+    res = storage_check.check(args.url, create_bucket=args.create_bucket)
+    for k, v in res.items():
+        if isinstance(v, dict):  # identity: source, profile, masked key id, caller
+            v = ", ".join(f"{ik}={iv}" for ik, iv in v.items() if iv is not None)
+        if k not in ("ok", "reason"):
+            print(f"{k + ':':10} {v}")
+    if not res["ok"]:
+        print(f"distil storage check: FAILED: {res['reason']}", file=sys.stderr)
+        return 1
+    print("ok: readable and writable")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distil",
@@ -104,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         for name, spec in stages.items():
             _add_stage(gsub, name, spec)
 
+    _add_storage(sub)
     rep = sub.add_parser("report", help="rebuild report.html + PNGs from a run's run.json")
     rep.add_argument("run_url", help="URL of the run directory (holds run.json)")
     return parser
@@ -133,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.action in ("up", "status"):
             return 0 if all(s["healthy"] for s in st.values()) else 1
         return 0 if not any(s["healthy"] for s in st.values()) else 1
+    if getattr(args, "_handler", None):
+        return args._handler(args)
     if args.command == "report":
         from distil.report import build_report
 
