@@ -53,12 +53,20 @@ STAGES: dict[str, Stage] = {
     ),
 }
 
-# What a job needs from our environment: S3 endpoint + credentials and the local state dir.
+# What a job needs from our environment: S3 endpoint, region and credentials as the standard
+# chain reads them (keys + session token, or a profile), the object-storage root, the state dir.
 PASSED_ENV = (
     "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
     "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "DISTIL_ROOT",
     "DISTIL_HOME",
 )
 

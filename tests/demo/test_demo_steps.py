@@ -83,6 +83,8 @@ def test_job_env_passes_s3_settings_and_nothing_else(tmp_path, monkeypatch):
         "TOKENIZERS_PARALLELISM": "false",
     }
     assert steps.job_env({"DISTIL_HOME": "/d"})["DISTIL_HOME"] == "/d"
+    temporary = {"AWS_SESSION_TOKEN": "t", "AWS_PROFILE": "p", "DISTIL_ROOT": "s3://b/x"}
+    assert temporary.items() <= steps.job_env(temporary).items()
 
 
 def test_fingerprints_match_earlier_demo_runs(root):
