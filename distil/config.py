@@ -2,14 +2,19 @@
 
 The YAML files that ship with the package live in ``distil/configs/<stage>/<name>.yaml`` and are
 named ``<stage>/<name>`` on the command line (``--config distil/cluster``); any other value of
-``--config`` is a path to the user's own file. Each stage declares one ``StageConfig`` subclass. ``add_config_args`` turns its fields into
-``--flag`` options (with the field description as help text), so ``distil <stage> --help``
-documents every option without a second list to keep in sync.
+``--config`` is a path to the user's own file. Each stage declares one ``StageConfig`` subclass.
+``add_config_args`` turns its fields into ``--flag`` options (with the field description as help
+text), so ``distil <stage> --help`` documents every option without a second list to keep in sync.
+
+Object-storage locations are written ``${DISTIL_ROOT}/prepared``: the bucket/prefix is set once,
+in the ``DISTIL_ROOT`` environment variable (on Kubernetes, the ``distil-storage`` ConfigMap),
+not in every file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -25,6 +30,29 @@ C = TypeVar("C", bound="StageConfig")
 
 class ConfigError(ValueError):
     """A config file or option the user gave that cannot be used; the message says why."""
+
+
+ROOT_VAR = "DISTIL_ROOT"
+ROOT_REF = "${DISTIL_ROOT}"
+
+
+def expand_root(value: Any, where: str = "value") -> Any:
+    """``${DISTIL_ROOT}`` in strings (also inside lists/mappings) -> the variable's value, minus
+    any trailing ``/``. Unset while used is a ``ConfigError`` naming the variable and the key."""
+    if isinstance(value, dict):
+        return {k: expand_root(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_root(v, where) for v in value]
+    if not isinstance(value, str) or ROOT_REF not in value:
+        return value
+    root = os.environ.get(ROOT_VAR, "").rstrip("/")
+    if not root:
+        raise ConfigError(
+            f"{where}: {value!r} uses {ROOT_REF} but {ROOT_VAR} is not set: export "
+            f"{ROOT_VAR}=s3://your-bucket/prefix (on Kubernetes: the distil-storage ConfigMap), "
+            f"or pass --{where.replace('_', '-')} with a full URL"
+        )
+    return value.replace(ROOT_REF, root)
 
 
 class StageConfig(BaseModel):
@@ -122,7 +150,8 @@ def resolve_config_path(ref: str | Path) -> Path:
 
 
 def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
-    """Defaults < YAML file < explicit overrides; unknown keys are an error, not ignored."""
+    """Defaults < YAML file < explicit overrides; unknown keys are an error, not ignored;
+    ``${DISTIL_ROOT}`` is expanded in every value."""
     data: dict[str, Any] = {}
     if path:
         path = resolve_config_path(path)
@@ -133,7 +162,7 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
             )
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls.model_validate(data)
+    return cls.model_validate(expand_root(data))
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:

@@ -86,3 +86,46 @@ def test_a_users_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
     assert load_config(ToyConfig, "distil/tiny").seq_len == 300
     with pytest.raises(ConfigError, match="packaged: .*distil/tiny"):
         resolve_config_path("distil/nope")
+
+
+def test_distil_root_is_expanded_everywhere_in_a_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTIL_ROOT", "s3://acme-ml/distil/")  # the trailing / is dropped
+    y = tmp_path / "c.yaml"
+    y.write_text("output: ${DISTIL_ROOT}/prepared\n")
+    assert load_config(ToyConfig, y).output == "s3://acme-ml/distil/prepared"
+    assert load_config(ToyConfig, y, output="/local/out").output == "/local/out"
+
+
+def test_distil_root_unset_names_the_variable_and_the_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISTIL_ROOT", raising=False)
+    y = tmp_path / "c.yaml"
+    y.write_text("output: ${DISTIL_ROOT}/prepared\n")
+    with pytest.raises(ConfigError, match=r"output: .*DISTIL_ROOT is not set.*--output"):
+        load_config(ToyConfig, y)
+    assert load_config(ToyConfig, y, output="s3://b/x").output == "s3://b/x"  # a flag wins
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["prepare/cluster", "logits/cluster", "distil/cluster", "finetune/cluster", "score/scheduled"],
+)
+def test_cluster_configs_live_under_distil_root(name, monkeypatch, capsys):
+    """Every object-storage path of the cluster configs comes from DISTIL_ROOT; unset, the CLI
+    stops with the variable's name before any work."""
+    import importlib
+
+    import yaml
+
+    from distil.cli import STAGES, main
+
+    stage = name.split("/")[0]
+    module, cls = STAGES[stage][1].split(":")
+    monkeypatch.setenv("DISTIL_ROOT", "s3://acme-ml/team")
+    cfg = load_config(getattr(importlib.import_module(module), cls), name)
+    urls = [v for v in yaml.safe_load(cfg.model_dump_json()).values() if isinstance(v, str)]
+    urls += [u for u in getattr(cfg, "input", None) or [] if isinstance(u, str)]
+    s3 = [u for u in urls if u.startswith("s3://")]
+    assert s3 and all(u.startswith("s3://acme-ml/team/") for u in s3), s3
+    monkeypatch.delenv("DISTIL_ROOT")
+    assert main([stage, "--config", name]) == 2
+    assert "DISTIL_ROOT is not set" in capsys.readouterr().err

@@ -153,3 +153,30 @@ def test_markdown_files_name_real_commands():
         if path.suffix == ".md":
             for cmd in re.findall(r"`distil stack (\w+)`", path.read_text()):
                 assert cmd in {"up", "down", "status", "env"}, cmd
+
+
+def _containers(doc: dict) -> list[dict]:
+    if doc.get("kind") == "RayCluster":
+        spec = doc["spec"]
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        return [c for g in groups for c in g["template"]["spec"]["containers"]]
+    if doc.get("kind") == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return []
+
+
+def test_pods_get_distil_root_from_one_configmap():
+    """The packaged cluster configs say ${DISTIL_ROOT}/…: every pod that runs a stage must get
+    the variable, from the one ConfigMap that names the bucket."""
+    pods = [c for _, d in k8s_documents() for c in _containers(d)]
+    assert len(pods) >= 4
+    for c in pods:
+        refs = [e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])]
+        assert "distil-storage" in refs, f"container {c['name']} lacks configMapRef distil-storage"
+
+
+def test_no_manifest_or_config_names_the_bucket():
+    """The bucket/prefix is set once (DISTIL_ROOT), never spelled out in a manifest or config."""
+    files = infra_files() + sorted((REPO / "distil" / "configs").rglob("*.yaml"))
+    for path in files:
+        assert "s3://distil" not in path.read_text(), f"{path} hard-codes s3://distil"
