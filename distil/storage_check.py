@@ -60,6 +60,16 @@ def s3_identity() -> dict[str, Any]:
     return ident
 
 
+def _region() -> str:
+    """The region a client here would use: the variables, else the profile's, else none."""
+    import botocore.session
+
+    if s3_region():
+        return s3_region()
+    profile_region = botocore.session.Session().get_config_variable("region")
+    return f"{profile_region} (from the profile)" if profile_region else "unset (SDK default)"
+
+
 def _bucket(url: str) -> str | None:
     """The bucket (container) of an object-store URL; None for filesystems without one."""
     if protocol_of(url) not in ("s3", "gs", "gcs", "az", "abfs"):
@@ -73,7 +83,7 @@ def check(url: str, create_bucket: bool = False) -> dict[str, Any]:
     ``ok`` is True only when both work; ``reason`` says what failed and the likely fix."""
     out: dict[str, Any] = {"url": redact(url)}
     if protocol_of(url) == "s3":
-        out.update(endpoint=s3_endpoint() or "AWS (default)", region=s3_region() or "(resolved)")
+        out.update(endpoint=s3_endpoint() or "AWS (default)", region=_region())
         try:
             out["identity"] = s3_identity()
         except Exception as e:

@@ -93,3 +93,16 @@ def test_session_token_is_reported(s3_server, s3_url, monkeypatch):
     assert res["identity"]["session_token"] is True
     # SeaweedFS looks a token's keys up among STS sessions, so static keys + a made-up token fail
     assert not res["ok"] and "access key" in res["reason"].lower()
+
+
+def test_region_from_the_profile_is_reported(s3_url, monkeypatch, tmp_path):
+    (tmp_path / "config").write_text("[profile distil-test]\nregion = ap-south-1\n")
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "distil-test")
+    res = storage_check.check(s3_url)
+    assert res["region"] == "ap-south-1 (from the profile)"
+    assert res["ok"], res[
+        "reason"
+    ]  # env keys still win over the profile; SeaweedFS takes any region
