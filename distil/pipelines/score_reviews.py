@@ -19,7 +19,6 @@ the same code reaches s3://, gs://, local paths on every runner without Beam's c
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -328,14 +327,18 @@ def run(cfg: ScoreConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> ScoreConfig:
-    """``ScoreConfig`` flags (and ``--config``); every other flag is a Beam pipeline option."""
-    from distil.config import add_config_args, config_from_args
+    """``ScoreConfig`` flags (and ``--config``); every other flag is a Beam pipeline option,
+    checked against Beam's option names (``distil.pipelines.beam_options``)."""
+    from distil.config import ConfigError, config_from_args, option_strings, stage_parser
+    from distil.pipelines.beam_options import with_beam_args
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(parser, ScoreConfig)
-    args, beam_args = parser.parse_known_args(argv)
-    cfg = config_from_args(ScoreConfig, args)
-    return cfg.model_copy(update={"beam_args": [*cfg.beam_args, *beam_args]})
+    parser = stage_parser(ScoreConfig, description=__doc__.splitlines()[0])
+    args, passed = parser.parse_known_args(argv)
+    try:
+        flags = option_strings(parser)
+        return with_beam_args(lambda: config_from_args(ScoreConfig, args), passed, flags)
+    except ConfigError as e:
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -157,11 +157,13 @@ class ScoreConfig(StageConfig):
     runner: str = Field(
         "FnApiRunner",
         description="Beam runner: FnApiRunner, DirectRunner (local), FlinkRunner, SparkRunner, "
-        "DataflowRunner (pass their options with --beam-args)",
+        "DataflowRunner (their options follow as ordinary flags, e.g. --flink_master=HOST:8081)",
     )
     beam_args: list[str] = Field(
         default_factory=list,
-        description="extra Beam pipeline options, e.g. ['--flink_master=host:8081']",
+        description="Beam pipeline options as a YAML list, passed on unchecked (for runner "
+        "options only a Java job server declares); flags on the command line after the stage's "
+        "own are appended here once Beam is shown to know them",
     )
 
     @field_validator("input", "beam_args", mode="before")
