@@ -54,8 +54,11 @@ def _stage_parser():
     return sub.choices["score"]
 
 
-def test_readme_scoring_commands_parse_and_keep_beam_options_unchanged():
+def test_readme_scoring_commands_parse_and_keep_beam_options_unchanged(monkeypatch):
     from distil.pipelines import score_reviews
+
+    # the scheduled config names its URLs under ${DISTIL_ROOT}, as the README says to export
+    monkeypatch.setenv("DISTIL_ROOT", "s3://acme-ml/distil")
 
     commands = readme_score_commands()
     kinds = {c[0] for c in commands}
