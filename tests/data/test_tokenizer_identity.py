@@ -106,8 +106,13 @@ def bert_vocab_without_mask(real_tokenizer_dir: Path, out: Path) -> Path:
     return out
 
 
-def test_prepare_refuses_a_roberta_tokenizer_before_any_work(tmp_path, good_corpus):
+def test_prepare_refuses_a_roberta_tokenizer_before_any_work(tmp_path, good_corpus, monkeypatch):
     from distil.jobs import prepare as prepare_job
+
+    def no_ray():
+        raise AssertionError("Ray was started: the tokenizer was not refused first")
+
+    monkeypatch.setattr(prepare_job, "init_ray", no_ray)
 
     tok_dir = roberta_style_tokenizer(tmp_path / "roberta")
     out = tmp_path / "out"

@@ -56,12 +56,16 @@ def swap_good_and_bad(d: dict) -> None:
     vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
 
 
-def test_a_teacher_with_another_tokenizer_is_refused_before_any_work(
-    real_prepared, tiny_teacher_dir, tmp_path
-):
-    import ray
+def no_ray(*a, **kw):
+    raise AssertionError("Ray was started: the teacher was not refused before any work")
 
+
+def test_a_teacher_with_another_tokenizer_is_refused_before_any_work(
+    real_prepared, tiny_teacher_dir, tmp_path, monkeypatch
+):
     from distil.jobs import teacher_logits
+
+    monkeypatch.setattr(teacher_logits, "init_ray", no_ray)
 
     bad = teacher_with_tokenizer(tiny_teacher_dir, tmp_path / "swapped", swap_good_and_bad)
     assert load_teacher(str(bad)).model.config.vocab_size == 30522  # same vocab size
@@ -76,7 +80,7 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_any_work(
     assert want[:16] in msg and have[:16] in msg  # both identities ...
     assert real_prepared in msg and str(bad) in msg  # ... and where each came from
     assert f"distil prepare --tokenizer {bad}" in msg  # the fix
-    assert not cache_root.exists() and not ray.is_initialized()
+    assert not cache_root.exists()
 
 
 def test_lowercase_off_is_another_tokenizer(real_prepared, tiny_teacher_dir, tmp_path):
@@ -152,9 +156,11 @@ def roberta_teacher_dir(tmp_path_factory) -> Path:
 
 
 def test_a_roberta_teacher_is_refused_by_the_logits_stage(
-    real_prepared, roberta_teacher_dir, tmp_path
+    real_prepared, roberta_teacher_dir, tmp_path, monkeypatch
 ):
     from distil.jobs import teacher_logits
+
+    monkeypatch.setattr(teacher_logits, "init_ray", no_ray)
 
     cfg = LogitsConfig(
         input=real_prepared, cache_root=str(tmp_path / "cache"), teacher=str(roberta_teacher_dir)
