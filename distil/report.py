@@ -104,7 +104,11 @@ def render_html(run: dict[str, Any], images: list[str]) -> str:
     ]
     stage_rows = []
     for name, st in run.get("stages", {}).items():
-        row = {"stage": name, "reused": "yes" if st.get("reused") else "no"}
+        reused = "yes" if st.get("reused") else "no"
+        row = {
+            "stage": name,
+            "reused": f"skipped: {st['skipped']}" if st.get("skipped") else reused,
+        }
         row["wall time (s)"] = st.get("wall_s", "")
         row["throughput"] = st.get("throughput", "")
         row["key metrics"] = ", ".join(

@@ -34,3 +34,12 @@ def test_report_renders_numbers_from_run_json(tmp_path):
     storage.write_json(str(tmp_path / "run.json"), _run(42.0))
     page2 = Path(report.build_report(str(tmp_path))).read_text()
     assert "42" in page2 and "321.5" not in page2
+
+
+def test_report_shows_a_skipped_stage(tmp_path):
+    run = _run(10.0)
+    run["stages"]["adapt_teacher"] = {"wall_s": 0.0, "reused": False, "metrics": {},
+                                      "skipped": "the teacher has a trained MLM head"}  # fmt: skip
+    storage.write_json(str(tmp_path / "run.json"), run)
+    page = Path(report.build_report(str(tmp_path))).read_text()
+    assert "<td>skipped: the teacher has a trained MLM head</td>" in page

@@ -2,10 +2,15 @@
 
 ``TokenizerInfo`` is what a Ray task is sent (the JSON text, not a live tokenizer); each worker
 builds the ``tokenizers.Tokenizer`` once (``get_tokenizer``) and reuses it across shards.
+
+Only BERT WordPiece tokenizers are supported (the packing, masking and the student all assume
+``[CLS] [SEP] [PAD] [MASK] [UNK]``). ``tokenizer_identity`` names what decides the token ids, so a
+later stage can tell whether a teacher reads the prepared ids the way they were written.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +24,8 @@ SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK
 class TokenizerInfo:
     path: str  # the reference as given (packaged:… / path / URL)
     json_text: str
-    fingerprint: str  # sha256 of tokenizer.json
+    fingerprint: str  # sha256 of tokenizer.json (its bytes: part of shard and data keys)
+    identity: str  # tokenizer_identity(json_text): equal for every copy/re-save of the tokenizer
     vocab_size: int
     special_ids: dict[str, int]
 
@@ -34,20 +40,56 @@ def load_tokenizer_info(ref: str) -> TokenizerInfo:
         raise FileNotFoundError(
             f"no fast tokenizer at {storage.redact(url)} (stage 1 needs a tokenizer.json)"
         ) from e
-    tok = _tokenizer_from_json(data.decode())
-    special: dict[str, int] = {}
-    for key, token in SPECIAL_TOKENS.items():
-        tid = tok.token_to_id(token)
-        if tid is None:
-            raise ValueError(f"tokenizer {ref} has no {token} token (not a BERT WordPiece vocab?)")
-        special[key] = tid
+    text = data.decode()
+    tok = _tokenizer_from_json(text)
+    special = {key: tok.token_to_id(token) for key, token in SPECIAL_TOKENS.items()}
+    missing = [SPECIAL_TOKENS[k] for k, tid in special.items() if tid is None]
+    if missing:
+        raise UnsupportedTokenizerError(ref, missing, _special_tokens(text))
     return TokenizerInfo(
         path=ref,
-        json_text=data.decode(),
+        json_text=text,
         fingerprint=storage.sha256_bytes(data),
+        identity=tokenizer_identity(text),
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
         special_ids=special,
     )
+
+
+class UnsupportedTokenizerError(ValueError):
+    """The tokenizer is not a BERT WordPiece tokenizer (its special tokens are missing)."""
+
+    def __init__(self, ref: str, missing: list[str], found: list[str]):
+        roberta = "<s>" in found or "</s>" in found
+        super().__init__(
+            f"tokenizer {ref} lacks BERT's special tokens {' '.join(missing)} (its special "
+            f"tokens: {' '.join(found) or 'none'}). distil supports BERT-family WordPiece "
+            f"tokenizers only ({' '.join(SPECIAL_TOKENS.values())}); RoBERTa-style "
+            f"(<s>/</s>) tokenizers are not supported{' — this is one' if roberta else ''}. "
+            "Use a BERT checkpoint's folder, e.g. --tokenizer packaged:all-minilm-l6-v2 or a "
+            "bert-base-uncased directory."
+        )
+
+
+def _special_tokens(json_text: str) -> list[str]:
+    return [t["content"] for t in json.loads(json_text).get("added_tokens", []) if t["special"]]
+
+
+def tokenizer_identity(json_text: str) -> str:
+    """SHA-256 of what maps text to ids: the model (vocab, unk token, subword prefix), the
+    normalizer, the pre-tokenizer and the added/special tokens of a ``tokenizer.json``.
+
+    Parsed and re-serialised by ``tokenizers`` first, so formatting, key order, defaults filled in
+    by another version, and truncation/padding/post-processor/decoder settings (which never change
+    the ids stage 1 writes) do not count: two copies of one tokenizer, or a ``save_pretrained``
+    round trip, hash equal; one swapped token or a different lowercasing does not.
+    """
+    from tokenizers import Tokenizer
+
+    d = json.loads(Tokenizer.from_str(json_text).to_str())
+    parts = {k: d.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
+    parts["added_tokens"] = sorted(d.get("added_tokens") or [], key=lambda t: t["id"])
+    return storage.sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
 _TOKENIZERS: dict[str, Any] = {}

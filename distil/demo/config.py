@@ -36,3 +36,9 @@ class DemoConfig(StageConfig):
         None,
         description="YAML with per-stage settings (default: the packaged config demo/<scale>)",
     )
+    adapt: bool | None = Field(
+        None,
+        description="teacher adaptation (the budgets' adapt.teacher): --adapt always runs it, "
+        "--no-adapt uses the teacher as given; unset (auto) runs it only when the teacher has no "
+        "trained MLM head",
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,37 @@ from distil.config import resolve_config_path
 from distil.demo.config import DemoConfig
 from distil.demo.record import run_json
 from distil.demo.steps import StepRunner, job_env
+from distil.packaged import PACKAGED_TEACHER
 
 
 def budgets_path(cfg: DemoConfig) -> Path:
     """The user's ``--budgets`` file, else the packaged ``demo/<scale>`` config."""
     return Path(cfg.budgets) if cfg.budgets else resolve_config_path(f"demo/{cfg.scale}")
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    ref: str  # the budgets' adapt.teacher
+    adapt: bool  # run `distil teacher adapt` on it, or use it as is
+    reason: str
+    weights_sha256: str
+
+
+def plan_teacher(adapt_budget: dict[str, Any], force: bool | None) -> TeacherPlan:
+    """Whether the demo adapts its teacher. Adaptation exists to give a head-less encoder (the
+    packaged MiniLM) an MLM head; a teacher whose head is trained is used as given, unless
+    ``force`` says otherwise. Loading it here also refuses a non-BERT or pickle-only teacher
+    before any stage runs."""
+    from distil.teacher.load import load_teacher
+
+    ref = adapt_budget.get("teacher", PACKAGED_TEACHER)
+    teacher = load_teacher(ref, adapt_budget.get("allow_pickle", False))
+    if force is not None:
+        reason = "forced by --adapt" if force else "--no-adapt"
+        return TeacherPlan(ref, force, reason, teacher.weights_sha256)
+    has_head = teacher.has_mlm_head
+    reason = "the teacher has a trained MLM head" if has_head else "the teacher has no MLM head"
+    return TeacherPlan(ref, not has_head, reason, teacher.weights_sha256)
 
 
 def scored_run_dir(output: str, run_id: str) -> str:
@@ -53,14 +80,25 @@ class Demo:
         # which parts of the sample corpus this scale trains on (all of it unless listed)
         parts = b.get("corpus") or [""]
         inputs = [storage.join(corpus, p) if p else corpus for p in parts]
-        prepared = self.step("prepare", "prepare", {**b["prepare"], "input": inputs}, "output")
-        teacher = self.step(
-            "adapt_teacher",
-            "adapt_teacher",
-            {**b["adapt"], "input": prepared.output},
-            "output",
-            upstream=(prepared,),
-        )
+        tp = plan_teacher(b["adapt"], self.cfg.adapt)
+        prep_args = {**b["prepare"], "input": inputs}
+        if tp.ref != PACKAGED_TEACHER:
+            # the teacher's own tokenizer (stage 2 refuses any other); the packaged one is
+            # prepare's default, left implicit so earlier runs' fingerprints still hold
+            prep_args.setdefault("tokenizer", tp.ref)
+        prepared = self.step("prepare", "prepare", prep_args, "output")
+        if tp.adapt:
+            print(f"[demo] adapt_teacher: needed ({tp.reason})", flush=True)
+            teacher = self.step(
+                "adapt_teacher",
+                "adapt_teacher",
+                {**b["adapt"], "input": prepared.output},
+                "output",
+                upstream=(prepared,),
+            )
+        else:
+            fp = storage.fingerprint({"given_teacher": tp.weights_sha256})
+            teacher = self.runner.skip("adapt_teacher", tp.ref, fp, tp.reason)
         cache = self.step(
             "logits",
             "teacher_logits",
@@ -159,6 +197,7 @@ class Demo:
             "local_report": os.path.join(local, "report.html"),
             "wall_s": run["wall_s"],
             "reused": [k for k, v in self.steps.items() if v.reused],
+            "skipped": [k for k, v in self.steps.items() if v.skipped],
         }
 
     def _samples(self) -> dict[str, Any]:
@@ -187,7 +226,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     out = Demo(cfg).run()
     print(
         f"[demo] finished in {time.perf_counter() - t0:.0f}s; "
-        f"reused: {', '.join(out['reused']) or 'nothing'}\n"
+        f"reused: {', '.join(out['reused']) or 'nothing'}; "
+        f"skipped: {', '.join(out['skipped']) or 'nothing'}\n"
         f"[demo] run.json: {out['run_json']}\n"
         f"[demo] report:   {out['report']}\n"
         f"[demo] local copy of the report: {out['local_report']}",

@@ -31,7 +31,7 @@ def per_s(n: float, st: Step) -> str:
 
 
 def stage_entry(st: Step, metrics: dict[str, Any], throughput: str = "") -> dict[str, Any]:
-    return {
+    entry = {
         "url": st.output,
         "fingerprint": st.fingerprint,
         "wall_s": st.wall_s,
@@ -40,6 +40,9 @@ def stage_entry(st: Step, metrics: dict[str, Any], throughput: str = "") -> dict
         "metrics": metrics,
         "throughput": throughput,
     }
+    if st.skipped:  # not run: ``url`` is the input it was given (e.g. a teacher with a head)
+        entry["skipped"] = st.skipped
+    return entry
 
 
 def run_json(
@@ -58,7 +61,8 @@ def run_json(
     prep = storage.read_manifest(s["prepare"].output)
     cache = storage.read_manifest(s["logits"].output)
     student_metrics = storage.read_json(storage.join(s["distil"].output, "metrics.json"))
-    adapt = storage.read_manifest(s["adapt_teacher"].output)
+    # a skipped adaptation has no manifest: its "output" is the teacher as given
+    adapt = {} if s["adapt_teacher"].skipped else storage.read_manifest(s["adapt_teacher"].output)
     clf = {k: storage.read_manifest(s[k].output) for k in ("finetune_teacher", "finetune_student")}
     score = s["score"].result
 
@@ -110,7 +114,10 @@ def run_json(
     }
     artifacts = {
         "shards": {"url": s["prepare"].output, "fingerprint": prep["fingerprint"]},
-        "teacher": {"url": s["adapt_teacher"].output, "fingerprint": adapt.get("fingerprint", "")},
+        "teacher": {
+            "url": s["adapt_teacher"].output,
+            "fingerprint": adapt.get("fingerprint", s["adapt_teacher"].fingerprint),
+        },
         "cache": {"url": s["logits"].output, "fingerprint": cache.get("fingerprint", "")},
         "student_mlm": {
             "url": s["distil"].output,

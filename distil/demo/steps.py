@@ -81,6 +81,7 @@ class Step:
     reused: bool = False
     wall_s: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
+    skipped: str = ""  # why the stage was not run (its output is then an input, used as is)
 
 
 def flags(args: dict[str, Any]) -> list[str]:
@@ -206,6 +207,14 @@ class StepRunner:
                 {"output": st.output, "result": st.result, "wall_s": st.wall_s, "argv": st.argv},
             )
             print(f"[demo] {name}: done in {st.wall_s:.1f}s -> {st.output}", flush=True)
+        self.steps[name] = st
+        return st
+
+    def skip(self, name: str, output: str, fingerprint: str, reason: str) -> Step:
+        """A step the plan does not run: ``output`` (an existing artifact) stands for its output
+        and ``fingerprint`` for its identity in the downstream steps' fingerprints."""
+        st = Step(name, [], "ray", output, fingerprint, skipped=reason)
+        print(f"[demo] {name}: skipped ({reason}); using {output}", flush=True)
         self.steps[name] = st
         return st
 

@@ -19,8 +19,9 @@ from distil import storage
 from distil.cluster import init_ray
 from distil.config import job_main
 from distil.progress import Progress
-from distil.teacher.build import ShardWorker, check_compatible, finalize, plan_cache, unit_name
+from distil.teacher.build import ShardWorker, finalize, plan_cache, unit_name
 from distil.teacher.cache import write_latest_pointer
+from distil.teacher.compat import check_teacher
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 
@@ -44,10 +45,11 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.perf_counter()
-    # Load once here: fail fast on a headless checkpoint, and the weights hash is the cache key.
+    # Load once here: fail fast on a non-BERT or headless checkpoint or one whose tokenizer is
+    # not the prepared data's (before Ray starts); the weights hash is the cache key.
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle, require_mlm_head=True)
     plan = plan_cache(cfg, teacher.weights_sha256)
-    check_compatible(teacher.model.config, plan.prepared)
+    check_teacher(teacher, cfg.teacher, plan.prepared, cfg.input)
     del teacher
     summary: dict[str, Any] = {"cache_url": plan.url, "key": plan.key}
     if plan.committed:

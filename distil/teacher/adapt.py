@@ -26,6 +26,7 @@ import torch
 
 from distil import storage
 from distil.data import shards
+from distil.teacher.compat import check_tokenizer
 from distil.teacher.config import AdaptConfig
 from distil.teacher.load import load_teacher, mlm_parts
 from distil.teacher.logits import MaskingParams
@@ -121,6 +122,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle)
     manifest = shards.open_prepared(cfg.input)
+    check_tokenizer(teacher, cfg.teacher, manifest, cfg.input)
     fingerprint = storage.fingerprint(
         {
             "teacher": teacher.weights_sha256,

@@ -22,6 +22,7 @@ from distil import storage
 from distil.data import shards
 from distil.progress import Progress
 from distil.teacher.cache import CACHE_KIND, FORMAT_VERSION, cache_key
+from distil.teacher.compat import check_teacher
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 
@@ -53,20 +54,6 @@ def plan_cache(cfg: LogitsConfig, teacher_sha256: str) -> CachePlan:
         for i, f in enumerate(prepared["files"])
     ]
     return CachePlan(key, url, prepared, teacher_sha256, tasks)
-
-
-def check_compatible(model_config: Any, prepared: dict[str, Any]) -> None:
-    """Refuse a teacher that cannot read the prepared ids (wrong vocab or too short)."""
-    if prepared["vocab_size"] > model_config.vocab_size:
-        raise ValueError(
-            f"the prepared data has vocab_size {prepared['vocab_size']} but the teacher only "
-            f"{model_config.vocab_size}: it was tokenized with a different tokenizer"
-        )
-    max_pos = getattr(model_config, "max_position_embeddings", None)
-    if max_pos is not None and prepared["seq_len"] > max_pos:
-        raise ValueError(
-            f"seq_len {prepared['seq_len']} exceeds the teacher's max_position_embeddings {max_pos}"
-        )
 
 
 def target_bytes(parquet_bytes: bytes) -> int:
@@ -107,7 +94,7 @@ class ShardWorker:
             raise RuntimeError(
                 f"teacher {self.cfg.teacher} changed during the run (weights hash differs)"
             )
-        check_compatible(teacher.model.config, prepared)
+        check_teacher(teacher, self.cfg.teacher, prepared, self.cfg.input)
         self.model = teacher.model.to(device)
         self.masking = MaskingParams.from_config(self.cfg.masking(), prepared)
         self.sparsity = self.cfg.sparsity_spec()

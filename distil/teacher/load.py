@@ -1,5 +1,8 @@
-"""Load a teacher checkpoint: any HF BERT-family masked-LM directory, from a path, an fsspec URL
-or a ``packaged:`` reference.
+"""Load a teacher checkpoint: an HF BERT checkpoint directory (config ``model_type`` "bert":
+``BertForMaskedLM`` or ``BertModel`` layouts), from a path, an fsspec URL or a ``packaged:``
+reference. Other families (RoBERTa, DistilBERT, …) are refused here, before their weights load:
+the tokenizer contract (``[CLS] [SEP] [PAD] [MASK] [UNK]``), the MLM head (``cls.``) and the
+student recipe (``BertForMaskedLM``) all assume BERT.
 
 Remote checkpoints are copied once into ``$DISTIL_HOME/cache/models/<hash of URL + listing>``.
 Only safetensors weights load by default: a pickle ``.bin`` can run arbitrary code when
@@ -10,6 +13,7 @@ because it (not the URL) is what identifies a teacher in cache keys.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -28,12 +32,17 @@ from distil.stack import distil_home
 
 log = logging.getLogger(__name__)
 
-# Parameter-name prefixes of the masked-LM head per architecture family.
-HEAD_PREFIXES = ("cls.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
+# Parameter-name prefix of BERT's masked-LM head (``BertForMaskedLM.cls``).
+HEAD_PREFIX = "cls."
+SUPPORTED_MODEL_TYPE = "bert"
 
 
 class MissingMLMHeadError(ValueError):
     """The checkpoint has an encoder but no trained masked-LM head."""
+
+
+class UnsupportedTeacherError(ValueError):
+    """The checkpoint is not a BERT model (config ``model_type`` is not "bert")."""
 
 
 @dataclass
@@ -47,7 +56,19 @@ class LoadedTeacher:
     @property
     def has_mlm_head(self) -> bool:
         """False when the head's weights were not in the checkpoint (randomly initialised)."""
-        return not any(k.startswith(HEAD_PREFIXES) for k in self.missing_keys)
+        return not any(k.startswith(HEAD_PREFIX) for k in self.missing_keys)
+
+    @property
+    def tokenizer_identity(self) -> str:
+        """``tokenizer_identity`` of the checkpoint's ``tokenizer.json`` — what ``distil prepare
+        --tokenizer <this dir>`` records — or, for a dir with only ``vocab.txt``, of the fast
+        tokenizer transformers builds from it."""
+        from distil.data.tokenizer import tokenizer_identity
+
+        path = Path(self.local_dir, "tokenizer.json")
+        if path.exists():
+            return tokenizer_identity(path.read_text())
+        return tokenizer_identity(self.tokenizer.backend_tokenizer.to_str())
 
 
 def _local_copy(url: str) -> str:
@@ -90,6 +111,19 @@ def weights_sha256(local_dir: str) -> str:
     return h.hexdigest()
 
 
+def require_bert(config: dict[str, Any], url: str) -> None:
+    """Refuse a non-BERT checkpoint from its ``config.json`` (cheap: no weights loaded)."""
+    mtype = config.get("model_type")
+    if mtype != SUPPORTED_MODEL_TYPE:
+        arch = ", ".join(config.get("architectures") or []) or "unknown architecture"
+        raise UnsupportedTeacherError(
+            f"{url} is a {mtype!r} checkpoint ({arch}); distil supports BERT-family checkpoints "
+            "only (config model_type 'bert': BertForMaskedLM / BertModel layouts, e.g. "
+            "bert-base-uncased or MiniLM-style BERT encoders). RoBERTa, DistilBERT and other "
+            "families are not supported: use a BERT checkpoint as --teacher."
+        )
+
+
 def load_teacher(
     url: str, allow_pickle: bool = False, *, require_mlm_head: bool = False
 ) -> LoadedTeacher:
@@ -113,8 +147,10 @@ def load_teacher(
                 f"{url} has only pickle weights (.bin); pickle can execute code when loaded. "
                 "Convert to safetensors, or pass --allow-pickle if you trust the source."
             )
-    if not Path(local_dir, "config.json").exists():
+    config_path = Path(local_dir, "config.json")
+    if not config_path.exists():
         raise FileNotFoundError(f"no config.json in {url}: not a Hugging Face checkpoint dir")
+    require_bert(json.loads(config_path.read_text()), url)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we report missing keys ourselves, precisely
     try:
@@ -135,7 +171,7 @@ def load_teacher(
     if not teacher.has_mlm_head:
         msg = (
             f"{url} has no trained masked-LM head (missing: "
-            f"{', '.join(k for k in teacher.missing_keys if k.startswith(HEAD_PREFIXES))}); its "
+            f"{', '.join(k for k in teacher.missing_keys if k.startswith(HEAD_PREFIX))}); its "
             "logits would be noise. Train one first: `distil teacher adapt --teacher "
             f"{url} --input <prepared> --output <url>`, then use --teacher <url>."
         )
@@ -148,16 +184,8 @@ def load_teacher(
 def mlm_parts(model: Any) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """(encoder, head) of a masked-LM model: ``encoder(input_ids, attention_mask)`` gives hidden
     states; ``head(hidden [N, H])`` gives vocab logits [N, V] for just those rows."""
-    mtype = model.config.model_type
-    if hasattr(model, "cls"):  # BERT family (bert, and models reusing BertOnlyMLMHead)
-        return model.base_model, model.cls
-    if hasattr(model, "lm_head"):  # RoBERTa family
-        return model.base_model, model.lm_head
-    if mtype == "distilbert":
-
-        def head(h: torch.Tensor) -> torch.Tensor:
-            h = model.vocab_layer_norm(model.activation(model.vocab_transform(h)))
-            return model.vocab_projector(h)
-
-        return model.base_model, head
-    raise ValueError(f"unsupported masked-LM architecture {mtype!r} (BERT family expected)")
+    if not hasattr(model, "cls"):
+        raise UnsupportedTeacherError(
+            f"{type(model).__name__} has no BERT MLM head (.cls); BertForMaskedLM expected"
+        )
+    return model.base_model, model.cls

@@ -15,6 +15,7 @@ import distil.report
 from distil import storage
 from distil.config import resolve_config_path
 from distil.demo import Demo, DemoConfig, plan
+from distil.packaged import PACKAGED_TEACHER
 
 STEPS = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher", "finetune_student",
          "score"]  # fmt: skip
@@ -154,4 +155,51 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     }  # fmt: skip
     assert d.steps["score"].output == (
         f"{root}/tiny/score-81b3a81220e38daa/run_id=demo-dc9730626e275073"
+    )
+
+
+@pytest.fixture(scope="module")
+def headless_dir(tmp_path_factory, real_tokenizer_dir):
+    """A tiny ``BertModel`` (encoder, no MLM head) with the real tokenizer."""
+    from bert_fixtures import save_tiny_bert
+    from transformers import BertModel
+
+    return save_tiny_bert(tmp_path_factory.mktemp("headless"), BertModel, real_tokenizer_dir)
+
+
+def test_adaptation_runs_only_for_a_teacher_without_a_trained_head(tiny_teacher_dir, headless_dir):
+    with_head = plan.plan_teacher({"teacher": str(tiny_teacher_dir)}, None)
+    assert not with_head.adapt and with_head.reason == "the teacher has a trained MLM head"
+    without = plan.plan_teacher({"teacher": str(headless_dir)}, None)
+    assert without.adapt and without.reason == "the teacher has no MLM head"
+    forced = plan.plan_teacher({"teacher": str(tiny_teacher_dir)}, True)
+    assert forced.adapt and forced.reason == "forced by --adapt"
+    assert not plan.plan_teacher({"teacher": str(headless_dir)}, False).adapt
+    assert with_head.weights_sha256 == forced.weights_sha256 != without.weights_sha256
+    # the default demo teacher (packaged MiniLM encoder) has no head: the demo is unchanged
+    assert plan.plan_teacher({"teacher": PACKAGED_TEACHER}, None).adapt
+
+
+def test_a_teacher_with_a_head_is_used_as_given(fake_run, tiny_teacher_dir, tmp_path):
+    demo, stages = fake_run
+    d = demo()
+    d.budgets["adapt"] = {**d.budgets["adapt"], "teacher": str(tiny_teacher_dir)}
+    out = d.run()
+    s = d.steps
+    assert list(s) == STEPS and out["skipped"] == ["adapt_teacher"]
+    assert s["adapt_teacher"].output == str(tiny_teacher_dir) and s["adapt_teacher"].argv == []
+    assert "distil.jobs.adapt_teacher" not in [argv[2] for argv in stages.ran]
+    prep, logits, student, ft_teacher = stages.ran[:4]
+    assert prep[prep.index("--tokenizer") + 1] == str(tiny_teacher_dir)  # the teacher's own
+    assert logits[logits.index("--teacher") + 1] == str(tiny_teacher_dir)
+    assert student[student.index("--teacher") + 1] == str(tiny_teacher_dir)
+    assert ft_teacher[ft_teacher.index("--model") + 1] == str(tiny_teacher_dir)
+    # forcing adaptation on the same teacher runs it and feeds its output downstream
+    d2 = demo()
+    d2.cfg = d2.cfg.model_copy(update={"adapt": True})
+    d2.budgets = d.budgets
+    d2.run()
+    assert d2.steps["adapt_teacher"].argv[2] == "distil.jobs.adapt_teacher"
+    assert d2.steps["logits"].argv[d2.steps["logits"].argv.index("--teacher") + 1] == (
+        d2.steps["adapt_teacher"].output
     )

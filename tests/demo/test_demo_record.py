@@ -109,3 +109,21 @@ def test_per_s_and_pick():
         "acc": 1,
         "f1": 2,
     }
+
+
+def test_run_json_when_adaptation_was_skipped(finished_run):
+    """The teacher was used as given: no adapt manifest to read, and run.json says so."""
+    run, steps, calls = finished_run
+    given = "memory://teachers/bert-with-head"
+    steps["adapt_teacher"] = Step("adapt_teacher", [], "ray", given, "given-fp",
+                                  skipped="the teacher has a trained MLM head")  # fmt: skip
+    cfg = DemoConfig(scale="tiny", samples="memory://samples", ray_address="", start_stack=False)
+    samples = {"summary": {"corpus": {"docs": 3, "words": 99}}, "wall_s": 1.5, "reused": True}
+    out = record.run_json(cfg, run, steps, "t", 1.0, samples)
+    assert out["stages"]["adapt_teacher"] == {
+        "url": given, "fingerprint": "given-fp", "wall_s": 0.0, "reused": False, "command": "",
+        "metrics": {}, "throughput": "", "skipped": "the teacher has a trained MLM head",
+    }  # fmt: skip
+    assert "skipped" not in out["stages"]["prepare"]
+    assert out["artifacts"]["teacher"] == {"url": given, "fingerprint": "given-fp"}
+    assert calls["compare"]["teacher_mlm"] == given

@@ -9,6 +9,7 @@ import numpy as np
 
 from distil import storage
 from distil.data import shards
+from distil.data.tokenizer import load_tokenizer_info
 
 TEXT = (
     "The committee met on Tuesday to discuss the new budget for the city schools. "
@@ -82,7 +83,11 @@ def make_prepared(
         "id_dtype": "uint16",
         "special_ids": special,
         "token_counts": counts.tolist(),
-        "tokenizer": {"path": str(tokenizer_dir), "fingerprint": "test"},
+        "tokenizer": {
+            "path": str(tokenizer_dir),
+            "fingerprint": "test",
+            "identity": load_tokenizer_info(str(tokenizer_dir)).identity,
+        },
         "config": {"test": True, "salt": salt, "n_shards": n_shards},
         "fingerprint": storage.fingerprint(
             {"salt": salt, "n": n_shards, "rows": rows_per_shard, "seq_len": seq_len}

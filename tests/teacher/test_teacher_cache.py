@@ -118,7 +118,7 @@ def test_the_key_changes_with_teacher_data_masking_and_k(
 def test_a_teacher_that_cannot_read_the_data_is_refused():
     from transformers import BertConfig
 
-    from distil.teacher.build import check_compatible
+    from distil.teacher.compat import check_compatible
 
     prepared = {"vocab_size": 30522, "seq_len": 128}
     check_compatible(BertConfig(vocab_size=30522, max_position_embeddings=512), prepared)

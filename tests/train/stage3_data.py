@@ -8,6 +8,7 @@ import numpy as np
 
 from distil import storage
 from distil.data import shards
+from distil.data.tokenizer import load_tokenizer_info
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our city", "the river", "a child"]
 VERBS = ["likes", "sees", "follows", "remembers", "paints", "visits", "describes"]
@@ -63,7 +64,11 @@ def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, 
             "unk": tok.unk_token_id,
         },
         "token_counts": counts.tolist(),
-        "tokenizer": {"path": str(tokenizer_dir), "fingerprint": "test"},
+        "tokenizer": {
+            "path": str(tokenizer_dir),
+            "fingerprint": "test",
+            "identity": load_tokenizer_info(str(tokenizer_dir)).identity,
+        },
         "config": {},
         "fingerprint": storage.fingerprint(["test-prepared", rows, seq_len]),
         "dead_letter": {"count": 0, "by_reason": {}, "files": []},

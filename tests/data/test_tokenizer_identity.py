@@ -1,0 +1,137 @@
+"""Tokenizer identity (what decides the ids, not file bytes or location) and the BERT-only
+tokenizer contract, enforced before stage 1 does any work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from distil import storage
+from distil.data.config import PrepareConfig
+from distil.data.prepare import run_serial
+from distil.data.tokenizer import (
+    UnsupportedTokenizerError,
+    load_tokenizer_info,
+    tokenizer_identity,
+)
+
+
+def variant(real_tokenizer_dir: Path, out: Path, edit) -> Path:
+    """A copy of the real tokenizer dir whose tokenizer.json is changed by ``edit(dict)``."""
+    shutil.copytree(real_tokenizer_dir, out)
+    d = json.loads((out / "tokenizer.json").read_text())
+    edit(d)
+    (out / "tokenizer.json").write_text(json.dumps(d))
+    return out
+
+
+def swap_two_tokens(d: dict) -> None:
+    vocab = d["model"]["vocab"]
+    vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+
+
+def lowercase_off(d: dict) -> None:
+    d["normalizer"]["lowercase"] = False
+
+
+def test_identity_ignores_location_formatting_and_resaving(real_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    real = load_tokenizer_info(str(real_tokenizer_dir))
+    copy = tmp_path / "copy"
+    shutil.copytree(real_tokenizer_dir, copy)
+    assert load_tokenizer_info(str(copy)).identity == real.identity
+    # re-serialised with another indent and key order, truncation/padding off: same ids
+    d = json.loads((real_tokenizer_dir / "tokenizer.json").read_text())
+    d["truncation"] = d["padding"] = None
+    assert tokenizer_identity(json.dumps(d, indent=4, sort_keys=True)) == real.identity
+    # a save_pretrained round trip (what `distil teacher adapt` writes) keeps it
+    resaved = tmp_path / "resaved"
+    AutoTokenizer.from_pretrained(str(real_tokenizer_dir)).save_pretrained(resaved)
+    assert load_tokenizer_info(str(resaved)).identity == real.identity
+    assert len(real.identity) == 64
+
+
+@pytest.mark.parametrize("edit", [swap_two_tokens, lowercase_off])
+def test_identity_changes_with_what_maps_text_to_ids(real_tokenizer_dir, tmp_path, edit):
+    real = load_tokenizer_info(str(real_tokenizer_dir))
+    other = load_tokenizer_info(str(variant(real_tokenizer_dir, tmp_path / "v", edit)))
+    assert other.vocab_size == real.vocab_size  # the old vocab-size check could not tell
+    assert other.identity != real.identity
+
+
+def test_prepared_manifest_records_the_identity(real_tokenizer_dir, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("The river rose in the night.\n\nFarmers moved.\n")
+    out = str(tmp_path / "out")
+    manifest = run_serial(
+        PrepareConfig(input=str(tmp_path / "in"), output=out, tokenizer=str(real_tokenizer_dir))
+    )
+    tok = storage.read_manifest(out)["tokenizer"]
+    assert manifest["tokenizer"] == tok
+    assert tok["identity"] == load_tokenizer_info(str(real_tokenizer_dir)).identity
+    assert tok["path"] == str(real_tokenizer_dir)
+
+
+def roberta_style_tokenizer(out: Path) -> Path:
+    """A byte-level BPE tokenizer with RoBERTa's special tokens, built with `tokenizers`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
+    tok.train_from_iterator(["the river rose in the night and the farmers moved"] * 20, trainer)
+    out.mkdir()
+    tok.save(str(out / "tokenizer.json"))
+    return out
+
+
+def bert_vocab_without_mask(real_tokenizer_dir: Path, out: Path) -> Path:
+    """A BertTokenizer saved from the real vocab.txt with [MASK] renamed away."""
+    from transformers import BertTokenizerFast
+
+    out.mkdir()
+    lines = (real_tokenizer_dir / "vocab.txt").read_text().splitlines()
+    (out / "vocab.txt").write_text(
+        "\n".join("[MASKED_OUT]" if t == "[MASK]" else t for t in lines) + "\n"
+    )
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), mask_token="[MASKED_OUT]")
+    tok.save_pretrained(out)
+    return out
+
+
+def test_prepare_refuses_a_roberta_tokenizer_before_any_work(tmp_path, good_corpus, monkeypatch):
+    from distil.jobs import prepare as prepare_job
+
+    def no_ray():
+        raise AssertionError("Ray was started: the tokenizer was not refused first")
+
+    monkeypatch.setattr(prepare_job, "init_ray", no_ray)
+
+    tok_dir = roberta_style_tokenizer(tmp_path / "roberta")
+    out = tmp_path / "out"
+    cfg = PrepareConfig(input=str(good_corpus[0]), output=str(out), tokenizer=str(tok_dir))
+    with pytest.raises(UnsupportedTokenizerError) as e:
+        prepare_job.run(cfg)  # the Ray job: refused before Ray starts or anything is written
+    msg = str(e.value)
+    assert "lacks BERT's special tokens [CLS] [SEP] [PAD] [MASK] [UNK]" in msg  # all missing
+    assert "its special tokens: <s> <pad> </s> <unk> <mask>" in msg  # what it has instead
+    assert "RoBERTa-style (<s>/</s>) tokenizers are not supported" in msg
+    assert str(tok_dir) in msg
+    assert not out.exists()
+
+
+def test_prepare_refuses_a_bert_vocab_without_mask(real_tokenizer_dir, tmp_path, good_corpus):
+    tok_dir = bert_vocab_without_mask(real_tokenizer_dir, tmp_path / "nomask")
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedTokenizerError, match=r"lacks BERT's special tokens \[MASK\] "):
+        run_serial(
+            PrepareConfig(input=str(good_corpus[0]), output=str(out), tokenizer=str(tok_dir))
+        )
+    assert not out.exists()
