@@ -161,12 +161,16 @@ def test_readme_walkthrough_runs_on_a_users_inputs(s3_server, tmp_path):
         )
         assert out.returncode == 0, f"{line}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
 
-    # prepare: the user's tokenizer, not the packaged one
+    # prepare: the user's tokenizer (by identity), not the packaged one
+    from distil.data.tokenizer import tokenizer_identity
+
     prep = storage.read_manifest(f"{root}/prepared")
     assert prep["rows"] > 0 and prep["records"]["documents"] == len(docs)
+    own = tokenizer_identity((teacher / "tokenizer.json").read_text())
+    assert prep["tokenizer"]["identity"] == own
     # logits: the pointer names a committed cache built from this teacher
     pointer = storage.read_json(f"{root}/teacher-cache/latest.json")
-    cache_url = pointer.get("url") or pointer.get("cache_url")
+    cache_url = pointer["url"]
     assert cache_url and storage.is_committed(cache_url), pointer
     # distil: an HF student of the teacher's vocabulary, half its depth
     from transformers import AutoTokenizer, BertForMaskedLM
@@ -177,7 +181,7 @@ def test_readme_walkthrough_runs_on_a_users_inputs(s3_server, tmp_path):
     assert len(AutoTokenizer.from_pretrained(local_student)) == vocab
     # finetune: the pointer names a committed classifier with validation metrics
     latest = storage.read_json(f"{root}/sentiment/latest.json")
-    model_url = latest.get("model_url") or latest.get("url")
+    model_url = latest["model"]
     assert model_url and storage.is_committed(model_url), latest
     assert 0.0 <= storage.read_manifest(model_url)["metrics"]["accuracy"] <= 1.0
     # score: every CSV row is accounted for; blank reviews are dead letters with a reason

@@ -266,9 +266,13 @@ def write_latest_pointer(cache_root: str, cache_url: str, key: str) -> None:
 
 
 def resolve_cache_url(url: str) -> str:
-    """A cache dir URL, following a ``latest.json`` pointer if given one."""
+    """A cache dir URL, following a ``latest.json`` pointer if given one — or if given the cache
+    root (``--cache-root`` of ``distil logits``), whose pointer names its newest cache."""
     if not url.endswith(".json"):
-        return url
+        root_pointer = storage.join(url, LATEST_POINTER)
+        if storage.is_committed(url) or not storage.exists(root_pointer):
+            return url
+        url = root_pointer
     pointer = storage.read_json(url)
     if pointer.get("kind") != "latest_teacher_cache":
         raise ValueError(f"{url} is not a teacher-cache pointer (kind={pointer.get('kind')})")

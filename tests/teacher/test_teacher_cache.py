@@ -126,3 +126,19 @@ def test_a_teacher_that_cannot_read_the_data_is_refused():
         check_compatible(BertConfig(vocab_size=1000), prepared)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         check_compatible(BertConfig(max_position_embeddings=64), prepared)
+
+
+def test_a_cache_root_resolves_through_its_latest_pointer():
+    """`distil distil --cache ROOT` with ROOT = `distil logits --cache-root`: the pointer names
+    the newest committed cache; a committed cache dir and an explicit pointer work as before."""
+    from distil import storage
+    from distil.teacher.cache import resolve_cache_url, write_latest_pointer
+
+    root = "memory://resolve-root"
+    cache = f"{root}/abc123"
+    storage.commit(cache, {"kind": "teacher_cache", "files": []})
+    assert resolve_cache_url(root) == root  # no pointer yet: taken as given
+    write_latest_pointer(root, cache, "abc123")
+    assert resolve_cache_url(root) == cache
+    assert resolve_cache_url(f"{root}/latest.json") == cache
+    assert resolve_cache_url(cache) == cache
