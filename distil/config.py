@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -58,6 +58,37 @@ def expand_root(value: Any, where: str = "value") -> Any:
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Fields naming data the stage's workers read or write (a path, URL or ``packaged:`` ref, or a
+    # list of them): ``absolute_paths`` anchors the local relative ones to the driver's cwd.
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+
+def is_local_path(ref: str) -> bool:
+    """A plain filesystem path: not a URL (``s3://``, ``file://``) and not a ``packaged:`` ref."""
+    return "://" not in ref and not ref.startswith("packaged:")
+
+
+def absolute_paths(cfg: C) -> C:
+    """``cfg`` with every local relative path in its ``PATH_FIELDS`` made absolute (``~``
+    expanded). Stages call it on the driver before handing the config to Ray: Ray Train and Ray
+    Data workers run in their own working directory, where ``.distil/cache`` means another
+    folder (or nothing)."""
+
+    def fix(ref: str) -> str:
+        return os.path.abspath(os.path.expanduser(ref)) if ref and is_local_path(ref) else ref
+
+    update: dict[str, Any] = {}
+    for name in cfg.PATH_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, str):
+            new: Any = fix(value)
+        elif isinstance(value, list):
+            new = [fix(v) if isinstance(v, str) else v for v in value]
+        else:
+            continue
+        if new != value:
+            update[name] = new
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _flag(name: str) -> str:

@@ -1,4 +1,5 @@
 import argparse
+import os
 
 import pytest
 from pydantic import Field
@@ -129,3 +130,58 @@ def test_cluster_configs_live_under_distil_root(name, monkeypatch, capsys):
     monkeypatch.delenv("DISTIL_ROOT")
     assert main([stage, "--config", name]) == 2
     assert "DISTIL_ROOT is not set" in capsys.readouterr().err
+
+
+def _stage_config_classes() -> list[type[StageConfig]]:
+    import distil.data.config
+    import distil.sentiment.config
+    import distil.teacher.config
+    import distil.train.config  # noqa: F401  (registers the subclasses)
+
+    todo, out = list(StageConfig.__subclasses__()), []
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo += cls.__subclasses__()
+    return out
+
+
+def test_path_fields_name_real_string_fields():
+    """A typo in PATH_FIELDS would silently leave a relative path relative on the workers."""
+    declared = [c for c in _stage_config_classes() if c.PATH_FIELDS]
+    names = {c.__name__ for c in declared}
+    assert {"PrepareConfig", "LogitsConfig", "DistilConfig", "FinetuneConfig"} <= names
+    for cls in declared:
+        for name in cls.PATH_FIELDS:
+            assert name in cls.model_fields, f"{cls.__name__}.PATH_FIELDS: no field {name!r}"
+            assert "str" in str(cls.model_fields[name].annotation), (cls.__name__, name)
+
+
+def test_absolute_paths_anchors_local_relative_paths_only(tmp_path, monkeypatch):
+    from distil.config import absolute_paths
+    from distil.data.config import PrepareConfig
+    from distil.train.config import DistilConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = DistilConfig(
+        cache=".distil/cache/latest.json",
+        teacher="packaged:all-minilm-l6-v2",
+        output="s3://bucket/student",
+        storage_path="runs",
+        run_name="keep-me",
+    )
+    out = absolute_paths(cfg)
+    assert out.cache == str(tmp_path / ".distil/cache/latest.json")
+    assert out.storage_path == str(tmp_path / "runs")
+    assert out.teacher == "packaged:all-minilm-l6-v2"  # a packaged ref, not a path
+    assert out.output == "s3://bucket/student"  # a URL
+    assert out.data is None and out.run_name == "keep-me"  # unset / not a path field
+    assert cfg.cache == ".distil/cache/latest.json"  # the input config is not changed
+    assert absolute_paths(out) == out  # idempotent
+
+    prep = PrepareConfig(input=["corpus/a.txt", "s3://b/c/*.jsonl", "/abs/d"], output="file:///x")
+    fixed = absolute_paths(prep)
+    assert fixed.input == [str(tmp_path / "corpus/a.txt"), "s3://b/c/*.jsonl", "/abs/d"]
+    assert fixed.output == "file:///x"
+    home = absolute_paths(PrepareConfig(input="~/corpus", output="o"))
+    assert home.input == [os.path.expanduser("~/corpus")] and home.output == str(tmp_path / "o")

@@ -14,6 +14,8 @@ InputFormat = Literal["auto", "wiki", "text", "jsonl", "parquet"]
 
 
 class PrepareConfig(StageConfig):
+    PATH_FIELDS = ("input", "output", "tokenizer")
+
     input: str | list[str] = Field(
         ...,
         description="input URL(s): a folder (every .xml.bz2/.txt/.jsonl/.parquet file under it), "

@@ -5,8 +5,11 @@
 
 or ``distil distil …`` / ``python -m distil.jobs.distil …`` (``init_ray``: the cluster in
 RAY_ADDRESS, else an embedded Ray). Checkpoints go to
-``storage_path/run_name``; resubmitting the same run name resumes from its latest checkpoint
-(Ray Train restores it from the run's snapshot in storage), and a finished run does no steps.
+``storage_path/run_name``; the default run name is derived from the settings and inputs that
+define the run (``distil.train.identity``). Resubmitting the same run name resumes from its latest
+checkpoint (Ray Train restores it from the run's snapshot in storage) and a finished run does no
+steps — but only if the checkpoint's recorded identity matches this config; otherwise the job
+refuses and names what differs.
 The student is exported (HF dir + tokenizer + metrics.json, committed with a manifest) to
 ``output``.
 """
@@ -27,9 +30,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import job_main
+from distil.config import absolute_paths, job_main
 from distil.teacher.cache import resolve_cache_url
 from distil.train.config import DistilConfig
+from distil.train.identity import IDENTITY_FILE, RunIdentity, check_resume, run_identity
 from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
 
 log = logging.getLogger("distil.jobs.distil")
@@ -46,7 +50,7 @@ def _setup_logging() -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DDP rank (the process group is already set up by Ray)."""
     _setup_logging()
-    cfg = DistilConfig.model_validate(config)
+    cfg = DistilConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     recipe = DistilRecipe(
@@ -72,6 +76,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if save and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 recipe.save_checkpoint(tmp)
+                with open(os.path.join(tmp, IDENTITY_FILE), "w") as f:
+                    json.dump(config["identity"], f, indent=2)
                 ray.train.report(
                     scalars,
                     checkpoint=Checkpoint.from_directory(tmp),
@@ -83,14 +89,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     recipe.train(report)
 
 
-def build_trainer(cfg: DistilConfig) -> TorchTrainer:
+def build_trainer(cfg: DistilConfig, identity: RunIdentity) -> TorchTrainer:
     fs, path = storage.arrow_filesystem(cfg.storage_path)
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=cfg.model_dump(),
+        train_loop_config={"cfg": cfg.model_dump(), "identity": identity.to_json()},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
@@ -105,13 +111,17 @@ def build_trainer(cfg: DistilConfig) -> TorchTrainer:
     )
 
 
-def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
+def export_student(
+    checkpoint: Checkpoint, cfg: DistilConfig, identity: RunIdentity
+) -> dict[str, Any]:
     """Copy the final checkpoint's student (HF dir + tokenizer) and metrics.json to
-    ``cfg.output`` and commit it; a committed export of the same run and step is kept as is."""
+    ``cfg.output`` and commit it; a committed export of the same run (identity and name) and
+    step is kept as is."""
     with checkpoint.as_directory() as ckpt_dir:
         with open(os.path.join(ckpt_dir, METRICS)) as f:
             metrics = json.load(f)
-        fp = storage.fingerprint([cfg.model_dump(), metrics["step"]])
+        # what the student is (run identity, run, step), not how the job was scaled or logged
+        fp = storage.fingerprint([identity.fingerprint, cfg.run_name, metrics["step"]])
         if storage.is_committed(cfg.output):
             old = storage.read_manifest(cfg.output)
             if old.get("fingerprint") == fp:
@@ -128,7 +138,11 @@ def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
         "files": names,
         "fingerprint": fp,
         "step": metrics["step"],
-        "run": {"storage_path": storage.redact(cfg.storage_path), "name": cfg.run_name},
+        "run": {
+            "storage_path": storage.redact(cfg.storage_path),
+            "name": cfg.run_name,
+            "fingerprint": identity.fingerprint,
+        },
         "metrics": {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")},
     }
     storage.commit(cfg.output, manifest)
@@ -136,9 +150,12 @@ def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
     return manifest
 
 
-def latest_checkpoint(cfg: DistilConfig) -> tuple[Checkpoint, dict[str, Any]] | None:
-    """The run's latest registered checkpoint and its reported metrics, from the snapshot Ray
-    Train keeps under ``storage_path/run_name`` (the same one it restores from); None if none."""
+def latest_checkpoint(
+    cfg: DistilConfig,
+) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
+    """The run's latest registered checkpoint, its reported metrics and its recorded run
+    identity (None if it has none), from the snapshot Ray Train keeps under
+    ``storage_path/run_name`` (the same one it restores from); None if there is no checkpoint."""
     run_url = storage.join(cfg.storage_path, cfg.run_name)
     try:
         snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
@@ -148,22 +165,40 @@ def latest_checkpoint(cfg: DistilConfig) -> tuple[Checkpoint, dict[str, Any]] | 
     name = latest.get("checkpoint_dir_name")
     if not name:
         return None
-    fs, path = storage.arrow_filesystem(storage.join(run_url, name))
-    return Checkpoint(path=path, filesystem=fs), latest.get("metrics", {})
+    ckpt_url = storage.join(run_url, name)
+    try:
+        identity = storage.read_json(storage.join(ckpt_url, IDENTITY_FILE))
+    except FileNotFoundError:
+        identity = None
+    fs, path = storage.arrow_filesystem(ckpt_url)
+    return Checkpoint(path=path, filesystem=fs), latest.get("metrics", {}), identity
 
 
 def run(cfg: DistilConfig) -> dict[str, Any]:
     """Train (or resume) with Ray Train, export the student, return a JSON-able summary.
 
     A run whose latest checkpoint is already at ``max_steps`` is not trained again: the summary
-    says ``steps_run: 0`` and the export is (re)done from that checkpoint only if missing.
+    says ``steps_run: 0`` and the export is (re)done from that checkpoint only if missing. A
+    checkpoint whose recorded identity differs from ``cfg``'s is neither resumed nor exported:
+    ``RunMismatchError`` lists the differences.
     """
     _setup_logging()
+    cfg = absolute_paths(cfg)  # Ray Train workers run in their own directory
     if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
         cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})
+    identity = run_identity(cfg)
+    if cfg.run_name is None:
+        cfg = cfg.model_copy(update={"run_name": identity.default_name})
+    log.info("run %r (identity %s)", cfg.run_name, identity.fingerprint)
     found = latest_checkpoint(cfg)
+    if found is not None:
+        where = (
+            f"of run {cfg.run_name!r} under {storage.redact(cfg.storage_path)} "
+            f"(step {found[1].get('step')})"
+        )
+        check_resume(found[2], identity, where)
     if found is not None and found[1].get("step", 0) >= cfg.max_steps:
-        checkpoint, metrics = found
+        checkpoint, metrics, _ = found
         log.info(
             "run %r already finished at step %d (%s): nothing to train",
             cfg.run_name,
@@ -175,13 +210,15 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
         if found is not None:
             log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
         init_ray()
-        result = build_trainer(cfg).fit()
+        result = build_trainer(cfg, identity).fit()
         if result.checkpoint is None:
             raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
         checkpoint, last_report = result.checkpoint, result.metrics
-    manifest = export_student(checkpoint, cfg)
+    manifest = export_student(checkpoint, cfg, identity)
     return {
         "output": storage.redact(cfg.output),
+        "run_name": cfg.run_name,
+        "run_fingerprint": identity.fingerprint,
         "checkpoint": checkpoint.path,
         "last_report": last_report,
         "metrics": manifest["metrics"],

@@ -12,7 +12,6 @@ HF classifier dir + metrics.json to ``OUTPUT/<run-name>``, and moves ``OUTPUT/la
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import ray.train
@@ -21,7 +20,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import job_main
+from distil.config import absolute_paths, job_main
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
 
@@ -83,27 +82,6 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         storage.redact(summary["model_url"]),
     )
     return summary
-
-
-PATH_FIELDS = (
-    "model",
-    "train",
-    "reviews_cache",
-    "output",
-    "latest_pointer",
-    "teacher_cache",
-    "write_teacher_cache",
-)
-
-
-def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
-    """Ray workers run in another directory: make local relative paths absolute on the driver."""
-    update = {}
-    for name in PATH_FIELDS:
-        value = getattr(cfg, name)
-        if value and "://" not in value and not value.startswith("packaged:"):
-            update[name] = os.path.abspath(value)
-    return cfg.model_copy(update=update)
 
 
 def summary_of(cfg: FinetuneConfig, model_url: str) -> dict[str, Any]:

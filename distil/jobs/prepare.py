@@ -18,7 +18,7 @@ import ray
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import job_main
+from distil.config import absolute_paths, job_main
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
     build_manifest,
@@ -35,6 +35,7 @@ log = logging.getLogger("distil.prepare")
 def run(cfg: PrepareConfig) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.monotonic()
+    cfg = absolute_paths(cfg)
     tok = load_tokenizer_info(cfg.tokenizer)
     plan = plan_inputs(cfg)
     log.info(

@@ -17,7 +17,7 @@ from typing import Any
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import job_main
+from distil.config import absolute_paths, job_main
 from distil.progress import Progress
 from distil.teacher.build import ShardWorker, finalize, plan_cache, unit_name
 from distil.teacher.cache import write_latest_pointer
@@ -45,6 +45,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.perf_counter()
+    cfg = absolute_paths(cfg)
     # Load once here: fail fast on a non-BERT or headless checkpoint or one whose tokenizer is
     # not the prepared data's (before Ray starts); the weights hash is the cache key.
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle, require_mlm_head=True)

@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: import the repo's distil, not 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distil import storage  # noqa: E402
+from distil.config import absolute_paths  # noqa: E402
 from distil.sentiment import classifier, review_files, scored  # noqa: E402
 from distil.sentiment.config import ScoreConfig  # noqa: E402
 
@@ -281,6 +282,7 @@ def _pipeline_args(cfg: ScoreConfig) -> list[str]:
 def run(cfg: ScoreConfig) -> dict:
     """Run the pipeline to completion; returns the run summary (also at RUN/summary.json)."""
     t0 = time.time()
+    cfg = absolute_paths(cfg)  # local runners keep the cwd; recorded lineage names files fully
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     model_url = classifier.resolve_model_url(cfg.model)
     manifest = storage.read_manifest(model_url)  # our exports are committed: refuse half a model

@@ -14,6 +14,17 @@ DEFAULT_LABELS = ["negative", "positive"]
 class FinetuneConfig(StageConfig):
     """Fine-tune a BERT-family encoder with a sequence-classification head on labelled reviews."""
 
+    PATH_FIELDS = (
+        "model",
+        "train",
+        "reviews_cache",
+        "output",
+        "latest_pointer",
+        "teacher_cache",
+        "write_teacher_cache",
+        "ray_storage_path",
+    )
+
     model: str = Field(
         "packaged:all-minilm-l6-v2",
         description="model to fine-tune: a BERT-family HF directory as path/URL (the distilled "
@@ -96,6 +107,9 @@ class FinetuneConfig(StageConfig):
 
 class ScoreConfig(StageConfig):
     """Score review files with a fine-tuned classifier (Apache Beam)."""
+
+    # Not model_cache: it is per-machine scratch, relative to each Beam worker's own cwd.
+    PATH_FIELDS = ("input", "model", "output", "teacher_cache")
 
     input: list[str] = Field(
         ...,

@@ -13,6 +13,8 @@ from distil.teacher.masking import MASKING_VERSION
 
 
 class LogitsConfig(StageConfig):
+    PATH_FIELDS = ("input", "cache_root", "teacher")
+
     input: str = Field(description="URL of a committed prepared dataset (stage 1 output)")
     cache_root: str = Field(
         description="URL under which caches live; this run's cache is <cache_root>/<key>/"

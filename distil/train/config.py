@@ -10,6 +10,8 @@ from distil.config import StageConfig
 
 
 class DistilConfig(StageConfig):
+    PATH_FIELDS = ("cache", "data", "teacher", "output", "storage_path")
+
     # --- inputs / outputs -------------------------------------------------------------------
     mode: Literal["cached", "online"] = Field(
         "cached",
@@ -31,10 +33,11 @@ class DistilConfig(StageConfig):
     storage_path: str = Field(
         ..., description="URL for Ray Train run state and checkpoints (s3://… or a local dir)"
     )
-    run_name: str = Field(
-        "distil",
+    run_name: str | None = Field(
+        None,
         description="Ray Train run name under storage_path; resubmitting the same name resumes "
-        "from its latest checkpoint",
+        "from its latest checkpoint (refused if that checkpoint was trained with other settings "
+        "or inputs). Default: distil-<fingerprint of the settings and inputs that define the run>",
     )
     # --- student / loss ---------------------------------------------------------------------
     student_layers: int | None = Field(

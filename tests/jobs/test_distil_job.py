@@ -143,3 +143,50 @@ def test_kill_a_worker_resume_resubmit_and_export(ray_local, s3_url, s3_cache, t
     assert len(preds) == 5 and all("token_str" in p for p in preds)
     clf = AutoModelForSequenceClassification.from_pretrained(local, num_labels=2)
     assert clf.config.num_hidden_layers == 2
+
+
+@pytest.mark.timeout(300)
+def test_relative_local_paths_derived_name_and_resume_refusal(
+    ray_local, s3_cache, tmp_path, monkeypatch
+):
+    """From a temp cwd, with a relative local cache / storage / output (Ray Train workers run
+    elsewhere): the run trains under its derived name; the same settings again do no step and
+    keep the export byte for byte; other settings under the same --run-name are refused."""
+    from distil.train.identity import RunMismatchError
+
+    job = _job()
+    key = s3_cache.rstrip("/").rsplit("/", 1)[-1]
+    storage.copy_dir_to_local(s3_cache, str(tmp_path / ".distil" / "cache" / key))
+    monkeypatch.chdir(tmp_path)
+    settings = dict(
+        cache=f".distil/cache/{key}",
+        output="out/student",
+        storage_path="runs",
+        num_workers=2,
+        cpus_per_worker=0.5,
+        batch_size=8,
+        max_steps=2,
+        warmup_steps=1,
+        checkpoint_every=1,
+        eval_every=2,
+        eval_batches=1,
+        log_every=1,
+    )
+    first = job.run(DistilConfig(**settings))
+    name = first["run_name"]
+    assert name == f"distil-{first['run_fingerprint']}"
+    assert first["last_report"]["step"] == 2 and first["metrics"]["step"] == 2
+    assert _checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]
+    assert (tmp_path / "out" / "student" / "manifest.json").is_file()
+    manifest = (tmp_path / "out" / "student" / "manifest.json").read_bytes()
+
+    again = job.run(DistilConfig(**{**settings, "num_workers": 1}))  # scaling: the same run
+    assert again["run_name"] == name and again["last_report"]["steps_run"] == 0
+    assert (tmp_path / "out" / "student" / "manifest.json").read_bytes() == manifest
+
+    with pytest.raises(RunMismatchError) as e:
+        job.run(DistilConfig(**{**settings, "temperature": 3.0}, run_name=name))
+    msg = str(e.value)
+    assert "temperature: checkpoint 2.0, now 3.0" in msg and "--run-name" in msg, msg
+    assert _checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]  # nothing trained
+    assert (tmp_path / "out" / "student" / "manifest.json").read_bytes() == manifest

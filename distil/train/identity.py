@@ -1,0 +1,183 @@
+"""Run identity of ``distil distil``: which settings and inputs a run name stands for.
+
+Ray Train resumes whatever sits under ``storage_path/run_name``, so a name that outlives its
+settings would hand back a student trained on another cache or with another loss. The default
+name is therefore derived (``distil-<fingerprint>``, the way the demo names its steps) from
+
+* the config fields that change the trained student (loss, optimisation, seed, student depth,
+  ``max_steps`` — the LR schedule decays to it), and
+* the fingerprints of the inputs: the teacher cache's key (after following a ``latest.json``
+  pointer), or the prepared data's fingerprint in online mode, and ``--teacher`` when given.
+
+Left out: where things go (``output``, ``storage_path``, ``run_name``; input URLs enter by their
+fingerprints, so a copied cache is the same input), how often the job logs, evaluates and
+checkpoints (eval and checkpoints never touch the weights), the hardware (``num_workers``,
+``use_gpu``, ``cpus_per_worker``, ``max_failures``: a run may resume on a smaller or bigger
+cluster), and fields the mode ignores (``alpha_cos``, ``mlm_probability`` in cached mode).
+``num_workers`` and ``use_gpu`` are recorded anyway: a resume that changes them is logged,
+because the global batch is ``batch_size x grad_accum x num_workers``.
+
+Every checkpoint carries the identity (``run_identity.json``, written by the job); resuming or
+re-exporting a run whose checkpoint says otherwise is refused with the differences listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from distil import storage
+from distil.config import ConfigError
+from distil.packaged import resolve_model_ref
+from distil.teacher.cache import resolve_cache_url
+from distil.train.config import DistilConfig
+
+log = logging.getLogger("distil.train.identity")
+
+IDENTITY_FILE = "run_identity.json"  # in every checkpoint dir
+IDENTITY_KIND = "distil_run"
+
+NOT_IDENTITY = frozenset(
+    {
+        # locations: inputs enter by fingerprint (``inputs``), outputs do not change training
+        "cache",
+        "data",
+        "teacher",
+        "output",
+        "storage_path",
+        "run_name",
+        # cadence of logging / evaluation / checkpoints: no effect on the weights
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        # hardware and fault tolerance
+        "num_workers",
+        "use_gpu",
+        "cpus_per_worker",
+        "max_failures",
+    }
+)
+IGNORED_IN_CACHED_MODE = frozenset({"alpha_cos", "mlm_probability"})
+RECORDED = ("num_workers", "use_gpu")  # kept with the identity, compared only to log a change
+
+
+class RunMismatchError(ConfigError):
+    """A run name already holds a checkpoint trained with other settings or inputs."""
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    fields: dict[str, Any]
+    inputs: dict[str, str]
+    recorded: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return storage.fingerprint({"fields": self.fields, "inputs": self.inputs})
+
+    @property
+    def default_name(self) -> str:
+        return f"distil-{self.fingerprint}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": IDENTITY_KIND,
+            "fingerprint": self.fingerprint,
+            "fields": self.fields,
+            "inputs": self.inputs,
+            "recorded": self.recorded,
+        }
+
+
+def teacher_fingerprint(ref: str) -> str:
+    """A committed model dir's manifest fingerprint; else the weights hash of a local dir
+    (``packaged:`` included), else a listing (names, sizes, ETags) of a remote one."""
+    url = resolve_model_ref(ref)
+    if storage.is_committed(url):
+        fp = storage.read_manifest(url).get("fingerprint")
+        if fp:
+            return str(fp)
+    if storage.protocol_of(url) == "file":
+        from distil.teacher.load import weights_sha256
+
+        return weights_sha256(storage.get_fs(url)[1])[:16]
+    fs, path = storage.get_fs(url)
+    listing = sorted(
+        (posixpath.relpath(p, path), info.get("size"), str(info.get("ETag", "")))
+        for p, info in fs.find(path, detail=True).items()
+    )
+    if not listing:
+        raise FileNotFoundError(f"teacher {storage.redact(url)} is empty or missing")
+    return storage.fingerprint(listing)
+
+
+def input_fingerprints(cfg: DistilConfig) -> dict[str, str]:
+    inputs: dict[str, str] = {}
+    if cfg.mode == "cached":
+        manifest = storage.read_manifest(resolve_cache_url(cfg.cache))
+        inputs["cache"] = str(manifest.get("key") or manifest["fingerprint"])
+    else:
+        inputs["data"] = str(storage.read_manifest(cfg.data)["fingerprint"])
+    if cfg.teacher:
+        inputs["teacher"] = teacher_fingerprint(cfg.teacher)
+    return inputs
+
+
+def run_identity(cfg: DistilConfig) -> RunIdentity:
+    """The identity of the run ``cfg`` describes (reads the inputs' manifests)."""
+    skip = NOT_IDENTITY | (IGNORED_IN_CACHED_MODE if cfg.mode == "cached" else frozenset())
+    fields = {k: v for k, v in cfg.model_dump().items() if k not in skip}
+    recorded = {k: getattr(cfg, k) for k in RECORDED}
+    return RunIdentity(fields=fields, inputs=input_fingerprints(cfg), recorded=recorded)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``name: checkpoint X, now Y`` for every field or input that differs."""
+    out = []
+    for section in ("fields", "inputs"):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+                name = key if section == "fields" else f"{key} (input fingerprint)"
+                out.append(
+                    f"{name}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}"
+                )
+    return out
+
+
+def check_resume(recorded: dict[str, Any] | None, current: RunIdentity, where: str) -> None:
+    """Refuse to resume (or re-export) the checkpoint at ``where`` unless it was trained with
+    ``current``'s settings and inputs; log a change of the recorded hardware fields."""
+    fix = (
+        "Fix: rerun with that checkpoint's settings, or start a new run: pass another "
+        "--run-name, or leave --run-name unset (the default name is derived from the settings "
+        "and inputs, so a changed run gets its own)."
+    )
+    if recorded is None:
+        raise RunMismatchError(
+            f"checkpoint {where} has no {IDENTITY_FILE} (written before runs recorded their "
+            f"settings), so it cannot be checked against this config. {fix}"
+        )
+    if recorded.get("fingerprint") != current.fingerprint:
+        diffs = differences(recorded, current.to_json()) or [
+            f"fingerprint: checkpoint {recorded.get('fingerprint')!r}, now {current.fingerprint!r}"
+        ]
+        raise RunMismatchError(
+            f"checkpoint {where} was trained with other settings or inputs than this config:\n  "
+            + "\n  ".join(diffs)
+            + f"\n{fix}"
+        )
+    old = recorded.get("recorded") or {}
+    for key, now in current.recorded.items():
+        if key in old and old[key] != now:
+            log.warning(
+                "resuming with %s=%r (checkpoint: %r); the global batch is batch_size x "
+                "grad_accum x num_workers",
+                key,
+                now,
+                old[key],
+            )
