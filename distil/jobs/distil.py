@@ -32,9 +32,10 @@ from distil import storage
 from distil.cluster import init_ray
 from distil.config import absolute_paths, job_main
 from distil.teacher.cache import resolve_cache_url
+from distil.teacher.load import require_bert_checkpoint
 from distil.train.config import DistilConfig
 from distil.train.identity import IDENTITY_FILE, RunIdentity, check_resume, run_identity
-from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
+from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe, teacher_ref
 
 log = logging.getLogger("distil.jobs.distil")
 
@@ -186,6 +187,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     cfg = absolute_paths(cfg)  # Ray Train workers run in their own directory
     if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
         cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})
+    require_bert_checkpoint(teacher_ref(cfg))  # before Ray: workers would only fail later
     identity = run_identity(cfg)
     if cfg.run_name is None:
         cfg = cfg.model_copy(update={"run_name": identity.default_name})

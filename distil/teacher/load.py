@@ -124,6 +124,19 @@ def require_bert(config: dict[str, Any], url: str) -> None:
         )
 
 
+def require_bert_checkpoint(url: str) -> None:
+    """``require_bert`` from the checkpoint's ``config.json`` alone (one small read, no weights):
+    for stages that load the teacher later, on workers, and should refuse it before they start."""
+    ref = resolve_model_ref(url)
+    try:
+        config = storage.read_json(storage.join(ref, "config.json"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"no config.json in {storage.redact(url)}: not a Hugging Face checkpoint dir"
+        ) from e
+    require_bert(config, url)
+
+
 def load_teacher(
     url: str, allow_pickle: bool = False, *, require_mlm_head: bool = False
 ) -> LoadedTeacher:

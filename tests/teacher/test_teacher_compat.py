@@ -188,3 +188,17 @@ def test_a_roberta_teacher_is_refused_by_adapt_and_the_distil_recipe(
                        output=str(tmp_path / "o"), storage_path=str(tmp_path / "s"))  # fmt: skip
     with pytest.raises(UnsupportedTeacherError, match="BERT-family checkpoints only"):
         DistilRecipe(cfg, work_dir=str(tmp_path / "w")).setup(None)
+
+
+def test_a_roberta_teacher_is_refused_by_the_distil_job_before_ray(
+    real_prepared, roberta_teacher_dir, tmp_path, monkeypatch
+):
+    from distil.jobs import distil as distil_job
+    from distil.train.config import DistilConfig
+
+    monkeypatch.setattr(distil_job, "init_ray", no_ray)
+    cfg = DistilConfig(mode="online", data=real_prepared, teacher=str(roberta_teacher_dir),
+                       output=str(tmp_path / "o"), storage_path=str(tmp_path / "s"))  # fmt: skip
+    with pytest.raises(UnsupportedTeacherError, match="BERT-family checkpoints only"):
+        distil_job.run(cfg)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
