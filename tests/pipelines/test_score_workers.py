@@ -5,8 +5,14 @@ SeaweedFS S3, the tiny real classifier."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +136,89 @@ def test_one_big_file_is_scored_by_several_worker_processes_with_identical_outpu
     assert {r["label"] for r in a} == {"negative", "positive"}
     assert all(r["source_file"] == big_file_url for r in a)
     assert sorted(r["source_row"] for r in a) == list(range(N_ROWS))
+
+
+def _listening(port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Addresses with a TCP socket in LISTEN on ``port`` (this network namespace, /proc/net)."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        path = Path("/proc/net") / name
+        for line in path.read_text().splitlines()[1:] if path.exists() else []:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state != "0A" or int(hexport, 16) != port:
+                continue
+            raw = b"".join(bytes.fromhex(addr[i : i + 8])[::-1] for i in range(0, len(addr), 8))
+            ip = ipaddress.ip_address(raw)
+            out.append(getattr(ip, "ipv4_mapped", None) or ip)  # gRPC binds v4 as ::ffff:a.b.c.d
+    return out
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+@pytest.fixture
+def worker_pool(tmp_path):
+    """The scheduled run's sidecar, as its container runs it: ``python -m
+    distil.pipelines.worker_pool --port P``, in its own process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "pool.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distil.pipelines.worker_pool", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    deadline = time.time() + 60
+    while not _listening(port) and time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.2)
+    try:
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.timeout(240)
+def test_external_worker_pool_runs_the_scoring_on_loopback_only(
+    worker_pool, big_file_url, tiny_classifier_url, s3_server, tmp_path
+):
+    """``--environment_type=EXTERNAL --environment_config=localhost:P`` as the Flink CronJob passes
+    it, through Beam's portable runner (in-process job service): the rows are scored in processes
+    the pool started, not in the launcher, and the pool listens on loopback only."""
+    port, pool_pid = worker_pool
+    addrs = _listening(port)
+    assert addrs and all(a.is_loopback for a in addrs), addrs
+
+    output = f"s3://{s3_server.bucket}/external-{uuid.uuid4().hex[:8]}"
+    summary = _score(
+        big_file_url,
+        tiny_classifier_url,
+        output,
+        "external",
+        tmp_path,
+        [
+            "--runner=PortableRunner",
+            "--job_endpoint=embed",
+            "--environment_type=EXTERNAL",
+            f"--environment_config=localhost:{port}",
+        ],
+    )
+    assert summary["scored"] == N_ROWS and summary["accounted"] is True
+    assert summary["torch_threads"] == 1  # not a local runner: parallelism comes from bundles
+    workers = summary["scored_by_worker"]
+    assert worker_id() not in workers
+    pids = {int(w.rsplit(":", 1)[1]) for w in workers}
+    assert pids and pids <= _children(pool_pid), (pids, _children(pool_pid))
