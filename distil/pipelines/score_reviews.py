@@ -2,16 +2,19 @@
 
     distil score --input s3://bucket/reviews/ --model s3://bucket/models/latest.json \
         --output s3://bucket/scored --run-id 2026-11-26 --runner FnApiRunner
-    python pipelines/score_reviews.py --input … --model … --output … \
-        --runner FlinkRunner --flink_master=host:8081 --environment_type=LOOPBACK
+    python pipelines/score_reviews.py --config score/scheduled --runner FlinkRunner \
+        --flink_master=host:8081 --environment_type=EXTERNAL --environment_config=localhost:50000
 
 Graph::
 
-    file URLs ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ RunInference(keyed handler) ─ ToRow ─┬─ WriteParts(scored)
-                                         ├─ dead letters ─────────────── WriteParts(dead_letter)
-                                         └─ per-file record counts      (CoGroupByKey with the
-                                                                        teacher cache → agreement)
+    file URLs ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ Reshuffle ─ RunInference(keyed) ─ ToRow ─┬─ WriteParts(scored)
+                                         ├─ dead letters ──────────────── WriteParts(dead_letter)
+                                         └─ per-file record counts       (CoGroupByKey with the
+                                                                         teacher cache → agreement)
     Finalize (side inputs: part lists, counts, agreement): accounting check, summary, manifest.
+
+The second Reshuffle spreads one big file's rows over every worker (a file is read by one).
+The model handler is in ``distil.pipelines.inference`` (torch threads per SDK worker process).
 
 Files are read and Parquet is written with fsspec/pyarrow inside DoFns (``distil.storage``), so
 the same code reaches s3://, gs://, local paths on every runner without Beam's cloud IO extras.
