@@ -2,16 +2,19 @@
 
     distil score --input s3://bucket/reviews/ --model s3://bucket/models/latest.json \
         --output s3://bucket/scored --run-id 2026-11-26 --runner FnApiRunner
-    python pipelines/score_reviews.py --input … --model … --output … \
-        --runner FlinkRunner --flink_master=host:8081 --environment_type=LOOPBACK
+    python pipelines/score_reviews.py --config score/scheduled --runner FlinkRunner \
+        --flink_master=host:8081 --environment_type=EXTERNAL --environment_config=localhost:50000
 
 Graph::
 
-    file URLs ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ RunInference(keyed handler) ─ ToRow ─┬─ WriteParts(scored)
-                                         ├─ dead letters ─────────────── WriteParts(dead_letter)
-                                         └─ per-file record counts      (CoGroupByKey with the
-                                                                        teacher cache → agreement)
+    file URLs ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ Reshuffle ─ RunInference(keyed) ─ ToRow ─┬─ WriteParts(scored)
+                                         ├─ dead letters ──────────────── WriteParts(dead_letter)
+                                         └─ per-file record counts       (CoGroupByKey with the
+                                                                         teacher cache → agreement)
     Finalize (side inputs: part lists, counts, agreement): accounting check, summary, manifest.
+
+The second Reshuffle spreads one big file's rows over every worker (a file is read by one).
+The model handler is in ``distil.pipelines.inference`` (torch threads per SDK worker process).
 
 Files are read and Parquet is written with fsspec/pyarrow inside DoFns (``distil.storage``), so
 the same code reaches s3://, gs://, local paths on every runner without Beam's cloud IO extras.
@@ -22,19 +25,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import (
-    KeyedModelHandler,
-    ModelHandler,
-    PredictionResult,
-    RunInference,
-)
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 if __package__ in (None, ""):  # run as a script: import the repo's distil, not an installed one
@@ -42,6 +41,11 @@ if __package__ in (None, ""):  # run as a script: import the repo's distil, not 
 
 from distil import storage  # noqa: E402
 from distil.config import absolute_paths  # noqa: E402
+from distil.pipelines.inference import (  # noqa: E402
+    WORKER,
+    ReviewClassifierHandler,
+    default_torch_threads,
+)
 from distil.sentiment import classifier, review_files, scored  # noqa: E402
 from distil.sentiment.config import ScoreConfig  # noqa: E402
 
@@ -70,61 +74,6 @@ class ReadReviews(beam.DoFn):
         yield beam.pvalue.TaggedOutput(COUNTS, {"file": url, "records": n})
 
 
-class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassifier]):
-    """RunInference handler: a batch of review dicts → tokenized in one call, sorted by length,
-    run in padded micro-batches. (Beam's HF handler imports TF classes transformers 5 removed.)"""
-
-    def __init__(self, model_url: str, fingerprint: str, cfg: ScoreConfig):
-        super().__init__(
-            # Full batches from the start (Beam's default min of 1 grows batches adaptively from
-            # a single row; small batches lose the length sorting). A bundle's tail still flushes.
-            min_batch_size=cfg.batch_size,
-            max_batch_size=cfg.batch_size,
-            large_model=cfg.share_model_across_processes,
-        )
-        self.model_url, self.fingerprint = model_url, fingerprint
-        self.cache, self.max_length = cfg.model_cache, cfg.max_length
-        self.quantize, self.bf16, self.threads = cfg.quantize, cfg.bf16, cfg.torch_threads
-        self.micro_batch_size = cfg.micro_batch_size
-
-    def load_model(self) -> classifier.SequenceClassifier:
-        local, fp = classifier.fetch_model(self.model_url, self.cache)
-        if fp != self.fingerprint:
-            raise ValueError(f"model changed under the run: {fp} != {self.fingerprint}")
-        return classifier.SequenceClassifier(
-            local,
-            max_length=self.max_length,
-            quantize=self.quantize,
-            bf16=self.bf16,
-            torch_threads=self.threads,
-        )
-
-    def run_inference(
-        self,
-        batch: Sequence[dict],
-        model: classifier.SequenceClassifier,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[PredictionResult]:
-        out = model.classify([r["text"] for r in batch], self.micro_batch_size)
-        for i, row in enumerate(batch):
-            yield PredictionResult(
-                row,
-                {
-                    "label_id": int(out["label_id"][i]),
-                    "probs": out["probs"][i],
-                    "truncated": bool(out["truncated"][i]),
-                    "n_tokens": int(out["n_tokens"][i]),
-                },
-                self.fingerprint,
-            )
-
-    def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(r["text"]) for r in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "distil_score"
-
-
 class ToScoredRow(beam.DoFn):
     def __init__(self, run_id: str, id2label: dict[int, str], fingerprint: str):
         self.run_id, self.id2label, self.fingerprint = run_id, id2label, fingerprint
@@ -148,6 +97,7 @@ class ToScoredRow(beam.DoFn):
             "truncated": inf["truncated"],
             "n_tokens": inf["n_tokens"],
             "text_sha256": review_files.text_sha256(row["text"]),
+            WORKER: inf[WORKER],  # counted by WriteParts into the summary, not written
         }
 
 
@@ -164,7 +114,10 @@ class WriteParts(beam.DoFn):
             schema = scored.DEAD_SCHEMA
         else:
             schema = scored.SCORED_SCHEMA
+        workers = Counter(r.pop(WORKER, None) for r in rows)
         info = scored.write_part(self.run_url, self.rel_dir, rows, schema)
+        if self.kind == "scored":
+            info["workers"] = dict(workers)
         log.info("wrote %s (%d rows)", info["name"], info["rows"])
         yield info
 
@@ -220,9 +173,15 @@ def build(
             DEAD, COUNTS, main=OK
         )
     )
-    handler = KeyedModelHandler(ReviewClassifierHandler(ctx["model_url"], ctx["fingerprint"], cfg))
+    handler = KeyedModelHandler(
+        ReviewClassifierHandler(ctx["model_url"], ctx["fingerprint"], cfg, ctx["torch_threads"])
+    )
     rows = (
         read[OK]
+        # One big file is read by one worker; its rows are spread over all workers here, so
+        # inference (the expensive part) does not stay with the reader. Each row carries its
+        # lineage (source_file, source_row), so the order it arrives in does not matter.
+        | "SpreadRows" >> beam.Reshuffle()
         | "Classify" >> RunInference(handler)
         | "ToRow" >> beam.ParDo(ToScoredRow(ctx["run_id"], id2label, ctx["fingerprint"]))
     )
@@ -297,23 +256,27 @@ def run(cfg: ScoreConfig) -> dict:
         check_labels(open_teacher_cache(cfg.teacher_cache), id2label)
     files = review_files.expand_inputs(cfg.input, cfg.input_format)
     run_url = scored.run_dir(cfg.output, run_id)
+    options = PipelineOptions(_pipeline_args(cfg))
+    threads = default_torch_threads(cfg, options)
     ctx = {
         "run_url": run_url,
         "run_id": run_id,
         "attempt": scored.new_attempt(),
         "model_url": model_url,
         "fingerprint": manifest["fingerprint"],
+        "torch_threads": threads,
         "meta": {
             "model": storage.redact(model_url),
             "model_fingerprint": manifest["fingerprint"],
             "quantize": cfg.quantize,
             "bf16": cfg.bf16,
             "runner": cfg.runner,
+            "torch_threads": threads,
             "teacher_cache": storage.redact(cfg.teacher_cache) if cfg.teacher_cache else None,
         },
     }
     log.info("scoring %d files into %s (run %s)", len(files), storage.redact(run_url), run_id)
-    with beam.Pipeline(options=PipelineOptions(_pipeline_args(cfg))) as p:
+    with beam.Pipeline(options=options) as p:
         build(p, cfg, files, ctx, id2label)
     summary = storage.read_json(storage.join(run_url, scored.SUMMARY))
     if summary.get("attempt") != ctx["attempt"]:

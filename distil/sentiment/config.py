@@ -152,7 +152,10 @@ class ScoreConfig(StageConfig):
         "CPUs; exclusive with --quantize)",
     )
     torch_threads: int | None = Field(
-        None, description="intra-op threads per Beam worker process (default: torch's choice)"
+        None,
+        description="intra-op torch threads per Beam SDK worker process (default: on "
+        "FnApiRunner/DirectRunner the CPUs divided by --direct_num_workers, on distributed "
+        "runners 1)",
     )
     share_model_across_processes: bool = Field(
         False,

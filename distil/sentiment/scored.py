@@ -120,6 +120,9 @@ def finalize_run(
     by_reason: Counter = Counter()
     for p in dead_parts:
         by_reason.update(p["by_reason"])
+    by_worker: Counter = Counter()  # host:pid of the SDK worker process that scored the rows
+    for p in scored_parts:
+        by_worker.update(p.get("workers", {}))
     summary = {
         "run_id": run_id,
         "attempt": attempt,
@@ -128,6 +131,7 @@ def finalize_run(
         "dead_letter": dead,
         "dead_letter_by_reason": dict(sorted(by_reason.items())),
         "truncated": sum(p["truncated"] for p in scored_parts),
+        "scored_by_worker": dict(sorted(by_worker.items())),
         "accounted": rows_in == scored + dead,
         "files_in": sorted(file_counts, key=lambda c: c["file"]),
         "finished_at": now_utc().isoformat(),

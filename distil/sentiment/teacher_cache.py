@@ -2,7 +2,8 @@
 
 Written by ``distil finetune --write-teacher-cache URL`` from a fine-tuned teacher; read by
 ``distil finetune --teacher-cache URL`` (the KD term, DistilBERT's second distillation step) and
-by ``distil score --teacher-cache URL`` (student–teacher agreement: the scheduled drift check).
+by ``distil score --teacher-cache URL`` (student–teacher agreement on the rows it covers: a
+drift check on a fixed set of cached texts; the nightly run, which scores new texts, skips it).
 
 Layout: ``URL/part-00000.parquet …`` with columns ``text_sha256`` (string, unique) and ``logits``
 (list<float32>, one per class in ``id2label`` order), and ``URL/manifest.json``:

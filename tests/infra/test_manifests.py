@@ -63,10 +63,15 @@ def check_pod_template(template: dict) -> None:
 
 
 def check_command(words: list[str]) -> None:
-    """``python <script> ... --config <name>``: the script must exist in the repo and the config
-    must resolve (a packaged ``<stage>/<name>`` or a file) to a mapping."""
+    """``python <script> ... --config <name>`` (or ``python -m <module> …``): the script or module
+    must exist in the repo and the config must resolve (a packaged ``<stage>/<name>`` or a file)
+    to a mapping."""
     assert words[0] == "python", words
-    script = repo_path(words[1])
+    if words[1] == "-m":
+        script = REPO / (words[2].replace(".", "/") + ".py")
+        assert words[2].startswith("distil."), f"{words[2]} is not a distil module"
+    else:
+        script = repo_path(words[1])
     assert script.is_file(), f"entry point {script} does not exist"
     for i, w in enumerate(words):
         value = None
@@ -119,6 +124,9 @@ def test_manifest(path, doc):
         if kind == "CronJob":
             container = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
             check_command(container["command"] + container.get("args", []))
+        elif kind == "Pod":  # a pod template for a cluster we do not run (Flink task managers)
+            for container in _containers(doc):
+                check_command(container["command"] + container.get("args", []))
 
 
 def test_each_ray_stage_has_a_rayjob():
@@ -162,6 +170,8 @@ def _containers(doc: dict) -> list[dict]:
         return [c for g in groups for c in g["template"]["spec"]["containers"]]
     if doc.get("kind") == "CronJob":
         return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    if doc.get("kind") == "Pod":  # only the containers that run the distil image
+        return [c for c in doc["spec"]["containers"] if "distil" in c.get("image", "")]
     return []
 
 
@@ -180,3 +190,57 @@ def test_no_manifest_or_config_names_the_bucket():
     files = infra_files() + sorted((REPO / "distil" / "configs").rglob("*.yaml"))
     for path in files:
         assert "s3://distil" not in path.read_text(), f"{path} hard-codes s3://distil"
+
+
+def _one(kind: str, name: str) -> dict:
+    (doc,) = [d for _, d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def test_scheduled_scoring_runs_its_sdk_workers_on_the_task_managers(monkeypatch):
+    """The CronJob's Beam options, as Beam parses them: SDK workers in the EXTERNAL worker pool
+    that the task manager pod template runs next to Flink (not LOOPBACK in the launcher pod), and
+    the Flink job-server jar from the image under the name Beam itself would download."""
+    import os
+
+    from apache_beam.options.pipeline_options import (
+        FlinkRunnerOptions,
+        PipelineOptions,
+        PortableOptions,
+    )
+    from apache_beam.runners.portability.job_server import JavaJarJobServer
+    from apache_beam.version import __version__ as beam_version
+
+    from distil.pipelines.score_reviews import _pipeline_args, parse_args
+
+    monkeypatch.setenv("DISTIL_ROOT", "s3://bucket/prefix")
+    cron = _one("CronJob", "distil-score-reviews")
+    (launcher,) = _containers(cron)
+    cfg = parse_args(launcher["args"])
+    options = PipelineOptions(_pipeline_args(cfg))
+    portable, flink = options.view_as(PortableOptions), options.view_as(FlinkRunnerOptions)
+
+    pod = _one("Pod", "flink-taskmanager-beam")
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    assert "flink-main-container" in names  # Flink's pod templates merge into this name
+    (pool,) = _containers(pod)
+    assert pool["command"][:3] == ["python", "-m", "distil.pipelines.worker_pool"]
+    port = next(w.split("=", 1)[1] for w in pool["command"] if w.startswith("--port="))
+    assert pool["image"] == launcher["image"]  # the same distil/torch/Beam on both sides
+    assert not pool.get("ports"), "the worker pool is loopback-only: expose no port"
+
+    assert portable.environment_type == "EXTERNAL"
+    assert portable.environment_config == f"localhost:{port}"
+    assert flink.flink_submit_uber_jar is True  # no Java, no shared staging volume
+    want = JavaJarJobServer.path_to_beam_jar(
+        f":runners:flink:{flink.flink_version}:job-server:shadowJar"
+    )
+    assert want.startswith("https://repo.maven.apache.org/")  # what Beam would fetch at launch
+    assert flink.flink_job_server_jar == "/opt/beam/" + os.path.basename(want)
+    assert beam_version in flink.flink_job_server_jar and beam_version == _locked("apache-beam")
+
+    # threads × SDK worker processes fit the sidecar's CPUs (no oversubscription)
+    assert cfg.torch_threads * int(portable.sdk_worker_parallelism) <= int(
+        pool["resources"]["limits"]["cpu"]
+    )
+    assert cfg.teacher_cache is None  # the cluster fine-tune writes none; see score/scheduled
