@@ -136,10 +136,10 @@ def export_student(checkpoint: Checkpoint, cfg: DistilConfig) -> dict[str, Any]:
     return manifest
 
 
-def latest_checkpoint(cfg: DistilConfig) -> tuple[Checkpoint, dict[str, Any]] | None:
+def latest_checkpoint(storage_path: str, run_name: str) -> tuple[Checkpoint, dict[str, Any]] | None:
     """The run's latest registered checkpoint and its reported metrics, from the snapshot Ray
     Train keeps under ``storage_path/run_name`` (the same one it restores from); None if none."""
-    run_url = storage.join(cfg.storage_path, cfg.run_name)
+    run_url = storage.join(storage_path, run_name)
     try:
         snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
     except FileNotFoundError:
@@ -161,7 +161,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     _setup_logging()
     if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
         cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})
-    found = latest_checkpoint(cfg)
+    found = latest_checkpoint(cfg.storage_path, cfg.run_name)
     if found is not None and found[1].get("step", 0) >= cfg.max_steps:
         checkpoint, metrics = found
         log.info(
