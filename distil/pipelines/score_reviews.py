@@ -85,6 +85,7 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
         self.cache, self.max_length = cfg.model_cache, cfg.max_length
         self.quantize, self.bf16, self.threads = cfg.quantize, cfg.bf16, cfg.torch_threads
         self.micro_batch_size = cfg.micro_batch_size
+        self.device = cfg.device
 
     def load_model(self) -> classifier.SequenceClassifier:
         local, fp = classifier.fetch_model(self.model_url, self.cache)
@@ -96,6 +97,7 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
             quantize=self.quantize,
             bf16=self.bf16,
             torch_threads=self.threads,
+            device=self.device,
         )
 
     def run_inference(
@@ -289,6 +291,8 @@ def run(cfg: ScoreConfig) -> dict:
     id2label = {int(k): v for k, v in manifest["id2label"].items()}
     if cfg.quantize and cfg.bf16:
         raise ValueError("--quantize and --bf16 are exclusive: choose one")
+    if cfg.quantize and cfg.device != "cpu":
+        raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
     if cfg.teacher_cache:
         from distil.sentiment.teacher_cache import check_labels, open_teacher_cache
 

@@ -153,6 +153,11 @@ class ScoreConfig(StageConfig):
     torch_threads: int | None = Field(
         None, description="intra-op threads per Beam worker process (default: torch's choice)"
     )
+    device: str = Field(
+        "cpu",
+        description="torch device the model runs on in each worker: cpu, or cuda / cuda:N on "
+        "GPU workers (--bf16 then uses tensor cores; --quantize is CPU-only)",
+    )
     share_model_across_processes: bool = Field(
         False,
         description="one model per machine shared by all SDK worker processes (Beam "
