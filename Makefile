@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # requirements.lock has no torch and nothing in it depends on torch. See README "Quick start".
 TORCH_SPEC ?= -r requirements-torch.txt
 
-.PHONY: setup test test-fast lint format demo stack-up stack-down stack-status bench clean
+.PHONY: setup test test-fast lint format demo stack-up stack-down stack-status bench gpu-check clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-torch.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: setup
 	$(PY) bench/teacher_logits.py
 	$(PY) bench/distil_step.py
 	$(PY) bench/score.py
+
+# Every GPU path once at small scale on one CUDA GPU (<= 8 min); README "GPU check". Its CPU dry
+# run (`bench/gpu_check.py --dry-run`) is part of `make test` (tests/bench/test_gpu_check.py).
+gpu-check: setup
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

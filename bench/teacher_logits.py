@@ -38,7 +38,24 @@ SIZES = {  # (layers, hidden, heads, intermediate)
     "minilm": (6, 384, 12, 1536),
     "bert-base": (12, 768, 12, 3072),
 }
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+# Dense bf16 tensor-core peaks (no sparsity) from NVIDIA's data sheets, matched in this order
+# against torch.cuda.get_device_name() (so "H100 PCIe" before "H100", "L40S" before "L4").
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+)
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU by its CUDA name; None when not in the table."""
+    return next((v for k, v in PEAK_BF16_TFLOPS if k in device_name), None)
 
 
 def real_sequences(n: int, seq_len: int, tokenizer) -> np.ndarray:
@@ -226,7 +243,7 @@ def main() -> None:
     )
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
-        peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        peak = args.peak_tflops or peak_bf16_tflops(name)
         flops_a = model_flops(model, len(seqs) * args.seq_len, positions, args.seq_len)
         flops_b = model_flops(
             model, len(seqs) * args.seq_len, len(seqs) * args.seq_len, args.seq_len

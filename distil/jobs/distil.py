@@ -152,12 +152,13 @@ def export_student(
 
 
 def latest_checkpoint(
-    cfg: DistilConfig,
+    storage_path: str, run_name: str
 ) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
     """The run's latest registered checkpoint, its reported metrics and its recorded run
     identity (None if it has none), from the snapshot Ray Train keeps under
-    ``storage_path/run_name`` (the same one it restores from); None if there is no checkpoint."""
-    run_url = storage.join(cfg.storage_path, cfg.run_name)
+    ``storage_path/run_name`` (the same one it restores from); None if there is no checkpoint.
+    Shared by the distil and fine-tune jobs."""
+    run_url = storage.join(storage_path, run_name)
     try:
         snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
     except FileNotFoundError:
@@ -192,7 +193,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     if cfg.run_name is None:
         cfg = cfg.model_copy(update={"run_name": identity.default_name})
     log.info("run %r (identity %s)", cfg.run_name, identity.fingerprint)
-    found = latest_checkpoint(cfg)
+    found = latest_checkpoint(cfg.storage_path, cfg.run_name)
     if found is not None:
         where = (
             f"of run {cfg.run_name!r} under {storage.redact(cfg.storage_path)} "

@@ -1,26 +1,35 @@
-"""Stage 4a: fine-tune a sentiment classifier on labelled reviews with Ray Train (DDP, gloo on CPU).
+"""Stage 4a: fine-tune a sentiment classifier on labelled reviews with Ray Train (DDP: gloo on
+CPU, NCCL with one GPU per worker when ``use_gpu``).
 
     ray job submit --address http://127.0.0.1:8265 -- \\
         python -m distil.jobs.finetune --config finetune/default \\
         --model s3://distil/student --output s3://distil/sentiment
 
 or ``distil finetune …`` (``init_ray``: the cluster in RAY_ADDRESS, else an embedded Ray).
-Each worker builds a :class:`FinetuneRecipe` (one DDP rank); rank 0 evaluates, exports the
-HF classifier dir + metrics.json to ``OUTPUT/<run-name>``, and moves ``OUTPUT/latest.json``.
+Each worker builds a :class:`FinetuneRecipe` (one DDP rank) on ``ray.train.torch.get_device()``;
+rank 0 reports a checkpoint (model, optimizer, scheduler, step) every ``checkpoint_every`` steps
+into ``ray_storage_path/<run-name>``, so a failed worker group restarts from it
+(``max_failures``) and resubmitting the same ``--run-name`` resumes; a finished run whose export
+is committed does no steps. At the end rank 0 evaluates, exports the HF classifier dir +
+metrics.json to ``OUTPUT/<run-name>``, and moves ``OUTPUT/latest.json``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Any
 
 import ray.train
-from ray.train import RunConfig, ScalingConfig
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray
 from distil.config import absolute_paths, job_main
+from distil.jobs.distil import latest_checkpoint
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
 
@@ -34,46 +43,101 @@ def _setup_logging() -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker = one DDP rank (Ray has set up the gloo process group)."""
+    """One Ray Train worker = one DDP rank (Ray has set up the gloo/NCCL process group)."""
     _setup_logging()
     cfg = FinetuneConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
-    recipe = FinetuneRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
-    recipe.setup()
-    recipe.train()
-    if recipe.rank == 0:
-        recipe.save_checkpoint(config["model_url"])
-    # every rank reports once (a sync point, so no worker exits before rank 0 has exported)
-    ray.train.report({"rank": recipe.rank})
+    rank = ctx.get_world_rank()
+    recipe = FinetuneRecipe(
+        cfg, rank=rank, world_size=ctx.get_world_size(), device=ray.train.torch.get_device()
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        recipe.setup()
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            recipe.setup(ckpt_dir)
+        log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
+
+    def report(step: int, metrics: dict[str, Any], save: bool) -> None:
+        # every rank reports (Ray Train's sync point); rank 0 attaches the checkpoint
+        metrics = {**metrics, "pid": os.getpid()}
+        if save and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                recipe.save_checkpoint(tmp)
+                ray.train.report(
+                    metrics,
+                    checkpoint=Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"step-{step:08d}",
+                )
+        else:
+            ray.train.report(metrics)
+
+    recipe.train(report)
+    if rank == 0:
+        recipe.export(config["model_url"])
+    # every rank reports once more: no worker exits before rank 0 has exported
+    ray.train.report({**recipe.progress(), "exported": True})
+
+
+def storage_url(cfg: FinetuneConfig) -> str:
+    """Where Ray Train keeps the run (``ray_storage_path``, else Ray's default ~/ray_results)."""
+    return cfg.ray_storage_path or os.path.expanduser("~/ray_results")
+
+
+def build_trainer(cfg: FinetuneConfig, model_url: str) -> TorchTrainer:
+    fs, path = storage.arrow_filesystem(storage_url(cfg))
+    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(), "model_url": model_url},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name_of(model_url),
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+
+
+def run_name_of(model_url: str) -> str:
+    """The Ray Train run name: the export's directory name (``--run-name`` or the timestamp)."""
+    return model_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune with Ray Train, export the classifier, return a JSON-able summary."""
+    """Fine-tune (or resume) with Ray Train, export the classifier, return a JSON-able summary.
+
+    A run whose latest checkpoint is final and whose export is committed is not trained again:
+    the summary says ``steps_run: 0``."""
     _setup_logging()
     cfg = absolute_paths(cfg)
     if cfg.train is None:  # assemble the default data once, on the driver
         cfg = cfg.model_copy(update={"train": default_train_url(cfg)})
     model_url = model_url_for(cfg)
+    found = latest_checkpoint(storage_url(cfg), run_name_of(model_url))
+    if found is not None and found[1].get("done") and storage.is_committed(model_url):
+        log.info("run %r already finished and exported: nothing to train", run_name_of(model_url))
+        return {**summary_of(cfg, model_url), "start_step": found[1]["step"], "steps_run": 0}
+    if found is not None:
+        log.info("resuming run %r from step %s", run_name_of(model_url), found[1].get("step"))
     init_ray()
-    storage_kw: dict[str, Any] = {}
-    if cfg.ray_storage_path:
-        fs, path = storage.arrow_filesystem(cfg.ray_storage_path)
-        storage_kw = {"storage_path": path, "storage_filesystem": fs}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "model_url": model_url},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, resources_per_worker={"CPU": cfg.cpus_per_worker}
-        ),
-        run_config=RunConfig(name=model_url.rstrip("/").rsplit("/", 1)[-1], **storage_kw),
-    )
-    result = trainer.fit()
+    result = build_trainer(cfg, model_url).fit()
     if result.error:
         raise result.error
-    # Ray Train 2.x keeps reported metrics only alongside checkpoints; the committed export is
-    # the record of the run anyway, so the summary is read back from it.
+    # The committed export is the record of the run: the summary is read back from it, plus
+    # where the last (successful) attempt started.
     summary = summary_of(cfg, model_url)
+    last = latest_checkpoint(storage_url(cfg), run_name_of(model_url))
+    start = last[1].get("start_step", 0) if last else 0
+    summary.update(start_step=start, steps_run=summary["metrics"]["steps"] - start)
     log.info(
         "fine-tuned %s: validation accuracy %.4f, F1 %.4f -> %s",
         cfg.model,

@@ -65,6 +65,7 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
         self.cache, self.max_length = cfg.model_cache, cfg.max_length
         self.quantize, self.bf16, self.threads = cfg.quantize, cfg.bf16, torch_threads
         self.micro_batch_size = cfg.micro_batch_size
+        self.device = cfg.device
 
     def load_model(self) -> classifier.SequenceClassifier:
         """Runs once per SDK worker process (per machine with ``large_model``)."""
@@ -75,7 +76,11 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
         if fp != self.fingerprint:
             raise ValueError(f"model changed under the run: {fp} != {self.fingerprint}")
         return classifier.SequenceClassifier(
-            local, max_length=self.max_length, quantize=self.quantize, bf16=self.bf16
+            local,
+            max_length=self.max_length,
+            quantize=self.quantize,
+            bf16=self.bf16,
+            device=self.device,
         )
 
     def run_inference(

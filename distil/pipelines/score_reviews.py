@@ -250,6 +250,8 @@ def run(cfg: ScoreConfig) -> dict:
     id2label = {int(k): v for k, v in manifest["id2label"].items()}
     if cfg.quantize and cfg.bf16:
         raise ValueError("--quantize and --bf16 are exclusive: choose one")
+    if cfg.quantize and cfg.device != "cpu":
+        raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
     if cfg.teacher_cache:
         from distil.sentiment.teacher_cache import check_labels, open_teacher_cache
 

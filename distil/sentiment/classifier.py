@@ -152,6 +152,7 @@ class SequenceClassifier:
         quantize: bool = False,
         bf16: bool = False,
         torch_threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -160,11 +161,16 @@ class SequenceClassifier:
             torch.set_num_threads(torch_threads)
         if quantize and bf16:
             raise ValueError("choose one of int8 quantisation and bf16, not both")
+        self.device = torch.device(device)
+        if quantize and self.device.type != "cpu":
+            raise ValueError("int8 quantisation runs on the CPU only: drop --quantize on a GPU")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device} but torch sees no CUDA device here")
         self.local_dir = local_dir
         self.max_length = max_length
         self.bf16 = bf16
         model = AutoModelForSequenceClassification.from_pretrained(local_dir)
-        model.eval()
+        model.eval().to(self.device)
         if quantize:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated
@@ -200,9 +206,9 @@ class SequenceClassifier:
             return out
         lengths = np.fromiter((len(x) for x in ids), np.int64, n)
         order = np.argsort(lengths, kind="stable")
-        # bf16 autocast: matmuls in bfloat16 (native on CPUs with AVX512-BF16 / AMX), softmax
-        # and LayerNorm stay fp32; logits come back as fp32.
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        # bf16 autocast: matmuls in bfloat16 (tensor cores on GPU; native on CPUs with
+        # AVX512-BF16 / AMX), softmax and LayerNorm stay fp32; logits come back as fp32.
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
             for start in range(0, n, micro_batch_size):
                 idx = order[start : start + micro_batch_size]
@@ -213,9 +219,10 @@ class SequenceClassifier:
                     batch[j, : lengths[i]] = ids[i]
                     mask[j, : lengths[i]] = 1
                 logits = self.model(
-                    input_ids=torch.from_numpy(batch), attention_mask=torch.from_numpy(mask)
+                    input_ids=torch.from_numpy(batch).to(self.device, non_blocking=True),
+                    attention_mask=torch.from_numpy(mask).to(self.device, non_blocking=True),
                 ).logits
-                out[idx] = logits.float().numpy()
+                out[idx] = logits.float().cpu().numpy()
         return out
 
     def classify(self, texts: list[str], micro_batch_size: int = 64) -> dict[str, np.ndarray]:

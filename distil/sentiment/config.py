@@ -76,14 +76,27 @@ class FinetuneConfig(StageConfig):
     warmup_fraction: float = Field(0.1, description="share of steps with linear LR warm-up")
     grad_clip: float = Field(1.0, description="clip the global grad norm to this value")
     seed: int = Field(0, description="seed for the head init and the data order")
-    num_workers: int = Field(1, description="Ray Train workers (DDP, gloo on CPU)")
+    num_workers: int = Field(1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL) instead of CPU (gloo)")
+    bf16: bool = Field(True, description="bf16 autocast on GPU (no effect on CPU)")
     cpus_per_worker: float = Field(0.5, description="CPUs Ray reserves per train worker")
+    checkpoint_every: int = Field(
+        200,
+        ge=1,
+        description="report a checkpoint (model, optimizer, scheduler, step) to Ray Train every "
+        "N steps and at the end; a restarted worker group resumes from the latest",
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in Ray Train storage")
+    max_failures: int = Field(
+        2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"
+    )
     torch_threads: int | None = Field(
         None, description="intra-op threads per worker (default: torch's own choice)"
     )
     ray_storage_path: str | None = Field(
         None,
-        description="Ray Train run storage (URL; needed on multi-node clusters). Default: "
+        description="Ray Train run state and checkpoints (URL; needed on multi-node clusters); "
+        "the run is named after --run-name, so resubmitting a name resumes it. Default: "
         "~/ray_results on the driver",
     )
     teacher_cache: str | None = Field(
@@ -156,6 +169,11 @@ class ScoreConfig(StageConfig):
         description="intra-op torch threads per Beam SDK worker process (default: on "
         "FnApiRunner/DirectRunner the CPUs divided by --direct_num_workers, on distributed "
         "runners 1)",
+    )
+    device: str = Field(
+        "cpu",
+        description="torch device the model runs on in each worker: cpu, or cuda / cuda:N on "
+        "GPU workers (--bf16 then uses tensor cores; --quantize is CPU-only)",
     )
     share_model_across_processes: bool = Field(
         False,

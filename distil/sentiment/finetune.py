@@ -1,6 +1,12 @@
-"""Sentiment fine-tuning recipe, engine-free: setup / train / evaluate / save_checkpoint for one
-DDP rank. ``jobs/finetune.py`` runs one recipe per Ray Train worker; tests run it directly
-(world size 1, no Ray) through :func:`run_local`.
+"""Sentiment fine-tuning recipe, engine-free: setup / train / save_checkpoint / evaluate / export
+for one DDP rank. ``jobs/finetune.py`` runs one recipe per Ray Train worker (gloo on CPU, NCCL on
+CUDA: the same code, the model and every batch on ``device``); tests run it directly (world size
+1, no Ray) through :func:`run_local`.
+
+A checkpoint (:meth:`FinetuneRecipe.save_checkpoint`) holds the model, optimizer, scheduler,
+step and the loss window; the data position is a function of (seed, step), and dropout is
+reseeded from (seed, step, rank) every step, so a recipe set up from a checkpoint continues
+exactly where the saved one was.
 
 Loss per example: ``(1 - kd_alpha) * CE(label) + kd_alpha * T² * KL(teacher_T ‖ student_T)``
 when a task-level teacher cache is given and covers the text (DistilBERT's second distillation
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,47 +31,50 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from distil import losses, storage
 from distil.packaged import resolve_model_ref
 from distil.sentiment.config import FinetuneConfig
-from distil.sentiment.finetune_export import metrics_of, model_url_for, publish_classifier
+from distil.sentiment.finetune_export import (
+    classification_metrics,
+    export_recipe,
+    metrics_of,
+    model_url_for,
+)
 from distil.sentiment.labelled_data import default_train_url, load_labelled, split_rows
-from distil.sentiment.review_files import text_sha256
 from distil.sentiment.reviews import id_hash
 
 log = logging.getLogger("distil.finetune")
 
+TRAIN_STATE = "finetune_state.pt"  # the checkpoint file in a Ray Train checkpoint dir
 
-def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> dict:
-    """Accuracy, macro F1 and per-class F1 (for 2 classes, ``f1`` is the positive class's)."""
-    f1s = []
-    for c in range(num_labels):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    out = {
-        "accuracy": float((pred == gold).mean()) if len(gold) else float("nan"),
-        "f1_macro": float(np.mean(f1s)),
-        "f1_per_class": f1s,
-        "examples": int(len(gold)),
-    }
-    if num_labels == 2:
-        out["f1"] = f1s[1]
-    return out
+# called at checkpoint steps with (step, metrics, save_checkpoint?): the Ray job reports there
+ReportFn = Callable[[int, dict[str, Any], bool], None]
 
 
 class FinetuneRecipe:
-    """setup → train → save_checkpoint for one DDP rank (``world_size`` 1 without Ray)."""
+    """setup → train → export for one DDP rank (``world_size`` 1 without Ray), on ``device``."""
 
-    def __init__(self, cfg: FinetuneConfig, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device(device)
         self.history: list[dict[str, Any]] = []
+        self.step = self.start_step = 0
+        self.running: list[float] = []  # losses since the last log line
+        self.train_seconds = 0.0
 
     # -- setup
-    def setup(self) -> None:
+    def setup(self, checkpoint_dir: str | None = None) -> None:
+        """Load model, data and schedule; with ``checkpoint_dir``, continue from that checkpoint."""
         from transformers import (
             AutoModelForSequenceClassification,
             AutoTokenizer,
@@ -109,28 +119,16 @@ class FinetuneRecipe:
         self.val_ids = self._encode([r["text"] for r in val])
         self.train_labels = torch.tensor([r["label"] for r in train])
         self.val_labels = np.array([r["label"] for r in val])
-
         self.teacher_logits = None
         if cfg.teacher_cache:
-            from distil.sentiment.teacher_cache import (
-                check_labels,
-                open_teacher_cache,
-                read_teacher_cache,
-            )
+            from distil.sentiment.teacher_cache import teacher_targets
 
-            check_labels(open_teacher_cache(cfg.teacher_cache), dict(enumerate(labels)))
-            cache = read_teacher_cache(cfg.teacher_cache)
-            t = np.zeros((len(train), len(labels)), np.float32)
-            covered = np.zeros(len(train), bool)
-            for i, r in enumerate(train):
-                hit = cache.get(text_sha256(r["text"]))
-                if hit is not None:
-                    t[i], covered[i] = hit, True
             self.teacher_logits, self.teacher_covered = (
-                torch.from_numpy(t),
-                torch.from_numpy(covered),
+                torch.from_numpy(a)
+                for a in teacher_targets(
+                    cfg.teacher_cache, [r["text"] for r in train], dict(enumerate(labels))
+                )
             )
-            log.info("teacher cache covers %d / %d training rows", covered.sum(), len(train))
 
         per_step = cfg.batch_size * self.world_size
         steps_per_epoch = math.ceil(len(train) / per_step)
@@ -139,6 +137,17 @@ class FinetuneRecipe:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.steps_per_epoch = steps_per_epoch
         self.warmup = int(cfg.warmup_fraction * self.total_steps)
+
+        state = None
+        if checkpoint_dir is not None:
+            state = torch.load(
+                os.path.join(checkpoint_dir, TRAIN_STATE),
+                map_location=self.device,
+                weights_only=True,
+            )
+            self._check_resumable(state, checkpoint_dir)
+            self.model.load_state_dict(state["model"])
+        self.model.to(self.device).train()
 
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
         params = list(self.model.named_parameters())
@@ -151,20 +160,37 @@ class FinetuneRecipe:
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         # Linear warm-up from 0 to the peak over ``warmup`` steps, then linear decay to 0 at
-        # ``total_steps``. No resume: a run is short and restarts from scratch, so the
-        # scheduler's state is never saved.
+        # ``total_steps``; its state is checkpointed with the optimizer's.
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, self.warmup, self.total_steps
         )
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.history = state["step"], list(state["history"])
+            self.running = list(state["running"])
+        self.start_step = self.step
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _check_resumable(self, state: dict[str, Any], checkpoint_dir: str) -> None:
+        have = (len(self.train_rows), self.total_steps, self.world_size)
+        saved = (state["train_examples"], state["total_steps"], state["world_size"])
+        if have != saved:
+            raise ValueError(
+                f"checkpoint {checkpoint_dir} was taken with (train examples, total steps, "
+                f"workers) = {saved}, this run has {have}: resume with the same data and config, "
+                "or start a new run (another --run-name)"
+            )
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         enc = self.tokenizer(texts, truncation=True, max_length=self.cfg.max_length)
         return enc["input_ids"]
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) built on the CPU, returned on the training device."""
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -172,7 +198,7 @@ class FinetuneRecipe:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        return ids, mask
+        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
 
     def _rank_batch(self, step: int) -> np.ndarray:
         """Row indices of this rank's batch at ``step``: each epoch is one seeded permutation,
@@ -184,39 +210,71 @@ class FinetuneRecipe:
         start = within * per_step + self.rank * self.cfg.batch_size
         return perm[np.arange(start, start + self.cfg.batch_size) % len(perm)]
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA (``cfg.bf16``); a no-op on CPU, where bf16 matmuls are slower."""
+        on = self.cfg.bf16 and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def _global_loss(self) -> float:
+        """Mean loss of the window over every rank. The reduced tensor lives on the training
+        device: NCCL refuses CPU tensors (gloo takes either)."""
+        agg = torch.tensor(
+            [sum(self.running), len(self.running)], dtype=torch.float64, device=self.device
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(agg)
+        return float(agg[0] / agg[1])
+
     # -- train
-    def train(self, report: Callable[[int, dict[str, Any]], None] | None = None) -> dict:
+    def train_step(self) -> tuple[float, torch.Tensor]:
+        """One optimizer step on this rank's batch at ``self.step``: (loss, grad norm)."""
         cfg = self.cfg
+        # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
+        idx = self._rank_batch(self.step)
+        ids, mask = self._pad([self.train_ids[i] for i in idx])
+        labels = self.train_labels[idx].to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = self.ddp_model(input_ids=ids, attention_mask=mask).logits.float()
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        loss_rows = ce
+        if self.teacher_logits is not None:
+            teacher = self.teacher_logits[idx].to(self.device, non_blocking=True)
+            kd = losses.kd_dense(logits, teacher, cfg.kd_temperature, reduction="none")
+            covered = self.teacher_covered[idx].to(self.device, non_blocking=True)
+            loss_rows = torch.where(covered, (1 - cfg.kd_alpha) * ce + cfg.kd_alpha * kd, ce)
+        loss = loss_rows.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss.item(), grad_norm
+
+    def train(self, report: ReportFn | None = None) -> dict:
+        """Run to ``total_steps``; ``report`` is called at checkpoint steps and at the end."""
+        cfg = self.cfg
+        if self.step >= self.total_steps:
+            log.info("run already finished at step %d: nothing to do", self.step)
+            if report:
+                report(self.step, self.progress(), False)
+            return self.history[-1] if self.history else {}
         self.ddp_model.train()
-        t0, running = time.time(), []
-        for step in range(self.total_steps):
-            idx = self._rank_batch(step)
-            ids, mask = self._pad([self.train_ids[i] for i in idx])
-            logits = self.ddp_model(input_ids=ids, attention_mask=mask).logits
-            ce = F.cross_entropy(logits, self.train_labels[idx], reduction="none")
-            loss_rows = ce
-            if self.teacher_logits is not None:
-                kd = losses.kd_dense(
-                    logits, self.teacher_logits[idx], cfg.kd_temperature, reduction="none"
-                )
-                covered = self.teacher_covered[idx]
-                loss_rows = torch.where(covered, (1 - cfg.kd_alpha) * ce + cfg.kd_alpha * kd, ce)
-            loss = loss_rows.mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            running.append(loss.item())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps:
+        t0 = time.time()
+        while self.step < self.total_steps:
+            loss, grad_norm = self.train_step()
+            self.running.append(loss)
+            done = self.step == self.total_steps
+            if self.step % cfg.log_every == 0 or done:
                 rec = {
-                    "step": step + 1,
-                    "loss": float(np.mean(running)),
+                    "step": self.step,
+                    "loss": self._global_loss(),
                     "lr": self.scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm),
-                    "steps_per_s": (step + 1) / (time.time() - t0),
+                    "steps_per_s": (self.step - self.start_step) / (time.time() - t0),
                 }
-                running = []
+                self.running = []
                 self.history.append(rec)
                 if self.rank == 0:
                     log.info(
@@ -227,10 +285,40 @@ class FinetuneRecipe:
                         rec["lr"],
                         rec["steps_per_s"],
                     )
-                if report:
-                    report(step + 1, rec)
+            if report and (self.step % cfg.checkpoint_every == 0 or done):
+                report(self.step, self.progress(), True)
         self.train_seconds = time.time() - t0
         return self.history[-1] if self.history else {}
+
+    def progress(self) -> dict[str, Any]:
+        """What a checkpoint reports to Ray Train (the driver reads ``done`` on resubmit)."""
+        last = self.history[-1] if self.history else {}
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "start_step": self.start_step,
+            "steps_run": self.step - self.start_step,
+            "done": self.step >= self.total_steps,
+            **{k: last[k] for k in ("loss", "lr") if k in last},
+        }
+
+    # -- checkpoint
+    def save_checkpoint(self, directory: str) -> None:
+        """Model, optimizer, scheduler, step and loss window into ``directory`` (rank 0)."""
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "train_examples": len(self.train_rows),
+                "world_size": self.world_size,
+                "history": self.history,
+                "running": self.running,
+            },
+            os.path.join(directory, TRAIN_STATE),
+        )
 
     # -- evaluate
     @torch.inference_mode()
@@ -241,7 +329,9 @@ class FinetuneRecipe:
         for start in range(0, len(seqs), batch_size):
             idx = order[start : start + batch_size]
             ids, mask = self._pad([seqs[i] for i in idx])
-            out[idx] = self.model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+            with self._autocast():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            out[idx] = logits.float().cpu().numpy()
         self.model.train()
         return out
 
@@ -253,60 +343,22 @@ class FinetuneRecipe:
         )
         return m
 
-    # -- save
-    def save_checkpoint(self, model_url: str) -> dict[str, Any]:
-        """Rank 0: export the HF classifier + metrics.json, move the latest pointer, optionally
-        cache this model's logits as a teacher for a student run."""
-        cfg = self.cfg
-        val = self.evaluate()
-        metrics = {
-            "validation": val,
-            "accuracy": val["accuracy"],
-            "f1": val.get("f1", val["f1_macro"]),
-            "model": cfg.model,
-            "train_examples": len(self.train_rows),
-            "validation_examples": len(self.val_rows),
-            "steps": self.total_steps,
-            "world_size": self.world_size,
-            "train_seconds": round(getattr(self, "train_seconds", 0.0), 1),
-            "kd": {
-                "teacher_cache": cfg.teacher_cache,
-                "alpha": cfg.kd_alpha,
-                "temperature": cfg.kd_temperature,
-            }
-            if cfg.teacher_cache
-            else None,
-            "data": self.data_accounting,
-            "history": self.history,
-            "config": cfg.model_dump(),
-        }
-        out = publish_classifier(self.model, self.tokenizer, model_url, metrics, cfg)
-        if cfg.write_teacher_cache:
-            from distil.sentiment.teacher_cache import write_teacher_cache
-
-            rows = self.train_rows + self.val_rows
-            logits = self.predict_logits(self.train_ids + self.val_ids)
-            write_teacher_cache(
-                cfg.write_teacher_cache,
-                [r["text"] for r in rows],
-                logits,
-                dict(enumerate(cfg.labels)),
-                model_url,
-                out["fingerprint"],
-            )
-            out["teacher_cache"] = cfg.write_teacher_cache
-        return out
+    # -- export
+    def export(self, model_url: str) -> dict[str, Any]:
+        """Rank 0: evaluate and publish the classifier (:func:`export_recipe`)."""
+        return export_recipe(self, model_url)
 
 
-def run_local(cfg: FinetuneConfig) -> dict[str, Any]:
+def run_local(cfg: FinetuneConfig, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Fine-tune in this process (world size 1): what one Ray worker does, without Ray."""
-    recipe = FinetuneRecipe(cfg)
+    recipe = FinetuneRecipe(cfg, device=device)
     recipe.setup()
     recipe.train()
-    return recipe.save_checkpoint(model_url_for(cfg))
+    return recipe.export(model_url_for(cfg))
 
 
 __all__ = [
+    "TRAIN_STATE",
     "FinetuneRecipe",
     "classification_metrics",
     "default_train_url",

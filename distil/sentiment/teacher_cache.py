@@ -102,3 +102,19 @@ def check_labels(manifest: dict[str, Any], id2label: dict[int, str]) -> None:
     cached = {int(k): v for k, v in manifest["id2label"].items()}
     if cached != {int(k): v for k, v in id2label.items()}:
         raise ValueError(f"teacher cache classes {cached} differ from the model's {id2label}")
+
+
+def teacher_targets(
+    url: str, texts: list[str], id2label: dict[int, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``[n, classes]`` float32 teacher logits, ``[n]`` bool covered) for ``texts`` from the
+    cache at ``url`` (rows the cache lacks are zeros, not covered)."""
+    check_labels(open_teacher_cache(url), id2label)
+    cache = read_teacher_cache(url)
+    logits = np.zeros((len(texts), len(id2label)), np.float32)
+    covered = np.zeros(len(texts), bool)
+    for i, text in enumerate(texts):
+        hit = cache.get(text_sha256(text))
+        if hit is not None:
+            logits[i], covered[i] = hit, True
+    return logits, covered

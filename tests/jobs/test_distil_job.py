@@ -5,13 +5,9 @@ resubmitted; the export is loaded by transformers' fill-mask pipeline."""
 from __future__ import annotations
 
 import os
-import re
-import signal
-import threading
-import time
-from pathlib import Path
 
 import pytest
+from train_workers import KillAfterFirstCheckpoint, checkpoint_steps
 
 from distil import storage
 from distil.train.config import DistilConfig
@@ -21,57 +17,6 @@ def _job():
     import distil.jobs.distil
 
     return distil.jobs.distil
-
-
-def _descendants(pid: int) -> list[int]:
-    """PIDs below ``pid`` (this test's own Ray processes only, never another user's)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _train_worker_pids() -> list[int]:
-    pids = []
-    for pid in _descendants(os.getpid()):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "RayTrainWorker" in cmd:
-            pids.append(pid)
-    return pids
-
-
-def _checkpoint_steps(run_url: str) -> list[int]:
-    fs, path = storage.get_fs(run_url)
-    fs.invalidate_cache()
-    try:
-        names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-    except FileNotFoundError:
-        return []
-    return sorted(int(n.split("-")[1]) for n in names if n.startswith("step-"))
-
-
-def _registered_steps(run_url: str) -> list[int]:
-    """Checkpoints Ray Train has registered (its snapshot in storage), not just uploaded dirs."""
-    try:
-        text = storage.read_bytes(storage.join(run_url, "checkpoint_manager_snapshot.json"))
-    except FileNotFoundError:
-        return []
-    return sorted({int(m) for m in re.findall(r"step-(\d{8})", text.decode())})
 
 
 @pytest.mark.timeout(420)
@@ -94,36 +39,16 @@ def test_kill_a_worker_resume_resubmit_and_export(ray_local, s3_url, s3_cache, t
         max_failures=2,
     )
     run_url = storage.join(cfg.storage_path, cfg.run_name)
-    killed: list[int] = []
-    registered_at_kill: list[int] = []
-
-    seen: dict[str, object] = {}
-
-    def killer():
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            steps = _registered_steps(run_url)
-            pids = _train_worker_pids()
-            seen.update(steps=steps, pids=pids)
-            if steps and pids:
-                os.kill(pids[-1], signal.SIGKILL)
-                killed.append(pids[-1])
-                registered_at_kill.append(steps[-1])
-                return
-            time.sleep(0.2)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    first = job.run(cfg)
-    t.join(5)
-    assert killed, f"no worker was killed; the killer last saw {seen}"
+    with KillAfterFirstCheckpoint(run_url) as killer:
+        first = job.run(cfg)
+    assert killer.killed, f"no worker was killed; the killer last saw {killer.seen}"
     last = first["last_report"]
     assert last["step"] == 40
     # the final attempt started from a checkpoint, not from scratch
-    assert last["start_step"] >= registered_at_kill[0] > 0 and last["start_step"] % 5 == 0
+    assert last["start_step"] >= killer.registered_at_kill[0] > 0 and last["start_step"] % 5 == 0
     assert last["steps_run"] == 40 - last["start_step"]
     assert first["metrics"]["step"] == 40 and 0 <= first["metrics"]["eval_teacher_agreement"] <= 1
-    assert _checkpoint_steps(run_url)[-1] == 40
+    assert checkpoint_steps(run_url)[-1] == 40
 
     # resubmit the finished run's name: no step is redone, the export is kept
     manifest_before = storage.read_bytes(storage.join(cfg.output, "manifest.json"))

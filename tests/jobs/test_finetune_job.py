@@ -1,17 +1,21 @@
-"""distil.jobs.finetune (what jobs/finetune.py runs) on a real local Ray cluster: 2 DDP workers (gloo), data and model on S3."""
+"""distil.jobs.finetune (what jobs/finetune.py runs) on a real local Ray cluster: 2 DDP workers
+(gloo), data, model and Ray Train checkpoints on S3; a worker is SIGKILLed after the first
+checkpoint and the run resumes from it; the finished run is resubmitted and does no steps."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from train_workers import KillAfterFirstCheckpoint, checkpoint_steps
 
 from distil import storage
 from distil.sentiment.config import FinetuneConfig
 
 
 @pytest.mark.timeout(420)
-def test_ray_finetune_learns_exports_and_points_latest(
+def test_ray_finetune_survives_a_killed_worker_learns_exports_and_resubmits(
     ray_local, s3_url, tiny_base_dir, tmp_path, make_planted_reviews
 ):
     from transformers import pipeline
@@ -39,8 +43,22 @@ def test_ray_finetune_learns_exports_and_points_latest(
         validation_fraction=0.2,
         torch_threads=1,
         write_teacher_cache=storage.join(s3_url, "teacher"),
+        ray_storage_path=storage.join(s3_url, "runs"),
+        checkpoint_every=5,
+        log_every=5,
+        max_failures=2,
     )
-    out = run(cfg)
+    run_url = storage.join(s3_url, "runs", "ddp")
+    with KillAfterFirstCheckpoint(run_url) as killer:
+        out = run(cfg)
+    assert killer.killed, f"no worker was killed; the killer last saw {killer.seen}"
+    # 3 epochs of 16 rows per step; the last attempt started from a checkpoint, not from scratch
+    total = out["metrics"]["steps"]
+    assert total == 3 * math.ceil(out["metrics"]["train_examples"] / 16)
+    assert out["start_step"] >= killer.registered_at_kill[0] > 0
+    assert out["start_step"] % 5 == 0 or out["start_step"] == total
+    assert out["steps_run"] == total - out["start_step"]
+    assert checkpoint_steps(run_url)[-1] == total
 
     model_url = storage.join(s3_url, "models", "ddp")
     assert out["model_url"] == model_url
@@ -59,3 +77,9 @@ def test_ray_finetune_learns_exports_and_points_latest(
 
     cache = read_teacher_cache(storage.join(s3_url, "teacher"))
     assert len(cache) == len({r["text"] for r in rows})
+
+    # resubmit the finished run's name: no step is redone, the export is kept
+    manifest_before = storage.read_bytes(storage.join(model_url, "manifest.json"))
+    again = run(cfg)
+    assert (again["steps_run"], again["start_step"]) == (0, total)
+    assert storage.read_bytes(storage.join(model_url, "manifest.json")) == manifest_before

@@ -72,3 +72,25 @@ def test_int8_quantisation_stays_close(real_tokenizer_dir, tmp_path):
     q = int8.classify(texts)
     diff = np.abs(q["probs"] - fp32["probs"]).max()
     assert 0 < diff < 0.02  # int8 really ran, and stayed close
+
+
+@pytest.mark.timeout(120)
+def test_device_is_checked_and_the_model_runs_there(real_tokenizer_dir, tmp_path):
+    """``device`` moves the model and every micro-batch (on a GPU worker: cuda); a device this
+    process cannot use, or int8 off the CPU, is refused up front with the reason."""
+    model, tok = _tiny(real_tokenizer_dir)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    clf = SequenceClassifier(str(tmp_path), device="cpu")
+    assert next(clf.model.parameters()).device == clf.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="int8 quantisation runs on the CPU only"):
+        SequenceClassifier(str(tmp_path), quantize=True, device="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            SequenceClassifier(str(tmp_path), device="cuda")
+    else:  # the GPU path gives the CPU's answer
+        gpu = SequenceClassifier(str(tmp_path), device="cuda")
+        texts = ["a fine film", "dull and long, far too long"]
+        np.testing.assert_allclose(
+            gpu.classify(texts)["probs"], clf.classify(texts)["probs"], atol=1e-4
+        )

@@ -1,0 +1,369 @@
+"""GPU check: every GPU path once, small, through the stages' real entry points; one table.
+
+    make gpu-check                       # python bench/gpu_check.py: one CUDA GPU, <= 8 min
+    python bench/gpu_check.py --dry-run  # the same code on the CPU at toy sizes (in `make test`)
+
+On an embedded Ray with local files (no object storage, no downloads: random-init models at
+BERT-base sizes saved with the packaged tokenizer, synthetic text):
+
+1. ``distil.jobs.teacher_logits.run``: the teacher cache on CUDA in bf16 (tokens/s of the whole
+   Ray job), plus the same batch function timed alone, with MFU against the GPU's dense bf16
+   peak (FLOPs: 2 x params x tokens + attention, head on the masked rows);
+2. ``distil.jobs.distil.run``: NCCL, bf16, 1 worker for 50 steps, cached vs online teacher, ms per
+   step (12 -> 6 layers); on a machine with more GPUs, cached again on all of them;
+3. ``distil.jobs.finetune.run``: the sentiment head on CUDA (NCCL, bf16);
+4. ``distil.pipelines.score_reviews.run`` (Beam, ``--device cuda``) vs
+   ``transformers.pipeline(device=0)`` on the same fine-tuned model, rows/s, both fp32.
+
+Without ``--dry-run`` it stops at once, saying so, where torch sees no CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+# what each scale runs: model shape, sequence length, and how much work per stage
+SCALES = {
+    "gpu": dict(
+        layers=12, hidden=768, heads=12, inter=3072, seq_len=128, docs=4000, words=220,
+        logits_batch=256, steps=50, batch=32, log_every=10, reviews=4000, score_rows=20000,
+        forward_iters=20,
+    ),
+    "dry-run": dict(
+        layers=2, hidden=32, heads=2, inter=64, seq_len=32, docs=60, words=40,
+        logits_batch=32, steps=6, batch=8, log_every=2, reviews=160, score_rows=300,
+        forward_iters=3,
+    ),
+}  # fmt: skip
+
+ROWS = (
+    "teacher logits: Ray job (bf16)",
+    "teacher logits: forward (bf16)",
+    "distil: cached teacher, 1 worker",
+    "distil: online teacher, 1 worker",
+    "distil: cached vs online",
+    "distil: cached, all GPUs",
+    "fine-tune: 1 worker",
+    "score: Beam pipeline",
+    "score: transformers.pipeline",
+    "score: Beam vs pipeline",
+)
+NA = "n/a"
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit(
+            f"gpu_check: torch {torch.__version__} sees no CUDA device "
+            f"(built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). Run it on a "
+            "GPU machine with a CUDA torch, or pass --dry-run for the CPU toy run."
+        )
+
+
+def make_teacher(work: Path, s: dict) -> str:
+    """A random-init ``BertForMaskedLM`` of the given shape with the packaged tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from distil.packaged import PACKAGED_TEACHER, resolve_model_ref
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=s["hidden"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        intermediate_size=s["inter"],
+    )
+    out = work / "teacher"
+    BertForMaskedLM(cfg).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(resolve_model_ref(PACKAGED_TEACHER)).save_pretrained(out)
+    return str(out)
+
+
+def make_corpus(work: Path, teacher: str, s: dict) -> str:
+    """Prepared shards (stage 1's format, by ``run_serial``) from synthetic documents drawn
+    from the tokenizer's whole-word vocabulary: throughput does not depend on the words."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from distil.data.config import PrepareConfig
+    from distil.data.prepare import run_serial
+
+    vocab = [w for w in AutoTokenizer.from_pretrained(teacher).vocab if w.isalpha()]
+    rng = np.random.default_rng(0)
+    (work / "text").mkdir()
+    with open(work / "text" / "docs.jsonl", "w") as f:
+        for _ in range(s["docs"]):
+            f.write(json.dumps({"text": " ".join(rng.choice(vocab, s["words"]))}) + "\n")
+    out = str(work / "prepared")
+    run_serial(
+        PrepareConfig(input=str(work / "text"), output=out, tokenizer=teacher, seq_len=s["seq_len"])
+    )
+    return out
+
+
+def reviews(n: int, seed: int, words: int = 24) -> list[dict]:
+    """Labelled reviews whose label is one planted sentiment word among filler."""
+    import numpy as np
+
+    pos, neg = ["great", "wonderful", "superb"], ["awful", "boring", "dreadful"]
+    filler = ["the", "film", "plot", "actor", "scene", "story", "was", "and", "it", "really"]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(2))
+        text = list(rng.choice(filler, words))
+        text.insert(int(rng.integers(words)), str(rng.choice(pos if label else neg)))
+        rows.append({"id": f"r{i}", "text": " ".join(text), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def check_logits(work: Path, teacher: str, prepared: str, s: dict, cuda: bool) -> dict:
+    from distil.jobs.teacher_logits import run
+    from distil.teacher.config import LogitsConfig
+
+    cfg = LogitsConfig(
+        input=prepared,
+        cache_root=str(work / "cache"),
+        teacher=teacher,
+        batch_size=s["logits_batch"],
+        device="cuda" if cuda else "cpu",
+    )
+    out = run(cfg)
+    return {"cache": out["cache_url"], "tokens": out["tokens"], "seconds": out["seconds"]}
+
+
+def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None, str]:
+    """(tokens/s, MFU or None, device name) of the stage's batch function alone, in bf16."""
+    import torch
+    from teacher_logits import model_flops, peak_bf16_tflops
+    from transformers import BertForMaskedLM
+
+    from distil.teacher.logits import teacher_logits_batch
+
+    device = torch.device("cuda" if cuda else "cpu")
+    model = BertForMaskedLM.from_pretrained(teacher).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    b, n = s["logits_batch"], s["seq_len"]
+    x = torch.randint(1000, 30000, (b, n), generator=g).to(device)
+    am = torch.ones_like(x)
+    pos = (torch.rand(b, n, generator=g) < 0.15).to(device)
+    spec = {"mode": "topk", "k": 8}
+    teacher_logits_batch(model, x, am, pos, spec)  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(s["forward_iters"]):
+        teacher_logits_batch(model, x, am, pos, spec)
+    if cuda:
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    tokens = b * n * s["forward_iters"]
+    if not cuda:
+        return tokens / secs, None, "cpu"
+    name = torch.cuda.get_device_name()
+    flops = model_flops(model, tokens, int(pos.sum()) * s["forward_iters"], n)
+    del model, x, am, pos
+    torch.cuda.empty_cache()  # the next stages' Ray workers need this GPU's memory
+    peak = peak_bf16_tflops(name)
+    return tokens / secs, (flops / secs / 1e12 / peak if peak else None), name
+
+
+def check_distil(work: Path, teacher: str, prepared: str, cache: str, s: dict, mode: str,
+                 workers: int, cuda: bool) -> float:  # fmt: skip
+    """Median ms per optimizer step over the log windows after the first (warm-up)."""
+    from distil import storage
+    from distil.jobs.distil import run
+    from distil.train.config import DistilConfig
+
+    name = f"{mode}-{workers}"
+    cfg = DistilConfig(
+        mode=mode,
+        cache=cache if mode == "cached" else None,
+        data=prepared if mode == "online" else None,
+        teacher=teacher,
+        output=str(work / "students" / name),
+        storage_path=str(work / "ray"),
+        run_name=name,
+        student_layers=max(1, s["layers"] // 2),
+        num_workers=workers,
+        use_gpu=cuda,
+        bf16=True,
+        cpus_per_worker=0.5,
+        batch_size=s["batch"],
+        max_steps=s["steps"],
+        warmup_steps=2,
+        log_every=s["log_every"],
+        eval_every=s["steps"],
+        eval_batches=2,
+        checkpoint_every=s["steps"],
+        max_failures=0,
+    )
+    run(cfg)
+    metrics = storage.read_json(storage.join(cfg.output, "metrics.json"))
+    tokens_per_step = metrics["tokens_seen"] / metrics["step"] * workers
+    windows = [tokens_per_step / h["tokens_per_s"] * 1000 for h in metrics["train_history"]]
+    return statistics.median(windows[1:] or windows)
+
+
+def check_finetune(work: Path, student: str, s: dict, cuda: bool) -> dict:
+    from distil.jobs.finetune import run
+    from distil.sentiment.config import FinetuneConfig
+
+    train = write_jsonl(work / "reviews.jsonl", reviews(s["reviews"], seed=1))
+    cfg = FinetuneConfig(
+        model=student,
+        train=train,
+        output=str(work / "sentiment"),
+        run_name="gpu-check",
+        ray_storage_path=str(work / "ray"),
+        use_gpu=cuda,
+        bf16=True,
+        num_workers=1,
+        max_steps=s["steps"],
+        batch_size=s["batch"],
+        max_length=s["seq_len"],
+        log_every=s["log_every"],
+        checkpoint_every=s["steps"],
+        max_failures=0,
+    )
+    out = run(cfg)
+    m = out["metrics"]
+    return {"model": out["model_url"], "steps_per_s": m["steps"] / max(m["train_seconds"], 1e-9)}
+
+
+def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> tuple[float, float]:
+    """(Beam rows/s, transformers.pipeline rows/s) on the same reviews and model, fp32."""
+    import torch
+    from transformers import pipeline
+
+    from distil.pipelines.score_reviews import run
+    from distil.sentiment.classifier import fetch_model
+    from distil.sentiment.config import ScoreConfig
+
+    rows = reviews(s["score_rows"], seed=2)
+    inp = write_jsonl(work / "score.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+    cfg = ScoreConfig(
+        input=[inp],
+        model=model_url,
+        output=str(work / "scored"),
+        run_id="gpu-check",
+        model_cache=str(work / "model-cache"),
+        device="cuda" if cuda else "cpu",
+        max_length=s["seq_len"],
+        micro_batch_size=256 if cuda else 64,
+    )
+    summary = run(cfg)
+    assert summary["scored"] == len(rows), summary
+    beam = len(rows) / summary["wall_s"]
+    local, _ = fetch_model(model_url, str(work / "model-cache"))
+    clf = pipeline("text-classification", model=local, device=0 if cuda else "cpu")
+    texts = [r["text"] for r in rows]
+    kw = dict(batch_size=256 if cuda else 32, truncation=True, max_length=s["seq_len"])
+    clf(texts[:64], **kw)  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    clf(texts, **kw)
+    if cuda:
+        torch.cuda.synchronize()
+    return beam, len(rows) / (time.perf_counter() - t0)
+
+
+def table(results: dict[str, tuple[str, str]], device: str) -> str:
+    lines = [f"GPU check on {device}", f"{'check':<36}{'figure':<48}note"]
+    lines.append("-" * 100)
+    for row in ROWS:
+        figure, note = results.get(row, (NA, "not run"))
+        lines.append(f"{row:<36}{figure:<48}{note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, GPU figures n/a")
+    p.add_argument("--work", default=None, help="scratch dir (default: a temp dir)")
+    args = p.parse_args(argv)
+    cuda = not args.dry_run
+    if cuda:
+        require_cuda()
+    import ray
+    import torch
+
+    os.environ.pop("RAY_ADDRESS", None)  # local files: always an embedded Ray on this machine
+    logging.basicConfig(level=logging.WARNING)
+    s = SCALES["gpu" if cuda else "dry-run"]
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-"))  # GBs at BERT-base sizes
+    work.mkdir(parents=True, exist_ok=True)
+    gpus = torch.cuda.device_count() if cuda else 0
+    device = f"{torch.cuda.get_device_name()} x{gpus}" if cuda else "cpu (dry run: toy sizes)"
+    backend = "NCCL, bf16" if cuda else "gloo, fp32 (bf16 is CUDA-only)"
+    shape = f"{s['layers']}L/{s['hidden']}H seq {s['seq_len']}"
+    res: dict[str, tuple[str, str]] = {}
+    t_all = time.perf_counter()
+    try:
+        teacher = make_teacher(work, s)
+        prepared = make_corpus(work, teacher, s)
+        lg = check_logits(work, teacher, prepared, s, cuda)
+        res[ROWS[0]] = (
+            f"{lg['tokens'] / lg['seconds']:,.0f} tokens/s",
+            f"{lg['tokens']:,} tokens in {lg['seconds']:.1f}s incl. Ray start + model load",
+        )
+        rate, mfu, name = forward_rate(teacher, s, cuda)
+        mfu_s = f"MFU {mfu:.1%}" if mfu is not None else f"MFU {NA}"
+        res[ROWS[1]] = (f"{rate:,.0f} tokens/s, {mfu_s}", f"{shape}, batch {s['logits_batch']}")
+        step = {}
+        for mode, row in (("cached", ROWS[2]), ("online", ROWS[3])):
+            step[mode] = check_distil(work, teacher, prepared, lg["cache"], s, mode, 1, cuda)
+            res[row] = (
+                f"{step[mode]:.1f} ms/step",
+                f"{backend}, {s['steps']} steps, batch {s['batch']}, "
+                f"{s['layers']}->{max(1, s['layers'] // 2)} layers",
+            )
+        res[ROWS[4]] = (f"{step['online'] / step['cached']:.2f}x", "online ms / cached ms")
+        if gpus > 1:
+            ms = check_distil(work, teacher, prepared, lg["cache"], s, "cached", gpus, cuda)
+            note = f"{gpus} workers, NCCL, batch {s['batch']} each"
+            res[ROWS[5]] = (f"{ms:.1f} ms/step", note)
+        else:
+            res[ROWS[5]] = (NA, "one GPU here" if cuda else "dry run")
+        ft = check_finetune(work, str(work / "students" / "cached-1"), s, cuda)
+        res[ROWS[6]] = (f"{ft['steps_per_s']:.2f} steps/s", f"{backend}, {s['steps']} steps")
+        beam, base = check_score(work, ft["model"], s, cuda)
+        where = "cuda" if cuda else "cpu"
+        res[ROWS[7]] = (f"{beam:,.0f} rows/s", f"--device {where}, fp32, incl. pipeline start")
+        res[ROWS[8]] = (f"{base:,.0f} rows/s", f"device={0 if cuda else 'cpu'}, fp32")
+        res[ROWS[9]] = (f"{beam / base:.2f}x", "Beam rows/s / pipeline rows/s")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+        out = table(res, device)
+        print(out + f"\n(total {time.perf_counter() - t_all:.0f}s)", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
