@@ -101,7 +101,7 @@ def test_relative_local_paths_derived_name_and_resume_refusal(
     name = first["run_name"]
     assert name == f"distil-{first['run_fingerprint']}"
     assert first["last_report"]["step"] == 2 and first["metrics"]["step"] == 2
-    assert _checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]
+    assert checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]
     assert (tmp_path / "out" / "student" / "manifest.json").is_file()
     manifest = (tmp_path / "out" / "student" / "manifest.json").read_bytes()
 
@@ -113,5 +113,5 @@ def test_relative_local_paths_derived_name_and_resume_refusal(
         job.run(DistilConfig(**{**settings, "temperature": 3.0}, run_name=name))
     msg = str(e.value)
     assert "temperature: checkpoint 2.0, now 3.0" in msg and "--run-name" in msg, msg
-    assert _checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]  # nothing trained
+    assert checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]  # nothing trained
     assert (tmp_path / "out" / "student" / "manifest.json").read_bytes() == manifest
