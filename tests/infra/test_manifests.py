@@ -180,3 +180,18 @@ def test_no_manifest_or_config_names_the_bucket():
     files = infra_files() + sorted((REPO / "distil" / "configs").rglob("*.yaml"))
     for path in files:
         assert "s3://distil" not in path.read_text(), f"{path} hard-codes s3://distil"
+
+
+def test_rayjobs_pass_no_credentials():
+    """Ray keeps a job's runtime env and entrypoint in the job record (`ray job list` shows
+    them): credentials reach the workers only through the pods' environment (Secret / identity)."""
+    from distil.submit import SECRET_ENV
+
+    jobs = [(p, d) for p, d in k8s_documents() if d.get("kind") == "RayJob"]
+    assert jobs
+    for path, doc in jobs:
+        spec = doc["spec"]
+        env_vars = (yaml.safe_load(spec.get("runtimeEnvYAML", "{}")) or {}).get("env_vars", {})
+        leaked = sorted(set(env_vars) & set(SECRET_ENV))
+        assert not leaked, f"{path}: {leaked} in runtimeEnvYAML (kept in the job record)"
+        assert not any(k in spec["entrypoint"] for k in SECRET_ENV), f"{path}: entrypoint"
