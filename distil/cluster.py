@@ -58,6 +58,7 @@ def _gcs_address_for_job_api(url: str) -> str:
 
     st = stack.status()["ray"]
     if st["healthy"] and urlparse(st["dashboard"]).port == urlparse(url).port:
+        use_stack_settings(st["token_path"])
         return st["address"]
     from ray._private.services import find_gcs_addresses
 
@@ -69,6 +70,32 @@ def _gcs_address_for_job_api(url: str) -> str:
         f"({len(found)} GCS servers found). Start one (`distil stack up`) or unset RAY_ADDRESS. "
         + fix
     )
+
+
+def use_stack_settings(token_path: str) -> None:
+    """What a driver needs to join the local stack's Ray, set in this process unless already set
+    (``eval $(distil stack env)`` sets them): the stack's token — its GCS refuses a driver
+    without one — and Ray's single-machine mode, without which Ray swaps the loopback address
+    for the machine's routable IP, where the stack's GCS does not listen."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # Ray read the variable when it was imported
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        raise RayAddressError(
+            f"the local stack's Ray requires token auth but RAY_AUTH_MODE={mode}: unset it or "
+            "`eval $(distil stack env)` (exports RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH)"
+        )
+    if mode and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
+    Config.initialize("")  # Ray read RAY_AUTH_MODE when it loaded; make it see token mode
+    AuthenticationTokenLoader.instance().reset_cache()
+    log.info("using the local stack's Ray token %s", token_path)
 
 
 def init_ray(address: str | None = None, **init_kwargs: Any) -> str:

@@ -1,23 +1,33 @@
 """The local stack: a Ray head and a SeaweedFS S3 server, both on 127.0.0.1.
 
-``distil stack up|down|status``. State (PID file, logs, S3 data) lives under
-``$DISTIL_HOME/stack`` (default ``./.distil/stack``); the S3 data dir survives ``down``/``up``
-so every URL a run wrote stays valid. Starting one SeaweedFS S3 server (also what the tests
-use) is ``distil.seaweed``.
+``distil stack up|down|status|env``. State (PID file, logs, S3 data, the Ray auth token) lives
+under ``$DISTIL_HOME/stack`` (default ``./.distil/stack``); the S3 data dir survives
+``down``/``up`` so every URL a run wrote stays valid. Starting one SeaweedFS S3 server (also what
+the tests use) is ``distil.seaweed``.
+
+Ray keeps token authentication on: the head, its workers, the job API and every client use the
+token in ``$DISTIL_HOME/stack/ray-auth-token`` (mode 0600; ``distil stack env`` exports its
+path). Every Ray process of the stack carries ``DISTIL_STACK_SESSION`` in its environment and
+uses a temp dir of its own, so ``down`` stops exactly those processes — never ``ray stop``, which
+would end every Ray on the machine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from distil import procs
 from distil.seaweed import S3Server, s3_bucket_ready, start_seaweed
 
 RAY_PORT = 6379
@@ -27,6 +37,13 @@ DEFAULT_BUCKET = "distil"
 # Local-only credentials for the loopback S3 server; real deployments use their own.
 LOCAL_ACCESS_KEY = "distil-local"
 LOCAL_SECRET_KEY = "distil-local-secret"
+SESSION_ENV = "DISTIL_STACK_SESSION"
+# Ray replaces a loopback node IP (`ray start --node-ip-address=127.0.0.1`, a driver's
+# `ray.init(address="127.0.0.1:6379")`) with the machine's routable IP unless it runs in
+# single-machine mode. In that mode the node IP stays 127.0.0.1 and Ray's gRPC servers (GCS,
+# raylet, workers) bind loopback instead of every interface; a driver needs it too to reach them.
+# (It also refuses `ray start --address=…` worker joins, which a one-machine stack never does.)
+SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def distil_home() -> Path:
@@ -35,6 +52,35 @@ def distil_home() -> Path:
 
 def stack_dir() -> Path:
     return distil_home() / "stack"
+
+
+def token_path() -> Path:
+    return stack_dir() / "ray-auth-token"
+
+
+def ensure_token() -> str:
+    """The stack's Ray token, created on first use: 256 random bits, readable by its owner only."""
+    path = token_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def auth_headers() -> dict[str, str]:
+    """The bearer header for the stack's dashboard / job API ({} before the first ``up``)."""
+    path = token_path()
+    return {"Authorization": f"Bearer {path.read_text().strip()}"} if path.exists() else {}
+
+
+def ray_temp_dir() -> Path:
+    """Ray's temp dir for this stack. Short and under the system temp dir, not the state dir:
+    Ray's unix sockets live in it and a socket path must stay under 108 bytes."""
+    digest = hashlib.sha1(str(stack_dir()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"distil-ray-{digest}"
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -60,38 +106,57 @@ def free_port_block(n: int = 6, lo: int = 20000, hi: int = 29000) -> int:
     raise RuntimeError("no free loopback port block found")
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
+def _http_ok(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status == 200
     except Exception:
         return False
 
 
-def ray_env() -> dict[str, str]:
-    # Ray 2.60 turns token auth on for `ray start --head`; the local stack is loopback-only.
-    # The venv's bin dir goes first on PATH so `ray job submit -- python ...` finds this venv's
-    # python even when the stack was started as `.venv/bin/distil stack up`.
-    venv_bin = str(Path(sys.executable).parent)
-    path = venv_bin + os.pathsep + os.environ.get("PATH", "")
-    return dict(os.environ, RAY_AUTH_MODE="disabled", PATH=path)
+def s3_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+    }
+
+
+def ray_env(session: str, s3_endpoint: str) -> dict[str, str]:
+    """The environment of ``ray start --head``, which every Ray process of the stack — and every
+    job — inherits: the stack's S3 settings and credentials (so no job needs them in its
+    runtime_env), token auth, and the session marker ``down`` finds the processes by. The venv's
+    bin dir goes first on PATH so `ray job submit -- python ...` finds this venv's python even
+    when the stack was started as `.venv/bin/distil stack up`."""
+    drop = ("AWS_", "RAY_AUTH_", "RAY_ADDRESS", SESSION_ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    env.update(s3_env(s3_endpoint))
+    env.update(
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path()), SESSION_ENV: session}
+    )
+    env.update(SINGLE_MACHINE)
+    return env
 
 
 def _state_file() -> Path:
     return stack_dir() / "state.json"
 
 
+def _state() -> dict:
+    return json.loads(_state_file().read_text()) if _state_file().exists() else {}
+
+
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return procs.alive(pid)
 
 
 def status() -> dict[str, dict]:
-    """Health of both services, from their own endpoints (not just PID files)."""
-    state = json.loads(_state_file().read_text()) if _state_file().exists() else {}
+    """Health of both services, from their own endpoints (not just PID files). Ray counts as
+    healthy only when its job API accepts the stack's token."""
+    state = _state()
     s3 = state.get("s3", {})
     s3_pid = s3.get("pid")
     s3_ok = False
@@ -100,12 +165,16 @@ def status() -> dict[str, dict]:
             S3Server(s3["endpoint"], s3["bucket"], LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY)
         )
     dash = f"http://127.0.0.1:{DASHBOARD_PORT}"
-    ray_ok = _http_ok(f"{dash}/api/version")
+    ray_ok = _http_ok(f"{dash}/api/version", headers=auth_headers())
     return {
         "ray": {
             "healthy": ray_ok,
             "address": f"127.0.0.1:{RAY_PORT}",
             "dashboard": dash,
+            "auth": "token",
+            "token_path": str(token_path()),
+            "session": state.get("ray", {}).get("session"),
+            "temp_dir": state.get("ray", {}).get("temp_dir"),
         },
         "s3": {
             "healthy": s3_ok,
@@ -118,14 +187,15 @@ def status() -> dict[str, dict]:
 
 
 def env_exports() -> dict[str, str]:
+    """What a shell needs to use the stack (`eval $(distil stack env)`): its S3 and its Ray,
+    with the path of the token (not the token itself, which stays in its 0600 file)."""
     st = status()
     return {
-        "AWS_ENDPOINT_URL": st["s3"]["endpoint"],
-        "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
-        "AWS_REGION": "us-east-1",
+        **s3_env(st["s3"]["endpoint"]),
         "RAY_ADDRESS": st["ray"]["dashboard"],
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path()),
+        **SINGLE_MACHINE,
     }
 
 
@@ -133,7 +203,7 @@ def up(num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict[str, d
     """Start whatever is not already healthy. Safe to call twice."""
     stack_dir().mkdir(parents=True, exist_ok=True)
     current = status()
-    state = json.loads(_state_file().read_text()) if _state_file().exists() else {}
+    state = _state()
 
     if not current["s3"]["healthy"]:
         for port in (S3_PORT, 9333, 9334, 9335, 9336):
@@ -156,60 +226,64 @@ def up(num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict[str, d
         _state_file().write_text(json.dumps(state))
 
     if not current["ray"]["healthy"]:
+        _stop_ray(state)  # what is left of an earlier, unhealthy start of this stack
         for port in (RAY_PORT, DASHBOARD_PORT):
             if not port_free(port):
                 raise RuntimeError(
-                    f"port 127.0.0.1:{port} is taken (another Ray or service?); "
-                    "`ray stop` or free it before `distil stack up`"
+                    f"port 127.0.0.1:{port} is taken by a process that is not this stack's Ray "
+                    "(another `ray start`, or a stack with another DISTIL_HOME?); free it "
+                    "before `distil stack up`"
                 )
-        # More logical CPUs than cores: on 2 cores actors + train workers otherwise starve the
-        # read/list tasks and a pipeline hangs without an error.
-        cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
-        cmd = [
-            str(Path(sys.executable).with_name("ray")),
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={RAY_PORT}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={DASHBOARD_PORT}",
-            "--include-dashboard=true",
-            f"--num-cpus={cpus}",
-            "--disable-usage-stats",
-            # Agent/metrics ports default to fixed numbers (52365, …) that another Ray on this
-            # machine (an embedded `ray.init()`, a test) may hold; the head's job agent then never
-            # registers and `ray job submit` answers "No available agent". Pick free ones.
-            *_agent_port_flags(),
-        ]
-        env = ray_env()
-        env.update(
-            {
-                "AWS_ENDPOINT_URL": state["s3"]["endpoint"],
-                "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
-            }
-        )
-        with open(stack_dir() / "ray.log", "ab") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if rc != 0:
-            raise RuntimeError(f"`ray start --head` failed ({rc}); see {stack_dir() / 'ray.log'}")
-        deadline = time.time() + 90
-        while time.time() < deadline and not status()["ray"]["healthy"]:
-            time.sleep(0.5)
-        _wait_for_job_agent(deadline)
+        ensure_token()
+        session = secrets.token_hex(6)
+        temp_dir = ray_temp_dir()
+        state["ray"] = {"session": session, "temp_dir": str(temp_dir)}
+        _state_file().write_text(json.dumps(state))  # before starting: `down` can clean up
+        _start_ray_head(num_cpus, ray_env(session, state["s3"]["endpoint"]), temp_dir)
     return status()
 
 
-def _agent_port_flags() -> list[str]:
-    names = [
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-        "metrics-export-port",
+def _start_ray_head(num_cpus: int | None, env: dict[str, str], temp_dir: Path) -> None:
+    # More logical CPUs than cores: on 2 cores actors + train workers otherwise starve the
+    # read/list tasks and a pipeline hangs without an error.
+    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",  # GCS, raylet, object manager, workers, client server
+        f"--port={RAY_PORT}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={DASHBOARD_PORT}",
+        "--include-dashboard=true",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        # Agent/metrics/client-server ports default to fixed numbers (52365, …, 10001) that
+        # another Ray on this machine (an embedded `ray.init()`, a test) may hold; the head's job
+        # agent then never registers and `ray job submit` answers "No available agent".
+        *_free_port_flags(),
     ]
+    with open(stack_dir() / "ray.log", "ab") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if rc != 0:
+        raise RuntimeError(f"`ray start --head` failed ({rc}); see {stack_dir() / 'ray.log'}")
+    deadline = time.time() + 90
+    while time.time() < deadline and not status()["ray"]["healthy"]:
+        time.sleep(0.5)
+    _wait_for_job_agent(deadline)
+
+
+def _free_port_flags() -> list[str]:
+    defaults = {
+        "dashboard-agent-listen-port": 52365,
+        "dashboard-agent-grpc-port": 52366,
+        "runtime-env-agent-port": 52367,
+        "metrics-export-port": 52368,
+        "ray-client-server-port": 10001,
+    }
     flags, taken = [], set()
-    for name, default in zip(names, (52365, 52366, 52367, 52368), strict=True):
-        port = default
+    for name, port in defaults.items():
         while port in taken or not port_free(port):
             port += 10
         taken.add(port)
@@ -219,12 +293,12 @@ def _agent_port_flags() -> list[str]:
 
 def _wait_for_job_agent(deadline: float) -> None:
     """The dashboard answers before the head's job agent registers, and `ray job submit` then
-    fails with "No available agent". Readiness = a no-op job actually runs."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    fails with "No available agent". Readiness = a no-op job actually runs (with the token)."""
+    from ray.job_submission import JobStatus
 
-    from distil.submit import _submit_when_agent_ready
+    from distil.submit import _submit_when_agent_ready, job_client
 
-    client = JobSubmissionClient(f"http://127.0.0.1:{DASHBOARD_PORT}")
+    client = job_client(f"http://127.0.0.1:{DASHBOARD_PORT}")
     job = _submit_when_agent_ready(
         client, wait_s=max(5.0, deadline - time.time()), entrypoint="true",
         metadata={"distil_step": "stack-readiness"},
@@ -235,9 +309,33 @@ def _wait_for_job_agent(deadline: float) -> None:
         time.sleep(0.5)
 
 
+def ray_pids(state: dict | None = None) -> set[int]:
+    """Every live process of the stack's Ray (GCS, raylet, dashboard, agents, client server,
+    workers, job drivers): those started with this stack's session marker or temp dir, and
+    their descendants. Another Ray on the machine is never in it."""
+    ray = (state if state is not None else _state()).get("ray", {})
+    session, temp_dir = ray.get("session"), ray.get("temp_dir")
+    if not session:
+        return set()
+    roots = {
+        pid
+        for pid in procs.pids()
+        if procs.environ(pid).get(SESSION_ENV) == session
+        or (temp_dir and temp_dir in procs.cmdline(pid))
+    }
+    return procs.with_descendants(roots - {os.getpid()})
+
+
+def _stop_ray(state: dict) -> None:
+    left = procs.terminate(ray_pids(state))
+    if left:
+        raise RuntimeError(f"stack Ray processes survived SIGKILL: {sorted(left)}")
+
+
 def down() -> dict[str, dict]:
-    """Stop both services; keeps the S3 data dir. Safe to call twice."""
-    state = json.loads(_state_file().read_text()) if _state_file().exists() else {}
+    """Stop both services — only this stack's processes; keeps the S3 data dir. Safe to call
+    twice."""
+    state = _state()
     pid = state.get("s3", {}).get("pid")
     if pid and _pid_alive(pid):
         os.killpg(pid, signal.SIGTERM)
@@ -248,17 +346,5 @@ def down() -> dict[str, dict]:
         else:
             os.killpg(pid, signal.SIGKILL)
     (stack_dir() / "seaweedfs.pid").unlink(missing_ok=True)
-    ray = Path(sys.executable).with_name("ray")
-    if status()["ray"]["healthy"] or _ray_processes():
-        subprocess.call(
-            [str(ray), "stop", "--force"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=ray_env(),
-        )
+    _stop_ray(state)
     return status()
-
-
-def _ray_processes() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray/core/src/ray/gcs/gcs_server"], capture_output=True)
-    return [int(p) for p in out.stdout.split()]

@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 RUNNING = {"PENDING", "RUNNING"}
 
@@ -32,9 +33,9 @@ def submit_ray_job(
 ) -> tuple[str, str]:
     """Run ``argv`` (e.g. ``["python", "-m", "distil.jobs.prepare", ...]``) as a Ray job; wait;
     raise on failure. Returns the submission id and the job's full log."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    client = JobSubmissionClient(address)
+    client = job_client(address)
     sub_id = None
     family = step_key.rsplit("-", 1)[0] + "-"  # same step, any fingerprint
     for job in client.list_jobs():
@@ -77,8 +78,36 @@ def submit_ray_job(
     return sub_id, client.get_job_logs(sub_id)
 
 
+# Credentials never go in a runtime env: Ray keeps it in the job record, which `ray job list`,
+# the dashboard and every job-API client show. Workers get them from their own environment.
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def job_client(address: str):
+    """A ``JobSubmissionClient`` for ``address``. The local stack's job API gets the stack's token
+    explicitly, so the demo and ``stack up`` authenticate whatever this process's environment
+    says; any other cluster authenticates the way Ray does (``RAY_AUTH_MODE=token`` with
+    ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from distil import stack
+
+    parsed = urlparse(address)
+    is_stack = parsed.hostname in ("127.0.0.1", "localhost") and parsed.port == stack.DASHBOARD_PORT
+    headers = stack.auth_headers() if is_stack else {}
+    return JobSubmissionClient(address, headers=headers or None)
+
+
 def runtime_env(env_vars: dict[str, str], working_dir: str | Path | None = None) -> dict:
     """The job's Ray runtime env: ``env_vars``, plus ``working_dir`` only when one is given."""
+    secret = sorted(k for k in env_vars if k in SECRET_ENV)
+    if secret:
+        raise ValueError(
+            f"{', '.join(secret)} must not go in a Ray job's runtime_env: Ray stores it in the "
+            "job record (`ray job list` shows it). Give the cluster's workers credentials "
+            "through their environment (the local stack's Ray has them; on Kubernetes a Secret "
+            "or the node's identity) and pass only non-secret settings."
+        )
     env: dict = {"env_vars": dict(env_vars)}
     if working_dir is not None:
         env["working_dir"] = str(working_dir)

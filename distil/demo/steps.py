@@ -55,6 +55,7 @@ STAGES: dict[str, Stage] = {
 
 # What a job needs from our environment: S3 endpoint, region and credentials as the standard
 # chain reads them (keys + session token, or a profile), the object-storage root, the state dir.
+# A local process gets all of it; a Ray job gets all but the credentials (``ray_job_env``).
 PASSED_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
@@ -120,12 +121,23 @@ def local_argv(argv: list[str]) -> list[str]:
 
 
 def job_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """Variables every job gets (Ray runtime env or local process): S3 settings and DISTIL_HOME
-    from ``environ`` (DISTIL_HOME defaults to ``./.distil``, as for ``distil`` itself)."""
+    """Variables every job gets (a local process all of them, a Ray job ``ray_job_env`` of them):
+    S3 settings and DISTIL_HOME from ``environ`` (DISTIL_HOME defaults to ``./.distil``, as for
+    ``distil`` itself)."""
     env = {k: environ[k] for k in PASSED_ENV if k in environ}
     env.setdefault("DISTIL_HOME", str(Path(".distil").resolve()))
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
+
+
+def ray_job_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less the credentials, for a Ray job's runtime env: Ray keeps the runtime env in the
+    job record (``ray job list`` shows it), so the cluster's workers must already hold the
+    credentials in their own environment (the local stack's Ray is started with them; on
+    Kubernetes a Secret or the node's identity)."""
+    from distil.submit import SECRET_ENV
+
+    return {k: v for k, v in env.items() if k not in SECRET_ENV}
 
 
 class StepRunner:
@@ -227,7 +239,7 @@ class StepRunner:
             _, logs = submit_ray_job(
                 self.ray_address,
                 st.argv,
-                env_vars=self.env,
+                env_vars=ray_job_env(self.env),
                 step_key=f"{self.run_url}/{st.name}-{st.fingerprint}",
             )
             return logs

@@ -87,6 +87,21 @@ def test_job_env_passes_s3_settings_and_nothing_else(tmp_path, monkeypatch):
     assert temporary.items() <= steps.job_env(temporary).items()
 
 
+def test_ray_jobs_get_no_credentials(tmp_path, monkeypatch):
+    """A local process gets the credentials; a Ray job's runtime env (kept in the job record,
+    shown by `ray job list`) never does: the cluster's workers hold them in their environment."""
+    monkeypatch.chdir(tmp_path)
+    secrets = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"}
+    env = steps.job_env({"AWS_ENDPOINT_URL": "http://s3", "AWS_REGION": "r", **secrets})
+    assert secrets.items() <= env.items()
+    assert steps.ray_job_env(env) == {
+        "AWS_ENDPOINT_URL": "http://s3",
+        "AWS_REGION": "r",
+        "DISTIL_HOME": str(tmp_path / ".distil"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
 def test_fingerprints_match_earlier_demo_runs(root):
     """The fingerprint (so every output URL) is what the demo computed before the stages became
     modules: values pinned from the previous implementation, so committed runs are still reused."""

@@ -244,3 +244,18 @@ def test_scheduled_scoring_runs_its_sdk_workers_on_the_task_managers(monkeypatch
         pool["resources"]["limits"]["cpu"]
     )
     assert cfg.teacher_cache is None  # the cluster fine-tune writes none; see score/scheduled
+
+
+def test_rayjobs_pass_no_credentials():
+    """Ray keeps a job's runtime env and entrypoint in the job record (`ray job list` shows
+    them): credentials reach the workers only through the pods' environment (Secret / identity)."""
+    from distil.submit import SECRET_ENV
+
+    jobs = [(p, d) for p, d in k8s_documents() if d.get("kind") == "RayJob"]
+    assert jobs
+    for path, doc in jobs:
+        spec = doc["spec"]
+        env_vars = (yaml.safe_load(spec.get("runtimeEnvYAML", "{}")) or {}).get("env_vars", {})
+        leaked = sorted(set(env_vars) & set(SECRET_ENV))
+        assert not leaked, f"{path}: {leaked} in runtimeEnvYAML (kept in the job record)"
+        assert not any(k in spec["entrypoint"] for k in SECRET_ENV), f"{path}: entrypoint"
