@@ -7,6 +7,10 @@ lives as long as the process). Users copy the job-API URL (``http://host:8265``)
 ``RAY_ADDRESS`` because ``ray job submit`` wants it there, and ``ray.init`` refuses it; so a
 loopback job-API URL is mapped to the GCS address of the cluster serving it, and a remote one is
 a clear error saying what to do instead.
+
+``wait_for_gpus`` is how a stage told to use GPUs gets them or stops with a clear error: on an
+autoscaling cluster GPU nodes join minutes after they are asked for, and Ray itself would wait
+forever for GPUs that never come.
 """
 
 from __future__ import annotations
@@ -181,8 +185,9 @@ def wait_for_gpus(
     if seen >= need:
         log.warning("%s: asked for %d GPU(s), going on with the %d there are", stage, wanted, seen)
         return seen
+    asked = f"asked for {wanted} GPU(s)" + (f", needs at least {need}," if need < wanted else "")
     raise GPUUnavailableError(
-        f"{stage}: asked for {need} GPU(s) but the Ray cluster has {seen} after waiting "
+        f"{stage}: {asked} but the Ray cluster has {seen} after waiting "
         f"{wait_s:g} s (gpu_wait_s). Run it on a cluster with GPU workers (the `gpu` worker group "
         "of infra/kuberay/raycluster.yaml, scaled up by the KubeRay autoscaler), raise "
         f"gpu_wait_s if GPU nodes take longer to join, or run on CPU ({cpu_fix})."

@@ -125,3 +125,10 @@ def test_the_request_is_withdrawn_even_when_polling_fails():
     with pytest.raises(ConnectionError):
         wait_for_gpus("distil", 2, wait_s=60, cpu_fix="x", **{**c.kwargs(), "gpus": gpus})
     assert c.requests == [2, 0]
+
+
+def test_at_least_none_came_is_an_error_saying_both_numbers():
+    c = _Cluster([(0, 0)])
+    with pytest.raises(GPUUnavailableError) as e:
+        wait_for_gpus("logits", 4, at_least=1, wait_s=30, cpu_fix="device: cpu", **c.kwargs())
+    assert "asked for 4 GPU(s), needs at least 1, but the Ray cluster has 0" in str(e.value)

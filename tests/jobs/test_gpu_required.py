@@ -51,7 +51,8 @@ def test_logits_device_cuda_refuses_a_cpu_cluster(ray_local, tmp_path):
     from distil.jobs.teacher_logits import _resources
 
     with pytest.raises(
-        GPUUnavailableError, match=r"asked for 1 GPU\(s\) but the Ray cluster has 0"
+        GPUUnavailableError,
+        match=r"asked for 2 GPU\(s\), needs at least 1, but the Ray cluster has 0",
     ):
         _resources(_logits_cfg(tmp_path, "cuda"))
 
