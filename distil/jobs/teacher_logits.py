@@ -27,7 +27,7 @@ from distil.teacher.load import load_teacher
 log = logging.getLogger("distil.logits")
 
 
-def _resources(cfg: LogitsConfig) -> dict[str, Any]:
+def actor_resources(cfg: LogitsConfig) -> dict[str, Any]:
     """Where the teacher actors run, said in a WARNING when ``auto`` chose: a teacher that
     silently ran on CPU on a GPU cluster is the failure this guards against."""
     if cfg.device == "cuda":
@@ -90,7 +90,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     computed = 0
     if pending:
         init_ray()
-        res = _resources(cfg)
+        res = actor_resources(cfg)
         device = res.pop("device")
         size = res.pop("size")
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,12 @@ def test_image_install_starts_every_entry_point(installed_distil, tmp_path):
     assert info["torch"].split("+")[0] == _pin("requirements-torch.txt", "torch")
     assert str(venv) in info["distil"], f"imported {info['distil']}, not the installed package"
     # each thin script a manifest names execs `python -m distil.<...>` of the installed package
-    for script in SCRIPTS:
-        out = run(str(REPO / script), "--help")
+    # (a few at a time: each start imports torch, ray and beam)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outs = dict(
+            zip(SCRIPTS, pool.map(lambda s: run(str(REPO / s), "--help"), SCRIPTS), strict=True)
+        )
+    for script, out in outs.items():
         assert out.returncode == 0, f"{script} --help: {out.stderr[-3000:]}"
         assert out.stdout.startswith("usage:"), f"{script} --help: {out.stdout[:500]}"
 

@@ -48,19 +48,19 @@ def _logits_cfg(tmp_path, device: str) -> LogitsConfig:
 
 
 def test_logits_device_cuda_refuses_a_cpu_cluster(ray_local, tmp_path):
-    from distil.jobs.teacher_logits import _resources
+    from distil.jobs.teacher_logits import actor_resources
 
     with pytest.raises(
         GPUUnavailableError,
         match=r"asked for 2 GPU\(s\), needs at least 1, but the Ray cluster has 0",
     ):
-        _resources(_logits_cfg(tmp_path, "cuda"))
+        actor_resources(_logits_cfg(tmp_path, "cuda"))
 
 
 def test_logits_device_auto_says_it_chose_cpu(ray_local, tmp_path, caplog):
-    from distil.jobs.teacher_logits import _resources
+    from distil.jobs.teacher_logits import actor_resources
 
     with caplog.at_level(logging.WARNING, logger="distil.logits"):
-        res = _resources(_logits_cfg(tmp_path, "auto"))
+        res = actor_resources(_logits_cfg(tmp_path, "auto"))
     assert res["device"] == "cpu" and res["size"] == 2 and "num_gpus" not in res
     assert "device auto chose CPU" in caplog.text and "device: cuda" in caplog.text
