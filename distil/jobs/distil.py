@@ -29,7 +29,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
-from distil.cluster import init_ray
+from distil.cluster import init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_bert_checkpoint
@@ -213,6 +213,13 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
         if found is not None:
             log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
         init_ray()
+        if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()
+            wait_for_gpus(
+                "distil (use_gpu: true)",
+                cfg.num_workers,
+                wait_s=cfg.gpu_wait_s,
+                cpu_fix="use_gpu: false, or --no-use-gpu",
+            )
         result = build_trainer(cfg, identity).fit()
         if result.checkpoint is None:
             raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")

@@ -27,7 +27,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
-from distil.cluster import init_ray
+from distil.cluster import init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main
 from distil.jobs.distil import latest_checkpoint
 from distil.sentiment.config import FinetuneConfig
@@ -129,6 +129,13 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     if found is not None:
         log.info("resuming run %r from step %s", run_name_of(model_url), found[1].get("step"))
     init_ray()
+    if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()
+        wait_for_gpus(
+            "finetune (use_gpu: true)",
+            cfg.num_workers,
+            wait_s=cfg.gpu_wait_s,
+            cpu_fix="use_gpu: false, or --no-use-gpu",
+        )
     result = build_trainer(cfg, model_url).fit()
     if result.error:
         raise result.error

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from distil import storage
-from distil.cluster import init_ray
+from distil.cluster import cluster_gpus, init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main
 from distil.progress import Progress
 from distil.teacher.build import ShardWorker, finalize, plan_cache, unit_name
@@ -28,14 +28,36 @@ from distil.teacher.load import load_teacher
 log = logging.getLogger("distil.logits")
 
 
-def _resources(cfg: LogitsConfig) -> dict[str, Any]:
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0) if cfg.device != "cpu" else 0
-    if cfg.device == "cuda" and not gpus:
-        raise RuntimeError("--device cuda but the Ray cluster has no GPUs")
+def actor_resources(cfg: LogitsConfig) -> dict[str, Any]:
+    """Where the teacher actors run, said in a WARNING when ``auto`` chose: a teacher that
+    silently ran on CPU on a GPU cluster is the failure this guards against."""
+    if cfg.device == "cuda":
+        gpus = wait_for_gpus(
+            "logits (device: cuda)",
+            cfg.num_actors,
+            at_least=1,
+            wait_s=cfg.gpu_wait_s,
+            cpu_fix="device: cpu",
+        )
+        size = min(cfg.num_actors, gpus)
+        log.info("device cuda: %d teacher actor(s), one GPU each (cluster: %d GPU)", size, gpus)
+        return {"num_gpus": 1, "device": "cuda", "size": size}
+    gpus = cluster_gpus() if cfg.device == "auto" else 0
     if gpus:
-        return {"num_gpus": 1, "device": "cuda", "size": min(cfg.num_actors, int(gpus))}
+        size = min(cfg.num_actors, gpus)
+        log.warning(
+            "device auto chose CUDA: %d teacher actor(s), one GPU each (cluster: %d GPU)",
+            size,
+            gpus,
+        )
+        return {"num_gpus": 1, "device": "cuda", "size": size}
+    if cfg.device == "auto":
+        log.warning(
+            "device auto chose CPU: the Ray cluster has no GPUs now, so %d teacher actor(s) run "
+            "on CPU. On a GPU cluster whose GPU group scales from zero set device: cuda (it "
+            "waits up to gpu_wait_s for GPU nodes, then fails instead of running on CPU)",
+            cfg.num_actors,
+        )
     return {"num_cpus": cfg.num_cpus_per_actor, "device": "cpu", "size": cfg.num_actors}
 
 
@@ -71,7 +93,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     computed = 0
     if pending:
         init_ray()
-        res = _resources(cfg)
+        res = actor_resources(cfg)
         device = res.pop("device")
         size = res.pop("size")
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))

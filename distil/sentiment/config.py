@@ -78,6 +78,12 @@ class FinetuneConfig(StageConfig):
     seed: int = Field(0, description="seed for the head init and the data order")
     num_workers: int = Field(1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL) instead of CPU (gloo)")
+    gpu_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="use_gpu: seconds to wait for num_workers GPUs to join (an autoscaling "
+        "cluster starts its GPU group at zero) before failing instead of hanging",
+    )
     bf16: bool = Field(True, description="bf16 autocast on GPU (no effect on CPU)")
     cpus_per_worker: float = Field(0.5, description="CPUs Ray reserves per train worker")
     checkpoint_every: int = Field(

@@ -55,7 +55,15 @@ class LogitsConfig(StageConfig):
         0, ge=0, description="torch intra-op threads per CPU actor (0: torch default)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: one GPU per actor when the cluster has GPUs, else CPU"
+        "auto",
+        description="cuda: one GPU per actor, an error if the cluster has none after "
+        "gpu_wait_s; auto: GPUs if the cluster has some now, else CPU (logged as a warning)",
+    )
+    gpu_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="device cuda: seconds to wait for GPU nodes to join (an autoscaling "
+        "cluster starts its GPU group at zero) before failing",
     )
 
     @model_validator(mode="after")

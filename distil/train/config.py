@@ -81,6 +81,12 @@ class DistilConfig(StageConfig):
     # --- Ray Train --------------------------------------------------------------------------
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL) instead of CPU (gloo)")
+    gpu_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="use_gpu: seconds to wait for num_workers GPUs to join (an autoscaling "
+        "cluster starts its GPU group at zero) before failing instead of hanging",
+    )
     cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs each worker reserves")
     max_failures: int = Field(
         2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"

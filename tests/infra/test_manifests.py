@@ -15,7 +15,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from distil.config import resolve_config_path
+from distil.config import parse_job_args, resolve_config_path
+from distil.data.config import PrepareConfig
+from distil.sentiment.config import FinetuneConfig
+from distil.teacher.config import LogitsConfig
+from distil.train.config import DistilConfig
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -107,6 +111,9 @@ def test_manifest(path, doc):
     if kind == "RayCluster":
         spec = doc["spec"]
         assert spec["rayVersion"] == _locked("ray")
+        # the job API runs code as the pods (which hold the S3 credentials): never unauthenticated
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{path}: no token auth"
+        assert spec["authOptions"].get("secretName"), f"{path}: token auth without a Secret"
         check_pod_template(spec["headGroupSpec"]["template"])
         for group in spec.get("workerGroupSpecs", []):
             check_pod_template(group["template"])
@@ -259,3 +266,136 @@ def test_rayjobs_pass_no_credentials():
         leaked = sorted(set(env_vars) & set(SECRET_ENV))
         assert not leaked, f"{path}: {leaked} in runtimeEnvYAML (kept in the job record)"
         assert not any(k in spec["entrypoint"] for k in SECRET_ENV), f"{path}: entrypoint"
+
+
+# --- the GPU path: the cluster can bring GPUs up, and the stages that need them ask for them ------
+
+GPU = "nvidia.com/gpu"
+STAGE_CONFIGS = {  # entry point -> the config class its module parses (distil.jobs.<stage>)
+    "prepare.py": PrepareConfig,
+    "teacher_logits.py": LogitsConfig,
+    "distil.py": DistilConfig,
+    "finetune.py": FinetuneConfig,
+}
+
+
+def _ray_clusters() -> list[dict]:
+    return [d for _, d in k8s_documents() if d.get("kind") == "RayCluster"]
+
+
+def _rayjobs() -> dict[str, dict]:
+    """RayJob entry point script name -> the RayJob."""
+    jobs = [d for _, d in k8s_documents() if d.get("kind") == "RayJob"]
+    return {Path(shlex.split(j["spec"]["entrypoint"])[1]).name: j for j in jobs}
+
+
+def _gpu_limit(container: dict) -> int:
+    return int(container.get("resources", {}).get("limits", {}).get(GPU, 0))
+
+
+def _gpu_groups(cluster: dict) -> list[dict]:
+    groups = cluster["spec"].get("workerGroupSpecs", [])
+    return [g for g in groups if any(_gpu_limit(c) for c in g["template"]["spec"]["containers"])]
+
+
+def _max_gpus(cluster: dict) -> int:
+    return sum(
+        g["maxReplicas"] * sum(_gpu_limit(c) for c in g["template"]["spec"]["containers"])
+        for g in _gpu_groups(cluster)
+    )
+
+
+def test_the_gpu_group_can_come_up():
+    """replicas 0 without an autoscaler was a GPU group that never had a pod."""
+    (cluster,) = _ray_clusters()
+    spec = cluster["spec"]
+    groups = _gpu_groups(cluster)
+    assert groups, "the RayCluster has no worker group with nvidia.com/gpu limits"
+    for g in groups:
+        assert g["maxReplicas"] >= 1, f"group {g['groupName']}: maxReplicas < 1"
+        assert g["replicas"] >= 1 or spec.get("enableInTreeAutoscaling") is True, (
+            f"group {g['groupName']}: replicas {g['replicas']} and no autoscaler: no GPU pod "
+            "ever starts (set replicas >= 1 or enableInTreeAutoscaling: true)"
+        )
+    if spec.get("enableInTreeAutoscaling"):
+        idle = spec.get("autoscalerOptions", {}).get("idleTimeoutSeconds")
+        assert idle is not None and 60 <= idle <= 3600, f"idleTimeoutSeconds {idle}"
+        # the autoscaler sidecar's own resources and env are a plain container's
+        opts = spec["autoscalerOptions"]
+        sidecar = {"name": "autoscaler", "image": "x"}
+        sidecar.update({k: opts[k] for k in ("resources", "env", "envFrom") if k in opts})
+        check_pod_template({"spec": {"containers": [sidecar]}})
+
+
+def test_gpu_containers_request_and_limit_gpus_and_ray_is_told():
+    (cluster,) = _ray_clusters()
+    for g in _gpu_groups(cluster):
+        for c in g["template"]["spec"]["containers"]:
+            res = c["resources"]
+            assert res.get("requests", {}).get(GPU) == res["limits"][GPU], (
+                f"group {g['groupName']}: {GPU} request != limit"
+            )
+            assert int(res["limits"][GPU]) >= 1
+        advertised = g.get("rayStartParams", {}).get("num-gpus")
+        per_pod = sum(_gpu_limit(c) for c in g["template"]["spec"]["containers"])
+        assert advertised is None or int(advertised) == per_pod, (
+            f"group {g['groupName']}: num-gpus {advertised} but the pod has {per_pod} GPU(s)"
+        )
+    for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
+        if group not in _gpu_groups(cluster):
+            assert group.get("rayStartParams", {}).get("num-gpus", "0") == "0"
+
+
+@pytest.mark.parametrize("script", sorted(STAGE_CONFIGS))
+def test_every_rayjob_config_loads_into_its_stage_config(script, monkeypatch):
+    """The entry point's own flags, parsed as the job will parse them: the packaged config
+    resolves, ${DISTIL_ROOT} expands, and the stage config validates."""
+    monkeypatch.setenv("DISTIL_ROOT", "s3://bucket/prefix")
+    words = shlex.split(_rayjobs()[script]["spec"]["entrypoint"])
+    cfg = parse_job_args(STAGE_CONFIGS[script], "", words[2:])
+    assert isinstance(cfg, STAGE_CONFIGS[script])
+    urls = [v for v in cfg.model_dump().values() if isinstance(v, str) and "://" in v]
+    assert urls and all(u.startswith("s3://bucket/prefix/") for u in urls), urls
+
+
+def _job_cfg(script: str, monkeypatch):
+    monkeypatch.setenv("DISTIL_ROOT", "s3://bucket/prefix")
+    words = shlex.split(_rayjobs()[script]["spec"]["entrypoint"])
+    return parse_job_args(STAGE_CONFIGS[script], "", words[2:])
+
+
+def test_teacher_logits_job_asks_for_gpus_the_cluster_can_have(monkeypatch):
+    cfg = _job_cfg("teacher_logits.py", monkeypatch)
+    assert cfg.device == "cuda", "device auto on a GPU group scaled to zero runs on CPU"
+    assert cfg.gpu_wait_s > 0
+    (cluster,) = _ray_clusters()
+    assert 1 <= cfg.num_actors <= _max_gpus(cluster)
+
+
+def test_distil_job_asks_for_gpus_the_cluster_can_have(monkeypatch):
+    cfg = _job_cfg("distil.py", monkeypatch)
+    assert cfg.use_gpu is True and cfg.gpu_wait_s > 0
+    (cluster,) = _ray_clusters()
+    assert cfg.num_workers <= _max_gpus(cluster), (
+        f"distil/cluster wants {cfg.num_workers} GPU workers, the cluster can have "
+        f"{_max_gpus(cluster)}: it would wait gpu_wait_s and fail every time"
+    )
+    cpus = [
+        float(c["resources"]["limits"]["cpu"])
+        for g in _gpu_groups(cluster)
+        for c in g["template"]["spec"]["containers"]
+    ]
+    assert cfg.cpus_per_worker <= max(cpus), "a GPU pod lacks the CPUs one worker reserves"
+
+
+def test_the_scheduled_run_uses_the_jar_the_image_bakes_in():
+    """The CronJob's --flink_job_server_jar must be the file the image downloads at build time,
+    or Beam fetches another jar at launch (or fails offline)."""
+    docker = (INFRA / "docker/Dockerfile").read_text()
+    baked = re.search(r"^ENV BEAM_FLINK_JOB_SERVER_JAR=(\S+)", docker, re.M).group(1)
+    cron = _one("CronJob", "distil-score-reviews")
+    (launcher,) = _containers(cron)
+    jars = [a.split("=", 1)[1] for a in launcher["args"] if a.startswith("--flink_job_server_jar=")]
+    assert jars == [baked]
+    version = next(a.split("=", 1)[1] for a in launcher["args"] if a.startswith("--flink_version="))
+    assert f"beam-runners-flink-{version}-job-server" in baked
