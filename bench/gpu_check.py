@@ -1,4 +1,5 @@
 """GPU check: every GPU path once, small, through the stages' real entry points; one table.
+(One script a little over ~350 lines on purpose: it is the one command a GPU session runs.)
 
     make gpu-check                       # python bench/gpu_check.py: one CUDA GPU, <= 8 min
     python bench/gpu_check.py --dry-run  # the same code on the CPU at toy sizes (in `make test`)

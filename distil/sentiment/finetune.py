@@ -8,6 +8,10 @@ step and the loss window; the data position is a function of (seed, step), and d
 reseeded from (seed, step, rank) every step, so a recipe set up from a checkpoint continues
 exactly where the saved one was.
 
+Why one module a little over ~350 lines: ``FinetuneRecipe`` is one class whose methods share its
+state (model, optimizer, scheduler, step, device); data I/O and export already live in
+``labelled_data`` and ``finetune_export``.
+
 Loss per example: ``(1 - kd_alpha) * CE(label) + kd_alpha * T² * KL(teacher_T ‖ student_T)``
 when a task-level teacher cache is given and covers the text (DistilBERT's second distillation
 step), plain cross-entropy otherwise. The KD term is :func:`distil.losses.kd_dense` and the LR
