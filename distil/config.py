@@ -254,6 +254,16 @@ def parse_job_args(cls: type[C], description: str, argv: list[str] | None = None
 RESULT_PREFIX = "DISTIL_RESULT "
 
 
+def setup_logging(force: bool = False) -> None:
+    """INFO lines with time and logger name, for every job process (drivers, Ray workers and
+    actors: ``force`` in Ray Train workers, whose root logger Ray has already configured)."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=force
+    )
+
+
 def job_main(
     cls: type[C], run: Callable[[C], dict[str, Any]], doc: str | None, argv: list[str] | None
 ) -> dict[str, Any]:

@@ -9,16 +9,15 @@ masked-token accuracy and perplexity before and after, and writes an HF BertForM
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from distil.config import job_main
+from distil.config import job_main, setup_logging
 from distil.teacher.adapt import adapt
 from distil.teacher.config import AdaptConfig
 
 
 def run(cfg: AdaptConfig) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     return adapt(cfg)
 
 

@@ -30,7 +30,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray, wait_for_gpus
-from distil.config import absolute_paths, job_main
+from distil.config import absolute_paths, job_main, setup_logging
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_bert_checkpoint
 from distil.train.config import DistilConfig
@@ -42,15 +42,9 @@ log = logging.getLogger("distil.jobs.distil")
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run state under storage/name
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
-    )
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DDP rank (the process group is already set up by Ray)."""
-    _setup_logging()
+    setup_logging(force=True)
     cfg = DistilConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -184,7 +178,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     checkpoint whose recorded identity differs from ``cfg``'s is neither resumed nor exported:
     ``RunMismatchError`` lists the differences.
     """
-    _setup_logging()
+    setup_logging(force=True)
     cfg = absolute_paths(cfg)  # Ray Train workers run in their own directory
     if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
         cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})

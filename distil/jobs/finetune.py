@@ -28,7 +28,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray, wait_for_gpus
-from distil.config import absolute_paths, job_main
+from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs.distil import latest_checkpoint
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
@@ -36,15 +36,9 @@ from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_u
 log = logging.getLogger("distil.jobs.finetune")
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
-    )
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DDP rank (Ray has set up the gloo/NCCL process group)."""
-    _setup_logging()
+    setup_logging(force=True)
     cfg = FinetuneConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -117,7 +111,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
     A run whose latest checkpoint is final and whose export is committed is not trained again:
     the summary says ``steps_run: 0``."""
-    _setup_logging()
+    setup_logging(force=True)
     cfg = absolute_paths(cfg)
     if cfg.train is None:  # assemble the default data once, on the driver
         cfg = cfg.model_copy(update={"train": default_train_url(cfg)})

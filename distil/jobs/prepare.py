@@ -18,7 +18,7 @@ import ray
 
 from distil import storage
 from distil.cluster import init_ray
-from distil.config import absolute_paths, job_main
+from distil.config import absolute_paths, job_main, setup_logging
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
     build_manifest,
@@ -33,7 +33,7 @@ log = logging.getLogger("distil.prepare")
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     t0 = time.monotonic()
     cfg = absolute_paths(cfg)
     tok = load_tokenizer_info(cfg.tokenizer)
@@ -49,7 +49,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     init_ray()
 
     def process(item: dict[str, Any]) -> dict[str, Any]:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        setup_logging()
         info = prepare_shard(item["index"], item["url"], item["name"], cfg, tok)
         # only what the driver needs; the full statistics live in the marker
         return {

@@ -17,7 +17,7 @@ from typing import Any
 
 from distil import storage
 from distil.cluster import cluster_gpus, init_ray, wait_for_gpus
-from distil.config import absolute_paths, job_main
+from distil.config import absolute_paths, job_main, setup_logging
 from distil.progress import Progress
 from distil.teacher.build import ShardWorker, finalize, plan_cache, unit_name
 from distil.teacher.cache import write_latest_pointer
@@ -65,7 +65,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     """Build (or find) the teacher cache for ``cfg``; returns a summary with its URL."""
     import ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     t0 = time.perf_counter()
     cfg = absolute_paths(cfg)
     # Load once here: fail fast on a non-BERT or headless checkpoint or one whose tokenizer is
