@@ -102,8 +102,12 @@ def build_trainer(cfg: FinetuneConfig, model_url: str) -> TorchTrainer:
 
 
 def run_name_of(model_url: str) -> str:
-    """The Ray Train run name: the export's directory name (``--run-name`` or the timestamp)."""
-    return model_url.rstrip("/").rsplit("/", 1)[-1]
+    """The Ray Train run name: the export's directory name (``--run-name`` or the timestamp) and
+    a hash of its full URL, so two fine-tunes that share a name under different ``--output``s
+    (the demo's teacher and student classifiers) never resume each other's checkpoints in the
+    shared Ray storage."""
+    url = model_url.rstrip("/")
+    return f"{url.rsplit('/', 1)[-1]}-{storage.fingerprint(url)[:8]}"
 
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:

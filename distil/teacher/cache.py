@@ -258,11 +258,13 @@ LATEST_POINTER = "latest.json"
 
 def write_latest_pointer(cache_root: str, cache_url: str, key: str) -> None:
     """``CACHE_ROOT/latest.json`` names the newest committed cache, so a scheduled distil job
-    can be configured with the root's pointer instead of a key it cannot know in advance."""
-    storage.write_json(
-        storage.join(cache_root, LATEST_POINTER),
-        {"kind": "latest_teacher_cache", "url": cache_url, "key": key},
-    )
+    can be configured with the root's pointer instead of a key it cannot know in advance. A
+    pointer that already says so is left alone: a cache hit writes nothing."""
+    url = storage.join(cache_root, LATEST_POINTER)
+    pointer = {"kind": "latest_teacher_cache", "url": cache_url, "key": key}
+    if storage.exists(url) and storage.read_json(url) == pointer:
+        return
+    storage.write_json(url, pointer)
 
 
 def resolve_cache_url(url: str) -> str:

@@ -48,7 +48,10 @@ def test_ray_finetune_survives_a_killed_worker_learns_exports_and_resubmits(
         log_every=5,
         max_failures=2,
     )
-    run_url = storage.join(s3_url, "runs", "ddp")
+    from distil.jobs.finetune import run_name_of
+    from distil.sentiment.finetune import model_url_for
+
+    run_url = storage.join(s3_url, "runs", run_name_of(model_url_for(cfg)))
     with KillAfterFirstCheckpoint(run_url) as killer:
         out = run(cfg)
     assert killer.killed, f"no worker was killed; the killer last saw {killer.seen}"

@@ -135,3 +135,14 @@ def test_names_callers_import_from_the_recipe_module_still_resolve():
         assert getattr(finetune, name) is getattr(labelled_data, name)
     for name in ("model_url_for", "metrics_of"):
         assert getattr(finetune, name) is getattr(finetune_export, name)
+
+
+def test_fine_tunes_of_one_name_under_two_outputs_keep_separate_ray_runs():
+    """The demo fine-tunes a teacher and a student classifier, both `--run-name model`, into
+    different outputs with one Ray storage: the student must not resume the teacher's checkpoint."""
+    from distil.jobs.finetune import run_name_of
+
+    teacher, student = "s3://b/run/finetune_teacher-1/model", "s3://b/run/finetune_student-2/model"
+    assert run_name_of(teacher) != run_name_of(student)
+    assert run_name_of(teacher) == run_name_of(teacher + "/")
+    assert run_name_of(teacher).startswith("model-")
