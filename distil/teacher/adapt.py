@@ -4,8 +4,8 @@ The embedded default teacher (packaged MiniLM, a sentence-embedding encoder) shi
 Training only a fresh head on the frozen encoder does not learn (its last layer was tuned for
 mean-pooled sentence embeddings, not token identity: a head trained alone for 400 steps stayed
 near loss 6.9), so the head and the whole encoder are trained together with the usual BERT
-objective on the prepared shards, for a token budget. The head is computed only at the masked positions (15% of tokens), which
-makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
+objective on the prepared shards, for a token budget. The head is computed only at the masked
+positions (15% of tokens), which makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
 
 Plain torch: this is minutes of CPU for the demo and needs no cluster.
 """
