@@ -25,12 +25,13 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train import Checkpoint
+from ray.train.torch import TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main, setup_logging
+from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_bert_checkpoint
 from distil.train.config import DistilConfig
@@ -38,8 +39,6 @@ from distil.train.identity import IDENTITY_FILE, RunIdentity, check_resume, run_
 from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe, teacher_ref
 
 log = logging.getLogger("distil.jobs.distil")
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run state under storage/name
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -65,44 +64,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(step: int, metrics: dict[str, Any], save: bool) -> None:
         scalars = {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")}
-        scalars.update(
-            start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step, pid=os.getpid()
-        )
-        if save and rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                recipe.save_checkpoint(tmp)
-                with open(os.path.join(tmp, IDENTITY_FILE), "w") as f:
-                    json.dump(config["identity"], f, indent=2)
-                ray.train.report(
-                    scalars,
-                    checkpoint=Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"step-{step:08d}",
-                )
-        else:
-            ray.train.report(scalars)
+        scalars.update(start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step)
+        identity = {IDENTITY_FILE: config["identity"]}
+        report_step(rank, step, scalars, save, recipe.save_checkpoint, identity)
 
     recipe.train(report)
 
 
 def build_trainer(cfg: DistilConfig, identity: RunIdentity) -> TorchTrainer:
-    fs, path = storage.arrow_filesystem(cfg.storage_path)
-    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = 1
-    return TorchTrainer(
+    return torch_trainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "identity": identity.to_json()},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=cfg.run_name,
-            storage_path=path,
-            storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
+        {"cfg": cfg.model_dump(), "identity": identity.to_json()},
+        run_name=cfg.run_name,
+        storage_path=cfg.storage_path,
+        num_workers=cfg.num_workers,
+        use_gpu=cfg.use_gpu,
+        cpus_per_worker=cfg.cpus_per_worker,
+        max_failures=cfg.max_failures,
+        keep_checkpoints=cfg.keep_checkpoints,
     )
 
 
@@ -145,31 +124,6 @@ def export_student(
     return manifest
 
 
-def latest_checkpoint(
-    storage_path: str, run_name: str
-) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
-    """The run's latest registered checkpoint, its reported metrics and its recorded run
-    identity (None if it has none), from the snapshot Ray Train keeps under
-    ``storage_path/run_name`` (the same one it restores from); None if there is no checkpoint.
-    Shared by the distil and fine-tune jobs."""
-    run_url = storage.join(storage_path, run_name)
-    try:
-        snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
-    except FileNotFoundError:
-        return None
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    name = latest.get("checkpoint_dir_name")
-    if not name:
-        return None
-    ckpt_url = storage.join(run_url, name)
-    try:
-        identity = storage.read_json(storage.join(ckpt_url, IDENTITY_FILE))
-    except FileNotFoundError:
-        identity = None
-    fs, path = storage.arrow_filesystem(ckpt_url)
-    return Checkpoint(path=path, filesystem=fs), latest.get("metrics", {}), identity
-
-
 def run(cfg: DistilConfig) -> dict[str, Any]:
     """Train (or resume) with Ray Train, export the student, return a JSON-able summary.
 
@@ -187,7 +141,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     if cfg.run_name is None:
         cfg = cfg.model_copy(update={"run_name": identity.default_name})
     log.info("run %r (identity %s)", cfg.run_name, identity.fingerprint)
-    found = latest_checkpoint(cfg.storage_path, cfg.run_name)
+    found = latest_checkpoint(cfg.storage_path, cfg.run_name, IDENTITY_FILE)
     if found is not None:
         where = (
             f"of run {cfg.run_name!r} under {storage.redact(cfg.storage_path)} "

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from distil import storage
 from distil.cluster import init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main, setup_logging
-from distil.jobs.distil import latest_checkpoint
+from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
 
@@ -54,18 +52,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
 
     def report(step: int, metrics: dict[str, Any], save: bool) -> None:
-        # every rank reports (Ray Train's sync point); rank 0 attaches the checkpoint
-        metrics = {**metrics, "pid": os.getpid()}
-        if save and rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                recipe.save_checkpoint(tmp)
-                ray.train.report(
-                    metrics,
-                    checkpoint=Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"step-{step:08d}",
-                )
-        else:
-            ray.train.report(metrics)
+        report_step(rank, step, metrics, save, recipe.save_checkpoint)
 
     recipe.train(report)
     if rank == 0:
@@ -80,24 +67,16 @@ def storage_url(cfg: FinetuneConfig) -> str:
 
 
 def build_trainer(cfg: FinetuneConfig, model_url: str) -> TorchTrainer:
-    fs, path = storage.arrow_filesystem(storage_url(cfg))
-    resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = 1
-    return TorchTrainer(
+    return torch_trainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "model_url": model_url},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=run_name_of(model_url),
-            storage_path=path,
-            storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
+        {"cfg": cfg.model_dump(), "model_url": model_url},
+        run_name=run_name_of(model_url),
+        storage_path=storage_url(cfg),
+        num_workers=cfg.num_workers,
+        use_gpu=cfg.use_gpu,
+        cpus_per_worker=cfg.cpus_per_worker,
+        max_failures=cfg.max_failures,
+        keep_checkpoints=cfg.keep_checkpoints,
     )
 
 
