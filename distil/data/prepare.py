@@ -1,11 +1,13 @@
 """Stage 1 steps, engine-free: one input shard -> one packed Parquet shard + completion marker.
 
-``prepare_shard`` is the unit of work the Ray job maps over (one call per input file). It
-streams records from the reader, tokenizes them in batches, packs rows, writes the output shard
-through ``storage.staged_file`` row group by row group and, last, writes the shard's marker.
-``build_manifest`` turns the markers into the committed manifest. Output bytes depend only on
-the input file, its index in the sorted input list and the config — never on the worker count.
-The tokenizer (``TokenizerInfo``, ``load_tokenizer_info``) lives in ``distil.data.tokenizer``.
+``prepare_shard`` is the unit of work the Ray job maps over for a whole input file. It streams
+records from the reader, tokenizes them in batches and packs rows (``distil.data.tokenize_pack``),
+writes the output shard through ``storage.staged_file`` row group by row group and, last, the
+shard's marker (``finish_shard``). A big bz2 wiki dump is read as byte ranges instead
+(``distil.data.prepare_ranges``), with the same bytes. ``build_manifest`` turns the markers into
+the committed manifest. Output bytes depend only on the input file, its index in the sorted input
+list and the config — never on the worker count or range size. The tokenizer
+(``TokenizerInfo``, ``load_tokenizer_info``) lives in ``distil.data.tokenizer``.
 """
 
 from __future__ import annotations
