@@ -121,7 +121,7 @@ def _map(items: list[dict[str, Any]], fn: Any, cfg: PrepareConfig) -> ray.data.D
     return ray.data.from_items(rows, override_num_blocks=len(rows)).map(
         lambda row: fn(json.loads(row["item"])),
         num_cpus=cfg.cpus_per_worker,
-        compute=ray.data.TaskPoolStrategy(size=cfg.num_workers),
+        compute=ray.data.TaskPoolStrategy(size=min(cfg.num_workers, len(rows))),
     )
 
 
