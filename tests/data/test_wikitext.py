@@ -1,10 +1,11 @@
-"""The scan-based wikitext extractor against the mwparserfromhell reference on real dump pages."""
+"""The scan-based wikitext extractor against the mwparserfromhell reference on real dump pages.
+
+Its speed is measured in ``bench/prepare.py`` (CPU time of both extractors), not asserted here."""
 
 from __future__ import annotations
 
 import io
 import statistics
-import time
 import xml.etree.ElementTree as ET
 
 from prepare_corpus import real_wiki_xml
@@ -31,17 +32,13 @@ def article_wikitexts(xml: bytes) -> list[str]:
 def test_fast_extractor_matches_the_mwparserfromhell_reference_on_real_pages():
     pages = article_wikitexts(real_wiki_xml())
     assert len(pages) == 106
-    c0 = time.process_time()
     fast = [wikitext_to_text(p) for p in pages]
-    c1 = time.process_time()
     ref = [wikitext_to_text_mwparser(p) for p in pages]
-    c2 = time.process_time()
     f1 = [token_f1(r, f) for r, f in zip(ref, fast, strict=True)]
     # measured: median 1.000, mean 0.999, min 0.968 (a table the reference leaves as text)
     assert statistics.median(f1) >= 0.98
     assert min(f1) >= 0.9
     assert sum(f1) / len(f1) >= 0.98
-    assert (c2 - c1) >= 3 * (c1 - c0), f"fast {c1 - c0:.2f}s vs reference {c2 - c1:.2f}s CPU"
     for text in fast:
         assert "{{" not in text and "[[" not in text and "<ref" not in text
 
