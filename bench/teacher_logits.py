@@ -11,13 +11,23 @@ Both see the same masked sequences (real text: gensim's lee_background news, tok
 packaged tokenizer) in the same batches. Prints seq/s, tokens/s, the speed-up (a)/(b), bytes per
 token of the written cache vs dense fp16 logits, and on CUDA the model FLOPs utilisation (MFU).
 Weights are random unless --teacher is given: speed does not depend on them.
+
+Also printed: masking rows/s of the stage's vectorised ``mask_batch`` against the per-row loop
+it replaced (one PCG64 generator and ``choice`` per sequence, kept here as the named baseline),
+same sequences, same process. ``--memory`` instead builds a whole cache of one prepared shard of
+``--memory-rows`` and one of 10x that (tiny random teacher, in a fresh process each, the same
+mask -> teacher -> commit steps a teacher actor runs) and prints each process's peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +37,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from distil import storage  # noqa: E402
 from distil.data import shards  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
 from distil.teacher import cache as cache_format  # noqa: E402
 from distil.teacher.build import target_bytes  # noqa: E402
 from distil.teacher.logits import MaskingParams, teacher_logits_batch  # noqa: E402
+from distil.teacher.masking import MaskedSequence  # noqa: E402
 
 SIZES = {  # (layers, hidden, heads, intermediate)
     "tiny": (2, 128, 2, 512),
@@ -116,6 +128,117 @@ def model_flops(model, tokens: int, positions: int, seq_len: int) -> float:
     return float(encoder + head)
 
 
+def per_row_mask_v1(p: MaskingParams, ids: np.ndarray, length: int, seq_id: int, copy: int):
+    """The per-row masking the stage used before (masking version 1), the baseline: a PCG64
+    generator per (seed, seq_id, copy) and ``Generator.choice`` over the candidates."""
+    ids = np.asarray(ids[:length], dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64([p.seed, seq_id & 0xFFFFFFFF, seq_id >> 32, copy, 0]))
+    candidates = np.flatnonzero(~np.isin(ids, p.special_ids))
+    n_mask = max(1, int(round(p.mask_prob * len(candidates)))) if len(candidates) else 0
+    w = None if p.weights is None else p.weights[ids[candidates]]
+    chosen = rng.choice(candidates, n_mask, replace=False, p=None if w is None else w / w.sum())
+    positions = np.sort(chosen)
+    u, random_ids = rng.random(n_mask), rng.integers(0, p.vocab_size, size=n_mask)
+    masked = ids.copy()
+    masked[positions[u < p.mask_token_frac]] = p.mask_id
+    rand = (u >= p.mask_token_frac) & (u < p.mask_token_frac + p.random_token_frac)
+    masked[positions[rand]] = random_ids[rand]
+    return MaskedSequence(masked, positions, ids[positions])
+
+
+def masking_rates(masking: MaskingParams, seqs: np.ndarray, rows: int = 20000) -> None:
+    """Masking rows/s: vectorised ``mask_batch`` (units of 1024 rows) vs the per-row loop."""
+    ids = np.tile(seqs, (-(-rows // len(seqs)), 1))[:rows]
+    lengths = np.full(rows, ids.shape[1])
+    seq_ids = np.arange(rows)
+    t0 = time.perf_counter()
+    for lo in range(0, rows, 1024):
+        masking.mask_batch(ids[lo : lo + 1024], lengths[lo : lo + 1024], seq_ids[lo : lo + 1024], 0)
+    vec = time.perf_counter() - t0
+    n_old = rows // 10
+    t0 = time.perf_counter()
+    for i in range(n_old):
+        per_row_mask_v1(masking, ids[i], int(lengths[i]), i, 0)
+    old = (time.perf_counter() - t0) * rows / n_old
+    print(
+        f"masking: vectorised mask_batch {rows / vec:,.0f} rows/s vs per-row loop (v1 baseline) "
+        f"{rows / old:,.0f} rows/s -> {old / vec:.0f}x  (seq_len {ids.shape[1]}, 1 thread)"
+    )
+
+
+def memory_child(prepared: str, teacher: str, root: str) -> None:
+    """One cache build in this (fresh) process; prints its summary and peak RSS as JSON."""
+    from distil.teacher.build import build_in_process, plan_cache
+    from distil.teacher.config import LogitsConfig
+    from distil.teacher.load import load_teacher
+
+    torch.set_num_threads(1)
+    cfg = LogitsConfig(input=prepared, cache_root=root, teacher=teacher, batch_size=64)
+    plan = plan_cache(cfg, load_teacher(teacher).weights_sha256)
+    t0 = time.perf_counter()
+    manifest = build_in_process(plan, cfg)
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    out = {"rows": manifest["rows"], "units": len(plan.units), "peak_rss_mb": hwm / 1024}
+    print(json.dumps({**out, "seconds": time.perf_counter() - t0}))
+
+
+def memory_bench(args, tok) -> None:
+    """Peak RSS of a whole build for one shard of N rows vs one of 10 N (same unit_rows)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from distil.data.tokenizer import load_tokenizer_info
+
+    work = Path(tempfile.mkdtemp(prefix="bench-logits-mem-"))
+    teacher = work / "teacher"
+    torch.manual_seed(0)
+    layers, hidden, heads, inter = SIZES["tiny"]
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+    )
+    BertForMaskedLM(cfg).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    special = {k: getattr(tok, f"{k}_token_id") for k in ("cls", "sep", "pad", "mask", "unk")}
+    for rows in (args.memory_rows, 10 * args.memory_rows):
+        url = str(work / f"prepared-{rows}")
+        ids = real_sequences(rows, args.seq_len, tok)
+        lengths = np.full(rows, args.seq_len, dtype=np.int32)
+        table = shards.to_table(np.arange(rows), ids, lengths, tok.vocab_size)
+        with storage.staged_file(url, "shard-00000.parquet") as f:
+            shards.write_table(table, f)
+        counts = np.bincount(ids.reshape(-1), minlength=tok.vocab_size)
+        storage.commit(
+            url,
+            {
+                "kind": "prepared",
+                "files": [{"name": "shard-00000.parquet", "rows": rows, "input": "bench"}],
+                "rows": rows,
+                "seq_len": args.seq_len,
+                "vocab_size": tok.vocab_size,
+                "special_ids": special,
+                "token_counts": counts.tolist(),
+                "tokenizer": {"identity": load_tokenizer_info(str(teacher)).identity},
+                "fingerprint": f"bench-{rows}",
+            },
+        )
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", url, str(teacher), str(work / "cache")],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"memory: one shard of {rows:6d} sequences -> {r['units']:3d} units of <= 1024: "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['seconds']:.0f}s, tiny teacher, CPU)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -127,12 +250,19 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (both sides)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by name)")
+    ap.add_argument("--memory", action="store_true", help="peak RSS at N vs 10 N rows instead")
+    ap.add_argument("--memory-rows", type=int, default=2048, help="N of --memory")
+    ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_ref(PACKAGED_TEACHER))
+    if args.memory:
+        return memory_bench(args, tok)
     seqs = real_sequences(args.seqs, args.seq_len, tok)
     manifest = {
         "special_ids": {
@@ -156,6 +286,7 @@ def main() -> None:
         manifest,
     )
     masked = [masking.mask(s, args.seq_len, i, 0) for i, s in enumerate(seqs)]
+    masking_rates(masking, seqs)
     batches = []
     for start in range(0, len(masked), args.batch_size):
         part = masked[start : start + args.batch_size]
@@ -205,33 +336,14 @@ def main() -> None:
     # bytes per token of the cache table (a) writes, vs dense fp16 logits for every token
     out = teacher_logits_batch(model, *batches[0], spec)
     part = masked[: args.batch_size]
-    start, rows = (
-        0,
-        {
-            k: []
-            for k in (
-                "seq_id",
-                "copy",
-                "input_ids",
-                "positions",
-                "labels",
-                "target_ids",
-                "target_logprobs",
-            )
-        },
+    n = len(part)
+    mb = masking.mask_batch(seqs[:n], np.full(n, args.seq_len), np.arange(n), 0)
+    table = cache_format.masked_table(
+        np.arange(n), np.zeros(n), np.full(n, args.seq_len), mb, 30522
     )
-    for i, m in enumerate(part):
-        n = len(m.positions)
-        rows["seq_id"].append(i)
-        rows["copy"].append(0)
-        rows["input_ids"].append(m.input_ids)
-        rows["positions"].append(m.positions)
-        rows["labels"].append(m.labels)
-        rows["target_ids"].append(out.ids[start : start + n].numpy().reshape(-1))
-        rows["target_logprobs"].append(out.logprobs[start : start + n].numpy().reshape(-1))
-        start += n
     buf = io.BytesIO()
-    shards.write_table(cache_format.rows_to_table(rows, 30522, sampled=False), buf)
+    shards.write_table(cache_format.with_targets(table, out, 30522), buf)
+    start = out.num_positions
     part_tokens = sum(len(m.input_ids) for m in part)
     per_position = target_bytes(buf.getvalue()) / start
     ours_bpt = len(buf.getvalue()) / part_tokens

@@ -1,11 +1,12 @@
 """The teacher-logit cache: format, key, and the reader the distillation stage consumes.
 
 Layout of ``<cache_root>/<key>/`` (``key`` = fingerprint of teacher weights hash, dataset
-fingerprint, masking config and sparsity config, so any change lands in a new directory and a
+fingerprint, masking, sparsity and layout configs, so any change lands in a new directory and a
 rerun with the same inputs finds its own finished output):
 
-* ``shard-00000.parquet …``: one per prepared input shard (same index), one row per
-  ``(seq_id, copy)``:
+* ``shard-00000-00000.parquet …``: one per unit of work (``unit_rows`` consecutive sequences of
+  one prepared shard: ``<shard stem>-<unit index>``), row groups of at most ``row_group_rows``
+  rows, one row per ``(seq_id, copy)``, copies of a sequence together:
 
   - ``seq_id`` int64, ``copy`` uint8
   - ``input_ids`` list<uint16>: the *masked* input, unpadded (``length`` ids)
@@ -16,9 +17,10 @@ rerun with the same inputs finds its own finished output):
   - ``target_counts`` list<uint8> (sampled mode only): draw counts, 0 for unused slots
 
   (ids are int32 instead of uint16 when the vocab exceeds 65,536.)
-* ``_markers/shard-00000.json``: per-shard completion (a killed run resumes from them).
+* ``_markers/shard-00000-00000.json``: per-unit completion (a killed run resumes from them).
 * ``manifest.json`` (written last): ``kind="teacher_logits"``, ``key``, ``teacher``, ``data``,
-  ``masking``, ``sparsity``, ``files``, row/position/token counts and bytes per position/token.
+  ``masking``, ``sparsity``, ``layout``, ``files``, row/position/token counts and bytes per
+  position/token.
 """
 
 from __future__ import annotations

@@ -36,10 +36,13 @@ _U64 = (1 << 64) - 1
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser (a bijection of uint64 with full avalanche)."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    """SplitMix64's finaliser (a bijection of uint64 with full avalanche), in place on ``z``."""
+    z ^= z >> np.uint64(30)
+    z *= _M1
+    z ^= z >> np.uint64(27)
+    z *= _M2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def stream_states(seed: int, seq_ids: np.ndarray, copies: np.ndarray, use: int) -> np.ndarray:
@@ -55,10 +58,12 @@ def stream_states(seed: int, seq_ids: np.ndarray, copies: np.ndarray, use: int) 
 def uniforms(states: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Float64 uniforms in [0, 1): output ``counters[..]`` of each row's stream (broadcast
     ``states[:, None]`` against ``counters``)."""
-    c = np.asarray(counters).astype(np.uint64)
     with np.errstate(over="ignore"):
-        z = _mix(states[:, None] + (c + np.uint64(1)) * _GAMMA)
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        z = np.asarray(counters).astype(np.uint64) + np.uint64(1)
+        z *= _GAMMA
+        z = _mix(z + states[:, None])
+        z >>= np.uint64(11)
+    return z.astype(np.float64) * (1.0 / (1 << 53))
 
 
 def selection_weights(token_counts: np.ndarray | None, smoothing: float) -> np.ndarray | None:
@@ -127,20 +132,23 @@ def mask_batch(
     if weights is not None:
         key = key / weights[ids]
     key = np.where(candidate, key, np.inf)
-    order = np.argsort(key, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(cols, (b, width)), axis=1)
-    selected = rank < n_mask[:, None]
-    # One uniform per position decides mask / random / keep; another draws the random id.
-    action = uniforms(stream_states(seed, seq_ids, copies, ACTION), cols)
-    random_ids = uniforms(stream_states(seed, seq_ids, copies, RANDOM_ID), cols) * vocab_size
+    # Selected: keys up to the row's n_mask-th smallest. A function of the row's own keys only
+    # (columns past its length are inf), so neither padding nor batch mates change it; a tie at
+    # the threshold (two equal 53-bit keys in one row) would select one more.
+    kth = np.take_along_axis(np.sort(key, axis=1), np.maximum(n_mask - 1, 0)[:, None], axis=1)
+    selected = (key <= kth) & (n_mask[:, None] > 0)
+    # At the selected positions only: one uniform decides mask / random / keep, another draws
+    # the random id (each from its own stream, counter = position).
+    rows, pos = np.nonzero(selected)
+    action = uniforms(stream_states(seed, seq_ids[rows], copies[rows], ACTION), pos[:, None])[:, 0]
+    rand = uniforms(stream_states(seed, seq_ids[rows], copies[rows], RANDOM_ID), pos[:, None])
     masked = ids.copy()
-    to_mask = selected & (action < mask_token_frac)
-    to_random = selected & (action >= mask_token_frac)
-    to_random &= action < mask_token_frac + random_token_frac
-    masked[to_mask] = mask_id
-    masked[to_random] = random_ids[to_random].astype(np.int64)
-    return MaskedBatch(masked, selected, ids[selected])
+    to_mask = action < mask_token_frac
+    to_random = (action >= mask_token_frac) & (action < mask_token_frac + random_token_frac)
+    masked[rows[to_mask], pos[to_mask]] = mask_id
+    random_ids = (rand[:, 0] * vocab_size).astype(np.int64)
+    masked[rows[to_random], pos[to_random]] = random_ids[to_random]
+    return MaskedBatch(masked, selected, ids[rows, pos])
 
 
 def mask_sequence(
