@@ -14,20 +14,15 @@ Weights are random unless --teacher is given: speed does not depend on them.
 
 Also printed: masking rows/s of the stage's vectorised ``mask_batch`` against the per-row loop
 it replaced (one PCG64 generator and ``choice`` per sequence, kept here as the named baseline),
-same sequences, same process. ``--memory`` instead builds a whole cache of one prepared shard of
-``--memory-rows`` and one of 10x that (tiny random teacher, in a fresh process each, the same
-mask -> teacher -> commit steps a teacher actor runs) and prints each process's peak RSS.
+same sequences, same process. Peak RSS at N vs 10 N sequences:
+``bench/teacher_logits_memory.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distil import storage  # noqa: E402
 from distil.data import shards  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
 from distil.teacher import cache as cache_format  # noqa: E402
@@ -166,79 +160,6 @@ def masking_rates(masking: MaskingParams, seqs: np.ndarray, rows: int = 20000) -
     )
 
 
-def memory_child(prepared: str, teacher: str, root: str) -> None:
-    """One cache build in this (fresh) process; prints its summary and peak RSS as JSON."""
-    from distil.teacher.build import build_in_process, plan_cache
-    from distil.teacher.config import LogitsConfig
-    from distil.teacher.load import load_teacher
-
-    torch.set_num_threads(1)
-    cfg = LogitsConfig(input=prepared, cache_root=root, teacher=teacher, batch_size=64)
-    plan = plan_cache(cfg, load_teacher(teacher).weights_sha256)
-    t0 = time.perf_counter()
-    manifest = build_in_process(plan, cfg)
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    out = {"rows": manifest["rows"], "units": len(plan.units), "peak_rss_mb": hwm / 1024}
-    print(json.dumps({**out, "seconds": time.perf_counter() - t0}))
-
-
-def memory_bench(args, tok) -> None:
-    """Peak RSS of a whole build for one shard of N rows vs one of 10 N (same unit_rows)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    from distil.data.tokenizer import load_tokenizer_info
-
-    work = Path(tempfile.mkdtemp(prefix="bench-logits-mem-"))
-    teacher = work / "teacher"
-    torch.manual_seed(0)
-    layers, hidden, heads, inter = SIZES["tiny"]
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-    )
-    BertForMaskedLM(cfg).save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    special = {k: getattr(tok, f"{k}_token_id") for k in ("cls", "sep", "pad", "mask", "unk")}
-    for rows in (args.memory_rows, 10 * args.memory_rows):
-        url = str(work / f"prepared-{rows}")
-        ids = real_sequences(rows, args.seq_len, tok)
-        lengths = np.full(rows, args.seq_len, dtype=np.int32)
-        table = shards.to_table(np.arange(rows), ids, lengths, tok.vocab_size)
-        with storage.staged_file(url, "shard-00000.parquet") as f:
-            shards.write_table(table, f)
-        counts = np.bincount(ids.reshape(-1), minlength=tok.vocab_size)
-        storage.commit(
-            url,
-            {
-                "kind": "prepared",
-                "files": [{"name": "shard-00000.parquet", "rows": rows, "input": "bench"}],
-                "rows": rows,
-                "seq_len": args.seq_len,
-                "vocab_size": tok.vocab_size,
-                "special_ids": special,
-                "token_counts": counts.tolist(),
-                "tokenizer": {"identity": load_tokenizer_info(str(teacher)).identity},
-                "fingerprint": f"bench-{rows}",
-            },
-        )
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", url, str(teacher), str(work / "cache")],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(
-            f"memory: one shard of {rows:6d} sequences -> {r['units']:3d} units of <= 1024: "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['seconds']:.0f}s, tiny teacher, CPU)"
-        )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -250,19 +171,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (both sides)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by name)")
-    ap.add_argument("--memory", action="store_true", help="peak RSS at N vs 10 N rows instead")
-    ap.add_argument("--memory-rows", type=int, default=2048, help="N of --memory")
-    ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.memory_child:
-        return memory_child(*args.memory_child)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_ref(PACKAGED_TEACHER))
-    if args.memory:
-        return memory_bench(args, tok)
     seqs = real_sequences(args.seqs, args.seq_len, tok)
     manifest = {
         "special_ids": {
