@@ -229,6 +229,17 @@ def read_marker(dir_url: str, unit: str) -> dict[str, Any] | None:
         return None
 
 
+def read_markers(dir_url: str, units: list[str]) -> dict[str, dict[str, Any]]:
+    """The markers of those ``units`` that have one, fetched in one concurrent call (s3fs
+    ``cat``): a plan of thousands of units is checked in seconds, not one GET at a time."""
+    if not units:
+        return {}
+    fs, _ = get_fs(dir_url)
+    paths = {get_fs(marker_url(dir_url, u))[1]: u for u in units}
+    found = fs.cat(list(paths), on_error="omit")
+    return {paths[p]: json.loads(data) for p, data in found.items() if p in paths}
+
+
 def is_committed(dir_url: str) -> bool:
     return exists(join(dir_url, MANIFEST))
 

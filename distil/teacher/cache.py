@@ -1,11 +1,12 @@
 """The teacher-logit cache: format, key, and the reader the distillation stage consumes.
 
 Layout of ``<cache_root>/<key>/`` (``key`` = fingerprint of teacher weights hash, dataset
-fingerprint, masking config and sparsity config, so any change lands in a new directory and a
+fingerprint, masking, sparsity and layout configs, so any change lands in a new directory and a
 rerun with the same inputs finds its own finished output):
 
-* ``shard-00000.parquet …``: one per prepared input shard (same index), one row per
-  ``(seq_id, copy)``:
+* ``shard-00000-00000.parquet …``: one per unit of work (``unit_rows`` consecutive sequences of
+  one prepared shard: ``<shard stem>-<unit index>``), row groups of at most ``row_group_rows``
+  rows, one row per ``(seq_id, copy)``, copies of a sequence together:
 
   - ``seq_id`` int64, ``copy`` uint8
   - ``input_ids`` list<uint16>: the *masked* input, unpadded (``length`` ids)
@@ -16,9 +17,10 @@ rerun with the same inputs finds its own finished output):
   - ``target_counts`` list<uint8> (sampled mode only): draw counts, 0 for unused slots
 
   (ids are int32 instead of uint16 when the vocab exceeds 65,536.)
-* ``_markers/shard-00000.json``: per-shard completion (a killed run resumes from them).
+* ``_markers/shard-00000-00000.json``: per-unit completion (a killed run resumes from them).
 * ``manifest.json`` (written last): ``kind="teacher_logits"``, ``key``, ``teacher``, ``data``,
-  ``masking``, ``sparsity``, ``files``, row/position/token counts and bytes per position/token.
+  ``masking``, ``sparsity``, ``layout``, ``files``, row/position/token counts and bytes per
+  position/token.
 """
 
 from __future__ import annotations
@@ -33,15 +35,24 @@ import torch
 from distil import storage
 from distil.data import shards
 from distil.data.shards import is_heldout
+from distil.teacher.masking import MaskedBatch
+from distil.teacher.sparse import SparseLogits
 
 CACHE_KIND = "teacher_logits"
-FORMAT_VERSION = 1
+# 2: one file per unit of work (``unit_rows`` sequences of a prepared shard), bounded row groups,
+# counter-based masking (masking version 2). 1: one file per prepared shard.
+FORMAT_VERSION = 2
 
 
 def cache_key(
-    teacher_sha256: str, data_fingerprint: str, masking: dict[str, Any], sparsity: dict[str, Any]
+    teacher_sha256: str,
+    data_fingerprint: str,
+    masking: dict[str, Any],
+    sparsity: dict[str, Any],
+    layout: dict[str, Any],
 ) -> str:
-    """Directory name of a cache: changes whenever teacher, data, masking or sparsity change."""
+    """Directory name of a cache: changes whenever teacher, data, masking, sparsity or file
+    layout (``LogitsConfig.layout()``: which files, which row groups) change."""
     return storage.fingerprint(
         {
             "format": FORMAT_VERSION,
@@ -49,6 +60,7 @@ def cache_key(
             "data": data_fingerprint,
             "masking": masking,
             "sparsity": sparsity,
+            "layout": layout,
         }
     )
 
@@ -69,31 +81,55 @@ def cache_schema(vocab_size: int, sampled: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _list_array(parts: list[np.ndarray], dtype: np.dtype, typ: pa.DataType) -> pa.ListArray:
-    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, typ))
+def _list_column(offsets: np.ndarray, flat: np.ndarray, typ: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, typ))
 
 
-def rows_to_table(rows: dict[str, list], vocab_size: int, sampled: bool) -> pa.Table:
-    """Build a cache shard table from per-row numpy arrays (keys = column names)."""
-    schema = cache_schema(vocab_size, sampled)
-    id_np = np.uint16 if vocab_size <= 65536 else np.int32
+def masked_table(
+    seq_ids: np.ndarray, copies: np.ndarray, lengths: np.ndarray, batch: MaskedBatch, vocab: int
+) -> pa.Table:
+    """The input half of a cache table (``seq_id`` … ``labels``) from a masked batch whose row r
+    is ``(seq_ids[r], copies[r])``, ``lengths[r]`` ids long; targets come later (``with_targets``)."""
+    schema = cache_schema(vocab, sampled=False)
+    id_np = np.uint16 if vocab <= 65536 else np.int32
+    lengths = np.asarray(lengths, dtype=np.int64)
+    id_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=id_offsets[1:])
+    inside = np.arange(batch.input_ids.shape[1])[None, :] < lengths[:, None]
+    pos_offsets, positions = batch.positions()
+    ids_type = schema.field("input_ids").type.value_type
     cols = [
-        pa.array(np.asarray(rows["seq_id"], np.int64)),
-        pa.array(np.asarray(rows["copy"], np.uint8)),
+        pa.array(np.asarray(seq_ids, np.int64)),
+        pa.array(np.asarray(copies, np.uint8)),
+        _list_column(id_offsets, batch.input_ids[inside].astype(id_np), ids_type),
+        _list_column(pos_offsets, positions.astype(np.uint16), pa.uint16()),
+        _list_column(pos_offsets, batch.labels.astype(id_np), ids_type),
     ]
-    for name in ("input_ids", "positions", "labels", "target_ids", "target_logprobs"):
-        typ = schema.field(name).type
-        dtype = {
-            "positions": np.uint16,
-            "target_logprobs": np.float16,
-        }.get(name, id_np)
-        cols.append(_list_array(rows[name], dtype, typ.value_type))
+    return pa.Table.from_arrays(cols, schema=pa.schema(list(schema)[:5]))
+
+
+def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
+    """A full cache table: ``table`` (from ``masked_table``) plus the K targets of each of its
+    masked positions (``sparse`` rows in the table's row-major position order)."""
+    k = sparse.ids.shape[1]
+    sampled = sparse.counts is not None
+    schema = cache_schema(vocab, sampled)
+    id_np = np.uint16 if vocab <= 65536 else np.int32
+    offsets = table.column("positions").combine_chunks().offsets.to_numpy().astype(np.int64) * k
+    cols = [table.column(i) for i in range(5)]
+    cols.append(
+        _list_column(
+            offsets,
+            sparse.ids.numpy().reshape(-1).astype(id_np),
+            schema.field("target_ids").type.value_type,
+        )
+    )
+    cols.append(
+        _list_column(offsets, sparse.logprobs.numpy().reshape(-1).astype(np.float16), pa.float16())
+    )
     if sampled:
-        cols.append(_list_array(rows["target_counts"], np.uint8, pa.uint8()))
+        counts = sparse.counts.numpy().reshape(-1).astype(np.uint8)
+        cols.append(_list_column(offsets, counts, pa.uint8()))
     return pa.Table.from_arrays(cols, schema=schema)
 
 

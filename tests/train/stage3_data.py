@@ -81,7 +81,7 @@ def build_cache(
     prepared_url: str, cache_root: str, teacher_dir, *, sparsity: str = "topk", k: int = 8
 ) -> str:
     """A committed teacher cache made by stage 2's builder in a plain loop (no Ray)."""
-    from distil.teacher.build import ShardWorker, finalize, plan_cache
+    from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
     from distil.teacher.load import load_teacher
 
@@ -91,8 +91,5 @@ def build_cache(
     sha = load_teacher(cfg.teacher).weights_sha256
     plan = plan_cache(cfg, sha)
     if not plan.committed:
-        worker = ShardWorker(cfg.model_dump(), sha, plan.prepared)
-        for task in plan.shard_tasks:
-            worker.process(task)
-        finalize(plan, cfg)
+        build_in_process(plan, cfg)
     return plan.url
