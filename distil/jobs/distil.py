@@ -41,9 +41,10 @@ from distil.train.identity import (
     check_cache_teacher,
     check_resume,
     run_identity,
+    teacher_ref,
     teacher_weights_sha256,
 )
-from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe, teacher_ref
+from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
 
 log = logging.getLogger("distil.jobs.distil")
 

@@ -218,3 +218,17 @@ def check_cache_teacher(
     if not allow:
         raise TeacherMismatchError(msg)
     log.warning("--allow-teacher-mismatch: %s", msg)
+
+
+def teacher_ref(cfg: DistilConfig) -> str:
+    """The teacher to initialise from: ``cfg.teacher``, else what the cache manifest records."""
+    if cfg.teacher:
+        return cfg.teacher
+    manifest = storage.read_manifest(cfg.cache)
+    info = manifest.get("teacher") or {}
+    for key in ("url", "path", "ref", "model"):
+        if isinstance(info, dict) and info.get(key):
+            return info[key]
+    if isinstance(info, str) and info:
+        return info
+    raise ValueError(f"{cfg.cache}: manifest names no teacher; pass --teacher")

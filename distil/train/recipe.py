@@ -2,13 +2,15 @@
 in a plain process too. ``distil.jobs.distil`` wraps it in a Ray Train worker.
 
 Why one module over ~350 lines: it is one class whose methods share its state (model, optimizer,
-scheduler, data position, step counters); setup, the loss, the train loop, evaluation and
+scheduler, step and token counters); setup, the loss, the train loop, evaluation and
 checkpointing only make sense together, so splitting them into modules would scatter one
-object. (The recipe is due to be reworked by another issue; split it then if a seam appears.)
+object. What had a seam left: reading, sharding and the data position are
+``distil.train.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``.
 
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
-step and batch where the checkpoint was taken (data order is a function of (seed, epoch)).
+step and batch where the checkpoint was taken (a rank's data order is a function of
+(world_size, rank, seed, epoch), and the reader seeks to the saved batch).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import torch
 import torch.distributed as dist
 from transformers import AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
 
-from distil import losses, storage
+from distil import losses
 from distil.student.model import MaskedLMForDistillation, build_student
+from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
 from distil.train.data import PreparedBatches, to_device
-from distil.train.identity import check_cache_teacher
+from distil.train.identity import check_cache_teacher, teacher_ref
 from distil.train.stream import EpochStream
 
 log = logging.getLogger("distil.train")
@@ -40,28 +43,6 @@ METRICS = "metrics.json"
 
 # called every step with (step, metrics, save_checkpoint?) -> the Ray job reports/checkpoints
 ReportFn = Callable[[int, dict[str, Any], bool], None]
-
-
-def teacher_ref(cfg: DistilConfig) -> str:
-    """The teacher to initialise from: ``cfg.teacher``, else what the cache manifest records."""
-    if cfg.teacher:
-        return cfg.teacher
-    manifest = storage.read_manifest(cfg.cache)
-    info = manifest.get("teacher") or {}
-    for key in ("url", "path", "ref", "model"):
-        if isinstance(info, dict) and info.get(key):
-            return info[key]
-    if isinstance(info, str) and info:
-        return info
-    raise ValueError(f"{cfg.cache}: manifest names no teacher; pass --teacher")
-
-
-def load_teacher_model(ref: str, require_mlm_head: bool = False) -> Any:
-    """The teacher (``distil.teacher.load.LoadedTeacher``: hash-checked, no pickle); online mode
-    requires its trained MLM head (``MissingMLMHeadError`` names the fix)."""
-    from distil.teacher.load import load_teacher
-
-    return load_teacher(ref, require_mlm_head=require_mlm_head)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -115,7 +96,8 @@ class DistilRecipe:
             if cfg.alpha_cos > 0 and self.rank == 0:
                 log.info("alpha_cos=%s ignored: the cosine loss needs mode=online", cfg.alpha_cos)
         if need_teacher:
-            loaded = load_teacher_model(teacher_ref(cfg), require_mlm_head=cfg.mode == "online")
+            # online mode runs the head every step: a missing one is refused with the fix
+            loaded = load_teacher(teacher_ref(cfg), require_mlm_head=cfg.mode == "online")
             teacher, self.tokenizer = loaded.model.eval(), loaded.tokenizer
             if cfg.mode == "cached":
                 check_cache_teacher(
@@ -179,14 +161,6 @@ class DistilRecipe:
             )
 
     # ------------------------------------------------------------------ data
-    @property
-    def epoch(self) -> int:
-        return self.data.epoch
-
-    @property
-    def batch_in_epoch(self) -> int:
-        return self.data.batch_in_epoch
-
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of this rank's batches from batch ``start`` on (the reader seeks there)."""
         cfg = self.cfg
@@ -345,7 +319,7 @@ class DistilRecipe:
                 self.history.append({"step": self.step, **ev})
                 log.info("eval step %d: %s", self.step, json.dumps(ev))
             if report and (ckpt or done):
-                metrics = {"step": self.step, "epoch": self.epoch, **last}
+                metrics = {"step": self.step, "epoch": self.data.epoch, **last}
                 metrics.update(self.history[-1] if self.history else {})
                 report(self.step, metrics, True)
         return self.final_metrics()
@@ -443,8 +417,7 @@ class DistilRecipe:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
+                **self.data.state(),  # epoch, batch_in_epoch: where the reader seeks
                 "tokens_seen": self.tokens_seen,
                 "tokens_seen_global": self.tokens_seen_global,
                 "train_seconds": self.train_seconds,
