@@ -3,8 +3,8 @@ under both training sources (teacher cache rows, prepared shards in online mode)
 
 Why row groups: a rank that reads rows dealt round-robin inside every file downloads and decodes
 every file (``world_size`` x the object-store traffic). Here the unit of sharding is a
-``(file, row group)`` pair, known from the Parquet footers alone, and every rank reads only
-its own units (plus the footers).
+``(file, row group)`` pair, known from the Parquet footers alone (``read_footer``: exactly the
+footer's bytes), and every rank reads only its own units' column chunks (plus the footers).
 
 One epoch for ``(world_size, seed, epoch)``:
 
