@@ -142,3 +142,15 @@ def test_global_tokens_survive_a_checkpoint_between_log_steps(tmp_path, topk_cac
         straight.student.state_dict()["bert.embeddings.word_embeddings.weight"],
         resumed.student.state_dict()["bert.embeddings.word_embeddings.weight"],
     )
+
+
+def test_allow_teacher_mismatch_is_a_flag_and_not_part_of_the_run_identity(topk_cache, tmp_path):
+    from distil.config import parse_job_args
+    from distil.train.identity import run_identity
+
+    argv = ["--cache", topk_cache, "--output", str(tmp_path / "o"), "--storage-path", "r"]
+    assert parse_job_args(DistilConfig, "", argv).allow_teacher_mismatch is False
+    allowed = parse_job_args(DistilConfig, "", [*argv, "--allow-teacher-mismatch"])
+    assert allowed.allow_teacher_mismatch is True
+    base = parse_job_args(DistilConfig, "", argv)
+    assert run_identity(allowed).fingerprint == run_identity(base).fingerprint
