@@ -34,7 +34,6 @@ import torch
 
 from distil import storage
 from distil.data import shards
-from distil.data.shards import is_heldout
 from distil.teacher.masking import MaskedBatch
 from distil.teacher.sparse import SparseLogits
 
@@ -133,12 +132,6 @@ def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _parts(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, flat values) of a list column, zero-copy where pyarrow allows."""
-    col = table.column(name).combine_chunks()
-    return col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=False)
-
-
 class TeacherCache:
     """Reader of a committed teacher cache (the only thing the distillation stage touches).
 
@@ -146,9 +139,11 @@ class TeacherCache:
     ``input_ids`` and ``attention_mask`` [B, L] (L = longest row of the batch), ``labels`` [B, L]
     (-100 off the masked positions), and ``target_ids`` / ``target_logprobs`` (and
     ``target_counts`` in sampled mode) [N, K] for the N masked positions in row-major order.
+    Each rank streams only its own whole row groups (``distil.train.stream``). ``fs``: an fsspec
+    filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, fs: Any = None):
         self.url = url
         self.manifest: dict[str, Any] = storage.read_manifest(url)
         if self.manifest.get("kind") != CACHE_KIND:
@@ -160,38 +155,42 @@ class TeacherCache:
         self.sampled: bool = self.sparsity["mode"] == "sampled"
         self.pad_id: int = int(self.manifest["special_ids"]["pad"])
         self.files: list[str] = storage.committed_files(url)
-        self._seq_ids: list[np.ndarray] | None = None
+        self.fs = fs
+        self._groups = None
 
     def __len__(self) -> int:
         return int(self.manifest["rows"])
 
-    def _all_seq_ids(self) -> list[np.ndarray]:
-        if self._seq_ids is None:
-            self._seq_ids = [
-                shards.read_table(f, columns=["seq_id"]).column("seq_id").to_numpy()
-                for f in self.files
-            ]
-        return self._seq_ids
+    @property
+    def row_groups(self):
+        """The cache's ``(file, row group)`` units (footers read on first use)."""
+        from distil.train.stream import RowGroups
 
-    def _order(
-        self, split: str, heldout_fraction: float, seed: int, epoch: int, shuffle: bool
-    ) -> list[tuple[int, np.ndarray]]:
-        """(file index, row indices) in reading order: shards shuffled, rows shuffled within."""
-        if split not in ("train", "heldout", "all"):
-            raise ValueError(f"split must be train, heldout or all, not {split!r}")
-        rng = np.random.default_rng([seed, epoch])
-        file_order = rng.permutation(len(self.files)) if shuffle else np.arange(len(self.files))
-        out = []
-        for fi in file_order:
-            seq_ids = self._all_seq_ids()[fi]
-            rows = np.arange(len(seq_ids))
-            if split != "all":
-                held = is_heldout(seq_ids, heldout_fraction)
-                rows = rows[held] if split == "heldout" else rows[~held]
-            if shuffle:
-                rows = rng.permutation(rows)
-            out.append((int(fi), rows))
-        return out
+        if self._groups is None:
+            self._groups = RowGroups(self.files, self.fs)
+        return self._groups
+
+    def plan(
+        self,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        split: str = "train",
+        heldout_fraction: float = 0.05,
+        shuffle: bool = True,
+    ):
+        """This rank's row groups for the epoch (``distil.train.stream.RankPlan``)."""
+        return self.row_groups.plan(
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+            shuffle=shuffle,
+        )
 
     def num_batches(
         self,
@@ -200,11 +199,18 @@ class TeacherCache:
         world_size: int = 1,
         split: str = "train",
         heldout_fraction: float = 0.05,
+        seed: int = 0,
+        epoch: int = 0,
     ) -> int:
         """Batches each rank gets from ``iter_batches`` with the same arguments."""
-        total = sum(len(r) for _, r in self._order(split, heldout_fraction, 0, 0, False))
-        per_rank = total // world_size
-        return -(-per_rank // batch_size)
+        plan = self.plan(
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+        )
+        return -(-plan.rows // batch_size)
 
     def iter_batches(
         self,
@@ -217,74 +223,67 @@ class TeacherCache:
         split: str = "train",
         heldout_fraction: float = 0.05,
         shuffle: bool = True,
+        start_batch: int = 0,
+        shuffle_window: int = 2,
+        read_ahead: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches for one rank of ``world_size``.
+        """Batches for one rank of ``world_size``, from batch ``start_batch`` of the epoch on.
 
-        Rows are dealt round-robin over ranks after a (seed, epoch) shuffle and the total is cut
-        to a multiple of ``world_size`` (at most ``world_size - 1`` rows dropped), so ranks see
-        disjoint rows and the same number of batches (DDP would hang otherwise).
+        Ranks read disjoint whole row groups and yield the same number of rows (the smallest
+        rank's; at most ``world_size - 1`` row groups dropped per epoch), see
+        ``distil.train.stream``. ``start_batch`` seeks: earlier row groups are not read.
         """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        order = self._order(split, heldout_fraction, seed, epoch, shuffle)
-        total = sum(len(r) for _, r in order)
-        per_rank = total // world_size
-        # Global position g goes to rank g % world_size; keep this rank's first per_rank rows.
-        files = np.concatenate([np.full(len(r), fi) for fi, r in order] or [np.zeros(0, int)])
-        rows = np.concatenate([r for _, r in order] or [np.zeros(0, int)])
-        mine = np.arange(rank, per_rank * world_size, world_size)
-        plan = list(zip(files[mine].tolist(), rows[mine].tolist(), strict=True))
-        loaded: tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
-        for start in range(0, len(plan), batch_size):
-            chunk = plan[start : start + batch_size]
-            rows_by_file: list[tuple[dict, int]] = []
-            for fi, r in chunk:
-                if loaded is None or loaded[0] != fi:
-                    loaded = (fi, self._load(fi))
-                rows_by_file.append((loaded[1], r))
-            yield self._collate(rows_by_file)
+        from distil.train.stream import batches
 
-    def _load(self, fi: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        table = shards.read_table(self.files[fi])
-        names = ["input_ids", "positions", "labels", "target_ids", "target_logprobs"]
-        if self.sampled:
-            names.append("target_counts")
-        return {n: _parts(table, n) for n in names}
+        plan = self.plan(
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+            shuffle=shuffle,
+        )
+        tables = self.row_groups.iter_rows(
+            plan,
+            rank=rank,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+            start_row=start_batch * batch_size,
+            shuffle=shuffle,
+            shuffle_window=shuffle_window,
+            read_ahead=read_ahead,
+        )
+        yield from batches(tables, batch_size, self.collate)
 
-    def _collate(self, rows: list[tuple[dict, int]]) -> dict[str, torch.Tensor]:
+    def collate(self, table: pa.Table) -> dict[str, torch.Tensor]:
+        """One batch (the contract's tensors) from a table of cache rows, vectorised."""
+        from distil.train.stream import list_parts, scatter_rows
+
         k = self.k
-        lengths = [int(p["input_ids"][0][r + 1] - p["input_ids"][0][r]) for p, r in rows]
-        b, seq_len = len(rows), max(lengths) if lengths else 0
-        input_ids = np.full((b, seq_len), self.pad_id, dtype=np.int64)
-        attention = np.zeros((b, seq_len), dtype=np.int64)
-        labels = np.full((b, seq_len), -100, dtype=np.int64)
-        tids, tlps, tcnt = [], [], []
-        for j, (p, r) in enumerate(rows):
-            o, flat = p["input_ids"]
-            input_ids[j, : lengths[j]] = flat[o[r] : o[r + 1]]
-            attention[j, : lengths[j]] = 1
-            po, pos = p["positions"]
-            lo, lab = p["labels"]
-            labels[j, pos[po[r] : po[r + 1]].astype(np.int64)] = lab[lo[r] : lo[r + 1]]
-            to, ti = p["target_ids"]
-            tids.append(ti[to[r] : to[r + 1]])
-            vo, tv = p["target_logprobs"]
-            tlps.append(tv[vo[r] : vo[r + 1]])
-            if self.sampled:
-                co, cv = p["target_counts"]
-                tcnt.append(cv[co[r] : co[r + 1]])
+        lengths, ids = list_parts(table, "input_ids")
+        input_ids = scatter_rows(lengths, ids, self.pad_id)
+        attention = scatter_rows(lengths, np.ones(len(ids), np.int64), 0)
+        n_pos, pos = list_parts(table, "positions")
+        _, lab = list_parts(table, "labels")
+        labels = np.full(input_ids.shape, -100, dtype=np.int64)
+        labels[np.repeat(np.arange(len(n_pos)), n_pos), pos.astype(np.int64)] = lab
         batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention),
             "labels": torch.from_numpy(labels),
-            "target_ids": torch.from_numpy(np.concatenate(tids).astype(np.int64).reshape(-1, k)),
+            "target_ids": torch.from_numpy(
+                list_parts(table, "target_ids")[1].astype(np.int64).reshape(-1, k)
+            ),
             "target_logprobs": torch.from_numpy(
-                np.concatenate(tlps).astype(np.float32).reshape(-1, k)
+                list_parts(table, "target_logprobs")[1].astype(np.float32).reshape(-1, k)
             ),
         }
         if self.sampled:
             batch["target_counts"] = torch.from_numpy(
-                np.concatenate(tcnt).astype(np.float32).reshape(-1, k)
+                list_parts(table, "target_counts")[1].astype(np.float32).reshape(-1, k)
             )
         return batch
 

@@ -29,6 +29,12 @@ class DistilConfig(StageConfig):
         description="teacher model dir/URL or packaged:… ref; default: the one the cache "
         "manifest records",
     )
+    allow_teacher_mismatch: bool = Field(
+        False,
+        description="cached mode: train even if the teacher's weights hash differs from the one "
+        "the cache manifest records (the student would start from another model than the one "
+        "whose logits it learns)",
+    )
     output: str = Field(..., description="URL where the exported student (HF dir) is written")
     storage_path: str = Field(
         ..., description="URL for Ray Train run state and checkpoints (s3://… or a local dir)"

@@ -1,5 +1,7 @@
+import io
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from teacher_helpers import build_cache, make_prepared
@@ -13,7 +15,15 @@ from distil.teacher.config import LogitsConfig
 @pytest.fixture(scope="module")
 def cache_url(prepared_dir, tiny_teacher_dir, tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("cache"))
-    return build_cache(prepared_dir, str(tiny_teacher_dir), root, copies=3)
+    url = build_cache(prepared_dir, str(tiny_teacher_dir), root, copies=3)
+    for f in storage.committed_files(url):  # 6 row groups of 6 rows per file: ranks shard them
+        buf = io.BytesIO()
+        pq.write_table(pq.read_table(f), buf, row_group_size=RG_ROWS, compression="zstd")
+        storage.write_bytes(f, buf.getvalue())
+    return url
+
+
+RG_ROWS = 6
 
 
 def _row_keys(batch) -> list[tuple]:
@@ -51,7 +61,10 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(cache_url):
         assert counts[0] == cache.num_batches(4, world_size=world, split="all")
         dealt = sum(per_rank, Counter())
         assert not dealt - every  # disjoint: no row dealt more often than it exists
-        assert total - world < sum(dealt.values()) <= total
+        # the cut: at most one row group per rank beyond the first, as the plan reports
+        dropped = cache.plan(world_size=world, split="all").dropped
+        assert sum(dealt.values()) == total - dropped
+        assert 0 <= dropped <= (world - 1) * RG_ROWS
 
 
 def test_splits_partition_the_rows_and_epochs_reshuffle(cache_url):

@@ -93,3 +93,17 @@ def build_cache(
     if not plan.committed:
         build_in_process(plan, cfg)
     return plan.url
+
+
+def small_row_groups(url: str, rows: int) -> str:
+    """Rewrite every committed Parquet file of ``url`` (a cache or prepared dir) in row groups
+    of ``rows`` rows, so a small test dataset has many units for ranks to shard."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    for f in storage.committed_files(url):
+        buf = io.BytesIO()
+        pq.write_table(shards.read_table(f), buf, row_group_size=rows, compression="zstd")
+        storage.write_bytes(f, buf.getvalue())
+    return url
