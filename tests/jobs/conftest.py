@@ -73,7 +73,8 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
     enable_token_auth_by_default()  # what ray.init does for a new local cluster
     ensure_token_if_auth_enabled(None, create_token_if_missing=True)
 
-    base = stack.free_port_block(3)
+    base = stack.free_port_block(4)
+    gcs = f"127.0.0.1:{base + 3}"
     names = ("head", "worker")
     # short: Ray's unix sockets live under the temp dir (a socket path must stay < 108 bytes)
     temp = {n: Path(tempfile.mkdtemp(prefix=f"rn{n[0]}-")) for n in names}
@@ -84,11 +85,15 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
             dashboard_host="127.0.0.1",
             dashboard_port=base,
             dashboard_agent_listen_port=base + 1,
+            gcs_server_port=base + 3,
         ),
         "worker": dict(dashboard_agent_listen_port=base + 2),
     }
     cluster, nodes = None, {}
     old_tmpdir = os.environ.get("TMPDIR")
+    # Every process of the cluster is told its GCS: a Ray helper that looks its cluster up by
+    # itself (Ray Train's PlacementGroupCleaner) otherwise finds several Rays on this machine.
+    os.environ["RAY_ADDRESS"] = gcs
     try:
         for name in names:
             os.environ["TMPDIR"] = str(temp[name])  # the node's processes inherit it
@@ -99,6 +104,7 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
             else:
                 nodes[name] = cluster.add_node(**kwargs)
     finally:
+        os.environ.pop("RAY_ADDRESS")
         if old_tmpdir is None:
             os.environ.pop("TMPDIR", None)
         else:
@@ -108,7 +114,8 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
         # A job's driver gets RAY_ADDRESS from its node's `auto` lookup: this file in the node's
         # temp dir, else any GCS found on the machine — possibly another test's or agent's Ray.
         for d in temp.values():
-            Path(ray._common.utils.get_ray_address_file(str(d))).write_text(cluster.address)
+            Path(ray._common.utils.get_ray_address_file(str(d))).write_text(gcs)
+        assert cluster.address == gcs, cluster.address
         yield RayNodes(
             cluster,
             f"http://127.0.0.1:{base}",

@@ -143,12 +143,19 @@ def test_three_stages_on_two_nodes_match_one_node(
         )
         results["multi"][stage] = parse_result(logs[stage])
         seconds[f"multi {stage}"] = time.monotonic() - t0
+    # (b) the two train workers ran on the two nodes (Ray's record of its actors)
     workers = list_actors(
         address=two_ray_nodes.dashboard,
         filters=[("class_name", "=", "RayTrainWorker")],
         detail=True,
         limit=100,
     )
+    nodes = two_ray_nodes.node_ids
+    assert len(workers) == 2, workers
+    assert sorted(w.node_id for w in workers) == sorted(nodes.values()), (workers, nodes)
+    rank0 = results["multi"]["distil"]["last_report"]["node_id"]  # what rank 0 reported
+    assert rank0 in nodes.values()
+
     for stage, (cls, _) in SETTINGS.items():  # the one-node reference: same files, ray_local
         # (Ray connects a process once: the jobs above ran in their own driver processes)
         t0 = time.monotonic()
@@ -177,12 +184,6 @@ def test_three_stages_on_two_nodes_match_one_node(
     assert student_m == student_s  # weights, config, tokenizer, manifest: byte for byte
     assert m["distil"]["last_report"]["step"] == s["distil"]["last_report"]["step"] == 4
     assert m["distil"]["metrics"] == s["distil"]["metrics"]
-
-    # (b) the two train workers ran on the two nodes
-    nodes = two_ray_nodes.node_ids
-    assert len(workers) == 2, workers
-    assert sorted(w.node_id for w in workers) == sorted(nodes.values())
-    assert m["distil"]["last_report"]["node_id"] in nodes.values()  # what rank 0 reported
 
     # (c) data only through S3: s3:// URLs in every config, no local data path anywhere
     for stage, (cls, _) in SETTINGS.items():
