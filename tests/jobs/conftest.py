@@ -91,10 +91,10 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
     }
     cluster, nodes = None, {}
     old_tmpdir = os.environ.get("TMPDIR")
-    # Every process of the cluster is told its GCS: a Ray helper that looks its cluster up by
-    # itself (Ray Train's PlacementGroupCleaner) otherwise finds several Rays on this machine.
-    os.environ["RAY_ADDRESS"] = gcs
     try:
+        # Every process of the cluster is told its GCS: a Ray helper that looks its cluster up
+        # by itself (Ray Train's PlacementGroupCleaner) otherwise finds several Rays here.
+        os.environ["RAY_ADDRESS"] = gcs
         for name in names:
             os.environ["TMPDIR"] = str(temp[name])  # the node's processes inherit it
             kwargs = {**common, **args[name], "temp_dir": str(temp[name])}
@@ -103,19 +103,13 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
                 nodes[name] = cluster.head_node
             else:
                 nodes[name] = cluster.add_node(**kwargs)
-    finally:
-        os.environ.pop("RAY_ADDRESS")
-        if old_tmpdir is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = old_tmpdir
-    try:
+        _restore_env(old_tmpdir)
         cluster.wait_for_nodes()
+        assert cluster.address == gcs, cluster.address
         # A job's driver gets RAY_ADDRESS from its node's `auto` lookup: this file in the node's
         # temp dir, else any GCS found on the machine — possibly another test's or agent's Ray.
         for d in temp.values():
             Path(ray._common.utils.get_ray_address_file(str(d))).write_text(gcs)
-        assert cluster.address == gcs, cluster.address
         yield RayNodes(
             cluster,
             f"http://127.0.0.1:{base}",
@@ -123,7 +117,16 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
             temp,
         )
     finally:
+        _restore_env(old_tmpdir)
         if cluster is not None:
             cluster.shutdown()
         for d in temp.values():
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _restore_env(tmpdir: str | None) -> None:
+    os.environ.pop("RAY_ADDRESS", None)  # monkeypatch puts back any the session had
+    if tmpdir is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = tmpdir
