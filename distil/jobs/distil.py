@@ -88,6 +88,7 @@ def build_trainer(cfg: DistilConfig, identity: RunIdentity) -> TorchTrainer:
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         cpus_per_worker=cfg.cpus_per_worker,
+        placement_strategy=cfg.placement_strategy,
         max_failures=cfg.max_failures,
         keep_checkpoints=cfg.keep_checkpoints,
     )

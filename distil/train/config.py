@@ -94,6 +94,11 @@ class DistilConfig(StageConfig):
         "cluster starts its GPU group at zero) before failing instead of hanging",
     )
     cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs each worker reserves")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="how Ray places the workers on nodes: PACK fills few nodes, SPREAD puts "
+        "them on different nodes where possible (STRICT_*: or fail to place)",
+    )
     max_failures: int = Field(
         2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"
     )

@@ -60,6 +60,7 @@ NOT_IDENTITY = frozenset(
         "num_workers",
         "use_gpu",
         "cpus_per_worker",
+        "placement_strategy",
         "max_failures",
     }
 )
