@@ -268,6 +268,9 @@ class _Prefetch:
                 yield out
         finally:
             self.stop.set()
+            # let an in-flight read finish: a daemon thread inside Arrow/fsspec code when the
+            # interpreter exits aborts it (PyGILState_Release fatal error)
+            thread.join(timeout=60)
 
 
 def batches(
