@@ -11,6 +11,11 @@ Both see the same masked sequences (real text: gensim's lee_background news, tok
 packaged tokenizer) in the same batches. Prints seq/s, tokens/s, the speed-up (a)/(b), bytes per
 token of the written cache vs dense fp16 logits, and on CUDA the model FLOPs utilisation (MFU).
 Weights are random unless --teacher is given: speed does not depend on them.
+
+Also printed: masking rows/s of the stage's vectorised ``mask_batch`` against the per-row loop
+it replaced (one PCG64 generator and ``choice`` per sequence, kept here as the named baseline),
+same sequences, same process. Peak RSS at N vs 10 N sequences:
+``bench/teacher_logits_memory.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
 from distil.teacher import cache as cache_format  # noqa: E402
 from distil.teacher.build import target_bytes  # noqa: E402
 from distil.teacher.logits import MaskingParams, teacher_logits_batch  # noqa: E402
+from distil.teacher.masking import MaskedSequence  # noqa: E402
 
 SIZES = {  # (layers, hidden, heads, intermediate)
     "tiny": (2, 128, 2, 512),
@@ -116,6 +122,44 @@ def model_flops(model, tokens: int, positions: int, seq_len: int) -> float:
     return float(encoder + head)
 
 
+def per_row_mask_v1(p: MaskingParams, ids: np.ndarray, length: int, seq_id: int, copy: int):
+    """The per-row masking the stage used before (masking version 1), the baseline: a PCG64
+    generator per (seed, seq_id, copy) and ``Generator.choice`` over the candidates."""
+    ids = np.asarray(ids[:length], dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64([p.seed, seq_id & 0xFFFFFFFF, seq_id >> 32, copy, 0]))
+    candidates = np.flatnonzero(~np.isin(ids, p.special_ids))
+    n_mask = max(1, int(round(p.mask_prob * len(candidates)))) if len(candidates) else 0
+    w = None if p.weights is None else p.weights[ids[candidates]]
+    chosen = rng.choice(candidates, n_mask, replace=False, p=None if w is None else w / w.sum())
+    positions = np.sort(chosen)
+    u, random_ids = rng.random(n_mask), rng.integers(0, p.vocab_size, size=n_mask)
+    masked = ids.copy()
+    masked[positions[u < p.mask_token_frac]] = p.mask_id
+    rand = (u >= p.mask_token_frac) & (u < p.mask_token_frac + p.random_token_frac)
+    masked[positions[rand]] = random_ids[rand]
+    return MaskedSequence(masked, positions, ids[positions])
+
+
+def masking_rates(masking: MaskingParams, seqs: np.ndarray, rows: int = 20000) -> None:
+    """Masking rows/s: vectorised ``mask_batch`` (units of 1024 rows) vs the per-row loop."""
+    ids = np.tile(seqs, (-(-rows // len(seqs)), 1))[:rows]
+    lengths = np.full(rows, ids.shape[1])
+    seq_ids = np.arange(rows)
+    t0 = time.perf_counter()
+    for lo in range(0, rows, 1024):
+        masking.mask_batch(ids[lo : lo + 1024], lengths[lo : lo + 1024], seq_ids[lo : lo + 1024], 0)
+    vec = time.perf_counter() - t0
+    n_old = rows // 10
+    t0 = time.perf_counter()
+    for i in range(n_old):
+        per_row_mask_v1(masking, ids[i], int(lengths[i]), i, 0)
+    old = (time.perf_counter() - t0) * rows / n_old
+    print(
+        f"masking: vectorised mask_batch {rows / vec:,.0f} rows/s vs per-row loop (v1 baseline) "
+        f"{rows / old:,.0f} rows/s -> {old / vec:.0f}x  (seq_len {ids.shape[1]}, 1 thread)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -156,6 +200,7 @@ def main() -> None:
         manifest,
     )
     masked = [masking.mask(s, args.seq_len, i, 0) for i, s in enumerate(seqs)]
+    masking_rates(masking, seqs)
     batches = []
     for start in range(0, len(masked), args.batch_size):
         part = masked[start : start + args.batch_size]
@@ -205,33 +250,14 @@ def main() -> None:
     # bytes per token of the cache table (a) writes, vs dense fp16 logits for every token
     out = teacher_logits_batch(model, *batches[0], spec)
     part = masked[: args.batch_size]
-    start, rows = (
-        0,
-        {
-            k: []
-            for k in (
-                "seq_id",
-                "copy",
-                "input_ids",
-                "positions",
-                "labels",
-                "target_ids",
-                "target_logprobs",
-            )
-        },
+    n = len(part)
+    mb = masking.mask_batch(seqs[:n], np.full(n, args.seq_len), np.arange(n), 0)
+    table = cache_format.masked_table(
+        np.arange(n), np.zeros(n), np.full(n, args.seq_len), mb, 30522
     )
-    for i, m in enumerate(part):
-        n = len(m.positions)
-        rows["seq_id"].append(i)
-        rows["copy"].append(0)
-        rows["input_ids"].append(m.input_ids)
-        rows["positions"].append(m.positions)
-        rows["labels"].append(m.labels)
-        rows["target_ids"].append(out.ids[start : start + n].numpy().reshape(-1))
-        rows["target_logprobs"].append(out.logprobs[start : start + n].numpy().reshape(-1))
-        start += n
     buf = io.BytesIO()
-    shards.write_table(cache_format.rows_to_table(rows, 30522, sampled=False), buf)
+    shards.write_table(cache_format.with_targets(table, out, 30522), buf)
+    start = out.num_positions
     part_tokens = sum(len(m.input_ids) for m in part)
     per_position = target_bytes(buf.getvalue()) / start
     ours_bpt = len(buf.getvalue()) / part_tokens

@@ -195,3 +195,14 @@ def test_session_token_goes_on_the_wire_for_s3fs_and_arrow(s3_server, s3_url, mo
 def test_redaction_and_join():
     assert storage.redact("s3://user:pw@host/b") == "s3://***@host/b"
     assert storage.join("s3://b/x", "y", "z") == "s3://b/x/y/z"
+
+
+def test_counting_filesystem_counts_the_bytes_read(tmp_path):
+    """What a reader fetched through ``CountingFileSystem``: ranged reads count only their bytes."""
+    (tmp_path / "f.bin").write_bytes(bytes(range(256)) * 40)
+    counter = storage.CountingFileSystem(storage.get_fs(str(tmp_path))[0])
+    with storage.open_for_ranges(str(tmp_path / "f.bin"), counter) as f:
+        f.seek(1000)
+        assert f.read(24) == (bytes(range(256)) * 40)[1000:1024]
+    assert counter.bytes_read == 24 and counter.reads == 1
+    assert counter.exists(str(tmp_path / "f.bin"))  # everything else is the wrapped fs

@@ -48,6 +48,12 @@ class PrepareConfig(StageConfig):
     strict: bool = Field(
         False, description="fail on the first bad record instead of dead-lettering"
     )
+    wiki_range_bytes: int = Field(
+        256 << 20,
+        ge=1,
+        description="a bz2 wiki dump bigger than this is split into ranges of whole bz2 streams "
+        "of about this size, read by all workers (never changes the output)",
+    )
     num_workers: int = Field(
         2, ge=1, description="input shards processed in parallel (never changes the output)"
     )

@@ -1,11 +1,13 @@
 """Stage 1 steps, engine-free: one input shard -> one packed Parquet shard + completion marker.
 
-``prepare_shard`` is the unit of work the Ray job maps over (one call per input file). It
-streams records from the reader, tokenizes them in batches, packs rows, writes the output shard
-through ``storage.staged_file`` row group by row group and, last, writes the shard's marker.
-``build_manifest`` turns the markers into the committed manifest. Output bytes depend only on
-the input file, its index in the sorted input list and the config — never on the worker count.
-The tokenizer (``TokenizerInfo``, ``load_tokenizer_info``) lives in ``distil.data.tokenizer``.
+``prepare_shard`` is the unit of work the Ray job maps over for a whole input file. It streams
+records from the reader, tokenizes them in batches and packs rows (``distil.data.tokenize_pack``),
+writes the output shard through ``storage.staged_file`` row group by row group and, last, the
+shard's marker (``finish_shard``). A big bz2 wiki dump is read as byte ranges instead
+(``distil.data.prepare_ranges``), with the same bytes. ``build_manifest`` turns the markers into
+the committed manifest. Output bytes depend only on the input file, its index in the sorted input
+list and the config — never on the worker count or range size. The tokenizer
+(``TokenizerInfo``, ``load_tokenizer_info``) lives in ``distil.data.tokenizer``.
 """
 
 from __future__ import annotations
@@ -18,31 +20,23 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from distil import storage
 from distil.data import shards
 from distil.data.config import PrepareConfig
-from distil.data.pack import SequencePacker
 from distil.data.readers import (
-    BadInputError,
-    DeadLetter,
-    Document,
+    EXTRACTOR_VERSION,
     HashingReader,
-    Skipped,
     detect_format,
     read_records,
 )
-from distil.data.tokenizer import TokenizerInfo, get_tokenizer, load_tokenizer_info
+from distil.data.tokenize_pack import ShardWriter, Tally, tokenize_records
+from distil.data.tokenizer import TokenizerInfo, load_tokenizer_info
 from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
 
 DEAD_LETTER_PATTERN = "dead_letter/shard-{index:05d}.jsonl"
-# Text handed to one encode_batch call: big enough to amortise the call, small enough to bound
-# memory whatever the document sizes.
-ENCODE_BATCH_DOCS = 512
-ENCODE_BATCH_CHARS = 2_000_000
 
 
 def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
@@ -56,6 +50,7 @@ def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
         "max_line_bytes": cfg.max_line_bytes,
         "shard_pattern": shards.SHARD_PATTERN,
         "row_group_rows": shards.ROW_GROUP_ROWS,
+        "wiki_extractor": EXTRACTOR_VERSION,  # new extraction rules = new bytes: no reuse
     }
 
 
@@ -81,162 +76,96 @@ def input_size(url: str) -> int:
     return int(fs.size(path) or 0)
 
 
-def prepare_shard(
-    index: int, input_url: str, input_name: str, cfg: PrepareConfig, tok: TokenizerInfo
+def finish_shard(
+    w: ShardWriter,
+    tally: Tally,
+    input_name: str,
+    identity: dict[str, Any],
+    sha: str,
+    seconds: float,
 ) -> dict[str, Any]:
-    """Process one input shard; returns (and records as its marker) the shard's statistics.
-
-    Skips the work if a marker for the same input, config and tokenizer already exists.
-    """
-    unit = f"shard-{index:05d}"
-    key = shard_key(cfg, tok)
-    identity = input_identity(input_url)
-    done = storage.read_marker(cfg.output, unit)
-    if done and done.get("key") == key and done.get("input_identity") == identity:
-        log.info("%s: already done (marker %s), skipped", input_name, unit)
-        done["reused"] = True
-        return done
-
-    tokenizer = get_tokenizer(tok)
-    vocab = tok.vocab_size
-    sp = tok.special_ids
-    packer = SequencePacker(cfg.seq_len, sp["cls"], sp["sep"], sp["pad"], cfg.cross_document)
-    counts = np.zeros(vocab, dtype=np.int64)
-    stats = {"records": 0, "documents": 0, "pieces": 0, "dead_letter": 0, "skipped": 0}
-    by_reason: dict[str, int] = {}
-    skipped_by_reason: dict[str, int] = {}
-    dead: list[dict[str, Any]] = []
-    rows_written = tokens_written = 0
-    t0 = time.monotonic()
-    hasher: list[HashingReader] = []
-    fmt = cfg.format if cfg.format != "auto" else (detect_format(input_url) or "auto")
-    schema = shards.schema(vocab)
-    name = shards.SHARD_PATTERN.format(index=index)
-
-    with (
-        Progress(input_name, unit="docs", every_s=cfg.log_every_s, log=log) as progress,
-        storage.staged_file(cfg.output, name) as f,
-        pq.ParquetWriter(
-            f,
-            schema,
-            compression="zstd",
-            use_dictionary=False,
-            write_statistics=True,
-            store_schema=True,
-        ) as writer,
-    ):
-        # Same options as shards.write_table, but row group by row group, so a huge input shard
-        # never has its whole output in memory. Deterministic: no timestamps in the file.
-
-        def flush(final: bool) -> None:
-            nonlocal rows_written, tokens_written
-            while packer.pending_rows() >= shards.ROW_GROUP_ROWS or (
-                final and packer.pending_rows()
-            ):
-                ids, lengths = packer.take_rows(shards.ROW_GROUP_ROWS)
-                seq_ids = np.array(
-                    [shards.make_seq_id(index, rows_written + i) for i in range(len(ids))],
-                    dtype=np.int64,
-                )
-                nonpad = ids[ids != sp["pad"]]
-                counts[:] += np.bincount(nonpad, minlength=vocab)[:vocab]
-                writer.write_table(
-                    shards.to_table(seq_ids, ids, lengths, vocab),
-                    row_group_size=shards.ROW_GROUP_ROWS,
-                )
-                rows_written += len(ids)
-                tokens_written += int(lengths.sum())
-
-        batch: list[Document] = []
-        batch_chars = 0
-
-        def encode(batch: list[Document]) -> None:
-            encodings = tokenizer.encode_batch_fast(
-                [d.text for d in batch], add_special_tokens=False
-            )
-            for doc, enc in zip(batch, encodings, strict=True):
-                packer.add(enc.ids, new_document=not doc.continues)
-            before = tokens_written
-            flush(final=False)
-            docs = sum(not d.continues for d in batch)
-            progress.update(docs, tokens=tokens_written - before)
-
-        for record in read_records(
-            input_url,
-            input_name,
-            fmt,
-            text_column=cfg.text_column,
-            id_column=cfg.id_column,
-            max_line_bytes=cfg.max_line_bytes,
-            hasher=hasher,
-        ):
-            stats["records"] += 1
-            if isinstance(record, Document):
-                stats["pieces"] += 1
-                stats["documents"] += 0 if record.continues else 1
-                batch.append(record)
-                batch_chars += len(record.text)
-                if len(batch) >= ENCODE_BATCH_DOCS or batch_chars >= ENCODE_BATCH_CHARS:
-                    encode(batch)
-                    batch, batch_chars = [], 0
-            elif isinstance(record, DeadLetter):
-                if cfg.strict:
-                    raise BadInputError(
-                        f"{record.source} at offset {record.offset}: {record.reason} "
-                        f"({record.detail}) [--strict]"
-                    )
-                stats["dead_letter"] += 1
-                by_reason[record.reason] = by_reason.get(record.reason, 0) + 1
-                dead.append(record.to_dict())
-            elif isinstance(record, Skipped):
-                stats["skipped"] += 1
-                skipped_by_reason[record.reason] = skipped_by_reason.get(record.reason, 0) + 1
-        if batch:
-            encode(batch)
-        packer.finish()
-        before = tokens_written
-        flush(final=True)
-        progress.update(0, tokens=tokens_written - before)
-
+    """Dead letters, statistics and, last, the completion marker of one output shard."""
+    cfg, index = w.cfg, w.index
     dead_name = None
-    if dead:
+    if tally.dead:
         dead_name = DEAD_LETTER_PATTERN.format(index=index)
         with storage.staged_file(cfg.output, dead_name) as f:
-            for rec in dead:
+            for rec in tally.dead:
                 f.write((json.dumps(rec, sort_keys=True) + "\n").encode())
-
-    sha = hasher[0].hexdigest() if hasher else storage.sha256_url(input_url)
-    elapsed = time.monotonic() - t0
-    nonzero = np.nonzero(counts)[0]
+    nonzero = np.nonzero(w.counts)[0]
     info = {
-        "key": key,
+        "key": shard_key(cfg, w.tok),
         "index": index,
-        "name": name,
+        "name": w.name,
         "input": input_name,
         "input_identity": identity,
         "input_sha256": sha,
-        "rows": rows_written,
-        "tokens": tokens_written,
-        **stats,
-        "dead_letter_by_reason": by_reason,
-        "skipped_by_reason": skipped_by_reason,
+        "rows": w.rows,
+        "tokens": w.tokens,
+        **tally.stats,
+        "dead_letter_by_reason": tally.by_reason,
+        "skipped_by_reason": tally.skipped_by_reason,
         "dead_letter_file": dead_name,
-        "token_counts": {str(int(i)): int(counts[i]) for i in nonzero},
-        "seconds": round(elapsed, 3),
+        "token_counts": {str(int(i)): int(w.counts[i]) for i in nonzero},
+        "seconds": round(seconds, 3),
     }
     log.info(
         "%s -> %s: %d docs, %d rows, %d tokens, %d dead letters in %.1fs (%.0f tokens/s)",
         input_name,
-        name,
-        stats["documents"],
-        rows_written,
-        tokens_written,
-        stats["dead_letter"],
-        elapsed,
-        tokens_written / max(elapsed, 1e-9),
+        w.name,
+        tally.stats["documents"],
+        w.rows,
+        w.tokens,
+        tally.stats["dead_letter"],
+        seconds,
+        w.tokens / max(seconds, 1e-9),
     )
-    storage.mark_done(cfg.output, unit, info)
+    storage.mark_done(cfg.output, f"shard-{index:05d}", info)
     return info
+
+
+def reusable_marker(
+    cfg: PrepareConfig, tok: TokenizerInfo, unit: str, identity: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The unit's marker if it was written for the same input, config and tokenizer."""
+    done = storage.read_marker(cfg.output, unit)
+    if done and done.get("key") == shard_key(cfg, tok) and done.get("input_identity") == identity:
+        return {**done, "reused": True}
+    return None
+
+
+def prepare_shard(
+    index: int, input_url: str, input_name: str, cfg: PrepareConfig, tok: TokenizerInfo
+) -> dict[str, Any]:
+    """Process one whole input file; returns (and records as its marker) its statistics.
+
+    Skips the work if a marker for the same input, config and tokenizer already exists.
+    """
+    identity = input_identity(input_url)
+    done = reusable_marker(cfg, tok, f"shard-{index:05d}", identity)
+    if done:
+        log.info("%s: already done (marker shard-%05d), skipped", input_name, index)
+        return done
+    t0 = time.monotonic()
+    hasher: list[HashingReader] = []
+    fmt = cfg.format if cfg.format != "auto" else (detect_format(input_url) or "auto")
+    records = read_records(
+        input_url,
+        input_name,
+        fmt,
+        text_column=cfg.text_column,
+        id_column=cfg.id_column,
+        max_line_bytes=cfg.max_line_bytes,
+        hasher=hasher,
+    )
+    with (
+        Progress(input_name, unit="docs", every_s=cfg.log_every_s, log=log) as progress,
+        ShardWriter(index, cfg, tok) as w,
+    ):
+        tally = tokenize_records(records, cfg, tok, w.add, progress, lambda: w.tokens)
+        progress.update(0, tokens=w.finish())
+    sha = hasher[0].hexdigest() if hasher else storage.sha256_url(input_url)
+    return finish_shard(w, tally, input_name, identity, sha, time.monotonic() - t0)
 
 
 def input_names(urls: list[str]) -> list[str]:
@@ -321,10 +250,15 @@ def plan_inputs(cfg: PrepareConfig) -> list[tuple[int, str, str]]:
 
 
 def run_serial(cfg: PrepareConfig) -> dict[str, Any]:
-    """The whole stage in this process, one shard after another (no Ray): for tests, benchmarks
+    """The whole stage in this process, one unit after another (no Ray): for tests, benchmarks
     and small inputs. Same bytes as the Ray job. Returns the committed manifest."""
+    from distil.data.prepare_ranges import pack_ranges, plan_units, prepare_item, range_items
+
     tok = load_tokenizer_info(cfg.tokenizer)
-    infos = [prepare_shard(i, url, name, cfg, tok) for i, url, name in plan_inputs(cfg)]
+    infos = []
+    for unit in plan_units(cfg):
+        results = [prepare_item(item, cfg, tok) for item in range_items(unit)]
+        infos.append(results[0] if len(results) == 1 else pack_ranges(unit, cfg, tok))
     manifest = build_manifest(cfg, tok, infos)
     storage.commit(cfg.output, manifest)
     return manifest

@@ -55,13 +55,13 @@ def to_table(seq_ids: np.ndarray, input_ids: np.ndarray, lengths: np.ndarray, vo
     )
 
 
-def write_table(table: pa.Table, f: IO) -> None:
+def write_table(table: pa.Table, f: IO, row_group_rows: int = ROW_GROUP_ROWS) -> None:
     """Deterministic bytes for the same table: fixed writer options, no timestamps."""
     pq.write_table(
         table,
         f,
         compression="zstd",
-        row_group_size=ROW_GROUP_ROWS,
+        row_group_size=row_group_rows,
         use_dictionary=False,
         write_statistics=True,
         store_schema=True,

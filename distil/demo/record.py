@@ -96,8 +96,14 @@ def run_json(
                 for k, v in student_metrics.items()
                 if k.startswith("eval_") and k != "eval_history"
             }
-            | {"steps": student_metrics["step"]},
-            per_s(student_metrics.get("tokens_seen", 0), s["distil"]) + " tokens",
+            | {"steps": student_metrics["step"]}
+            | pick(student_metrics, "tokens_per_s_global", "tokens_seen_global", "world_size"),
+            # all workers' tokens (tokens_seen is rank 0's alone; older students have only it)
+            per_s(
+                student_metrics.get("tokens_seen_global", student_metrics.get("tokens_seen", 0)),
+                s["distil"],
+            )
+            + " tokens",
         ),
         "finetune_teacher": stage_entry(
             s["finetune_teacher"], pick(clf["finetune_teacher"]["metrics"], "accuracy", "f1")

@@ -30,6 +30,7 @@ def torch_trainer(
     cpus_per_worker: float,
     max_failures: int,
     keep_checkpoints: int,
+    placement_strategy: str = "PACK",
 ) -> TorchTrainer:
     fs, path = storage.arrow_filesystem(storage_path)
     resources: dict[str, float] = {"CPU": cpus_per_worker}
@@ -40,7 +41,10 @@ def torch_trainer(
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,
@@ -61,8 +65,9 @@ def report_step(
     extra_files: dict[str, Any] | None = None,
 ) -> None:
     """Every rank reports (Ray Train's sync point); when ``save``, rank 0 attaches a checkpoint
-    written by ``save_checkpoint(dir)`` plus ``extra_files`` (name -> JSON-able)."""
-    metrics = {**metrics, "pid": os.getpid()}
+    written by ``save_checkpoint(dir)`` plus ``extra_files`` (name -> JSON-able). The pid and
+    Ray node id say where the rank ran (a multi-node run checks its placement with them)."""
+    metrics = {**metrics, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
     if not (save and rank == 0):
         ray.train.report(metrics)
         return

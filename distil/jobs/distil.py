@@ -35,8 +35,16 @@ from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_bert_checkpoint
 from distil.train.config import DistilConfig
-from distil.train.identity import IDENTITY_FILE, RunIdentity, check_resume, run_identity
-from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe, teacher_ref
+from distil.train.identity import (
+    IDENTITY_FILE,
+    RunIdentity,
+    check_cache_teacher,
+    check_resume,
+    run_identity,
+    teacher_ref,
+    teacher_weights_sha256,
+)
+from distil.train.recipe import METRICS, STUDENT_DIR, DistilRecipe
 
 log = logging.getLogger("distil.jobs.distil")
 
@@ -80,6 +88,7 @@ def build_trainer(cfg: DistilConfig, identity: RunIdentity) -> TorchTrainer:
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         cpus_per_worker=cfg.cpus_per_worker,
+        placement_strategy=cfg.placement_strategy,
         max_failures=cfg.max_failures,
         keep_checkpoints=cfg.keep_checkpoints,
     )
@@ -137,6 +146,12 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
         cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})
     require_bert_checkpoint(teacher_ref(cfg))  # before Ray: workers would only fail later
+    if cfg.mode == "cached":  # the teacher must be the one whose logits the cache holds
+        ref = teacher_ref(cfg)
+        manifest = storage.read_manifest(cfg.cache)
+        check_cache_teacher(
+            manifest, cfg.cache, ref, teacher_weights_sha256(ref), cfg.allow_teacher_mismatch
+        )
     identity = run_identity(cfg)
     if cfg.run_name is None:
         cfg = cfg.model_copy(update={"run_name": identity.default_name})

@@ -4,9 +4,13 @@
         --teacher s3://distil/teacher-adapted
     ray job submit -- python -m distil.jobs.teacher_logits --config logits/default ...
 
-One Ray Data actor pool of teacher replicas (one GPU each when the cluster has GPUs); each
-actor call turns one prepared shard into one cache shard and marks it done, so a killed run
-resumes where it stopped and a finished cache (same key) is never recomputed.
+The unit of work is a bounded slice of a prepared shard (``unit_rows`` sequences; one cache
+file + marker each), streamed through three Ray Data operators: masking in CPU tasks ->
+an actor pool of teacher replicas (one GPU each when the cluster has GPUs), fed ready batches
+while the next units are masked -> commit (file, then marker) in CPU tasks. The streaming
+executor's backpressure bounds what is in flight, so memory does not grow with the shard size;
+a killed run resumes at the first unit without a marker and a finished cache (same key) is
+never recomputed.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from distil import storage
 from distil.cluster import cluster_gpus, init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.progress import Progress
-from distil.teacher.build import ShardWorker, finalize, plan_cache, unit_name
+from distil.teacher.build import TeacherWorker, commit_stage, finalize, pending_units, plan_cache
 from distil.teacher.cache import write_latest_pointer
 from distil.teacher.compat import check_teacher
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
+from distil.teacher.masking import MaskingParams
+from distil.teacher.units import mask_stage
 
 log = logging.getLogger("distil.logits")
 
@@ -80,25 +86,27 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
         manifest = storage.read_manifest(plan.url)
         print(f"cache hit: {storage.redact(plan.url)} (nothing to do)")
         return {**summary, "cache_hit": True, **_stats(manifest)}
-    pending = [
-        t for t in plan.shard_tasks if storage.read_marker(plan.url, unit_name(t["name"])) is None
-    ]
+    pending = pending_units(plan)
     log.info(
-        "cache %s: %d shards, %d already done, %d to compute",
+        "cache %s: %d units of <= %d sequences, %d already done, %d to compute",
         storage.redact(plan.url),
-        len(plan.shard_tasks),
-        len(plan.shard_tasks) - len(pending),
+        len(plan.units),
+        cfg.unit_rows,
+        len(plan.units) - len(pending),
         len(pending),
     )
-    computed = 0
     if pending:
         init_ray()
         res = actor_resources(cfg)
         device = res.pop("device")
         size = res.pop("size")
+        masking = MaskingParams.from_config(cfg.masking(), plan.prepared)
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        out = ds.map_batches(
-            ShardWorker,
+        ds = ds.map_batches(
+            mask_stage, batch_size=1, fn_kwargs={"masking": masking}, num_cpus=cfg.num_cpus_per_task
+        )
+        ds = ds.map_batches(
+            TeacherWorker,
             fn_constructor_kwargs={
                 "cfg": cfg.model_dump(),
                 "teacher_sha256": plan.teacher_sha256,
@@ -109,17 +117,23 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
             compute=ray.data.ActorPoolStrategy(size=size),
             **res,
         )
-        with Progress("logits", total=len(pending), unit="shards", log=log) as bar:
-            for row in out.iter_rows():
-                computed += int(not row["skipped"])
+        ds = ds.map_batches(
+            commit_stage,
+            batch_size=1,
+            fn_kwargs={"row_group_rows": cfg.row_group_rows},
+            num_cpus=cfg.num_cpus_per_task,
+        )
+        with Progress("logits", total=len(pending), unit="units", log=log) as bar:
+            for row in ds.iter_rows():
                 bar.update(1, rows=row["rows"], positions=row["positions"], bytes=row["bytes"])
     manifest = finalize(plan, cfg)
     write_latest_pointer(cfg.cache_root, plan.url, plan.key)
     return {
         **summary,
         "cache_hit": False,
-        "shards_computed": computed,
-        "shards_resumed": len(plan.shard_tasks) - len(pending),
+        "units": len(plan.units),
+        "units_computed": len(pending),
+        "units_resumed": len(plan.units) - len(pending),
         "seconds": round(time.perf_counter() - t0, 2),
         **_stats(manifest),
     }

@@ -73,17 +73,14 @@ def load_rows(url: str, manifest: dict[str, Any], train_tokens: int, heldout: in
 
 def make_batch(rows: Rows, idx: np.ndarray, masking: MaskingParams, copy: int, pad: int, cap: int):
     """Masked batch trimmed to its longest row (at most ``cap`` tokens)."""
-    lengths = np.minimum(rows.lengths[idx], cap)
+    lengths = np.minimum(rows.lengths[idx], cap).astype(np.int64)
     width = int(lengths.max())
-    x = np.full((len(idx), width), pad, dtype=np.int64)
-    am = np.zeros((len(idx), width), dtype=np.int64)
+    inside = np.arange(width)[None, :] < lengths[:, None]
+    m = masking.mask_batch(rows.ids[idx, :width], lengths, rows.seq_ids[idx], copy)
+    x = np.where(inside, m.input_ids, pad)
     labels = np.full((len(idx), width), -100, dtype=np.int64)
-    for j, i in enumerate(idx):
-        m = masking.mask(rows.ids[i], int(lengths[j]), int(rows.seq_ids[i]), copy)
-        x[j, : lengths[j]] = m.input_ids
-        am[j, : lengths[j]] = 1
-        labels[j, m.positions] = m.labels
-    return torch.from_numpy(x), torch.from_numpy(am), torch.from_numpy(labels)
+    labels[m.selected] = m.labels
+    return torch.from_numpy(x), torch.from_numpy(inside.astype(np.int64)), torch.from_numpy(labels)
 
 
 def masked_lm_loss(model: Any, x: torch.Tensor, am: torch.Tensor, labels: torch.Tensor):

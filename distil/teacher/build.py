@@ -1,13 +1,15 @@
-"""Building a teacher cache, engine-free: plan (key, pending shards), one shard as a unit of
-work (skip if its marker exists, else compute, write staged, mark), and the final manifest.
+"""Building a teacher cache, engine-free: plan (key, units), the teacher step of a unit, the
+commit of a unit (file, then marker) and the final manifest.
 
-``distil.jobs.teacher_logits`` runs ``ShardWorker`` as a Ray Data actor pool; everything here also
-runs in a plain loop (tests, a GPU box without Ray).
+``distil.jobs.teacher_logits`` chains ``units.mask_stage`` (CPU tasks), ``TeacherWorker`` (an
+actor pool) and ``commit_stage`` (CPU tasks) as Ray Data operators; ``build_in_process`` runs
+the same steps in a plain loop (tests, a GPU box without Ray).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import time
@@ -16,19 +18,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distil import storage
 from distil.data import shards
-from distil.progress import Progress
 from distil.teacher.cache import CACHE_KIND, FORMAT_VERSION, cache_key
 from distil.teacher.compat import check_teacher
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
+from distil.teacher.masking import MaskingParams
+from distil.teacher.units import from_ipc, mask_unit, plan_units, to_ipc, unit_name
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 30.0  # seconds between progress lines of one shard in a log
 
 
 @dataclass
@@ -37,7 +39,7 @@ class CachePlan:
     url: str
     prepared: dict[str, Any]  # the input's manifest
     teacher_sha256: str
-    shard_tasks: list[dict[str, Any]]  # one per input shard: index, name, input url, output dir
+    units: list[dict[str, Any]]  # units.plan_units: name, input, start, stop, output
 
     @property
     def committed(self) -> bool:
@@ -45,15 +47,14 @@ class CachePlan:
 
 
 def plan_cache(cfg: LogitsConfig, teacher_sha256: str) -> CachePlan:
-    """Where the cache for ``cfg`` lives and which shards it is made of."""
+    """Where the cache for ``cfg`` lives and which units it is made of."""
     prepared = shards.open_prepared(cfg.input)
-    key = cache_key(teacher_sha256, prepared["fingerprint"], cfg.masking(), cfg.sparsity_spec())
+    key = cache_key(
+        teacher_sha256, prepared["fingerprint"], cfg.masking(), cfg.sparsity_spec(), cfg.layout()
+    )
     url = storage.join(cfg.cache_root, key)
-    tasks = [
-        {"index": i, "name": f["name"], "input": storage.join(cfg.input, f["name"]), "output": url}
-        for i, f in enumerate(prepared["files"])
-    ]
-    return CachePlan(key, url, prepared, teacher_sha256, tasks)
+    units = plan_units(prepared, cfg.input, url, cfg.unit_rows)
+    return CachePlan(key, url, prepared, teacher_sha256, units)
 
 
 def target_bytes(parquet_bytes: bytes) -> int:
@@ -68,12 +69,8 @@ def target_bytes(parquet_bytes: bytes) -> int:
     return total
 
 
-def unit_name(shard_name: str) -> str:
-    return shard_name.removesuffix(".parquet")
-
-
-class ShardWorker:
-    """Holds one teacher replica; ``__call__`` turns one input shard into one cache shard."""
+class TeacherWorker:
+    """Holds one teacher replica; ``compute`` turns one masked unit into its cache table."""
 
     def __init__(
         self,
@@ -83,8 +80,6 @@ class ShardWorker:
         device: str = "cpu",
     ):
         import torch
-
-        from distil.teacher.logits import MaskingParams
 
         self.cfg = LogitsConfig.model_validate(cfg)
         if self.cfg.torch_threads:
@@ -99,74 +94,83 @@ class ShardWorker:
         self.masking = MaskingParams.from_config(self.cfg.masking(), prepared)
         self.sparsity = self.cfg.sparsity_spec()
         self.pad_id = int(prepared["special_ids"]["pad"])
-        self.vocab_size = int(prepared["vocab_size"])
 
-    def process(self, task: dict[str, Any]) -> dict[str, Any]:
-        from distil.teacher.logits import compute_shard
+    def compute(self, masked: pa.Table) -> pa.Table:
+        from distil.teacher.logits import compute_unit
 
-        unit = unit_name(task["name"])
-        done = storage.read_marker(task["output"], unit)
-        if done is not None:
-            return {**done, "skipped": True}
-        table = shards.read_table(task["input"])
-        t0 = time.perf_counter()
-        total = table.num_rows * self.masking.copies
-        with Progress(task["name"], total, "rows", every_s=PROGRESS_EVERY_S, log=log) as bar:
-            out, stats = compute_shard(
-                self.model,
-                table,
-                self.masking,
-                self.sparsity,
-                self.cfg.batch_size,
-                self.pad_id,
-                progress=bar.update,
-            )
-        buf = io.BytesIO()
-        shards.write_table(out, buf)
-        data = buf.getvalue()
-        with storage.staged_file(task["output"], task["name"]) as f:
-            f.write(data)
-        nbytes = len(data)
-        # The marker holds only deterministic facts (no timings), so a resumed cache directory
-        # is byte-identical to an uninterrupted one.
-        info = {
-            "name": task["name"],
-            "input": task["input"].rsplit("/", 1)[-1],
-            "rows": stats["rows"],
-            "sequences": stats["sequences"],
-            "tokens": stats["tokens"],
-            "positions": stats["positions"],
-            "bytes": int(nbytes),
-            "target_bytes": target_bytes(data),
-        }
-        storage.mark_done(task["output"], unit, info)
-        log.info(
-            "%s: %d rows, %d positions in %.1fs (pid %d)",
-            task["name"],
-            stats["rows"],
-            stats["positions"],
-            time.perf_counter() - t0,
-            os.getpid(),
+        return compute_unit(
+            self.model, masked, self.masking, self.sparsity, self.cfg.batch_size, self.pad_id
         )
-        return {**info, "skipped": False, "seconds": time.perf_counter() - t0}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data entry point: a batch of shard tasks (batch_size=1 in the job)."""
-        keys = ("index", "name", "input", "output")
-        results = [
-            self.process(
-                {k: batch[k][i].item() if k == "index" else str(batch[k][i]) for k in keys}
-            )
-            for i in range(len(batch["name"]))
-        ]
-        return {
-            k: np.array([r[k] for r in results])
-            for k in ("name", "rows", "positions", "tokens", "bytes", "skipped")
-        }
+        """Ray Data step 2 (actor pool): masked unit rows -> unit rows with targets."""
+        out = [to_ipc(self.compute(from_ipc(p))) for p in batch["payload"]]
+        return {"unit": batch["unit"], "payload": np.array(out, dtype=object)}
+
+
+def commit_unit(unit: dict[str, Any], table: pa.Table, row_group_rows: int) -> dict[str, Any]:
+    """Write the unit's file (staged: all or nothing), then its marker (the commit point: a
+    unit without one is recomputed, overwriting any file with the same bytes)."""
+    t0 = time.perf_counter()
+    buf = io.BytesIO()
+    shards.write_table(table, buf, row_group_rows=row_group_rows)
+    data = buf.getvalue()
+    with storage.staged_file(unit["output"], unit["name"]) as f:
+        f.write(data)
+    first = table.filter(pc.equal(table.column("copy"), 0))
+    # Only deterministic facts (no timings), so a resumed cache directory is byte-identical.
+    info = {
+        "name": unit["name"],
+        "input": unit["input"].rsplit("/", 1)[-1],
+        "start": int(unit["start"]),
+        "stop": int(unit["stop"]),
+        "rows": table.num_rows,
+        "sequences": first.num_rows,
+        "tokens": int(pc.sum(pc.list_value_length(first.column("input_ids"))).as_py() or 0),
+        "positions": int(pc.sum(pc.list_value_length(table.column("positions"))).as_py() or 0),
+        "bytes": len(data),
+        "target_bytes": target_bytes(data),
+    }
+    storage.mark_done(unit["output"], unit_name(unit["name"]), info)
+    log.debug(
+        "%s: %d rows in %.2fs (pid %d)",
+        unit["name"],
+        info["rows"],
+        time.perf_counter() - t0,
+        os.getpid(),
+    )
+    return info
+
+
+COMMIT_COLUMNS = ("name", "rows", "positions", "tokens", "bytes")
+
+
+def commit_stage(batch: dict[str, np.ndarray], row_group_rows: int) -> dict[str, np.ndarray]:
+    """Ray Data step 3 (CPU tasks): unit rows with targets -> one stats row per committed unit."""
+    infos = [
+        commit_unit(json.loads(u), from_ipc(p), row_group_rows)
+        for u, p in zip(batch["unit"], batch["payload"], strict=True)
+    ]
+    return {k: np.array([i[k] for i in infos]) for k in COMMIT_COLUMNS}
+
+
+def pending_units(plan: CachePlan) -> list[dict[str, Any]]:
+    """The units of ``plan`` without a marker (all of them on a fresh run)."""
+    done = storage.read_markers(plan.url, [unit_name(u["name"]) for u in plan.units])
+    return [u for u in plan.units if unit_name(u["name"]) not in done]
+
+
+def build_in_process(plan: CachePlan, cfg: LogitsConfig, device: str = "cpu") -> dict[str, Any]:
+    """The whole stage in this process, no Ray (tests, a GPU box): mask, teacher and commit
+    every pending unit in turn, then finalize; returns the manifest."""
+    worker = TeacherWorker(cfg.model_dump(), plan.teacher_sha256, plan.prepared, device)
+    for unit in pending_units(plan):
+        commit_unit(unit, worker.compute(mask_unit(unit, worker.masking)), cfg.row_group_rows)
+    return finalize(plan, cfg)
 
 
 def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, Any]]) -> dict:
-    """The manifest of a finished cache, from the per-shard markers (in shard order)."""
+    """The manifest of a finished cache, from the per-unit markers (in plan order)."""
     prepared = plan.prepared
     rows = sum(m["rows"] for m in markers)
     positions = sum(m["positions"] for m in markers)
@@ -174,6 +178,7 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
     nbytes = sum(m["bytes"] for m in markers)
     target_total = sum(m["target_bytes"] for m in markers)
     vocab = int(prepared["vocab_size"])
+    keys = ("name", "input", "start", "stop", "rows", "positions", "tokens", "bytes")
     return {
         "kind": CACHE_KIND,
         "format_version": FORMAT_VERSION,
@@ -183,13 +188,8 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
         "data": {"url": cfg.input, "fingerprint": prepared["fingerprint"]},
         "masking": cfg.masking(),
         "sparsity": cfg.sparsity_spec(),
-        "files": [
-            {
-                k: m[k]
-                for k in ("name", "input", "rows", "positions", "tokens", "bytes", "target_bytes")
-            }
-            for m in markers
-        ],
+        "layout": cfg.layout(),
+        "files": [{k: m[k] for k in (*keys, "target_bytes")} for m in markers],
         "rows": rows,
         "sequences": sum(m["sequences"] for m in markers),
         "positions": positions,
@@ -209,17 +209,19 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
 
 
 def finalize(plan: CachePlan, cfg: LogitsConfig) -> dict[str, Any]:
-    """Commit the cache once every shard has its marker; returns the manifest."""
+    """Commit the cache once every unit has its marker; returns the manifest."""
+    found = storage.read_markers(plan.url, [unit_name(u["name"]) for u in plan.units])
     markers = []
-    for task, entry in zip(plan.shard_tasks, plan.prepared["files"], strict=True):
-        m = storage.read_marker(plan.url, unit_name(task["name"]))
+    for unit in plan.units:
+        m = found.get(unit_name(unit["name"]))
         if m is None:
-            raise RuntimeError(f"shard {task['name']} has no completion marker; not committing")
-        # row accounting: every input sequence is in the cache, `copies` times
-        if m["sequences"] != entry["rows"] or m["rows"] != entry["rows"] * cfg.copies:
+            raise RuntimeError(f"unit {unit['name']} has no completion marker; not committing")
+        # row accounting: every input sequence of the unit is in the cache, `copies` times
+        n = unit["stop"] - unit["start"]
+        if m["sequences"] != n or m["rows"] != n * cfg.copies:
             raise RuntimeError(
-                f"{task['name']}: {m['sequences']} sequences / {m['rows']} rows cached, but the "
-                f"input has {entry['rows']} sequences x {cfg.copies} copies; not committing"
+                f"{unit['name']}: {m['sequences']} sequences / {m['rows']} rows cached, but its "
+                f"input has {n} sequences x {cfg.copies} copies; not committing"
             )
         markers.append(m)
     manifest = build_manifest(plan, cfg, markers)

@@ -1,11 +1,12 @@
 """The teacher-logit cache: format, key, and the reader the distillation stage consumes.
 
 Layout of ``<cache_root>/<key>/`` (``key`` = fingerprint of teacher weights hash, dataset
-fingerprint, masking config and sparsity config, so any change lands in a new directory and a
+fingerprint, masking, sparsity and layout configs, so any change lands in a new directory and a
 rerun with the same inputs finds its own finished output):
 
-* ``shard-00000.parquet …``: one per prepared input shard (same index), one row per
-  ``(seq_id, copy)``:
+* ``shard-00000-00000.parquet …``: one per unit of work (``unit_rows`` consecutive sequences of
+  one prepared shard: ``<shard stem>-<unit index>``), row groups of at most ``row_group_rows``
+  rows, one row per ``(seq_id, copy)``, copies of a sequence together:
 
   - ``seq_id`` int64, ``copy`` uint8
   - ``input_ids`` list<uint16>: the *masked* input, unpadded (``length`` ids)
@@ -16,9 +17,10 @@ rerun with the same inputs finds its own finished output):
   - ``target_counts`` list<uint8> (sampled mode only): draw counts, 0 for unused slots
 
   (ids are int32 instead of uint16 when the vocab exceeds 65,536.)
-* ``_markers/shard-00000.json``: per-shard completion (a killed run resumes from them).
+* ``_markers/shard-00000-00000.json``: per-unit completion (a killed run resumes from them).
 * ``manifest.json`` (written last): ``kind="teacher_logits"``, ``key``, ``teacher``, ``data``,
-  ``masking``, ``sparsity``, ``files``, row/position/token counts and bytes per position/token.
+  ``masking``, ``sparsity``, ``layout``, ``files``, row/position/token counts and bytes per
+  position/token.
 """
 
 from __future__ import annotations
@@ -32,16 +34,24 @@ import torch
 
 from distil import storage
 from distil.data import shards
-from distil.data.shards import is_heldout
+from distil.teacher.masking import MaskedBatch
+from distil.teacher.sparse import SparseLogits
 
 CACHE_KIND = "teacher_logits"
-FORMAT_VERSION = 1
+# 2: one file per unit of work (``unit_rows`` sequences of a prepared shard), bounded row groups,
+# counter-based masking (masking version 2). 1: one file per prepared shard.
+FORMAT_VERSION = 2
 
 
 def cache_key(
-    teacher_sha256: str, data_fingerprint: str, masking: dict[str, Any], sparsity: dict[str, Any]
+    teacher_sha256: str,
+    data_fingerprint: str,
+    masking: dict[str, Any],
+    sparsity: dict[str, Any],
+    layout: dict[str, Any],
 ) -> str:
-    """Directory name of a cache: changes whenever teacher, data, masking or sparsity change."""
+    """Directory name of a cache: changes whenever teacher, data, masking, sparsity or file
+    layout (``LogitsConfig.layout()``: which files, which row groups) change."""
     return storage.fingerprint(
         {
             "format": FORMAT_VERSION,
@@ -49,6 +59,7 @@ def cache_key(
             "data": data_fingerprint,
             "masking": masking,
             "sparsity": sparsity,
+            "layout": layout,
         }
     )
 
@@ -69,38 +80,56 @@ def cache_schema(vocab_size: int, sampled: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _list_array(parts: list[np.ndarray], dtype: np.dtype, typ: pa.DataType) -> pa.ListArray:
-    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, typ))
+def _list_column(offsets: np.ndarray, flat: np.ndarray, typ: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, typ))
 
 
-def rows_to_table(rows: dict[str, list], vocab_size: int, sampled: bool) -> pa.Table:
-    """Build a cache shard table from per-row numpy arrays (keys = column names)."""
-    schema = cache_schema(vocab_size, sampled)
-    id_np = np.uint16 if vocab_size <= 65536 else np.int32
+def masked_table(
+    seq_ids: np.ndarray, copies: np.ndarray, lengths: np.ndarray, batch: MaskedBatch, vocab: int
+) -> pa.Table:
+    """The input half of a cache table (``seq_id`` … ``labels``) from a masked batch whose row r
+    is ``(seq_ids[r], copies[r])``, ``lengths[r]`` ids long; targets come later (``with_targets``)."""
+    schema = cache_schema(vocab, sampled=False)
+    id_np = np.uint16 if vocab <= 65536 else np.int32
+    lengths = np.asarray(lengths, dtype=np.int64)
+    id_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=id_offsets[1:])
+    inside = np.arange(batch.input_ids.shape[1])[None, :] < lengths[:, None]
+    pos_offsets, positions = batch.positions()
+    ids_type = schema.field("input_ids").type.value_type
     cols = [
-        pa.array(np.asarray(rows["seq_id"], np.int64)),
-        pa.array(np.asarray(rows["copy"], np.uint8)),
+        pa.array(np.asarray(seq_ids, np.int64)),
+        pa.array(np.asarray(copies, np.uint8)),
+        _list_column(id_offsets, batch.input_ids[inside].astype(id_np), ids_type),
+        _list_column(pos_offsets, positions.astype(np.uint16), pa.uint16()),
+        _list_column(pos_offsets, batch.labels.astype(id_np), ids_type),
     ]
-    for name in ("input_ids", "positions", "labels", "target_ids", "target_logprobs"):
-        typ = schema.field(name).type
-        dtype = {
-            "positions": np.uint16,
-            "target_logprobs": np.float16,
-        }.get(name, id_np)
-        cols.append(_list_array(rows[name], dtype, typ.value_type))
+    return pa.Table.from_arrays(cols, schema=pa.schema(list(schema)[:5]))
+
+
+def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
+    """A full cache table: ``table`` (from ``masked_table``) plus the K targets of each of its
+    masked positions (``sparse`` rows in the table's row-major position order)."""
+    k = sparse.ids.shape[1]
+    sampled = sparse.counts is not None
+    schema = cache_schema(vocab, sampled)
+    id_np = np.uint16 if vocab <= 65536 else np.int32
+    offsets = table.column("positions").combine_chunks().offsets.to_numpy().astype(np.int64) * k
+    cols = [table.column(i) for i in range(5)]
+    cols.append(
+        _list_column(
+            offsets,
+            sparse.ids.numpy().reshape(-1).astype(id_np),
+            schema.field("target_ids").type.value_type,
+        )
+    )
+    cols.append(
+        _list_column(offsets, sparse.logprobs.numpy().reshape(-1).astype(np.float16), pa.float16())
+    )
     if sampled:
-        cols.append(_list_array(rows["target_counts"], np.uint8, pa.uint8()))
+        counts = sparse.counts.numpy().reshape(-1).astype(np.uint8)
+        cols.append(_list_column(offsets, counts, pa.uint8()))
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-def _parts(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, flat values) of a list column, zero-copy where pyarrow allows."""
-    col = table.column(name).combine_chunks()
-    return col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=False)
 
 
 class TeacherCache:
@@ -110,9 +139,11 @@ class TeacherCache:
     ``input_ids`` and ``attention_mask`` [B, L] (L = longest row of the batch), ``labels`` [B, L]
     (-100 off the masked positions), and ``target_ids`` / ``target_logprobs`` (and
     ``target_counts`` in sampled mode) [N, K] for the N masked positions in row-major order.
+    Each rank streams only its own whole row groups (``distil.train.stream``). ``fs``: an fsspec
+    filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, fs: Any = None):
         self.url = url
         self.manifest: dict[str, Any] = storage.read_manifest(url)
         if self.manifest.get("kind") != CACHE_KIND:
@@ -124,38 +155,42 @@ class TeacherCache:
         self.sampled: bool = self.sparsity["mode"] == "sampled"
         self.pad_id: int = int(self.manifest["special_ids"]["pad"])
         self.files: list[str] = storage.committed_files(url)
-        self._seq_ids: list[np.ndarray] | None = None
+        self.fs = fs
+        self._groups = None
 
     def __len__(self) -> int:
         return int(self.manifest["rows"])
 
-    def _all_seq_ids(self) -> list[np.ndarray]:
-        if self._seq_ids is None:
-            self._seq_ids = [
-                shards.read_table(f, columns=["seq_id"]).column("seq_id").to_numpy()
-                for f in self.files
-            ]
-        return self._seq_ids
+    @property
+    def row_groups(self):
+        """The cache's ``(file, row group)`` units (footers read on first use)."""
+        from distil.train.stream import RowGroups
 
-    def _order(
-        self, split: str, heldout_fraction: float, seed: int, epoch: int, shuffle: bool
-    ) -> list[tuple[int, np.ndarray]]:
-        """(file index, row indices) in reading order: shards shuffled, rows shuffled within."""
-        if split not in ("train", "heldout", "all"):
-            raise ValueError(f"split must be train, heldout or all, not {split!r}")
-        rng = np.random.default_rng([seed, epoch])
-        file_order = rng.permutation(len(self.files)) if shuffle else np.arange(len(self.files))
-        out = []
-        for fi in file_order:
-            seq_ids = self._all_seq_ids()[fi]
-            rows = np.arange(len(seq_ids))
-            if split != "all":
-                held = is_heldout(seq_ids, heldout_fraction)
-                rows = rows[held] if split == "heldout" else rows[~held]
-            if shuffle:
-                rows = rng.permutation(rows)
-            out.append((int(fi), rows))
-        return out
+        if self._groups is None:
+            self._groups = RowGroups(self.files, self.fs)
+        return self._groups
+
+    def plan(
+        self,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        split: str = "train",
+        heldout_fraction: float = 0.05,
+        shuffle: bool = True,
+    ):
+        """This rank's row groups for the epoch (``distil.train.stream.RankPlan``)."""
+        return self.row_groups.plan(
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+            shuffle=shuffle,
+        )
 
     def num_batches(
         self,
@@ -164,11 +199,18 @@ class TeacherCache:
         world_size: int = 1,
         split: str = "train",
         heldout_fraction: float = 0.05,
+        seed: int = 0,
+        epoch: int = 0,
     ) -> int:
         """Batches each rank gets from ``iter_batches`` with the same arguments."""
-        total = sum(len(r) for _, r in self._order(split, heldout_fraction, 0, 0, False))
-        per_rank = total // world_size
-        return -(-per_rank // batch_size)
+        plan = self.plan(
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+        )
+        return -(-plan.rows // batch_size)
 
     def iter_batches(
         self,
@@ -181,74 +223,67 @@ class TeacherCache:
         split: str = "train",
         heldout_fraction: float = 0.05,
         shuffle: bool = True,
+        start_batch: int = 0,
+        shuffle_window: int = 2,
+        read_ahead: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches for one rank of ``world_size``.
+        """Batches for one rank of ``world_size``, from batch ``start_batch`` of the epoch on.
 
-        Rows are dealt round-robin over ranks after a (seed, epoch) shuffle and the total is cut
-        to a multiple of ``world_size`` (at most ``world_size - 1`` rows dropped), so ranks see
-        disjoint rows and the same number of batches (DDP would hang otherwise).
+        Ranks read disjoint whole row groups and yield the same number of rows (the smallest
+        rank's; at most ``world_size - 1`` row groups dropped per epoch), see
+        ``distil.train.stream``. ``start_batch`` seeks: earlier row groups are not read.
         """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        order = self._order(split, heldout_fraction, seed, epoch, shuffle)
-        total = sum(len(r) for _, r in order)
-        per_rank = total // world_size
-        # Global position g goes to rank g % world_size; keep this rank's first per_rank rows.
-        files = np.concatenate([np.full(len(r), fi) for fi, r in order] or [np.zeros(0, int)])
-        rows = np.concatenate([r for _, r in order] or [np.zeros(0, int)])
-        mine = np.arange(rank, per_rank * world_size, world_size)
-        plan = list(zip(files[mine].tolist(), rows[mine].tolist(), strict=True))
-        loaded: tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
-        for start in range(0, len(plan), batch_size):
-            chunk = plan[start : start + batch_size]
-            rows_by_file: list[tuple[dict, int]] = []
-            for fi, r in chunk:
-                if loaded is None or loaded[0] != fi:
-                    loaded = (fi, self._load(fi))
-                rows_by_file.append((loaded[1], r))
-            yield self._collate(rows_by_file)
+        from distil.train.stream import batches
 
-    def _load(self, fi: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        table = shards.read_table(self.files[fi])
-        names = ["input_ids", "positions", "labels", "target_ids", "target_logprobs"]
-        if self.sampled:
-            names.append("target_counts")
-        return {n: _parts(table, n) for n in names}
+        plan = self.plan(
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+            shuffle=shuffle,
+        )
+        tables = self.row_groups.iter_rows(
+            plan,
+            rank=rank,
+            seed=seed,
+            epoch=epoch,
+            split=split,
+            heldout_fraction=heldout_fraction,
+            start_row=start_batch * batch_size,
+            shuffle=shuffle,
+            shuffle_window=shuffle_window,
+            read_ahead=read_ahead,
+        )
+        yield from batches(tables, batch_size, self.collate)
 
-    def _collate(self, rows: list[tuple[dict, int]]) -> dict[str, torch.Tensor]:
+    def collate(self, table: pa.Table) -> dict[str, torch.Tensor]:
+        """One batch (the contract's tensors) from a table of cache rows, vectorised."""
+        from distil.train.stream import list_parts, scatter_rows
+
         k = self.k
-        lengths = [int(p["input_ids"][0][r + 1] - p["input_ids"][0][r]) for p, r in rows]
-        b, seq_len = len(rows), max(lengths) if lengths else 0
-        input_ids = np.full((b, seq_len), self.pad_id, dtype=np.int64)
-        attention = np.zeros((b, seq_len), dtype=np.int64)
-        labels = np.full((b, seq_len), -100, dtype=np.int64)
-        tids, tlps, tcnt = [], [], []
-        for j, (p, r) in enumerate(rows):
-            o, flat = p["input_ids"]
-            input_ids[j, : lengths[j]] = flat[o[r] : o[r + 1]]
-            attention[j, : lengths[j]] = 1
-            po, pos = p["positions"]
-            lo, lab = p["labels"]
-            labels[j, pos[po[r] : po[r + 1]].astype(np.int64)] = lab[lo[r] : lo[r + 1]]
-            to, ti = p["target_ids"]
-            tids.append(ti[to[r] : to[r + 1]])
-            vo, tv = p["target_logprobs"]
-            tlps.append(tv[vo[r] : vo[r + 1]])
-            if self.sampled:
-                co, cv = p["target_counts"]
-                tcnt.append(cv[co[r] : co[r + 1]])
+        lengths, ids = list_parts(table, "input_ids")
+        input_ids = scatter_rows(lengths, ids, self.pad_id)
+        attention = scatter_rows(lengths, np.ones(len(ids), np.int64), 0)
+        n_pos, pos = list_parts(table, "positions")
+        _, lab = list_parts(table, "labels")
+        labels = np.full(input_ids.shape, -100, dtype=np.int64)
+        labels[np.repeat(np.arange(len(n_pos)), n_pos), pos.astype(np.int64)] = lab
         batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention),
             "labels": torch.from_numpy(labels),
-            "target_ids": torch.from_numpy(np.concatenate(tids).astype(np.int64).reshape(-1, k)),
+            "target_ids": torch.from_numpy(
+                list_parts(table, "target_ids")[1].astype(np.int64).reshape(-1, k)
+            ),
             "target_logprobs": torch.from_numpy(
-                np.concatenate(tlps).astype(np.float32).reshape(-1, k)
+                list_parts(table, "target_logprobs")[1].astype(np.float32).reshape(-1, k)
             ),
         }
         if self.sampled:
             batch["target_counts"] = torch.from_numpy(
-                np.concatenate(tcnt).astype(np.float32).reshape(-1, k)
+                list_parts(table, "target_counts")[1].astype(np.float32).reshape(-1, k)
             )
         return batch
 

@@ -46,10 +46,22 @@ class LogitsConfig(StageConfig):
     sample_temperature: float = Field(
         1.0, gt=0, description="temperature of the sampling distribution (sampled mode)"
     )
+    unit_rows: int = Field(
+        1024,
+        ge=1,
+        description="prepared sequences per unit of work: one cache file + marker each; bounds "
+        "what a task or teacher actor holds (x copies), whatever the shard size (key: layout)",
+    )
+    row_group_rows: int = Field(
+        256, ge=1, description="cache rows per Parquet row group (readers seek by them; key)"
+    )
     batch_size: int = Field(64, ge=1, description="sequences per teacher forward pass")
     num_actors: int = Field(1, ge=1, description="teacher replicas (Ray actor pool size)")
     num_cpus_per_actor: float = Field(
         0.5, gt=0, description="logical CPUs per CPU actor (keep < cores so readers schedule)"
+    )
+    num_cpus_per_task: float = Field(
+        0.5, gt=0, description="logical CPUs per masking / commit task (Ray Data CPU tasks)"
     )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads per CPU actor (0: torch default)"
@@ -83,6 +95,10 @@ class LogitsConfig(StageConfig):
             "random_token_frac": self.random_token_frac,
             "mlm_smoothing": self.mlm_smoothing,
         }
+
+    def layout(self) -> dict[str, Any]:
+        """The file layout as it enters the cache key (and the manifest)."""
+        return {"unit_rows": self.unit_rows, "row_group_rows": self.row_group_rows}
 
     def sparsity_spec(self) -> dict[str, Any]:
         """The sparsity config as it enters the cache key (and the manifest)."""
@@ -124,6 +140,9 @@ class AdaptConfig(StageConfig):
     eval_sequences: int = Field(256, ge=1, description="held-out sequences to evaluate on")
     max_seq_len: int = Field(
         128, ge=8, description="train on at most this many tokens per sequence (speed on CPU)"
+    )
+    num_cpus_per_task: float = Field(
+        0.5, gt=0, description="logical CPUs per masking / commit task (Ray Data CPU tasks)"
     )
     torch_threads: int = Field(
         1,

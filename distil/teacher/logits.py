@@ -9,18 +9,15 @@ encoder, gather the hidden states of the masked positions only, and apply the he
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from distil.data import shards
 from distil.teacher import cache as cache_format
 from distil.teacher.load import mlm_parts
-from distil.teacher.masking import MaskedSequence, mask_sequence, rng_for, selection_weights
+from distil.teacher.masking import MaskingParams, sample_uniforms
 from distil.teacher.sparse import SparseLogits, sparsify
 
 HEAD_CHUNK = 2048  # positions per head matmul: 2048 x 30522 fp32 = 250 MB at most
@@ -74,57 +71,6 @@ def teacher_logits_batch(
     )
 
 
-@dataclass
-class MaskingParams:
-    """Everything ``mask_sequence`` needs besides the sequence itself."""
-
-    seed: int
-    copies: int
-    mask_prob: float
-    mask_token_frac: float
-    random_token_frac: float
-    special_ids: np.ndarray
-    mask_id: int
-    vocab_size: int
-    weights: np.ndarray | None
-
-    @classmethod
-    def from_config(cls, masking: dict[str, Any], manifest: dict[str, Any]) -> MaskingParams:
-        special = manifest["special_ids"]
-        counts = manifest.get("token_counts")
-        if masking["mlm_smoothing"] > 0 and not counts:
-            raise ValueError("mlm_smoothing > 0 needs token_counts in the prepared manifest")
-        return cls(
-            seed=masking["seed"],
-            copies=masking["copies"],
-            mask_prob=masking["mask_prob"],
-            mask_token_frac=masking["mask_token_frac"],
-            random_token_frac=masking["random_token_frac"],
-            special_ids=np.array(sorted(set(special.values())), dtype=np.int64),
-            mask_id=int(special["mask"]),
-            vocab_size=int(manifest["vocab_size"]),
-            weights=selection_weights(
-                np.asarray(counts) if counts else None, masking["mlm_smoothing"]
-            ),
-        )
-
-    def mask(self, ids: np.ndarray, length: int, seq_id: int, copy: int) -> MaskedSequence:
-        return mask_sequence(
-            ids,
-            length,
-            seed=self.seed,
-            seq_id=seq_id,
-            copy=copy,
-            special_ids=self.special_ids,
-            mask_id=self.mask_id,
-            vocab_size=self.vocab_size,
-            mask_prob=self.mask_prob,
-            mask_token_frac=self.mask_token_frac,
-            random_token_frac=self.random_token_frac,
-            weights=self.weights,
-        )
-
-
 def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Indices grouped into batches of similar length (stable sort, so deterministic): padding
     to the longest row of a batch then wastes little compute."""
@@ -132,77 +78,70 @@ def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def compute_shard(
+def _ragged(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, valid [len(rows), width]) of list rows ``rows`` of a list column with
+    ``offsets``, laid out as a padded matrix (width = longest of them)."""
+    starts, ends = offsets[rows], offsets[rows + 1]
+    width = int((ends - starts).max()) if len(rows) else 0
+    valid = np.arange(width)[None, :] < (ends - starts)[:, None]
+    return (starts[:, None] + np.arange(width)[None, :])[valid], valid
+
+
+def _offsets(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    col = table.column(name).combine_chunks()
+    return col.offsets.to_numpy().astype(np.int64), col.values.to_numpy(zero_copy_only=False)
+
+
+def compute_unit(
     model: Any,
-    table: pa.Table,
+    masked: pa.Table,
     masking: MaskingParams,
     sparsity: dict[str, Any],
     batch_size: int,
     pad_id: int,
-    progress: Any = None,
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Mask every (row, copy) of a prepared shard, run the teacher, return the cache table.
+) -> pa.Table:
+    """The full cache table of one unit of work: the teacher's sparse targets at every masked
+    position of ``masked`` (``cache.masked_table``), appended as the target columns.
 
-    The output depends only on the shard, the model and the configs (fixed batch composition,
-    per-sequence random streams), so a rerun of the same shard writes the same bytes.
+    Batches are a function of the unit alone (length buckets of its rows), and the sampling
+    uniforms of a position come from its own ``(seed, seq_id, copy, position)`` stream, so
+    the same unit always gives the same bytes.
     """
-    t0 = time.perf_counter()
-    seq_ids = table.column("seq_id").to_numpy()
-    lengths = table.column("length").to_numpy().astype(np.int64)
-    ids = shards.input_ids_matrix(table)
-    entries: list[tuple[int, int, MaskedSequence]] = []  # (seq_id, copy, masked)
-    for i, sid in enumerate(seq_ids):
-        for c in range(masking.copies):
-            entries.append((int(sid), c, masking.mask(ids[i], int(lengths[i]), int(sid), c)))
+    id_off, id_flat = _offsets(masked, "input_ids")
+    pos_off, pos_flat = _offsets(masked, "positions")
+    pos_flat = pos_flat.astype(np.int64)
+    seq_ids = masked.column("seq_id").to_numpy()
+    copies = masked.column("copy").to_numpy().astype(np.int64)
     k = sparsity["k"]
     sampled = sparsity["mode"] == "sampled"
-    results: list[SparseLogits | None] = [None] * len(entries)
-    entry_len = np.array([len(m.input_ids) for _, _, m in entries], dtype=np.int64)
-    n_tokens = int(lengths.sum())
-    for batch in length_buckets(entry_len, batch_size):
-        width = int(entry_len[batch].max()) if len(batch) else 0
-        x = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        am = torch.zeros((len(batch), width), dtype=torch.long)
-        pos = torch.zeros((len(batch), width), dtype=torch.bool)
-        uni = []
-        for j, e in enumerate(batch):
-            sid, c, m = entries[e]
-            x[j, : len(m.input_ids)] = torch.from_numpy(m.input_ids)
-            am[j, : len(m.input_ids)] = 1
-            pos[j, torch.from_numpy(m.positions)] = True
-            if sampled:
-                uni.append(rng_for(masking.seed, sid, c, stream=1).random((len(m.positions), k)))
-        uniforms = torch.from_numpy(np.concatenate(uni)) if sampled else None
-        out = teacher_logits_batch(model, x, am, pos, sparsity, uniforms)
-        start = 0
-        for e in batch:
-            n = len(entries[e][2].positions)
-            results[e] = SparseLogits(
-                out.ids[start : start + n],
-                out.logprobs[start : start + n],
-                None if out.counts is None else out.counts[start : start + n],
-            )
-            start += n
-        if progress is not None:
-            progress(len(batch))
-    rows: dict[str, list] = {
-        "seq_id": [e[0] for e in entries],
-        "copy": [e[1] for e in entries],
-        "input_ids": [e[2].input_ids for e in entries],
-        "positions": [e[2].positions for e in entries],
-        "labels": [e[2].labels for e in entries],
-        "target_ids": [r.ids.numpy().reshape(-1) for r in results],
-        "target_logprobs": [r.logprobs.numpy().reshape(-1) for r in results],
-    }
-    if sampled:
-        rows["target_counts"] = [r.counts.numpy().reshape(-1) for r in results]
-    out_table = cache_format.rows_to_table(rows, masking.vocab_size, sampled)
-    n_pos = int(sum(len(e[2].positions) for e in entries))
-    stats = {
-        "rows": len(entries),
-        "sequences": len(seq_ids),
-        "tokens": n_tokens,
-        "positions": n_pos,
-        "seconds": time.perf_counter() - t0,
-    }
-    return out_table, stats
+    n_pos = int(pos_off[-1])
+    ids_out = torch.zeros((n_pos, k), dtype=torch.long)
+    lp_out = torch.zeros((n_pos, k), dtype=torch.float32)
+    counts_out = torch.zeros((n_pos, k), dtype=torch.float32) if sampled else None
+    for batch in length_buckets(np.diff(id_off), batch_size):
+        flat, valid = _ragged(id_off, batch)
+        x = np.full(valid.shape, pad_id, dtype=np.int64)
+        x[valid] = id_flat[flat]
+        dest, pvalid = _ragged(pos_off, batch)  # unit-order index of each position, batch order
+        pos = np.zeros(valid.shape, dtype=bool)
+        pos[np.nonzero(pvalid)[0], pos_flat[dest]] = True
+        uniforms = None
+        if sampled:
+            row_of = np.searchsorted(pos_off, dest, side="right") - 1
+            u = sample_uniforms(masking.seed, seq_ids[row_of], copies[row_of], pos_flat[dest], k)
+            uniforms = torch.from_numpy(u)
+        out = teacher_logits_batch(
+            model,
+            torch.from_numpy(x),
+            torch.from_numpy(valid.astype(np.int64)),
+            torch.from_numpy(pos),
+            sparsity,
+            uniforms,
+        )
+        idx = torch.from_numpy(dest)
+        ids_out[idx], lp_out[idx] = out.ids, out.logprobs
+        if sampled:
+            counts_out[idx] = out.counts
+    return cache_format.with_targets(
+        masked, SparseLogits(ids_out, lp_out, counts_out), masking.vocab_size
+    )

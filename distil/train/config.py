@@ -29,6 +29,12 @@ class DistilConfig(StageConfig):
         description="teacher model dir/URL or packaged:… ref; default: the one the cache "
         "manifest records",
     )
+    allow_teacher_mismatch: bool = Field(
+        False,
+        description="cached mode: train even if the teacher's weights hash differs from the one "
+        "the cache manifest records (the student would start from another model than the one "
+        "whose logits it learns)",
+    )
     output: str = Field(..., description="URL where the exported student (HF dir) is written")
     storage_path: str = Field(
         ..., description="URL for Ray Train run state and checkpoints (s3://… or a local dir)"
@@ -88,6 +94,11 @@ class DistilConfig(StageConfig):
         "cluster starts its GPU group at zero) before failing instead of hanging",
     )
     cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs each worker reserves")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="how Ray places the workers on nodes: PACK fills few nodes, SPREAD puts "
+        "them on different nodes where possible (STRICT_*: or fail to place)",
+    )
     max_failures: int = Field(
         2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"
     )

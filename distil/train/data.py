@@ -1,50 +1,33 @@
-"""Per-worker batch sources for the trainer, all yielding the teacher-cache batch format
-(``input_ids``, ``attention_mask``, ``labels``, plus cached targets in cached mode).
+"""Online mode's batch source: dynamically masked batches from a committed prepared dataset,
+in the teacher-cache batch format (``input_ids``, ``attention_mask``, ``labels``).
 
-Each DDP rank reads only its own rows (``rank::world_size``) and every rank gets the same
-number of batches, so no rank waits on a collective that another never reaches.
+Ranks shard the prepared files' row groups exactly as they shard a teacher cache
+(``distil.train.stream``: whole row groups, balanced, equal batch counts, seekable resume), and
+masking is the cache's own (``distil.teacher.logits.MaskingParams`` over
+``distil.teacher.masking.mask_sequence``): the epoch is the masked copy number, so a sequence
+gets a new mask every epoch (RoBERTa-style dynamic masking, as DistilBERT's scripts do), drawn
+from ``(seed, seq_id, epoch)`` — one stream per sequence, so no two ranks ever share a mask and a
+resumed run masks exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from distil import storage
 from distil.data import shards
 
-
-def mask_tokens(
-    input_ids: np.ndarray,
-    special_ids: list[int],
-    mask_id: int,
-    vocab_size: int,
-    probability: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """BERT masking: ``probability`` of the non-special tokens are targets; of those 80% become
-    [MASK], 10% a random id, 10% stay. Returns (masked input, labels with -100 elsewhere)."""
-    ids = input_ids.copy()
-    candidates = ~np.isin(ids, special_ids)
-    chosen = candidates & (rng.random(ids.shape) < probability)
-    labels = np.where(chosen, ids, -100)
-    roll = rng.random(ids.shape)
-    ids[chosen & (roll < 0.8)] = mask_id
-    rand = chosen & (roll >= 0.8) & (roll < 0.9)
-    ids[rand] = rng.integers(0, vocab_size, size=int(rand.sum()))
-    return ids, labels
+COLUMNS = ["seq_id", "input_ids", "length"]
 
 
 class PreparedBatches:
-    """Dynamically masked batches from a committed prepared dataset (online mode).
-
-    The rows of this rank's split are loaded once (``input_ids`` as uint16: ~256 B per
-    sequence at seq_len 128), reshuffled every epoch with ``(seed, epoch)`` and re-masked with
-    ``(seed, epoch, batch)`` — RoBERTa-style dynamic masking, as DistilBERT's own scripts do.
-    """
+    """Masked batches of one rank from prepared shards; ``fs`` as in ``TeacherCache``."""
 
     def __init__(
         self,
@@ -55,50 +38,99 @@ class PreparedBatches:
         split: str = "train",
         heldout_fraction: float = 0.05,
         mlm_probability: float = 0.15,
+        fs: Any = None,
     ):
-        self.manifest = shards.open_prepared(url)
-        special = self.manifest["special_ids"]
-        self.pad_id = special["pad"]
-        self.mask_id = special["mask"]
-        self.special = [v for v in special.values() if v is not None]
-        self.vocab_size = self.manifest["vocab_size"]
-        self.mlm_probability = mlm_probability
-        rows = []
-        for file_url in storage.committed_files(url):
-            table = shards.read_table(file_url, columns=["seq_id", "input_ids"])
-            ids = shards.input_ids_matrix(table)
-            held = shards.is_heldout(table.column("seq_id").to_numpy(), heldout_fraction)
-            keep = {"train": ~held, "heldout": held, "all": np.ones_like(held)}[split]
-            rows.append(ids[keep])
-        seq_len = self.manifest["seq_len"]
-        all_rows = np.concatenate(rows) if rows else np.zeros((0, seq_len), np.int64)
-        # equal row counts per rank: drop the remainder (< world_size rows)
-        per_rank = len(all_rows) // world_size
-        self.rows = all_rows[rank * per_rank : (rank + 1) * per_rank]
-        if per_rank == 0:
-            raise ValueError(
-                f"{storage.redact(url)}: {len(all_rows)} {split} rows for {world_size} workers"
-            )
+        from distil.teacher.logits import MaskingParams
+        from distil.train.stream import RowGroups
 
-    def num_batches(self, batch_size: int) -> int:
-        return len(self.rows) // batch_size
+        self.url = url
+        self.manifest = shards.open_prepared(url)
+        self.rank, self.world_size = rank, world_size
+        self.split, self.heldout_fraction = split, heldout_fraction
+        special = self.manifest["special_ids"]
+        self.pad_id = int(special["pad"])
+        self.masking = MaskingParams.from_config(
+            {
+                "seed": 0,  # replaced per epoch by iter_batches' seed
+                "copies": 1,
+                "mask_prob": mlm_probability,
+                "mask_token_frac": 0.8,
+                "random_token_frac": 0.1,
+                "mlm_smoothing": 0.0,
+            },
+            self.manifest,
+        )
+        self.row_groups = RowGroups(storage.committed_files(url), fs)
+
+    def _plan(self, seed: int, epoch: int, shuffle: bool = True):
+        return self.row_groups.plan(
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=seed,
+            epoch=epoch,
+            split=self.split,
+            heldout_fraction=self.heldout_fraction,
+            shuffle=shuffle,
+        )
+
+    def num_batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> int:
+        return -(-self._plan(seed, epoch).rows // batch_size)
 
     def iter_batches(
-        self, batch_size: int, *, seed: int = 0, epoch: int = 0
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        shuffle: bool = True,
+        shuffle_window: int = 2,
+        read_ahead: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.rows))
-        for b in range(self.num_batches(batch_size)):
-            rows = self.rows[order[b * batch_size : (b + 1) * batch_size]]
-            rng = np.random.default_rng([seed, epoch, b, 1])
-            ids, labels = mask_tokens(
-                rows, self.special, self.mask_id, self.vocab_size, self.mlm_probability, rng
-            )
-            yield {
-                "input_ids": torch.from_numpy(ids),
-                "attention_mask": torch.from_numpy((rows != self.pad_id).astype(np.int64)),
-                "labels": torch.from_numpy(labels),
-            }
+        from distil.train.stream import batches
+
+        tables = self.row_groups.iter_rows(
+            self._plan(seed, epoch, shuffle),
+            rank=self.rank,
+            seed=seed,
+            epoch=epoch,
+            split=self.split,
+            heldout_fraction=self.heldout_fraction,
+            columns=COLUMNS,
+            start_row=start_batch * batch_size,
+            shuffle=shuffle,
+            shuffle_window=shuffle_window,
+            read_ahead=read_ahead,
+        )
+        yield from batches(tables, batch_size, lambda t: self.collate(t, seed, epoch))
+
+    def collate(self, table: pa.Table, seed: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Mask each row with ``(seed, seq_id, copy=epoch)`` and pad to the batch's longest."""
+        from distil.train.stream import list_parts
+
+        seq_ids = table.column("seq_id").to_numpy()
+        lengths = table.column("length").to_numpy().astype(np.int64)
+        row_len, flat = list_parts(table, "input_ids")  # uint16/int32 as stored, no upcast
+        starts = np.cumsum(row_len) - row_len
+        width = int(lengths.max()) if len(lengths) else 0
+        input_ids = np.full((len(lengths), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(lengths), width), -100, dtype=np.int64)
+        attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        m = dataclasses.replace(self.masking, seed=seed)
+        for j, (sid, n) in enumerate(zip(seq_ids.tolist(), lengths.tolist(), strict=True)):
+            ids = flat[starts[j] : starts[j] + n]
+            masked = m.mask(ids, n, sid, epoch)
+            input_ids[j, :n] = masked.input_ids
+            labels[j, masked.positions] = masked.labels
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels),
+        }
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Host batch -> ``device``: pinned first on CUDA, so ``non_blocking`` really overlaps."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}

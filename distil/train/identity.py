@@ -54,10 +54,13 @@ NOT_IDENTITY = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "log_every",
+        # a safety switch: the teacher itself enters by fingerprint when given
+        "allow_teacher_mismatch",
         # hardware and fault tolerance
         "num_workers",
         "use_gpu",
         "cpus_per_worker",
+        "placement_strategy",
         "max_failures",
     }
 )
@@ -67,6 +70,10 @@ RECORDED = ("num_workers", "use_gpu")  # kept with the identity, compared only t
 
 class RunMismatchError(ConfigError):
     """A run name already holds a checkpoint trained with other settings or inputs."""
+
+
+class TeacherMismatchError(ConfigError):
+    """The teacher is not the one whose logits the cache holds."""
 
 
 @dataclass(frozen=True)
@@ -181,3 +188,48 @@ def check_resume(recorded: dict[str, Any] | None, current: RunIdentity, where: s
                 now,
                 old[key],
             )
+
+
+def teacher_weights_sha256(ref: str) -> str:
+    """The weights hash ``distil logits`` keys a cache with (``distil.teacher.load``), of the
+    teacher at ``ref`` (a remote one is copied into the local model cache once)."""
+    from distil.teacher.load import _local_copy, weights_sha256
+
+    return weights_sha256(_local_copy(resolve_model_ref(ref)))
+
+
+def check_cache_teacher(
+    manifest: dict[str, Any], cache_url: str, teacher: str, sha256: str, allow: bool
+) -> None:
+    """Refuse (or with ``allow`` only log) a teacher whose weights hash differs from the one the
+    cache manifest records: the student would be built from and evaluated against one model
+    while learning another's logits."""
+    info = manifest.get("teacher") or {}
+    recorded = info.get("weights_sha256") if isinstance(info, dict) else None
+    if not recorded or recorded == sha256:
+        return
+    made_by = info.get("ref") or "the teacher recorded in its manifest"
+    msg = (
+        f"teacher {storage.redact(teacher)} has weights sha256 {sha256}, but the teacher cache "
+        f"{storage.redact(cache_url)} was built by a teacher with weights sha256 {recorded} "
+        f"({made_by}). Fix: pass the teacher the cache was built with as --teacher, rebuild the "
+        f"cache with `distil logits --teacher {storage.redact(teacher)}`, or pass "
+        "--allow-teacher-mismatch to train anyway."
+    )
+    if not allow:
+        raise TeacherMismatchError(msg)
+    log.warning("--allow-teacher-mismatch: %s", msg)
+
+
+def teacher_ref(cfg: DistilConfig) -> str:
+    """The teacher to initialise from: ``cfg.teacher``, else what the cache manifest records."""
+    if cfg.teacher:
+        return cfg.teacher
+    manifest = storage.read_manifest(cfg.cache)
+    info = manifest.get("teacher") or {}
+    for key in ("url", "path", "ref", "model"):
+        if isinstance(info, dict) and info.get(key):
+            return info[key]
+    if isinstance(info, str) and info:
+        return info
+    raise ValueError(f"{cfg.cache}: manifest names no teacher; pass --teacher")

@@ -2,13 +2,15 @@
 in a plain process too. ``distil.jobs.distil`` wraps it in a Ray Train worker.
 
 Why one module over ~350 lines: it is one class whose methods share its state (model, optimizer,
-scheduler, data position, step counters); setup, the loss, the train loop, evaluation and
+scheduler, step and token counters); setup, the loss, the train loop, evaluation and
 checkpointing only make sense together, so splitting them into modules would scatter one
-object. (The recipe is due to be reworked by another issue; split it then if a seam appears.)
+object. What had a seam left: reading, sharding and the data position are
+``distil.train.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``.
 
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
-step and batch where the checkpoint was taken (data order is a function of (seed, epoch)).
+step and batch where the checkpoint was taken (a rank's data order is a function of
+(world_size, rank, seed, epoch), and the reader seeks to the saved batch).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import torch
 import torch.distributed as dist
 from transformers import AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
 
-from distil import losses, storage
-from distil.packaged import resolve_model_ref
+from distil import losses
 from distil.student.model import MaskedLMForDistillation, build_student
+from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
 from distil.train.data import PreparedBatches, to_device
+from distil.train.identity import check_cache_teacher, teacher_ref
+from distil.train.stream import EpochStream
 
 log = logging.getLogger("distil.train")
 
@@ -39,34 +43,6 @@ METRICS = "metrics.json"
 
 # called every step with (step, metrics, save_checkpoint?) -> the Ray job reports/checkpoints
 ReportFn = Callable[[int, dict[str, Any], bool], None]
-
-
-def teacher_ref(cfg: DistilConfig) -> str:
-    """The teacher to initialise from: ``cfg.teacher``, else what the cache manifest records."""
-    if cfg.teacher:
-        return cfg.teacher
-    manifest = storage.read_manifest(cfg.cache)
-    info = manifest.get("teacher") or {}
-    for key in ("url", "path", "ref", "model"):
-        if isinstance(info, dict) and info.get(key):
-            return info[key]
-    if isinstance(info, str) and info:
-        return info
-    raise ValueError(f"{cfg.cache}: manifest names no teacher; pass --teacher")
-
-
-def load_teacher_model(ref: str, local_dir: str) -> tuple[BertForMaskedLM, Any]:
-    """(``BertForMaskedLM`` in eval mode, tokenizer) from a dir, URL or ``packaged:`` ref."""
-    try:  # stage 2's loader (hash-checked, no pickle) when present
-        from distil.teacher.load import load_teacher
-
-        loaded = load_teacher(ref)
-        return loaded.model.eval(), loaded.tokenizer
-    except ImportError:
-        pass
-    path = storage.copy_dir_to_local(resolve_model_ref(ref), local_dir)
-    model = BertForMaskedLM.from_pretrained(path, use_safetensors=True).eval()
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -97,9 +73,10 @@ class DistilRecipe:
         self.device = torch.device(device)
         self.work_dir = work_dir
         self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0  # micro-batches of the current epoch already consumed
-        self.tokens_seen = 0
+        self.data = EpochStream(self._epoch_batches)  # (epoch, micro-batches consumed)
+        self.tokens_seen = 0  # this rank's
+        self.tokens_seen_global = 0  # all ranks', summed at log and checkpoint steps
+        self.train_seconds = 0.0
         self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
@@ -119,9 +96,17 @@ class DistilRecipe:
             if cfg.alpha_cos > 0 and self.rank == 0:
                 log.info("alpha_cos=%s ignored: the cosine loss needs mode=online", cfg.alpha_cos)
         if need_teacher:
-            teacher, self.tokenizer = load_teacher_model(
-                teacher_ref(cfg), os.path.join(self.work_dir, "teacher")
-            )
+            # online mode runs the head every step: a missing one is refused with the fix
+            loaded = load_teacher(teacher_ref(cfg), require_mlm_head=cfg.mode == "online")
+            teacher, self.tokenizer = loaded.model.eval(), loaded.tokenizer
+            if cfg.mode == "cached":
+                check_cache_teacher(
+                    self.cache.manifest,
+                    cfg.cache,
+                    teacher_ref(cfg),
+                    loaded.weights_sha256,
+                    cfg.allow_teacher_mismatch,
+                )
         if checkpoint_dir is None:
             student = build_student(teacher, cfg.student_layers)
         else:
@@ -151,8 +136,10 @@ class DistilRecipe:
             )
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.step, self.epoch = state["step"], state["epoch"]
-            self.batch_in_epoch, self.tokens_seen = state["batch_in_epoch"], state["tokens_seen"]
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.data.epoch, self.data.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+            self.tokens_seen_global = state.get("tokens_seen_global", self.tokens_seen)
+            self.train_seconds = state.get("train_seconds", 0.0)
             self.history = json.loads(state["history"])
             self.train_history = json.loads(state.get("train_history", "[]"))
         self.start_step = self.step
@@ -174,40 +161,31 @@ class DistilRecipe:
             )
 
     # ------------------------------------------------------------------ data
-    def _cache_kwargs(self) -> dict[str, Any]:
-        return {"heldout_fraction": self.cfg.heldout_fraction}
-
-    def _epoch_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of this rank's batches from batch ``start`` on (the reader seeks there)."""
         cfg = self.cfg
+        kw = {"seed": cfg.seed, "epoch": epoch, "start_batch": start}
         if cfg.mode == "online":
-            return self.train_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+            return self.train_source.iter_batches(cfg.batch_size, **kw)
         return self.cache.iter_batches(
             cfg.batch_size,
             rank=self.rank,
             world_size=self.world_size,
-            seed=cfg.seed,
-            epoch=epoch,
             split="train",
-            **self._cache_kwargs(),
+            heldout_fraction=cfg.heldout_fraction,
+            **kw,
         )
 
     def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Endless micro-batches from the saved (epoch, batch) position onwards."""
-        while True:
-            n = 0
-            for i, batch in enumerate(self._epoch_batches(self.epoch)):
-                n += 1
-                if i < self.batch_in_epoch:
-                    continue  # consumed before the checkpoint we resumed from
-                self.batch_in_epoch = i + 1
-                yield batch
-            if n == 0:
-                raise ValueError(
-                    "the training split yields no batch: too little data for "
-                    f"batch_size={self.cfg.batch_size} x {self.world_size} workers"
-                )
-            self.epoch += 1
-            self.batch_in_epoch = 0
+        return iter(self.data)
+
+    def _all_reduce(self, values: list[float]) -> torch.Tensor:
+        """Sum over ranks, on the training device (NCCL reduces only CUDA tensors)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(t)
+        return t.cpu()
 
     # ------------------------------------------------------------------ loss
     def _kd_cached(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], t: float):
@@ -313,11 +291,12 @@ class DistilRecipe:
             window_loss += last["loss"]
             window_n += 1
             done = self.step >= cfg.max_steps
-            if self.step % cfg.log_every == 0 or done:
-                agg = torch.tensor([window_loss, window_n, window_tokens], dtype=torch.float64)
-                if self.world_size > 1 and dist.is_initialized():
-                    dist.all_reduce(agg)
+            ckpt = report is not None and self.step % cfg.checkpoint_every == 0
+            if self.step % cfg.log_every == 0 or done or ckpt:  # every rank gets here together
+                agg = self._all_reduce([window_loss, window_n, window_tokens])
                 secs = time.perf_counter() - window_t
+                self.tokens_seen_global += int(agg[2])
+                self.train_seconds += secs
                 if self.rank == 0:
                     self.train_history.append(
                         {
@@ -339,8 +318,8 @@ class DistilRecipe:
                 ev = self.evaluate()
                 self.history.append({"step": self.step, **ev})
                 log.info("eval step %d: %s", self.step, json.dumps(ev))
-            if report and (self.step % cfg.checkpoint_every == 0 or done):
-                metrics = {"step": self.step, "epoch": self.epoch, **last}
+            if report and (ckpt or done):
+                metrics = {"step": self.step, "epoch": self.data.epoch, **last}
                 metrics.update(self.history[-1] if self.history else {})
                 report(self.step, metrics, True)
         return self.final_metrics()
@@ -359,7 +338,10 @@ class DistilRecipe:
             batches = self.eval_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=0)
         else:
             batches = self.cache.iter_batches(
-                cfg.batch_size, seed=cfg.seed, split="heldout", **self._cache_kwargs()
+                cfg.batch_size,
+                seed=cfg.seed,
+                split="heldout",
+                heldout_fraction=cfg.heldout_fraction,
             )
         for i, batch in enumerate(batches):
             if i >= cfg.eval_batches:
@@ -407,6 +389,11 @@ class DistilRecipe:
             "start_step": self.start_step,
             "steps_run": self.step - self.start_step,
             "tokens_seen": self.tokens_seen,
+            # all ranks': what the run did (tokens_seen is rank 0's alone)
+            "tokens_seen_global": self.tokens_seen_global,
+            "train_seconds": round(self.train_seconds, 3),
+            "tokens_per_s_global": self.tokens_seen_global / max(self.train_seconds, 1e-9),
+            "world_size": self.world_size,
             "mode": self.cfg.mode,
             "student_layers": self.student.config.num_hidden_layers,
             "alpha_ce": self.cfg.alpha_ce,
@@ -430,9 +417,10 @@ class DistilRecipe:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
+                **self.data.state(),  # epoch, batch_in_epoch: where the reader seeks
                 "tokens_seen": self.tokens_seen,
+                "tokens_seen_global": self.tokens_seen_global,
+                "train_seconds": self.train_seconds,
                 "history": json.dumps(self.history),
                 "train_history": json.dumps(self.train_history),
             },

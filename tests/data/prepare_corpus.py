@@ -231,3 +231,48 @@ def write_bad_corpus(root: Path, seed: int = 1) -> dict[str, dict]:
         "records": 4,
     }
     return out
+
+
+def real_wiki_xml() -> bytes:
+    """The real ``pages-articles`` excerpt shipped in the gensim wheel (206 pages), decompressed."""
+    import zipfile
+
+    from distil.data import registry
+    from distil.data.samples import GENSIM, WIKI_MEMBER
+
+    with zipfile.ZipFile(registry.fetch_pypi(*GENSIM)) as z:
+        return bz2.decompress(z.read(WIKI_MEMBER))
+
+
+def write_multistream(xml: bytes, folder: Path, pages_per_stream: int = 10) -> Path:
+    """A dump laid out like Wikimedia's ``…-multistream.xml.bz2``: the ``<mediawiki>``/
+    ``<siteinfo>`` header as stream 0, ``pages_per_stream`` pages per bz2 stream, the closing
+    tag last; plus its ``…-multistream-index.txt.bz2`` (``offset:page_id:title`` per page)."""
+    import re
+
+    starts = [m.start() for m in re.finditer(rb"  <page>", xml)]
+    footer = xml.rindex(b"</mediawiki>")
+    footer = xml.rindex(b"\n", 0, footer) + 1
+    cuts = [0, *starts[::pages_per_stream], footer, len(xml)]
+    data, index = b"", []
+    for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        offset = len(data)
+        data += bz2.compress(xml[a:b])
+        if 0 < k < len(cuts) - 2:
+            for m in re.finditer(
+                rb"<title>([^<]*)</title>\s*<ns>\d+</ns>\s*<id>(\d+)</id>", xml[a:b]
+            ):
+                index.append(f"{offset}:{m.group(2).decode()}:{m.group(1).decode()}\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    dump = folder / "enwiki-20240101-pages-articles-multistream.xml.bz2"
+    dump.write_bytes(data)
+    (folder / "enwiki-20240101-pages-articles-multistream-index.txt.bz2").write_bytes(
+        bz2.compress("".join(index).encode())
+    )
+    return dump
+
+
+def write_chunked_streams(xml: bytes, path: Path, chunk: int) -> Path:
+    """A dump cut every ``chunk`` bytes into bz2 streams regardless of pages (as ``pbzip2``)."""
+    path.write_bytes(b"".join(bz2.compress(xml[i : i + chunk]) for i in range(0, len(xml), chunk)))
+    return path

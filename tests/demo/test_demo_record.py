@@ -127,3 +127,17 @@ def test_run_json_when_adaptation_was_skipped(finished_run):
     assert "skipped" not in out["stages"]["prepare"]
     assert out["artifacts"]["teacher"] == {"url": given, "fingerprint": "given-fp"}
     assert calls["compare"]["teacher_mlm"] == given
+
+
+def test_distil_throughput_counts_every_worker(finished_run):
+    """A student trained on 2 workers: tokens/s is both workers' tokens, not rank 0's."""
+    run, steps, _ = finished_run
+    metrics = storage.read_json(run + "/distil/metrics.json")
+    metrics.update(tokens_seen_global=1000, tokens_per_s_global=400.0, world_size=2)
+    storage.write_json(run + "/distil/metrics.json", metrics)
+    cfg = DemoConfig(scale="tiny", samples="memory://samples", ray_address="", start_stack=False)
+    samples = {"summary": {"corpus": {"docs": 3, "words": 99}}, "wall_s": 1.5, "reused": True}
+    st = record.run_json(cfg, run, steps, "2020-01-01T00:00:00Z", 1.0, samples)["stages"]
+    assert st["distil"]["throughput"] == "500/s tokens"  # 1000 tokens over the step's 2 s
+    assert st["distil"]["metrics"]["world_size"] == 2
+    assert st["distil"]["metrics"]["tokens_per_s_global"] == 400.0

@@ -101,6 +101,9 @@ def test_relative_local_paths_derived_name_and_resume_refusal(
     name = first["run_name"]
     assert name == f"distil-{first['run_fingerprint']}"
     assert first["last_report"]["step"] == 2 and first["metrics"]["step"] == 2
+    m = first["metrics"]  # tokens of both workers, not rank 0's alone
+    assert m["world_size"] == 2 and 1.5 * m["tokens_seen"] < m["tokens_seen_global"]
+    assert m["tokens_seen_global"] < 2.5 * m["tokens_seen"] and m["tokens_per_s_global"] > 0
     assert checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]
     assert (tmp_path / "out" / "student" / "manifest.json").is_file()
     manifest = (tmp_path / "out" / "student" / "manifest.json").read_bytes()

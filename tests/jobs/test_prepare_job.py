@@ -10,7 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from prepare_corpus import paragraph, write_bad_corpus, write_good_corpus
+from prepare_corpus import (
+    paragraph,
+    real_wiki_xml,
+    write_bad_corpus,
+    write_good_corpus,
+    write_multistream,
+)
 
 from distil import storage
 from distil.data.config import PrepareConfig
@@ -46,6 +52,28 @@ def test_one_worker_and_two_workers_write_identical_bytes(ray_local, tmp_path):
     assert output_bytes(str(tmp_path / "w1")) == output_bytes(str(tmp_path / "w2"))
     # a rerun of a committed output reuses every shard
     again = run(PrepareConfig(input=str(root), output=str(tmp_path / "w2"), num_workers=2))
+    assert again["shards_reused"] == again["shards"]
+
+
+@pytest.mark.timeout(240)
+def test_split_multistream_dump_on_two_workers_matches_one_unit(ray_local, tmp_path):
+    from distil.data.prepare import run_serial
+    from distil.jobs.prepare import run
+
+    root = tmp_path / "corpus"
+    write_multistream(real_wiki_xml(), root / "wiki")
+    write_good_corpus(root / "more")
+    run_serial(PrepareConfig(input=str(root), output=str(tmp_path / "one")))  # dump: 1 unit
+    split = tmp_path / "split"
+    summary = run(
+        PrepareConfig(input=str(root), output=str(split), num_workers=2, wiki_range_bytes=100_000)
+    )
+    assert len(list((split / "_markers").glob("shard-*-range-*.json"))) >= 10
+    assert output_bytes(str(tmp_path / "one")) == output_bytes(str(split))
+    assert summary["documents"] == 106 + 4 + 2 + 40 + 30
+    again = run(
+        PrepareConfig(input=str(root), output=str(split), num_workers=2, wiki_range_bytes=100_000)
+    )
     assert again["shards_reused"] == again["shards"]
 
 

@@ -54,15 +54,21 @@ def test_cache_on_s3_then_rerun_is_a_cache_hit_that_writes_nothing(
     teacher = f"{s3_url}/teacher"
     storage.upload_dir(str(tiny_teacher_dir), teacher)
     cfg = LogitsConfig(
-        input=prepared, cache_root=f"{s3_url}/cache", teacher=teacher, k=4, num_cpus_per_actor=0.5
+        input=prepared,
+        cache_root=f"{s3_url}/cache",
+        teacher=teacher,
+        k=4,
+        num_cpus_per_actor=0.5,
+        unit_rows=3,  # 8 rows per shard: units of 3, 3 and 2 rows
     )
     first = run(cfg)
-    assert not first["cache_hit"] and first["shards_computed"] == 3
+    assert not first["cache_hit"] and first["units_computed"] == first["units"] == 9
     assert first["cache_url"] == f"{s3_url}/cache/{first['key']}"
     cache = TeacherCache(first["cache_url"])
     assert [f["name"] for f in cache.manifest["files"]] == [
-        f"shard-0000{i}.parquet" for i in range(3)
+        f"shard-0000{i}-0000{u}.parquet" for i in range(3) for u in range(3)
     ]
+    assert [f["rows"] for f in cache.manifest["files"]] == [3, 3, 2] * 3
     assert (
         sum(b["target_ids"].shape[0] for b in cache.iter_batches(4, split="all"))
         == (cache.manifest["positions"])
@@ -84,7 +90,7 @@ def test_kill_9_mid_run_then_rerun_gives_a_byte_identical_cache(
     prepared = str(tmp_path / "prepared")
     make_prepared(prepared, real_tokenizer_dir, n_shards=8, rows_per_shard=64)
     common = {"input": prepared, "teacher": str(tiny_teacher_dir), "batch_size": 4}
-    common |= {"torch_threads": 1, "sparsity": "sampled", "k": 8}
+    common |= {"torch_threads": 1, "sparsity": "sampled", "k": 8, "unit_rows": 16}
     reference = run(LogitsConfig(cache_root=str(tmp_path / "a"), **common))
 
     killed_root = tmp_path / "b"
@@ -92,7 +98,7 @@ def test_kill_9_mid_run_then_rerun_gives_a_byte_identical_cache(
     cmd = [sys.executable, str(REPO / "jobs" / "teacher_logits.py")]
     cmd += ["--input", prepared, "--cache-root", str(killed_root), "--teacher"]
     cmd += [str(tiny_teacher_dir), "--batch-size", "4", "--torch-threads", "1"]
-    cmd += ["--sparsity", "sampled", "--k", "8"]
+    cmd += ["--sparsity", "sampled", "--k", "8", "--unit-rows", "16"]
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -111,11 +117,12 @@ def test_kill_9_mid_run_then_rerun_gives_a_byte_identical_cache(
             os.killpg(proc.pid, signal.SIGKILL)
     assert not (cache_dir / "manifest.json").exists(), "killed after commit: nothing to resume"
     done_before = len(list((cache_dir / "_markers").glob("*.json")))
-    assert 1 <= done_before < 8
+    assert 1 <= done_before < 32  # 8 shards x 64 rows in units of 16
 
     resumed = run(LogitsConfig(cache_root=str(killed_root), **common))
     assert resumed["key"] == reference["key"] and not resumed["cache_hit"]
-    assert resumed["shards_resumed"] >= done_before and resumed["shards_computed"] >= 1
+    assert resumed["units"] == 32 and resumed["units_resumed"] >= done_before
+    assert resumed["units_computed"] == 32 - resumed["units_resumed"] >= 1
     a = _tree_bytes(tmp_path / "a" / reference["key"])
     b = _tree_bytes(cache_dir)
     assert sorted(a) == sorted(b) and "manifest.json" in a

@@ -99,16 +99,12 @@ def make_prepared(
 
 
 def build_cache(prepared: str, teacher: str, root: str, **overrides) -> str:
-    """Build a cache without Ray (the same ShardWorker the Ray job runs); returns its URL."""
-    from distil.teacher.build import ShardWorker, finalize, plan_cache
+    """Build a cache without Ray (the same steps the Ray job chains); returns its URL."""
+    from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
     from distil.teacher.load import load_teacher
 
     cfg = LogitsConfig(input=prepared, cache_root=root, teacher=teacher, **overrides)
-    t = load_teacher(teacher, require_mlm_head=True)
-    plan = plan_cache(cfg, t.weights_sha256)
-    worker = ShardWorker(cfg.model_dump(), t.weights_sha256, plan.prepared)
-    for task in plan.shard_tasks:
-        worker.process(task)
-    finalize(plan, cfg)
+    plan = plan_cache(cfg, load_teacher(teacher, require_mlm_head=True).weights_sha256)
+    build_in_process(plan, cfg)
     return plan.url

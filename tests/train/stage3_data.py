@@ -81,7 +81,7 @@ def build_cache(
     prepared_url: str, cache_root: str, teacher_dir, *, sparsity: str = "topk", k: int = 8
 ) -> str:
     """A committed teacher cache made by stage 2's builder in a plain loop (no Ray)."""
-    from distil.teacher.build import ShardWorker, finalize, plan_cache
+    from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
     from distil.teacher.load import load_teacher
 
@@ -91,8 +91,19 @@ def build_cache(
     sha = load_teacher(cfg.teacher).weights_sha256
     plan = plan_cache(cfg, sha)
     if not plan.committed:
-        worker = ShardWorker(cfg.model_dump(), sha, plan.prepared)
-        for task in plan.shard_tasks:
-            worker.process(task)
-        finalize(plan, cfg)
+        build_in_process(plan, cfg)
     return plan.url
+
+
+def small_row_groups(url: str, rows: int) -> str:
+    """Rewrite every committed Parquet file of ``url`` (a cache or prepared dir) in row groups
+    of ``rows`` rows, so a small test dataset has many units for ranks to shard."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    for f in storage.committed_files(url):
+        buf = io.BytesIO()
+        pq.write_table(shards.read_table(f), buf, row_group_size=rows, compression="zstd")
+        storage.write_bytes(f, buf.getvalue())
+    return url

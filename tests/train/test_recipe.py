@@ -176,7 +176,7 @@ def test_grad_accumulation_consumes_micro_batches_and_steps_once(
     batches = r._micro_batches()
     before = {k: v.clone() for k, v in r.student.state_dict().items()}
     out = r.train_step(batches)
-    assert r.step == 1 and r.batch_in_epoch == 3
+    assert r.step == 1 and r.data.batch_in_epoch == 3
     assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
     changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # one optimizer update happened

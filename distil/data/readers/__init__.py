@@ -13,7 +13,7 @@ every piece after the first, so the packer treats the pieces as one run of text.
 JSONL, the row index for Parquet, the page ordinal for wiki dumps.
 
 The readers live in one module per format family (``lines``: text and JSONL, ``parquet``,
-``wiki``), with the record types in ``records`` and file handling (format detection, listing,
+``wiki``; wikitext to prose in ``wikitext``), with the record types in ``records`` and file handling (format detection, listing,
 hashing, decompression) in ``files``; this package's ``read_records`` picks one per file, and
 every public name stays importable from ``distil.data.readers``.
 """
@@ -33,9 +33,11 @@ from distil.data.readers.files import (
 from distil.data.readers.lines import MAX_PIECE_CHARS, read_jsonl, read_text
 from distil.data.readers.parquet import read_parquet
 from distil.data.readers.records import BadInputError, DeadLetter, Document, Record, Skipped
-from distil.data.readers.wiki import read_wiki, wikitext_to_text
+from distil.data.readers.wiki import read_wiki
+from distil.data.readers.wikitext import EXTRACTOR_VERSION, wikitext_to_text
 
 __all__ = [
+    "EXTRACTOR_VERSION",
     "FORMATS",
     "MAX_PIECE_CHARS",
     "BadInputError",

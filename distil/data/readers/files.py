@@ -60,12 +60,20 @@ def list_inputs(urls: list[str], fmt: str = "auto") -> list[str]:
         else:
             raise FileNotFoundError(f"input {storage.redact(url)} does not exist")
         out.extend(prefix + p if prefix else p for p in found)
+    # a multistream dump's index is how the dump is split, not a text input
+    dumps = {u for u in out if u.endswith("multistream.xml.bz2")}
+    out = [u for u in out if not _is_index_of(u, dumps)]
     if not out:
         raise FileNotFoundError(f"no input files under {[storage.redact(u) for u in urls]}")
     dupes = sorted(u for u, n in Counter(out).items() if n > 1)
     if dupes:
         raise ValueError(f"input files listed twice: {dupes[:5]}")
     return out
+
+
+def _is_index_of(url: str, dumps: set[str]) -> bool:
+    suffix = "-index.txt.bz2"
+    return url.endswith("multistream" + suffix) and url[: -len(suffix)] + ".xml.bz2" in dumps
 
 
 def _hidden(rel: str) -> bool:

@@ -1,64 +1,15 @@
 """Wikipedia ``pages-articles`` XML dumps: streamed with ``iterparse``, wikitext to prose with
-``mwparserfromhell``."""
+the scan-based ``wikitext_to_text``."""
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 
 from distil.data.readers.files import _truncation_reason
 from distil.data.readers.records import DeadLetter, Document, Record, Skipped
-
-# Tags whose content is not running prose: references, tables, maths, galleries, etc.
-_DROP_TAGS = {
-    "ref",
-    "references",
-    "table",
-    "gallery",
-    "math",
-    "timeline",
-    "score",
-    "syntaxhighlight",
-}
-_DROP_LINK_NS = ("file:", "image:", "category:", "media:")
-_BLANKS = re.compile(r"\n\s*\n+")
-_SPACES = re.compile(r"[ \t]+")
-_STYLE_QUOTES = re.compile(r"'{2,}")
-
-
-def _unquote(m: re.Match) -> str:
-    """Drop wiki bold/italic quote runs: '' italic, ''' bold, ''''' both; 4 = an apostrophe
-    followed by bold (''''s -> 's)."""
-    n = len(m.group(0))
-    return "'" if n == 4 else "'" * max(n - 5, 0)
-
-
-def wikitext_to_text(wikitext: str) -> str:
-    """Plain prose from wikitext with ``mwparserfromhell``: templates, refs, tables, files and
-    categories are dropped; links keep their visible text; headings and lists keep their words."""
-    import mwparserfromhell
-    from mwparserfromhell.nodes import Tag, Template, Wikilink
-
-    # skip_style_tags: bold/italic ('' ''') are left as text and removed below. Parsing them is
-    # ~30% of mwparserfromhell's time and can backtrack badly on unbalanced quotes.
-    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
-
-    def keep(node: Any) -> bool:
-        if isinstance(node, Template):
-            return False
-        if isinstance(node, Tag) and str(node.tag).lower() in _DROP_TAGS:
-            return False
-        return not (
-            isinstance(node, Wikilink)
-            and str(node.title).strip().lower().lstrip(":").startswith(_DROP_LINK_NS)
-        )
-
-    code.nodes = [n for n in code.nodes if keep(n)]
-    text = _STYLE_QUOTES.sub(_unquote, code.strip_code(normalize=True, collapse=True))
-    lines = [_SPACES.sub(" ", ln).strip() for ln in text.splitlines()]
-    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+from distil.data.readers.wikitext import wikitext_to_text
 
 
 def _local(tag: str) -> str:

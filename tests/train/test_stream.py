@@ -1,0 +1,170 @@
+"""Rank-sharded streaming of the teacher cache and the prepared shards (distil.train.stream):
+what each rank reads from a real S3 (SeaweedFS), which rows it gets, resume by seeking, and the
+online mode's masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from stage3_data import build_cache, small_row_groups, write_prepared
+
+from distil import storage
+from distil.data.shards import is_heldout
+from distil.teacher.cache import TeacherCache
+from distil.teacher.masking import mask_sequence
+from distil.train.data import PreparedBatches
+from distil.train.stream import assign
+
+RG_ROWS = 8
+HELDOUT = 0.1
+
+
+@pytest.fixture(scope="module")
+def s3_rg_cache(s3_server, real_tokenizer_dir, tiny_teacher_dir) -> str:
+    """A top-k cache on S3, 2 files x 16 row groups of 8 rows."""
+    root = f"s3://{s3_server.bucket}/stream"
+    prepared = write_prepared(f"{root}/prepared", real_tokenizer_dir)
+    return small_row_groups(build_cache(prepared, f"{root}/cache", tiny_teacher_dir), RG_ROWS)
+
+
+def _counting(url: str) -> storage.CountingFileSystem:
+    return storage.CountingFileSystem(storage.get_fs(url)[0])
+
+
+def _unit_bytes(cache: TeacherCache) -> list[int]:
+    """Compressed bytes of each (file, row group) unit, from the footers."""
+    out = []
+    for fi, rg in cache.row_groups.units:
+        md = cache.row_groups.metadata[fi].row_group(rg)
+        out.append(sum(md.column(c).total_compressed_size for c in range(md.num_columns)))
+    return out
+
+
+def _seq_keys(cache: TeacherCache, plan, rank: int) -> list[tuple[int, int]]:
+    rows = cache.row_groups.iter_rows(
+        plan, rank=rank, seed=3, epoch=1, split="train", heldout_fraction=HELDOUT
+    )
+    return [
+        (s, c)
+        for t in rows
+        for s, c in zip(t.column("seq_id").to_pylist(), t.column("copy").to_pylist(), strict=True)
+    ]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_rank_reads_only_its_row_groups_from_s3(s3_rg_cache, world):
+    files = storage.committed_files(s3_rg_cache)
+    cache_bytes = sum(storage.get_fs(f)[0].size(storage.get_fs(f)[1]) for f in files)
+    all_rows = pq.read_table(
+        [storage.get_fs(f)[1] for f in files], filesystem=storage.get_fs(files[0])[0]
+    )
+    train = {
+        (s, c)
+        for s, c in zip(all_rows["seq_id"].to_pylist(), all_rows["copy"].to_pylist(), strict=True)
+        if not is_heldout(s, HELDOUT)
+    }
+    kw = dict(world_size=world, seed=3, epoch=1, split="train", heldout_fraction=HELDOUT)
+    seen, counts = [], []
+    for rank in range(world):
+        fs = _counting(s3_rg_cache)
+        cache = TeacherCache(s3_rg_cache, fs=fs)
+        data_bytes = sum(_unit_bytes(cache))  # reads the footers (through ``fs``)
+        footer_bytes = fs.bytes_read
+        plan = cache.plan(rank=rank, **kw)
+        index_bytes = fs.bytes_read - footer_bytes  # the seq_id column: train rows per unit
+        n = sum(1 for _ in cache.iter_batches(8, rank=rank, **kw))
+        streamed = fs.bytes_read - footer_bytes - index_bytes
+        mine = sum(_unit_bytes(cache)[u] for u in plan.units)
+        print(
+            f"world {world} rank {rank}: {streamed} B streamed (own units {mine} B), "
+            f"{footer_bytes} B footers, {index_bytes} B split index, cache {cache_bytes} B"
+        )
+        assert streamed <= 1.1 * data_bytes / world, (streamed, data_bytes)
+        assert streamed <= mine * 1.02 + 1024  # nothing but its own row groups
+        assert index_bytes < 0.1 * cache_bytes
+        counts.append(n)
+        seen.append(_seq_keys(TeacherCache(s3_rg_cache), plan, rank))
+        assert len(seen[-1]) == plan.rows
+    assert len(set(counts)) == 1  # DDP: every rank the same number of batches
+    union = set().union(*map(set, seen))
+    assert sum(map(len, seen)) == len(union)  # disjoint
+    dropped = TeacherCache(s3_rg_cache).plan(rank=0, **kw).dropped
+    assert union <= train and len(union) == len(train) - dropped
+    assert dropped <= (world - 1) * RG_ROWS
+
+
+def test_resume_near_the_end_of_an_epoch_seeks_and_matches(s3_rg_cache):
+    kw = dict(rank=1, world_size=2, seed=3, epoch=0, split="train", heldout_fraction=HELDOUT)
+    straight = list(TeacherCache(s3_rg_cache).iter_batches(4, **kw))
+    start = int(0.9 * len(straight))
+    fs = _counting(s3_rg_cache)
+    cache = TeacherCache(s3_rg_cache, fs=fs)
+    plan = cache.plan(**kw)
+    before = fs.bytes_read
+    resumed = list(cache.iter_batches(4, start_batch=start, **kw))
+    read = fs.bytes_read - before
+    assert len(resumed) == len(straight) - start
+    for a, b in zip(straight[start:], resumed, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    # only the shuffle window (2 units) holding the resume row and the units after it
+    sizes = _unit_bytes(cache)
+    rows_before, first_window = start * 4, 0
+    windows = plan.windows(2)
+    while rows_before >= sum(plan.unit_rows[i] for i in windows[first_window]):
+        rows_before -= sum(plan.unit_rows[i] for i in windows[first_window])
+        first_window += 1
+    needed = sum(sizes[plan.units[i]] for w in windows[first_window:] for i in w)
+    whole = sum(sizes[u] for u in plan.units)
+    print(
+        f"resume at batch {start}/{len(straight)}: read {read} B, needed {needed} B, "
+        f"epoch {whole} B"
+    )
+    assert read <= needed * 1.02 + 1024 and read < 0.35 * whole
+
+
+def test_assignment_is_balanced_deterministic_and_reshuffled():
+    rows = [8] * 30 + [5, 3, 7]
+    a = assign(rows, 4, seed=1, epoch=0, shuffle=True)
+    assert a == assign(rows, 4, seed=1, epoch=0, shuffle=True)
+    assert a != assign(rows, 4, seed=1, epoch=1, shuffle=True)
+    assert sorted(u for p in a for u in p) == list(range(len(rows)))
+    loads = [sum(rows[u] for u in p) for p in a]
+    assert max(loads) - min(loads) <= max(rows)
+
+
+def test_online_batches_use_the_cache_masking_and_shard_by_row_group(tmp_path, real_tokenizer_dir):
+    url = small_row_groups(write_prepared(str(tmp_path / "prep"), real_tokenizer_dir), 16)
+    ranks = [PreparedBatches(url, rank=r, world_size=2, mlm_probability=0.2) for r in (0, 1)]
+    plans = [p._plan(seed=5, epoch=2) for p in ranks]
+    assert not set(plans[0].units) & set(plans[1].units)
+    assert ranks[0].num_batches(8, seed=5, epoch=2) == ranks[1].num_batches(8, seed=5, epoch=2)
+    # masking: distil.teacher.masking, keyed by (seed, seq_id, copy=epoch)
+    src = ranks[0]
+    table = src.row_groups.read(plans[0].units[0], ["seq_id", "input_ids", "length"])
+    assert table.schema.field("input_ids").type.value_type == "uint16"  # not upcast on read
+    batch = src.collate(table, seed=5, epoch=2)
+    manifest = src.manifest
+    special = np.array(sorted(set(manifest["special_ids"].values())), np.int64)
+    for j in range(table.num_rows):
+        n = table["length"][j].as_py()
+        ids = np.asarray(table["input_ids"][j].as_py())
+        m = mask_sequence(
+            ids,
+            n,
+            seed=5,
+            seq_id=table["seq_id"][j].as_py(),
+            copy=2,
+            special_ids=special,
+            mask_id=manifest["special_ids"]["mask"],
+            vocab_size=manifest["vocab_size"],
+            mask_prob=0.2,
+        )
+        assert batch["input_ids"][j, :n].tolist() == m.input_ids.tolist()
+        assert torch.nonzero(batch["labels"][j] != -100).flatten().tolist() == m.positions.tolist()
+        assert int(batch["attention_mask"][j].sum()) == n
+    other_epoch = src.collate(table, seed=5, epoch=3)
+    assert not torch.equal(batch["labels"], other_epoch["labels"])  # dynamic masking
