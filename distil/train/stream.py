@@ -86,10 +86,14 @@ class RowGroups:
 
     def __init__(self, files: list[str], fs: Any = None):
         self.files, self.fs = files, fs
-        self.metadata: list[pq.FileMetaData] = []
-        for url in files:
+
+        def footer(url: str) -> pq.FileMetaData:
             with storage.open_for_ranges(url, fs) as f:
-                self.metadata.append(read_footer(f))
+                return read_footer(f)
+
+        # a full-size cache has tens of thousands of files: one small ranged GET each, in parallel
+        with ThreadPoolExecutor(INDEX_THREADS) as pool:
+            self.metadata: list[pq.FileMetaData] = list(pool.map(footer, files))
         self.units = [
             (fi, rg) for fi, md in enumerate(self.metadata) for rg in range(md.num_row_groups)
         ]
