@@ -24,6 +24,7 @@ against the largest row group. Goals (issue "Scale"): RSS at 10·N ≤ 1.25× N,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,8 +305,93 @@ def run_loader(cache_url: str, size: str, batch_size: int) -> Row:
 # ---------------------------------------------------------------- object-storage I/O
 
 
+@contextlib.contextmanager
+def s3_bucket(work: Path) -> Iterator[str]:
+    """A SeaweedFS S3 server on loopback with a fresh bucket; ``AWS_*`` point at it meanwhile."""
+    from distil.seaweed import start_seaweed
+    from distil.stack import free_port_block
+
+    base = free_port_block()
+    server = start_seaweed(
+        work / "seaweed",
+        s3_port=base + 5,
+        other_ports_base=base,
+        bucket="scale",
+        access_key="bench",
+        secret_key="bench-secret",
+        log_path=work / "weed.log",
+    )
+    old = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield "s3://scale"
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.proc.terminate()
+        server.proc.wait(10)
+
+
+def counting_cache(url: str):
+    from distil.teacher.cache import TeacherCache
+
+    fs = storage.CountingFileSystem(storage.get_fs(url)[0])
+    return TeacherCache(url, fs=fs), fs
+
+
 def io_report(cache_url: str, work: Path, batch_size: int) -> None:
-    print("io: pending (needs the rank-sharded reader)")
+    """Bytes each rank reads from S3 at world 1, 2, 4, and a resume at 90% of the epoch."""
+    with s3_bucket(work) as bucket:
+        url = storage.join(bucket, "cache-N")
+        storage.upload_dir(cache_url, url)
+        fs = storage.get_fs(url)[0]
+        data_bytes = sum(fs.size(f) for f in storage.committed_files(url))
+        print(f"object storage: N cache on S3, {data_bytes / 1e6:,.1f} MB in committed files")
+        print(
+            f"{'world':>5} {'rank':>4} {'batches':>8} {'MB read':>9} {'cache/world MB':>15} "
+            f"{'ratio':>6}  goal <= 1.10"
+        )
+        worst = 0.0
+        for world in (1, 2, 4):
+            for rank in range(world):
+                cache, counter = counting_cache(url)
+                n = sum(1 for _ in cache.iter_batches(batch_size, rank=rank, world_size=world))
+                share = data_bytes / world
+                ratio = counter.bytes_read / share
+                worst = max(worst, ratio)
+                print(
+                    f"{world:>5} {rank:>4} {n:>8} {counter.bytes_read / 1e6:>9.2f} "
+                    f"{share / 1e6:>15.2f} {ratio:>6.3f}"
+                )
+        print(f"bytes per rank: worst ratio {worst:.3f} ({'met' if worst <= 1.1 else 'MISSED'})")
+        for window in (2, 1):
+            cache, counter = counting_cache(url)
+            plan = cache.plan()
+            largest = max(
+                sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+                for rg in (
+                    md.row_group(i)
+                    for md in cache.row_groups.metadata
+                    for i in range(md.num_row_groups)
+                )
+            )
+            index_bytes = counter.bytes_read
+            total = -(-plan.rows // batch_size)
+            start = int(0.9 * total)
+            batches = cache.iter_batches(batch_size, start_batch=start, shuffle_window=window)
+            next(batches)
+            before = counter.bytes_read - index_bytes
+            print(
+                f"resume at batch {start}/{total} (shuffle_window {window}): "
+                f"{before / 1e3:,.1f} kB read before the first new batch, largest row group "
+                f"{largest / 1e3:,.1f} kB ({before / largest:.2f} row groups; goal <= 1: "
+                f"{'met' if before <= largest else 'MISSED'}); footers + split index read "
+                f"first: {index_bytes / 1e3:,.1f} kB"
+            )
+            batches.close()
 
 
 # ---------------------------------------------------------------- report
