@@ -224,7 +224,7 @@ class TeacherCache:
         heldout_fraction: float = 0.05,
         shuffle: bool = True,
         start_batch: int = 0,
-        shuffle_window: int = 2,
+        shuffle_window: int = 1,
         read_ahead: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches for one rank of ``world_size``, from batch ``start_batch`` of the epoch on.

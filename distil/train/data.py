@@ -84,7 +84,7 @@ class PreparedBatches:
         epoch: int = 0,
         start_batch: int = 0,
         shuffle: bool = True,
-        shuffle_window: int = 2,
+        shuffle_window: int = 1,
         read_ahead: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
         from distil.train.stream import batches

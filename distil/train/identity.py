@@ -12,7 +12,8 @@ name is therefore derived (``distil-<fingerprint>``, the way the demo names its 
 Left out: where things go (``output``, ``storage_path``, ``run_name``; input URLs enter by their
 fingerprints, so a copied cache is the same input), how often the job logs, evaluates and
 checkpoints (eval and checkpoints never touch the weights), the hardware (``num_workers``,
-``use_gpu``, ``cpus_per_worker``, ``max_failures``: a run may resume on a smaller or bigger
+``use_gpu``, ``cpus_per_worker``, ``placement_strategy``, ``gpu_wait_s``, ``max_failures``: a
+run may resume on a smaller or bigger
 cluster), and fields the mode ignores (``alpha_cos``, ``mlm_probability`` in cached mode).
 ``num_workers`` and ``use_gpu`` are recorded anyway: a resume that changes them is logged,
 because the global batch is ``batch_size x grad_accum x num_workers``.
@@ -61,6 +62,7 @@ NOT_IDENTITY = frozenset(
         "use_gpu",
         "cpus_per_worker",
         "placement_strategy",
+        "gpu_wait_s",
         "max_failures",
     }
 )

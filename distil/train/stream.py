@@ -15,7 +15,10 @@ One epoch for ``(world_size, seed, epoch)``:
   groups in all (``RankPlan.dropped``), and they change with the epoch;
 * a rank reads its units in shuffled order on a background thread (``read_ahead`` row groups
   queued), and permutes rows within consecutive windows of ``shuffle_window`` units
-  (``(seed, epoch, rank, window)``), so memory stays bounded by a few row groups.
+  (``(seed, epoch, rank, window)``), so memory stays bounded by a few row groups. The default
+  window is one row group (rows shuffled within it, row groups' order shuffled per epoch): a
+  resume then reads one row group before its first batch; a wider window mixes more rows per
+  batch and a resume reads the whole window.
 
 A split (``train``/``heldout`` by ``seq_id``, ``distil.data.shards.is_heldout``) filters rows
 inside each unit; balancing then needs each unit's row count *in the split*, which the footers do
@@ -166,7 +169,7 @@ class RowGroups:
         columns: list[str] | None = None,
         start_row: int = 0,
         shuffle: bool = True,
-        shuffle_window: int = 2,
+        shuffle_window: int = 1,
         read_ahead: int = 2,
     ) -> Iterator[pa.Table]:
         """Consecutive tables of this rank's row stream, from ``start_row`` on, cut at
@@ -223,15 +226,23 @@ def read_footer(f: Any) -> pq.FileMetaData:
 
 class _Prefetch:
     """``fn(item)`` for each item on a background thread, at most ``depth`` results queued
-    (read-ahead); leaving the loop early stops the thread."""
+    (read-ahead); leaving the loop early stops the thread. Read-ahead starts once the first
+    result is taken, so a (re)start reads exactly what its first batch needs before yielding
+    it, and later items are then fetched while the consumer trains on earlier ones."""
 
     def __init__(self, fn: Callable, items: list, depth: int):
         self.fn, self.items = fn, items
         self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.stop = threading.Event()
+        self.first_taken = threading.Event()
 
     def _run(self) -> None:
-        for item in self.items:
+        for i, item in enumerate(self.items):
+            if i == 1:
+                while not (self.first_taken.wait(0.1) or self.stop.is_set()):
+                    pass
+                if self.stop.is_set():
+                    return
             try:
                 out = self.fn(item)
             except BaseException as e:  # handed to the consumer, raised there
@@ -251,6 +262,7 @@ class _Prefetch:
         try:
             for _ in self.items:
                 out = self.q.get()
+                self.first_taken.set()
                 if isinstance(out, BaseException):
                     raise out
                 yield out
