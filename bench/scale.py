@@ -415,7 +415,7 @@ def ratio_line(rows: list[Row], stage: str, small: str, big: str) -> str:
     tput = steady_rate(rows, n10) / max(steady_rate(rows, n), 1e-9)
     ok_rss, ok_tput = rss <= 1.25, abs(tput - 1) <= 0.15
     return (
-        f"{stage:<14} {big}/{small}: peak RSS {rss:5.2f} (goal <= 1.25: "
+        f"{stage:<14} {big} vs {small}: peak RSS {rss:5.2f} (goal <= 1.25: "
         f"{'met' if ok_rss else 'MISSED'})   steady tokens/CPU-s {tput:5.2f} "
         f"(goal 0.85..1.15: {'met' if ok_tput else 'MISSED'})"
     )
@@ -457,7 +457,9 @@ def main(argv: list[str] | None = None) -> None:
         prepared: dict[str, tuple[str, int]] = {}
         for size, n_tokens in [("N/100", n // 100), ("N/10", n // 10), ("N", n), ("10N", 10 * n)]:
             tag = size.replace("/", "_")
-            info = write_corpus(docs, n_tokens, work / f"corpus-{tag}", args.file_words)
+            # the small runs are start-up baselines: at least two files, so both workers start
+            file_words = min(args.file_words, int(n_tokens / TOKENS_PER_WORD) // 2 + 1)
+            info = write_corpus(docs, n_tokens, work / f"corpus-{tag}", file_words)
             out = str(work / f"prepared-{tag}")
             row, prep = run_prepare(work / f"corpus-{tag}", out, size)
             prepared[size] = (out, prep["tokens"])
