@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,13 +182,14 @@ class WorkerSampler:
     between polls is not missed, only a worker that exits between polls."""
 
     period_s: float = 0.2
+    match: Callable[[str], bool] = lambda cmd: cmd.startswith("ray::")  # Ray workers' titles
     peak_kb: dict[int, int] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _poll(self) -> None:
         for pid in procs.with_descendants({os.getpid()}) - {os.getpid()}:
-            if not procs.cmdline(pid).startswith("ray::"):
+            if not self.match(procs.cmdline(pid)):
                 continue
             self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), _status_kb(pid, "VmHWM"))
             self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_s(pid))
