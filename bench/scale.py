@@ -326,16 +326,10 @@ def s3_bucket(work: Path) -> Iterator[str]:
         secret_key="bench-secret",
         log_path=work / "weed.log",
     )
-    old = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     try:
-        yield "s3://scale"
+        with server.env_applied():
+            yield "s3://scale"
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.proc.terminate()
         server.proc.wait(10)
 

@@ -6,11 +6,13 @@ free ports (``stack.free_port_block``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,21 @@ class S3Server:
     access_key: str
     secret_key: str
     proc: subprocess.Popen | None = None
+
+    @contextlib.contextmanager
+    def env_applied(self) -> Iterator[S3Server]:
+        """``os.environ`` points at this server (``env()``) inside the block, restored after:
+        what a test session or a benchmark needs around the code it runs against it."""
+        old = {k: os.environ.get(k) for k in self.env()}
+        os.environ.update(self.env())
+        try:
+            yield self
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def env(self) -> dict[str, str]:
         return {

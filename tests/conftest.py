@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -32,14 +31,8 @@ def s3_server(tmp_path_factory):
         secret_key="test-secret",
         log_path=data / "weed.log",
     )
-    old = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    yield server
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with server.env_applied():
+        yield server
     server.proc.terminate()
     try:
         server.proc.wait(10)
