@@ -117,6 +117,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
 
     root = tmp_path / "corpus"
     _big_corpus(root)
+    write_multistream(real_wiki_xml(), root / "wiki")  # split into byte ranges: the range path
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     for k in ("RAY_ADDRESS",):
@@ -133,6 +134,8 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
             "1",
             "--cpus-per-worker",
             "1",
+            "--wiki-range-bytes",
+            "100000",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -153,12 +156,13 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    done_at_kill = len(list(markers.iterdir()))
-    assert 1 <= done_at_kill < 6
-    assert not storage.is_committed(str(killed))
+    done = [m.name for m in markers.iterdir()]
+    done_whole = [n for n in done if "-range-" not in n]  # whole input files finished
+    assert done and not storage.is_committed(str(killed))
 
-    rerun = run(PrepareConfig(input=str(root), output=str(killed), num_workers=2))
-    run(PrepareConfig(input=str(root), output=str(tmp_path / "clean"), num_workers=2))
-    assert rerun["shards_reused"] >= done_at_kill
+    kw = {"input": str(root), "num_workers": 2, "wiki_range_bytes": 100_000}
+    rerun = run(PrepareConfig(output=str(killed), **kw))
+    run(PrepareConfig(output=str(tmp_path / "clean"), **kw))
+    assert rerun["shards_reused"] >= len(done_whole)
     assert output_bytes(str(killed)) == output_bytes(str(tmp_path / "clean"))
     assert not (killed / "_staging").exists()
