@@ -171,7 +171,7 @@ def test_three_stages_on_two_nodes_match_one_node(
     assert _tree(f"{multi}/prepared", multi) == _tree(f"{single}/prepared", single)
     key = m["teacher_logits"]["key"]
     assert s["teacher_logits"]["key"] == key and not m["teacher_logits"]["cache_hit"]
-    assert m["teacher_logits"]["shards_computed"] == 2
+    assert m["teacher_logits"]["units_computed"] == 2
     cache_m = _tree(f"{multi}/cache/{key}", multi)
     assert {"manifest.json", "shard-00000.parquet", "shard-00001.parquet"} <= set(cache_m)
     assert cache_m == _tree(f"{single}/cache/{key}", single)
