@@ -29,6 +29,7 @@ from distil.progress import Progress
 log = logging.getLogger("distil.eval")
 
 EVAL_JSON = "eval.json"
+CHUNK = 1024  # reviews per classify call: the progress line moves, length sorting still pays
 # (student logits [N, V], batch) -> KL(teacher || student) averaged over the batch's N positions
 KLFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -256,9 +257,12 @@ def evaluate_sentiment(
         clf = load_classifier(url, cache_dir, max_length=max_length, device=device)
         out[model_name] = {}
         for set_name, (texts, labels) in sets.items():
+            pred = []
             with Progress(f"eval {model_name} on {set_name}", total=len(texts), unit="review") as p:
-                pred = clf.classify(texts, micro_batch_size)["label_id"]
-                p.update(len(texts))
+                for i in range(0, len(texts), CHUNK):
+                    chunk = texts[i : i + CHUNK]
+                    pred.extend(clf.classify(chunk, micro_batch_size)["label_id"].tolist())
+                    p.update(len(chunk))
             correct = int(sum(int(a) == b for a, b in zip(pred, labels, strict=True)))
             out[model_name][set_name] = {
                 "accuracy": correct / len(texts),
@@ -358,3 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     from distil.cli import main as cli_main
 
     return cli_main(["eval", *(argv or sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
