@@ -216,7 +216,9 @@ def _read_review_set(url: str, split: str) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def load_classifier(url: str, cache_dir: str, *, max_length: int = 128, device: str = "cpu"):
+def load_classifier(
+    url: str, cache_dir: str, *, max_length: int = 128, device: str = "cpu", name: str = "model"
+):
     """A ``SequenceClassifier`` for a fine-tuned model dir; a dir without a classification head
     (e.g. a bare distilled student) is a clear error, not a random head scored as if trained."""
     from distil.sentiment.classifier import SequenceClassifier, fetch_model
@@ -229,7 +231,7 @@ def load_classifier(url: str, cache_dir: str, *, max_length: int = 128, device: 
             archs = json.load(f).get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ConfigError(
-            f"{url} has no sequence-classification head (architectures: {archs or 'none'}): "
+            f"{name} classifier {url} has no sequence-classification head (architectures: {archs or 'none'}): "
             "pass the dir `distil finetune` wrote, not the distilled student"
         )
     return SequenceClassifier(local, max_length=max_length, device=device)
@@ -254,7 +256,7 @@ def evaluate_sentiment(
     }
     out: dict[str, dict[str, dict[str, float]]] = {}
     for model_name, url in classifier_dirs.items():
-        clf = load_classifier(url, cache_dir, max_length=max_length, device=device)
+        clf = load_classifier(url, cache_dir, max_length=max_length, device=device, name=model_name)
         out[model_name] = {}
         for set_name, (texts, labels) in sets.items():
             pred = []
@@ -334,15 +336,15 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"MLM on {mlm['positions']} held-out masked positions (cache {mlm['sparsity']}, k={mlm['k']})",
         f"  top-1 agreement student/teacher  {mlm['top1_agreement']:.4f}",
-        f"  KL(teacher || student), coarse   {mlm['kl_coarse']:.4f}",
+        f"  KL(teacher || student), coarse   {mlm['kl_coarse']:.4g}",
     ]
     sent = result.get("sentiment")
     if sent:
-        lines.append(f"{'sentiment accuracy':34} {'teacher':>9} {'student':>9} {'share':>7} rows")
+        lines.append(f"{'sentiment accuracy':42} {'teacher':>9} {'student':>9} {'share':>7} rows")
         for s, kind in ((sent["in_domain"], "in-domain"), (sent["out_of_domain"], "out-of-domain")):
             t, st = sent["accuracy"]["teacher"][s], sent["accuracy"]["student"][s]
             lines.append(
-                f"  {s + ' (' + kind + ')':32} {t['accuracy']:9.4f} {st['accuracy']:9.4f} "
+                f"  {s + ' (' + kind + ')':40} {t['accuracy']:9.4f} {st['accuracy']:9.4f} "
                 f"{sent['student_share'][s]:7.3f} {t['rows']}"
             )
     return "\n".join(lines)
