@@ -231,7 +231,8 @@ def load_classifier(
             archs = json.load(f).get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ConfigError(
-            f"{name} classifier {url} has no sequence-classification head (architectures: {archs or 'none'}): "
+            f"{name} classifier {url} has no sequence-classification head (architectures: "
+            f"{archs or 'none'}): "
             "pass the dir `distil finetune` wrote, not the distilled student"
         )
     return SequenceClassifier(local, max_length=max_length, device=device)
