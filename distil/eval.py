@@ -335,10 +335,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     mlm = result["mlm"]
     lines = [
-        f"MLM on {mlm['positions']} held-out masked positions (cache {mlm['sparsity']}, k={mlm['k']})",
-        f"  top-1 agreement student/teacher  {mlm['top1_agreement']:.4f}",
-        f"  KL(teacher || student), coarse   {mlm['kl_coarse']:.4g}",
+        f"MLM on {mlm['positions']} held-out masked positions ({mlm['sparsity']}, k={mlm['k']})"
     ]
+    if mlm["positions"]:
+        lines += [
+            f"  top-1 agreement student/teacher  {mlm['top1_agreement']:.4f}",
+            f"  KL(teacher || student), coarse   {mlm['kl_coarse']:.4g}",
+        ]
     sent = result.get("sentiment")
     if sent:
         lines.append(f"{'sentiment accuracy':42} {'teacher':>9} {'student':>9} {'share':>7} rows")
