@@ -38,6 +38,11 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "distil.sentiment.config:ScoreConfig",
         "distil.pipelines.score_reviews:run",
     ),
+    "eval": (
+        "teacher vs student on held-out data: MLM agreement, KL, sentiment accuracy in/out of domain",
+        "distil.eval:EvalConfig",
+        "distil.eval:run",
+    ),
     "demo": (
         "the whole pipeline on the embedded default (local stack, real sample data)",
         "distil.demo:DemoConfig",

@@ -171,6 +171,7 @@ def run_json(
             teacher_clf=s["finetune_teacher"].output,
             student_clf=s["finetune_student"].output,
             student_agreement=student_metrics.get("eval_teacher_agreement"),
+            student_kl=student_metrics.get("eval_kl_to_teacher"),
             reviews=storage.join(cfg.samples, "reviews", "amazon_snippets.jsonl"),
         ),
         "scores": score_histogram(s["score"].output, score),

@@ -65,9 +65,17 @@ def compare_models(
     student_clf: str,
     student_agreement: float | None,
     reviews: str,
+    student_kl: float | None = None,
 ) -> dict[str, Any]:
-    """Teacher vs student, every figure measured now or read from the run's own artifacts."""
+    """Teacher vs student, every figure measured now or read from the run's own artifacts.
+
+    ``reviews``: a review set from another source than the fine-tune's (no model trained on it):
+    its first rows time the latency, all of it scores out-of-domain accuracy (``distil eval``'s
+    ``evaluate_sentiment``). Agreement and KL are the distil run's final held-out eval (the same
+    ``distil.eval.mlm_metrics`` that ``distil eval`` runs)."""
     from safetensors import safe_open
+
+    from distil.eval import evaluate_sentiment
 
     texts = [
         json.loads(line)["text"]
@@ -84,6 +92,13 @@ def compare_models(
         k: storage.read_manifest(u)["metrics"]["accuracy"]
         for k, u in (("teacher", teacher_clf), ("student", student_clf))
     }
+    from distil.stack import distil_home
+
+    clfs = {"teacher": teacher_clf, "student": student_clf}
+    models = os.path.join(distil_home(), "cache", "models")
+    ood = evaluate_sentiment(clfs, {"ood": reviews}, "all", cache_dir=models)
+    ood_acc = {k: v["ood"]["accuracy"] for k, v in ood.items()}
+    ood_name = os.path.basename(reviews).removesuffix(".jsonl").replace("_", " ")
     rows = [
         ("parameters", params(local["teacher"]), params(local["student"])),
         ("size on disk (MB)", _dir_bytes(teacher_clf) / 1e6, _dir_bytes(student_clf) / 1e6),
@@ -93,7 +108,13 @@ def compare_models(
             cpu_latency_ms(local["student"], texts),
         ),
         ("MLM top-1 agreement with teacher (held-out)", 1.0, student_agreement),
+        ("KL(teacher || student), held-out, top-k coarse", 0.0, student_kl),
         ("sentiment accuracy (movie snippets, validation)", acc["teacher"], acc["student"]),
+        (
+            f"sentiment accuracy ({ood_name}, out of domain, {ood['teacher']['ood']['rows']} rows)",
+            ood_acc["teacher"],
+            ood_acc["student"],
+        ),
     ]
     out = []
     for metric, t, s in rows:

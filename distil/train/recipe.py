@@ -325,15 +325,15 @@ class DistilRecipe:
         return self.final_metrics()
 
     # ------------------------------------------------------------------ eval
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out student MLM accuracy, top-1 agreement with the teacher and KL(teacher||student)
-        at T = 1: over the full vocab online; from the cache, the KL coarsened to {top-k, rest}
-        (a lower bound, ``losses.kl_coarse``) or the unbiased sampled estimate."""
+        at T = 1 (``distil.eval.mlm_metrics``, the same computation as ``distil eval``): over the
+        full vocab online; from the cache, the KL coarsened to {top-k, rest} (a lower bound,
+        ``losses.kl_coarse``) or the unbiased sampled estimate."""
+        from distil.eval import mlm_metrics
+
         cfg = self.cfg
         self.module.eval()
-        n = correct = agree = 0
-        kl_sum = 0.0
         if cfg.mode == "online":
             batches = self.eval_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=0)
         else:
@@ -343,43 +343,23 @@ class DistilRecipe:
                 split="heldout",
                 heldout_fraction=cfg.heldout_fraction,
             )
-        for i, batch in enumerate(batches):
-            if i >= cfg.eval_batches:
-                break
-            batch = to_device(batch, self.device)
-            labels = batch["labels"]
-            logits, _ = self.module(batch["input_ids"], batch["attention_mask"], labels)
-            if logits.shape[0] == 0:
-                continue
-            pred = logits.argmax(-1)
-            masked = labels[labels != -100]
-            if cfg.mode == "online":
-                t_hidden = self.teacher.bert(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                )[0]
-                t_logits = self.teacher.cls(t_hidden[labels != -100])
-                t_top1 = t_logits.argmax(-1)
-                kl = losses.kd_dense(logits, t_logits, 1.0)
-            else:
-                best = batch["target_logprobs"].argmax(-1, keepdim=True)
-                t_top1 = batch["target_ids"].gather(-1, best).squeeze(-1)
-                if self.sparsity.get("mode") == "sampled":  # unbiased at T = 1
-                    kl = self._kd_cached(logits, batch, 1.0)
-                else:
-                    kl = losses.kl_coarse(logits, batch["target_ids"], batch["target_logprobs"])
-            m = logits.shape[0]
-            n += m
-            correct += int((pred == masked).sum())
-            agree += int((pred == t_top1).sum())
-            kl_sum += float(kl) * m
+        sampled = cfg.mode != "online" and self.sparsity.get("mode") == "sampled"
+        ev = mlm_metrics(
+            self.module,
+            batches,
+            device=self.device,
+            max_batches=cfg.eval_batches,
+            teacher=self.teacher if cfg.mode == "online" else None,
+            kl_fn=(lambda logits, batch: self._kd_cached(logits, batch, 1.0)) if sampled else None,
+        )
         self.module.train()
-        if n == 0:
+        if ev["positions"] == 0:
             return {"eval_positions": 0}
         return {
-            "eval_positions": n,
-            "eval_mlm_accuracy": correct / n,
-            "eval_teacher_agreement": agree / n,
-            "eval_kl_to_teacher": kl_sum / n,
+            "eval_positions": ev["positions"],
+            "eval_mlm_accuracy": ev["mlm_accuracy"],
+            "eval_teacher_agreement": ev["top1_agreement"],
+            "eval_kl_to_teacher": ev["kl"],
         }
 
     def final_metrics(self) -> dict[str, Any]:

@@ -87,6 +87,7 @@ def test_run_json_reads_the_committed_artifacts(finished_run):
         "teacher_mlm": f"{run}/adapt_teacher", "student_mlm": f"{run}/distil",
         "teacher_clf": f"{run}/finetune_teacher", "student_clf": f"{run}/finetune_student",
         "student_agreement": 0.4, "reviews": "memory://samples/reviews/amazon_snippets.jsonl",
+            "student_kl": None,
     }  # fmt: skip
     assert out["comparison"] is calls["compare"]
     assert calls["hist"] == (f"{run}/score", steps["score"].result)

@@ -43,3 +43,42 @@ def test_score_histogram_needs_a_committed_run():
 
 def test_numel():
     assert _numel([3, 4, 5]) == 60 and _numel([]) == 1
+
+
+def test_compare_models_scores_the_out_of_domain_set(
+    tmp_path, monkeypatch, real_tokenizer_dir, tiny_teacher_dir, make_planted_reviews
+):
+    """The comparison's out-of-domain row is `distil eval`'s accuracy on every row of the set."""
+    import json
+
+    from bert_fixtures import tiny_classifier
+
+    from distil.demo.report_data import compare_models
+    from distil.eval import evaluate_sentiment
+    from distil.sentiment.classifier import export_classifier
+
+    monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "home"))
+    clfs = {}
+    for name, seed in (("teacher", 0), ("student", 1)):
+        model, tok = tiny_classifier(real_tokenizer_dir, seed=seed)
+        clfs[name] = str(tmp_path / name)
+        export_classifier(model, tok, clfs[name], {"accuracy": 0.5 + seed / 10})
+    rows = make_planted_reviews(30, seed=3)
+    reviews = tmp_path / "amazon_snippets.jsonl"
+    reviews.write_text("".join(json.dumps(r | {"split": "train"}) + "\n" for r in rows))
+    out = compare_models(
+        str(tiny_teacher_dir),
+        str(tiny_teacher_dir),
+        clfs["teacher"],
+        clfs["student"],
+        0.4,
+        str(reviews),
+        student_kl=0.25,
+    )
+    by = {r["metric"]: r for r in out["rows"]}
+    ood = by["sentiment accuracy (amazon snippets, out of domain, 30 rows)"]
+    want = evaluate_sentiment(clfs, {"s": str(reviews)}, "all", cache_dir=str(tmp_path / "c"))
+    assert ood["teacher"] == want["teacher"]["s"]["accuracy"]
+    assert ood["student"] == want["student"]["s"]["accuracy"]
+    assert by["KL(teacher || student), held-out, top-k coarse"]["student"] == 0.25
+    assert by["sentiment accuracy (movie snippets, validation)"]["student"] == 0.6

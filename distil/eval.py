@@ -1,0 +1,374 @@
+"""``distil eval``: how close a distilled student is to its teacher, on data neither trained on.
+
+Two questions, one report: (a) does the student's masked-LM match the teacher's on held-out masked
+positions (top-1 agreement, and KL(teacher || student) coarsened to ``{cached top-k, rest}`` as in
+``losses.kl_coarse``), and (b) does the student's fine-tuned sentiment classifier keep the
+teacher's accuracy, in domain (the fine-tune's validation split) and out of domain (a review set
+from another source that no model trained on).
+
+``mlm_metrics`` is the single held-out MLM computation: the distillation recipe's periodic eval
+calls it too, so the numbers in a training run and in ``distil eval`` mean the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from distil import storage
+from distil.config import ConfigError, StageConfig
+from distil.progress import Progress
+
+log = logging.getLogger("distil.eval")
+
+EVAL_JSON = "eval.json"
+CHUNK = 1024  # reviews per classify call: the progress line moves, length sorting still pays
+# (student logits [N, V], batch) -> KL(teacher || student) averaged over the batch's N positions
+KLFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+class EvalConfig(StageConfig):
+    teacher: str = Field(..., description="teacher checkpoint (path, fsspec URL, packaged:NAME)")
+    student: str = Field(..., description="distilled student checkpoint (HF dir, path or URL)")
+    cache: str = Field(..., description="committed teacher cache: its heldout split is scored")
+    heldout_fraction: float = Field(
+        0.05, description="held-out fraction by seq_id; must match the distil run's"
+    )
+    batch_size: int = Field(64, description="rows per MLM batch")
+    max_batches: int | None = Field(None, description="stop the MLM eval after this many batches")
+    teacher_classifier: str | None = Field(None, description="teacher's fine-tuned classifier dir")
+    student_classifier: str | None = Field(None, description="student's fine-tuned classifier dir")
+    reviews: str | None = Field(None, description="reviews dir (distil data samples: reviews/)")
+    in_domain: str = Field("movie_snippets.jsonl", description="review set the classifiers saw")
+    out_of_domain: str = Field(
+        "amazon_snippets.jsonl", description="review set from another source, never trained on"
+    )
+    max_length: int = Field(128, description="classifier max tokens per review")
+    model_cache: str = Field(".distil/models", description="local dir models are pulled into")
+    device: str = Field("cpu", description="torch device")
+    output: str | None = Field(None, description="URL of a dir to write eval.json into")
+
+    PATH_FIELDS = ("teacher", "student", "cache", "teacher_classifier", "student_classifier")
+
+
+# ---------------------------------------------------------------------------------------- MLM
+@torch.inference_mode()
+def mlm_metrics(
+    student: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    device: torch.device | str = "cpu",
+    max_batches: int | None = None,
+    teacher: torch.nn.Module | None = None,
+    kl_fn: KLFn | None = None,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Held-out MLM accuracy, top-1 agreement with the teacher and KL(teacher || student) at T=1.
+
+    ``student``: a ``MaskedLMForDistillation`` (logits at masked positions only). Teacher targets
+    come from the batch (a cache's ``target_ids``/``target_logprobs``; KL coarsened, or
+    ``kl_fn``) or, when ``teacher`` (a ``BertForMaskedLM``) is given, from running it: full KL.
+    """
+    from distil import losses
+    from distil.train.data import to_device
+
+    n = correct = agree = 0
+    kl_sum = 0.0
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = to_device(batch, torch.device(device))
+        labels = batch["labels"]
+        logits, _ = student(batch["input_ids"], batch["attention_mask"], labels)
+        m = logits.shape[0]
+        if progress is not None:
+            progress.update(1, positions=m)
+        if m == 0:
+            continue
+        pred = logits.argmax(-1)
+        if teacher is not None:
+            hidden = teacher.bert(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
+            t_logits = teacher.cls(hidden[0][labels != -100])
+            t_top1 = t_logits.argmax(-1)
+            kl = losses.kd_dense(logits, t_logits, 1.0)
+        else:
+            best = batch["target_logprobs"].argmax(-1, keepdim=True)
+            t_top1 = batch["target_ids"].gather(-1, best).squeeze(-1)
+            if kl_fn is not None:
+                kl = kl_fn(logits, batch)
+            else:
+                kl = losses.kl_coarse(logits, batch["target_ids"], batch["target_logprobs"])
+        n += m
+        correct += int((pred == labels[labels != -100]).sum())
+        agree += int((pred == t_top1).sum())
+        kl_sum += float(kl) * m
+    if n == 0:
+        return {"positions": 0}
+    return {
+        "positions": n,
+        "mlm_accuracy": correct / n,
+        "top1_agreement": agree / n,
+        "kl": kl_sum / n,
+    }
+
+
+def _load_mlm(flag: str, url: str):
+    from distil.teacher.load import load_teacher
+
+    try:
+        return load_teacher(url, require_mlm_head=True)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{flag} {url}: {e}") from e
+
+
+def evaluate_mlm(
+    teacher: str,
+    student: str,
+    cache: str,
+    *,
+    heldout_fraction: float = 0.05,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """``mlm_metrics`` of ``student`` on the heldout split of the teacher ``cache`` (the
+    teacher's targets are the cached ones). The student must share the teacher's tokenizer and
+    vocab, and the cache must be the teacher's, or the numbers compare different things."""
+    from distil.student.model import MaskedLMForDistillation
+    from distil.teacher.cache import TeacherCache, resolve_cache_url
+
+    try:
+        tc = TeacherCache(resolve_cache_url(cache))
+    except (ValueError, FileNotFoundError, storage.NotCommittedError) as e:
+        raise ConfigError(f"--cache {cache}: {e}") from e
+    t = _load_mlm("--teacher", teacher)
+    s = _load_mlm("--student", student)
+    cached = tc.manifest.get("teacher", {}).get("weights_sha256")
+    if cached and cached != t.weights_sha256:
+        raise ConfigError(
+            f"--cache {cache} holds the logits of another teacher (weights sha256 "
+            f"{cached[:12]}…) than --teacher {teacher} ({t.weights_sha256[:12]}…): pass the "
+            "cache built from this teacher"
+        )
+    t_vocab, s_vocab = t.model.config.vocab_size, s.model.config.vocab_size
+    if s_vocab != t_vocab or s.tokenizer_identity != t.tokenizer_identity:
+        raise ConfigError(
+            f"--student {student} has another tokenizer than --teacher {teacher} (vocab "
+            f"{s_vocab} vs {t_vocab}); a student distilled from this teacher shares its "
+            "tokenizer: pass that student"
+        )
+    if tc.plan(split="heldout", heldout_fraction=heldout_fraction, shuffle=False).rows == 0:
+        raise ConfigError(
+            f"--cache {cache} has no heldout rows at --heldout-fraction {heldout_fraction}"
+        )
+    model = MaskedLMForDistillation(s.model).to(device).eval()
+    total = tc.num_batches(batch_size, split="heldout", heldout_fraction=heldout_fraction)
+    if max_batches is not None:
+        total = min(total, max_batches)
+    with Progress("eval mlm (heldout)", total=total, unit="batch", log=log) as prog:
+        out = mlm_metrics(
+            model,
+            tc.iter_batches(
+                batch_size, split="heldout", heldout_fraction=heldout_fraction, shuffle=False
+            ),
+            device=device,
+            max_batches=max_batches,
+            progress=prog,
+        )
+    return {
+        "top1_agreement": out.get("top1_agreement"),
+        "kl_coarse": out.get("kl"),
+        "mlm_accuracy": out.get("mlm_accuracy"),
+        "positions": out["positions"],
+        "k": tc.k,
+        "sparsity": tc.sparsity.get("mode"),
+    }
+
+
+# ---------------------------------------------------------------------------------- sentiment
+def _read_review_set(url: str, split: str) -> tuple[list[str], list[int]]:
+    """(texts, labels) of a review JSONL (``distil data samples`` format: id, text, label,
+    split); ``split="all"`` keeps every row."""
+    fs, path = storage.get_fs(url)
+    if not fs.exists(path):
+        raise ConfigError(f"review set {url} does not exist")
+    texts, labels = [], []
+    with fs.open(path, "rt", compression="infer") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if split != "all" and row.get("split") != split:
+                continue
+            texts.append(row["text"])
+            labels.append(int(row["label"]))
+    if not texts:
+        raise ConfigError(f"review set {url} has no rows in split {split!r}")
+    return texts, labels
+
+
+def load_classifier(
+    url: str, cache_dir: str, *, max_length: int = 128, device: str = "cpu", name: str = "model"
+):
+    """A ``SequenceClassifier`` for a fine-tuned model dir; a dir without a classification head
+    (e.g. a bare distilled student) is a clear error, not a random head scored as if trained."""
+    from distil.sentiment.classifier import SequenceClassifier, fetch_model
+
+    local, _ = fetch_model(url, cache_dir)
+    cfg_path = os.path.join(local, "config.json")
+    archs: list[str] = []
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            archs = json.load(f).get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ConfigError(
+            f"{name} classifier {url} has no sequence-classification head (architectures: "
+            f"{archs or 'none'}): "
+            "pass the dir `distil finetune` wrote, not the distilled student"
+        )
+    return SequenceClassifier(local, max_length=max_length, device=device)
+
+
+def evaluate_sentiment(
+    classifier_dirs: dict[str, str],
+    review_files: dict[str, str],
+    split: str | dict[str, str] = "validation",
+    *,
+    cache_dir: str = ".distil/models",
+    max_length: int = 128,
+    micro_batch_size: int = 64,
+    device: str = "cpu",
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {set: {accuracy, rows, correct}}}``. ``split``: which rows of each set to score
+    (one for all sets, or per set name): ``validation`` for the set a model was tuned on, ``all``
+    for a set no model saw."""
+    sets = {
+        name: _read_review_set(url, split if isinstance(split, str) else split.get(name, "all"))
+        for name, url in review_files.items()
+    }
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model_name, url in classifier_dirs.items():
+        clf = load_classifier(url, cache_dir, max_length=max_length, device=device, name=model_name)
+        out[model_name] = {}
+        for set_name, (texts, labels) in sets.items():
+            pred = []
+            with Progress(f"eval {model_name} on {set_name}", total=len(texts), unit="review") as p:
+                for i in range(0, len(texts), CHUNK):
+                    chunk = texts[i : i + CHUNK]
+                    pred.extend(clf.classify(chunk, micro_batch_size)["label_id"].tolist())
+                    p.update(len(chunk))
+            correct = int(sum(int(a) == b for a, b in zip(pred, labels, strict=True)))
+            out[model_name][set_name] = {
+                "accuracy": correct / len(texts),
+                "rows": len(texts),
+                "correct": correct,
+            }
+    return out
+
+
+def review_sets(reviews: str, in_domain: str, out_of_domain: str) -> dict[str, str]:
+    """URLs of the two sets, checked against the reviews dir's manifest."""
+    manifest = storage.read_manifest(reviews)
+    names = [f["name"] for f in manifest.get("files", [])]
+    for flag, name in (("--in-domain", in_domain), ("--out-of-domain", out_of_domain)):
+        if name not in names:
+            raise ConfigError(f"{flag} {name}: not a set in {reviews} (sets: {', '.join(names)})")
+    if in_domain == out_of_domain:
+        raise ConfigError("--in-domain and --out-of-domain name the same set; pick another source")
+    return {
+        in_domain: storage.join(reviews, in_domain),
+        out_of_domain: storage.join(reviews, out_of_domain),
+    }
+
+
+# ------------------------------------------------------------------------------------- stage
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Both parts of the report (sentiment only when both classifiers and --reviews are given)."""
+    result: dict[str, Any] = {"teacher": cfg.teacher, "student": cfg.student, "cache": cfg.cache}
+    result["mlm"] = evaluate_mlm(
+        cfg.teacher,
+        cfg.student,
+        cfg.cache,
+        heldout_fraction=cfg.heldout_fraction,
+        batch_size=cfg.batch_size,
+        max_batches=cfg.max_batches,
+        device=cfg.device,
+    )
+    clfs = {"teacher": cfg.teacher_classifier, "student": cfg.student_classifier}
+    given = [k for k, v in clfs.items() if v]
+    if given or cfg.reviews:
+        if len(given) < 2 or not cfg.reviews:
+            raise ConfigError(
+                "sentiment eval needs --teacher-classifier, --student-classifier and --reviews "
+                "together"
+            )
+        files = review_sets(cfg.reviews, cfg.in_domain, cfg.out_of_domain)
+        acc = evaluate_sentiment(
+            clfs,  # type: ignore[arg-type]
+            files,
+            {cfg.in_domain: "validation", cfg.out_of_domain: "all"},
+            cache_dir=cfg.model_cache,
+            max_length=cfg.max_length,
+            device=cfg.device,
+        )
+        result["sentiment"] = {
+            "in_domain": cfg.in_domain,
+            "out_of_domain": cfg.out_of_domain,
+            "accuracy": acc,
+            "student_share": {
+                s: acc["student"][s]["accuracy"] / max(acc["teacher"][s]["accuracy"], 1e-12)
+                for s in files
+            },
+        }
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    mlm = result["mlm"]
+    lines = [
+        f"MLM on {mlm['positions']} held-out masked positions ({mlm['sparsity']}, k={mlm['k']})"
+    ]
+    if mlm["positions"]:
+        lines += [
+            f"  top-1 agreement student/teacher  {mlm['top1_agreement']:.4f}",
+            f"  KL(teacher || student), coarse   {mlm['kl_coarse']:.4g}",
+        ]
+    sent = result.get("sentiment")
+    if sent:
+        lines.append(f"{'sentiment accuracy':42} {'teacher':>9} {'student':>9} {'share':>7} rows")
+        for s, kind in ((sent["in_domain"], "in-domain"), (sent["out_of_domain"], "out-of-domain")):
+            t, st = sent["accuracy"]["teacher"][s], sent["accuracy"]["student"][s]
+            lines.append(
+                f"  {s + ' (' + kind + ')':40} {t['accuracy']:9.4f} {st['accuracy']:9.4f} "
+                f"{sent['student_share'][s]:7.3f} {t['rows']}"
+            )
+    return "\n".join(lines)
+
+
+def run(cfg: EvalConfig) -> None:
+    """``distil eval``: print the table; write ``eval.json`` under ``--output`` when given."""
+    result = evaluate(cfg)
+    print(format_table(result))
+    if cfg.output:
+        url = storage.join(cfg.output, EVAL_JSON)
+        storage.write_json(url, result)
+        print(f"wrote {storage.redact(url)}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distil.cli import main as cli_main
+
+    return cli_main(["eval", *(argv or sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
