@@ -90,12 +90,18 @@ def _tree(url: str, root: str) -> dict[str, bytes]:
     return out
 
 
-def _without_speed(metrics_json: bytes) -> dict[str, Any]:
-    """metrics.json minus tokens/s (wall-clock speed, the one non-deterministic number)."""
-    m = json.loads(metrics_json)
-    for entry in m.get("train_history", []):
-        entry.pop("tokens_per_s", None)
-    return m
+SPEED = {"tokens_per_s", "tokens_per_s_global", "train_seconds"}  # wall clock: not deterministic
+
+
+def _without_speed(metrics: Any) -> Any:
+    """metrics (a dict or metrics.json's bytes) minus the wall-clock speed figures, at any depth."""
+    if isinstance(metrics, bytes):
+        metrics = json.loads(metrics)
+    if isinstance(metrics, dict):
+        return {k: _without_speed(v) for k, v in metrics.items() if k not in SPEED}
+    if isinstance(metrics, list):
+        return [_without_speed(v) for v in metrics]
+    return metrics
 
 
 @pytest.mark.timeout(420)
@@ -173,17 +179,17 @@ def test_three_stages_on_two_nodes_match_one_node(
     assert s["teacher_logits"]["key"] == key and not m["teacher_logits"]["cache_hit"]
     assert m["teacher_logits"]["units_computed"] == 2
     cache_m = _tree(f"{multi}/cache/{key}", multi)
-    assert {"manifest.json", "shard-00000.parquet", "shard-00001.parquet"} <= set(cache_m)
+    assert "manifest.json" in cache_m
+    assert sum(name.endswith(".parquet") for name in cache_m) == 2  # one file per unit
     assert cache_m == _tree(f"{single}/cache/{key}", single)
     student_m = _tree(f"{multi}/student", multi)
     student_s = _tree(f"{single}/student", single)
     assert sorted(student_m) == sorted(student_s) and "model.safetensors" in student_m
-    assert _without_speed(student_m.pop("metrics.json")) == _without_speed(
-        student_s.pop("metrics.json")
-    )
+    for name in ("metrics.json", "manifest.json"):  # both carry the run's tokens/s
+        assert _without_speed(student_m.pop(name)) == _without_speed(student_s.pop(name)), name
     assert student_m == student_s  # weights, config, tokenizer, manifest: byte for byte
     assert m["distil"]["last_report"]["step"] == s["distil"]["last_report"]["step"] == 4
-    assert m["distil"]["metrics"] == s["distil"]["metrics"]
+    assert _without_speed(m["distil"]["metrics"]) == _without_speed(s["distil"]["metrics"])
 
     # (c) data only through S3: s3:// URLs in every config, no local data path anywhere
     for stage, (cls, _) in SETTINGS.items():
