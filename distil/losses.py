@@ -82,13 +82,19 @@ def kl_rest_bucket(
     support = (p * (teacher_logp.masked_fill(~real, 0.0) - log_q)).sum(-1)
     kept = torch.zeros_like(log_q_all).scatter_add_(-1, target_ids, real.float()) > 0
     has_rest = kept.sum(-1) < log_q_all.shape[-1]  # K = vocab: no rest bucket at all
-    # a tiny floor (e^-80) keeps the logsumexp and its gradient finite when nothing is left out
+    # Student rest: log1p(-kept mass) while that mass is small (exact to float32 rounding even
+    # for a near-uniform teacher, where the rest is ~1), else a logsumexp over the ids not kept
+    # (no 1 - sum cancellation when the rest is ~0; an e^-80 floor keeps it and its gradient
+    # finite when nothing is left out). Both branches stay finite, so where() passes no NaN.
+    s_q = log_q.exp().masked_fill(~real, 0.0).sum(-1)
     floor = torch.full_like(log_q_all[:, :1], -80.0)
-    log_q_rest = torch.logsumexp(
-        torch.cat([log_q_all.masked_fill(kept, -torch.inf), floor], -1), -1
-    )
-    p_rest = torch.where(has_rest, (1.0 - p.sum(-1)).clamp_min(0.0), 0.0)
-    return support + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    lse_rest = torch.logsumexp(torch.cat([log_q_all.masked_fill(kept, -torch.inf), floor], -1), -1)
+    log_q_rest = torch.where(s_q < 0.5, torch.log1p(-s_q.clamp(max=0.5)), lse_rest)
+    s_p = p.sum(-1)
+    p_rest = torch.where(has_rest, (1.0 - s_p).clamp_min(0.0), 0.0)
+    log_p_rest = torch.log1p(-s_p.clamp(max=1.0 - 1e-7))
+    rest = torch.where(p_rest > 0, p_rest * (log_p_rest - log_q_rest), 0.0)
+    return support + rest
 
 
 def kd_topk(
