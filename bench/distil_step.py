@@ -91,9 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
     batch = make_batch(args.batch_size, args.seq_len, 30522, device)
     labels = batch["labels"]
     masked_labels = labels[labels != -100]
-    with torch.no_grad():  # the cache holds exactly this: teacher top-k at the masked positions
+    with torch.no_grad():  # the cache holds exactly this: top-k + log-partition at T = 2
         t_hidden = teacher.bert(batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-        top = torch.topk(torch.log_softmax(teacher.cls(t_hidden[labels != -100]), -1), args.k)
+        t_logp = torch.log_softmax(teacher.cls(t_hidden[labels != -100]), -1)
+        top = torch.topk(t_logp, args.k)
+        logz = torch.logsumexp(t_logp / 2.0, -1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     def optim_step(loss):
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     def cached_step():
         with autocast:
             logits, _ = model(batch["input_ids"], batch["attention_mask"], labels)
-            loss = 5.0 * losses.kd_topk(logits, top.indices, top.values, 2.0)
+            loss = 5.0 * losses.kd_topk(logits, top.indices, top.values, 2.0, logz)
             loss = loss + 2.0 * losses.mlm_loss(logits, masked_labels)
         optim_step(loss)
 

@@ -211,7 +211,7 @@ def main() -> None:
             pos[j, torch.from_numpy(m.positions).to(device)] = True
         batches.append((x, am, pos))
     model = build_model(args, device)
-    spec = {"mode": "topk", "k": args.k}
+    spec = {"mode": "topk", "k": args.k, "kd_temperatures": [1.0, 2.0]}  # as logits/default
     tokens = int(sum(int(b[1].sum()) for b in batches))
     positions = int(sum(int(b[2].sum()) for b in batches))
     print(

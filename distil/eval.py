@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -31,7 +31,6 @@ log = logging.getLogger("distil.eval")
 EVAL_JSON = "eval.json"
 CHUNK = 1024  # reviews per classify call: the progress line moves, length sorting still pays
 # (student logits [N, V], batch) -> KL(teacher || student) averaged over the batch's N positions
-KLFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
 class EvalConfig(StageConfig):
@@ -67,14 +66,13 @@ def mlm_metrics(
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
     teacher: torch.nn.Module | None = None,
-    kl_fn: KLFn | None = None,
     progress: Progress | None = None,
 ) -> dict[str, float]:
     """Held-out MLM accuracy, top-1 agreement with the teacher and KL(teacher || student) at T=1.
 
     ``student``: a ``MaskedLMForDistillation`` (logits at masked positions only). Teacher targets
-    come from the batch (a cache's ``target_ids``/``target_logprobs``; KL coarsened, or
-    ``kl_fn``) or, when ``teacher`` (a ``BertForMaskedLM``) is given, from running it: full KL.
+    come from the batch (a cache's ``target_ids``/``target_logprobs``; KL coarsened to {cached
+    ids, rest}) or, when ``teacher`` (a ``BertForMaskedLM``) is given, from running it: full KL.
     """
     from distil import losses
     from distil.train.data import to_device
@@ -101,12 +99,12 @@ def mlm_metrics(
             t_top1 = t_logits.argmax(-1)
             kl = losses.kd_dense(logits, t_logits, 1.0)
         else:
-            best = batch["target_logprobs"].argmax(-1, keepdim=True)
+            target_lp = batch["target_logprobs"]
+            if "target_counts" in batch:  # unused draw slots are no support
+                target_lp = target_lp.masked_fill(batch["target_counts"] == 0, -torch.inf)
+            best = target_lp.argmax(-1, keepdim=True)
             t_top1 = batch["target_ids"].gather(-1, best).squeeze(-1)
-            if kl_fn is not None:
-                kl = kl_fn(logits, batch)
-            else:
-                kl = losses.kl_coarse(logits, batch["target_ids"], batch["target_logprobs"])
+            kl = losses.kl_coarse(logits, batch["target_ids"], target_lp)
         n += m
         correct += int((pred == labels[labels != -100]).sum())
         agree += int((pred == t_top1).sum())

@@ -185,3 +185,34 @@ def test_absolute_paths_anchors_local_relative_paths_only(tmp_path, monkeypatch)
     assert fixed.output == "file:///x"
     home = absolute_paths(PrepareConfig(input="~/corpus", output="o"))
     assert home.input == [os.path.expanduser("~/corpus")] and home.output == str(tmp_path / "o")
+
+
+def test_shipped_logits_configs_serve_the_shipped_distil_temperatures():
+    """Each shipped cache config serves its distil config's KD temperature (and a sampled one
+    draws at it), so the recipe's temperature check never stops a shipped pipeline."""
+    import yaml
+
+    from distil.teacher.config import LogitsConfig
+    from distil.train.config import DistilConfig
+
+    def field(cfg: dict, cls, name: str):
+        return cfg.get(name, cls.model_fields[name].default)
+
+    pairs = [
+        (
+            yaml.safe_load(resolve_config_path(f"logits/{n}").read_text()),
+            yaml.safe_load(resolve_config_path(f"distil/{n}").read_text()),
+        )
+        for n in ("default", "cluster")
+    ]
+    for scale in ("tiny", "sample", "full"):
+        demo = yaml.safe_load(resolve_config_path(f"demo/{scale}").read_text())
+        pairs.append((demo["logits"], demo["distil"]))
+    for logits, distil in pairs:
+        t = field(distil, DistilConfig, "temperature")
+        assert t in field(logits, LogitsConfig, "kd_temperatures"), (logits, distil)
+        if field(logits, LogitsConfig, "sparsity") == "sampled":
+            assert field(logits, LogitsConfig, "sample_temperature") == t
+    assert LogitsConfig.model_fields["sample_temperature"].default == (
+        DistilConfig.model_fields["temperature"].default
+    )

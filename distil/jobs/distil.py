@@ -39,6 +39,7 @@ from distil.train.identity import (
     IDENTITY_FILE,
     RunIdentity,
     check_cache_teacher,
+    check_cache_temperature,
     check_resume,
     run_identity,
     teacher_ref,
@@ -149,6 +150,9 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     if cfg.mode == "cached":  # the teacher must be the one whose logits the cache holds
         ref = teacher_ref(cfg)
         manifest = storage.read_manifest(cfg.cache)
+        check_cache_temperature(
+            manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
+        )
         check_cache_teacher(
             manifest, cfg.cache, ref, teacher_weights_sha256(ref), cfg.allow_teacher_mismatch
         )

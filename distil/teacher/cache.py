@@ -15,6 +15,9 @@ rerun with the same inputs finds its own finished output):
   - ``target_ids`` list<uint16>, ``target_logprobs`` list<float16>: ``len(positions) * K``
     values, position-major (K per position)
   - ``target_counts`` list<uint8> (sampled mode only): draw counts, 0 for unused slots
+  - ``target_logz`` list<float32> (when the spec's ``kd_temperatures`` has one other than 1):
+    ``len(positions) * n`` values, position-major, the teacher's log-partition
+    ``c_T = log sum_v p_1(v)^(1/T)`` at each such T (``distil.teacher.sparse``)
 
   (ids are int32 instead of uint16 when the vocab exceeds 65,536.)
 * ``_markers/shard-00000-00000.json``: per-unit completion (a killed run resumes from them).
@@ -35,12 +38,13 @@ import torch
 from distil import storage
 from distil.data import shards
 from distil.teacher.masking import MaskedBatch
-from distil.teacher.sparse import SparseLogits
+from distil.teacher.sparse import SparseLogits, stored_temperatures
 
 CACHE_KIND = "teacher_logits"
+# 3: ``target_logz`` (the teacher's log-partition at each KD temperature: top-k KD with its tail).
 # 2: one file per unit of work (``unit_rows`` sequences of a prepared shard), bounded row groups,
 # counter-based masking (masking version 2). 1: one file per prepared shard.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def cache_key(
@@ -64,7 +68,7 @@ def cache_key(
     )
 
 
-def cache_schema(vocab_size: int, sampled: bool) -> pa.Schema:
+def cache_schema(vocab_size: int, sampled: bool, n_logz: int = 0) -> pa.Schema:
     ids = shards.id_type(vocab_size)
     fields = [
         ("seq_id", pa.int64()),
@@ -77,6 +81,10 @@ def cache_schema(vocab_size: int, sampled: bool) -> pa.Schema:
     ]
     if sampled:
         fields.append(("target_counts", pa.list_(pa.uint8())))
+    if n_logz:
+        # float32: c_2 reaches log(V)/2 ~ 5, where float16's step (~0.004) would shift the
+        # teacher's kept mass at T by ~0.4% (tests/teacher/test_sparse.py measures it)
+        fields.append(("target_logz", pa.list_(pa.float32())))
     return pa.schema(fields)
 
 
@@ -112,7 +120,8 @@ def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
     masked positions (``sparse`` rows in the table's row-major position order)."""
     k = sparse.ids.shape[1]
     sampled = sparse.counts is not None
-    schema = cache_schema(vocab, sampled)
+    n_logz = 0 if sparse.log_partition is None else sparse.log_partition.shape[1]
+    schema = cache_schema(vocab, sampled, n_logz)
     id_np = np.uint16 if vocab <= 65536 else np.int32
     offsets = table.column("positions").combine_chunks().offsets.to_numpy().astype(np.int64) * k
     cols = [table.column(i) for i in range(5)]
@@ -129,6 +138,9 @@ def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
     if sampled:
         counts = sparse.counts.numpy().reshape(-1).astype(np.uint8)
         cols.append(_list_column(offsets, counts, pa.uint8()))
+    if n_logz:
+        logz = sparse.log_partition.numpy().reshape(-1).astype(np.float32)
+        cols.append(_list_column(offsets // k * n_logz, logz, pa.float32()))
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -138,7 +150,9 @@ class TeacherCache:
     ``iter_batches`` yields dicts of torch tensors (see ``docs/CONTRACTS.md``): the masked
     ``input_ids`` and ``attention_mask`` [B, L] (L = longest row of the batch), ``labels`` [B, L]
     (-100 off the masked positions), and ``target_ids`` / ``target_logprobs`` (and
-    ``target_counts`` in sampled mode) [N, K] for the N masked positions in row-major order.
+    ``target_counts`` in sampled mode) [N, K] for the N masked positions in row-major order,
+    and ``target_logz`` [N, len(kd_temperatures)]: the teacher's log-partition ``c_T`` at each
+    temperature the cache serves (0 for T = 1, which is not stored).
     Each rank streams only its own whole row groups (``distil.train.stream``). ``fs``: an fsspec
     filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
     """
@@ -153,6 +167,11 @@ class TeacherCache:
         self.sparsity: dict[str, Any] = self.manifest["sparsity"]
         self.k: int = int(self.sparsity["k"])
         self.sampled: bool = self.sparsity["mode"] == "sampled"
+        # temperatures KD can run at (a format-2 cache has no log-partitions: T = 1 only)
+        self.kd_temperatures: list[float] = [
+            float(t) for t in self.sparsity.get("kd_temperatures", [1.0])
+        ]
+        self.stored_temperatures: list[float] = stored_temperatures(self.sparsity)
         self.pad_id: int = int(self.manifest["special_ids"]["pad"])
         self.files: list[str] = storage.committed_files(url)
         self.fs = fs
@@ -285,6 +304,13 @@ class TeacherCache:
             batch["target_counts"] = torch.from_numpy(
                 list_parts(table, "target_counts")[1].astype(np.float32).reshape(-1, k)
             )
+        logz = np.zeros((len(lab), len(self.kd_temperatures)), np.float32)
+        if self.stored_temperatures:
+            stored = list_parts(table, "target_logz")[1].astype(np.float32)
+            stored = stored.reshape(-1, len(self.stored_temperatures))
+            for j, t in enumerate(self.stored_temperatures):
+                logz[:, self.kd_temperatures.index(t)] = stored[:, j]
+        batch["target_logz"] = torch.from_numpy(logz)
         return batch
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distil.config import StageConfig
 from distil.packaged import PACKAGED_TEACHER
@@ -44,7 +44,17 @@ class LogitsConfig(StageConfig):
     )
     k: int = Field(8, ge=1, le=255, description="top-k size, or number of draws when sampled")
     sample_temperature: float = Field(
-        1.0, gt=0, description="temperature of the sampling distribution (sampled mode)"
+        2.0,
+        gt=0,
+        description="sampled mode: temperature the ids are drawn at; the distil run's KD "
+        "temperature (2.0 = distil/default), which it must equal unless the run passes "
+        "--allow-temperature-mismatch",
+    )
+    kd_temperatures: list[float] = Field(
+        [1.0, 2.0],
+        description="KD temperatures the cache serves: per position it stores the teacher's "
+        "log-partition at each (not for 1.0, which needs none), so KD at T sees the teacher's "
+        "tail mass; a distil run at another T is refused. List or comma-separated",
     )
     unit_rows: int = Field(
         1024,
@@ -78,6 +88,23 @@ class LogitsConfig(StageConfig):
         "cluster starts its GPU group at zero) before failing",
     )
 
+    @field_validator("kd_temperatures", mode="before")
+    @classmethod
+    def _temperature_list(cls, v: Any) -> Any:
+        """``--kd-temperatures 2`` and ``--kd-temperatures 1,2`` as well as a YAML list."""
+        if isinstance(v, int | float):
+            return [v]
+        if isinstance(v, str):
+            return [s for s in v.replace("[", "").replace("]", "").split(",") if s.strip()]
+        return v
+
+    @field_validator("kd_temperatures")
+    @classmethod
+    def _positive_sorted(cls, v: list[float]) -> list[float]:
+        if not v or any(t <= 0 for t in v):
+            raise ValueError(f"kd_temperatures must be a non-empty list of T > 0, not {v}")
+        return sorted(set(v))
+
     @model_validator(mode="after")
     def _fractions(self) -> LogitsConfig:
         if self.mask_token_frac + self.random_token_frac > 1:
@@ -105,6 +132,7 @@ class LogitsConfig(StageConfig):
         spec: dict[str, Any] = {"mode": self.sparsity, "k": self.k}
         if self.sparsity == "sampled":
             spec["temperature"] = self.sample_temperature
+        spec["kd_temperatures"] = list(self.kd_temperatures)
         return spec
 
 

@@ -18,7 +18,7 @@ import torch
 from distil.teacher import cache as cache_format
 from distil.teacher.load import mlm_parts
 from distil.teacher.masking import MaskingParams, sample_uniforms
-from distil.teacher.sparse import SparseLogits, sparsify
+from distil.teacher.sparse import SparseLogits, sparsify, stored_temperatures
 
 HEAD_CHUNK = 2048  # positions per head matmul: 2048 x 30522 fp32 = 250 MB at most
 
@@ -41,8 +41,8 @@ def teacher_logits_batch(
 ) -> SparseLogits:
     """Sparse teacher targets at ``positions`` (bool [B, L]) of one batch, row-major order.
 
-    ``sparsity`` is ``{"mode": "topk"|"sampled", "k": K, "temperature": T}``; sampled mode needs
-    ``uniforms`` [N, K] (one row per selected position, same order).
+    ``sparsity`` is ``{"mode": "topk"|"sampled", "k": K, "temperature": T, "kd_temperatures":
+    [...]}``; sampled mode needs ``uniforms`` [N, K] (one row per selected position, same order).
     """
     encoder, head = mlm_parts(model)
     device = next(model.parameters()).device
@@ -63,11 +63,13 @@ def teacher_logits_batch(
         k = sparsity["k"]
         empty = torch.zeros((0, k), dtype=torch.long)
         counts = torch.zeros((0, k)) if sparsity["mode"] == "sampled" else None
-        return SparseLogits(empty, torch.zeros((0, k)), counts)
+        logz = torch.zeros((0, len(stored_temperatures(sparsity))))
+        return SparseLogits(empty, torch.zeros((0, k)), counts, logz)
     return SparseLogits(
         ids=torch.cat([p.ids for p in parts]).cpu(),
         logprobs=torch.cat([p.logprobs for p in parts]).cpu(),
         counts=None if parts[0].counts is None else torch.cat([p.counts for p in parts]).cpu(),
+        log_partition=torch.cat([p.log_partition for p in parts]).cpu(),
     )
 
 
@@ -118,6 +120,7 @@ def compute_unit(
     ids_out = torch.zeros((n_pos, k), dtype=torch.long)
     lp_out = torch.zeros((n_pos, k), dtype=torch.float32)
     counts_out = torch.zeros((n_pos, k), dtype=torch.float32) if sampled else None
+    logz_out = torch.zeros((n_pos, len(stored_temperatures(sparsity))), dtype=torch.float32)
     for batch in length_buckets(np.diff(id_off), batch_size):
         flat, valid = _ragged(id_off, batch)
         x = np.full(valid.shape, pad_id, dtype=np.int64)
@@ -139,9 +142,9 @@ def compute_unit(
             uniforms,
         )
         idx = torch.from_numpy(dest)
-        ids_out[idx], lp_out[idx] = out.ids, out.logprobs
+        ids_out[idx], lp_out[idx], logz_out[idx] = out.ids, out.logprobs, out.log_partition
         if sampled:
             counts_out[idx] = out.counts
     return cache_format.with_targets(
-        masked, SparseLogits(ids_out, lp_out, counts_out), masking.vocab_size
+        masked, SparseLogits(ids_out, lp_out, counts_out, logz_out), masking.vocab_size
     )

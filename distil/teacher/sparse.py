@@ -12,6 +12,12 @@ Two modes (the manifest records which, with its parameters):
 Log-probs are always the teacher's at T=1, normalised over the full vocabulary (log-softmax
 before sparsifying), so ``1 - exp(logprobs).sum(-1)`` is the exact mass left off and the KL on
 the kept support is exact. They are stored as float16 (|error| <= ~0.01 at log-prob -20).
+
+The teacher at another temperature T needs one more number per position, its log-partition
+``c_T = log sum_v p_1(v)^(1/T)`` over the full vocabulary (``log_partitions``): then
+``log p_T = log p_1 / T - c_T`` on the kept ids and ``1 - sum exp(...)`` is the tail mass at T,
+which the K values alone cannot give. It is computed for each temperature of the spec's
+``kd_temperatures`` other than 1 (``c_1 = 0``) and stored as float32.
 """
 
 from __future__ import annotations
@@ -29,10 +35,24 @@ class SparseLogits:
     ids: torch.Tensor  # [N, K] long
     logprobs: torch.Tensor  # [N, K] float32, log-softmax at T=1 over the full vocab
     counts: torch.Tensor | None = None  # [N, K] float32 draw counts (sampled mode only)
+    log_partition: torch.Tensor | None = None  # [N, len(stored_temperatures)] float32 c_T
 
     @property
     def num_positions(self) -> int:
         return self.ids.shape[0]
+
+
+def stored_temperatures(spec: dict[str, Any]) -> list[float]:
+    """The temperatures whose log-partition a cache with sparsity ``spec`` stores (its
+    ``kd_temperatures`` but T = 1, which needs none), in spec order."""
+    return [float(t) for t in spec.get("kd_temperatures", [1.0]) if float(t) != 1.0]
+
+
+def log_partitions(logprobs: torch.Tensor, temperatures: list[float]) -> torch.Tensor:
+    """``[N, len(temperatures)]``: ``c_T = logsumexp(log p_1 / T)`` of full-vocab T=1 log-probs."""
+    lp = logprobs.float()
+    cols = [torch.logsumexp(lp / t, dim=-1) for t in temperatures]
+    return torch.stack(cols, -1) if cols else lp.new_zeros((lp.shape[0], 0))
 
 
 def topk(logprobs: torch.Tensor, k: int) -> SparseLogits:
@@ -69,11 +89,15 @@ def sample(
 def sparsify(
     logprobs: torch.Tensor, spec: dict[str, Any], uniforms: torch.Tensor | None = None
 ) -> SparseLogits:
-    """Apply a sparsity spec (``{"mode": "topk"|"sampled", "k": K, ...}``) to [N, V] log-probs."""
+    """Apply a sparsity spec (``{"mode": "topk"|"sampled", "k": K, "kd_temperatures": [...],
+    ...}``) to [N, V] log-probs, with the log-partitions of ``stored_temperatures(spec)``."""
     if spec["mode"] == "topk":
-        return topk(logprobs, spec["k"])
-    if spec["mode"] == "sampled":
+        out = topk(logprobs, spec["k"])
+    elif spec["mode"] == "sampled":
         if uniforms is None:
             raise ValueError("sampled mode needs uniforms [N, k] from the per-sequence stream")
-        return sample(logprobs, uniforms, spec.get("temperature", 1.0))
-    raise ValueError(f"unknown sparsity mode {spec['mode']!r} (topk or sampled)")
+        out = sample(logprobs, uniforms, spec.get("temperature", 1.0))
+    else:
+        raise ValueError(f"unknown sparsity mode {spec['mode']!r} (topk or sampled)")
+    out.log_partition = log_partitions(logprobs, stored_temperatures(spec))
+    return out

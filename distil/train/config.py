@@ -35,6 +35,12 @@ class DistilConfig(StageConfig):
         "the cache manifest records (the student would start from another model than the one "
         "whose logits it learns)",
     )
+    allow_temperature_mismatch: bool = Field(
+        False,
+        description="cached mode, sampled cache: train even if its ids were drawn at another "
+        "temperature than --temperature (the counts are then importance-reweighted, "
+        "self-normalised over K draws: biased and high-variance)",
+    )
     output: str = Field(..., description="URL where the exported student (HF dir) is written")
     storage_path: str = Field(
         ..., description="URL for Ray Train run state and checkpoints (s3://… or a local dir)"

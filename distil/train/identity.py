@@ -25,6 +25,7 @@ re-exporting a run whose checkpoint says otherwise is refused with the differenc
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +56,10 @@ NOT_IDENTITY = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "log_every",
-        # a safety switch: the teacher itself enters by fingerprint when given
+        # safety switches: the teacher itself enters by fingerprint when given, the cache's
+        # sample temperature by its key
         "allow_teacher_mismatch",
+        "allow_temperature_mismatch",
         # hardware and fault tolerance
         "num_workers",
         "use_gpu",
@@ -76,6 +79,10 @@ class RunMismatchError(ConfigError):
 
 class TeacherMismatchError(ConfigError):
     """The teacher is not the one whose logits the cache holds."""
+
+
+class TemperatureMismatchError(ConfigError):
+    """The cache cannot serve KD at the run's temperature."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,40 @@ def check_cache_teacher(
     if not allow:
         raise TeacherMismatchError(msg)
     log.warning("--allow-teacher-mismatch: %s", msg)
+
+
+def check_cache_temperature(
+    manifest: dict[str, Any], cache_url: str, temperature: float, allow_mismatch: bool
+) -> None:
+    """Refuse a KD temperature the cache cannot serve: without the teacher's log-partition at
+    T its tail mass at T is unknown, and ids sampled at another temperature make the estimate
+    importance-weighted (refused unless ``allow_mismatch``; then only logged)."""
+    sparsity = manifest.get("sparsity") or {}
+    served = [float(t) for t in sparsity.get("kd_temperatures", [1.0])]
+    url = storage.redact(cache_url)
+    if not any(math.isclose(temperature, t, rel_tol=1e-6) for t in served):
+        wanted = ",".join(f"{t:g}" for t in sorted({*served, temperature}))
+        raise TemperatureMismatchError(
+            f"--temperature {temperature:g}: the teacher cache {url} serves KD only at "
+            f"T in {served} (its manifest's sparsity.kd_temperatures; a cache without them "
+            f"predates them and serves T = 1). Fix: rebuild it with `distil logits "
+            f"--kd-temperatures {wanted}`, or run at one of {served}."
+        )
+    drawn_at = sparsity.get("temperature")
+    if sparsity.get("mode") != "sampled" or math.isclose(
+        float(drawn_at or 1.0), temperature, rel_tol=1e-6
+    ):
+        return
+    msg = (
+        f"the sampled teacher cache {url} drew its ids at T={float(drawn_at or 1.0):g}, but this "
+        f"run distils at --temperature {temperature:g}: the counts would be importance-"
+        "reweighted (self-normalised over K draws: biased, high variance). Fix: rebuild the "
+        f"cache with `distil logits --sample-temperature {temperature:g}`, run at "
+        f"--temperature {float(drawn_at or 1.0):g}, or pass --allow-temperature-mismatch."
+    )
+    if not allow_mismatch:
+        raise TemperatureMismatchError(msg)
+    log.warning("--allow-temperature-mismatch: %s", msg)
 
 
 def teacher_ref(cfg: DistilConfig) -> str:

@@ -32,7 +32,7 @@ from distil.student.model import MaskedLMForDistillation, build_student
 from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
 from distil.train.data import PreparedBatches, to_device
-from distil.train.identity import check_cache_teacher, teacher_ref
+from distil.train.identity import check_cache_teacher, check_cache_temperature, teacher_ref
 from distil.train.stream import EpochStream
 
 log = logging.getLogger("distil.train")
@@ -93,6 +93,9 @@ class DistilRecipe:
 
             self.cache = TeacherCache(cfg.cache)
             self.sparsity = self.cache.manifest.get("sparsity", {"mode": "topk"})
+            check_cache_temperature(
+                self.cache.manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
+            )
             if cfg.alpha_cos > 0 and self.rank == 0:
                 log.info("alpha_cos=%s ignored: the cosine loss needs mode=online", cfg.alpha_cos)
         if need_teacher:
@@ -188,7 +191,17 @@ class DistilRecipe:
         return t.cpu()
 
     # ------------------------------------------------------------------ loss
+    def _log_partition(self, batch: dict[str, torch.Tensor], t: float) -> torch.Tensor | None:
+        """The teacher's log-partition at ``t`` (``[N]``), None at T = 1 (which needs none);
+        setup checked that the cache serves the run's temperature."""
+        if t == 1.0:
+            return None
+        temps = self.cache.kd_temperatures
+        j = min(range(len(temps)), key=lambda i: abs(temps[i] - t))
+        return batch["target_logz"][:, j]
+
     def _kd_cached(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], t: float):
+        logz = self._log_partition(batch, t)
         if self.sparsity.get("mode") == "sampled":
             return losses.kd_sampled(
                 logits,
@@ -197,8 +210,9 @@ class DistilRecipe:
                 batch["target_counts"],
                 t,
                 sample_temperature=self.sparsity.get("temperature"),
+                log_partition=logz,
             )
-        return losses.kd_topk(logits, batch["target_ids"], batch["target_logprobs"], t)
+        return losses.kd_topk(logits, batch["target_ids"], batch["target_logprobs"], t, logz)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -328,8 +342,9 @@ class DistilRecipe:
     def evaluate(self) -> dict[str, float]:
         """Held-out student MLM accuracy, top-1 agreement with the teacher and KL(teacher||student)
         at T = 1 (``distil.eval.mlm_metrics``, the same computation as ``distil eval``): over the
-        full vocab online; from the cache, the KL coarsened to {top-k, rest} (a lower bound,
-        ``losses.kl_coarse``) or the unbiased sampled estimate."""
+        full vocab online; from the cache, the KL coarsened to {cached ids, rest} (a lower bound,
+        ``losses.kl_coarse``; a sampled cache's drawn ids, whatever temperature they were drawn
+        at)."""
         from distil.eval import mlm_metrics
 
         cfg = self.cfg
@@ -343,14 +358,12 @@ class DistilRecipe:
                 split="heldout",
                 heldout_fraction=cfg.heldout_fraction,
             )
-        sampled = cfg.mode != "online" and self.sparsity.get("mode") == "sampled"
         ev = mlm_metrics(
             self.module,
             batches,
             device=self.device,
             max_batches=cfg.eval_batches,
             teacher=self.teacher if cfg.mode == "online" else None,
-            kl_fn=(lambda logits, batch: self._kd_cached(logits, batch, 1.0)) if sampled else None,
         )
         self.module.train()
         if ev["positions"] == 0:

@@ -113,8 +113,8 @@ def test_relative_local_paths_derived_name_and_resume_refusal(
     assert (tmp_path / "out" / "student" / "manifest.json").read_bytes() == manifest
 
     with pytest.raises(RunMismatchError) as e:
-        job.run(DistilConfig(**{**settings, "temperature": 3.0}, run_name=name))
+        job.run(DistilConfig(**{**settings, "temperature": 1.0}, run_name=name))  # served
     msg = str(e.value)
-    assert "temperature: checkpoint 2.0, now 3.0" in msg and "--run-name" in msg, msg
+    assert "temperature: checkpoint 2.0, now 1.0" in msg and "--run-name" in msg, msg
     assert checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]  # nothing trained
     assert (tmp_path / "out" / "student" / "manifest.json").read_bytes() == manifest

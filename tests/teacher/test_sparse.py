@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from distil.teacher.sparse import sample, sparsify, topk
+from distil.teacher.sparse import log_partitions, sample, sparsify, stored_temperatures, topk
 
 
 def test_topk_keeps_the_largest_logprobs_sorted():
@@ -52,3 +52,29 @@ def test_sparsify_rejects_unknown_modes_and_missing_uniforms():
         except ValueError:
             continue
         raise AssertionError(f"{spec} accepted")
+
+
+def test_log_partitions_rebuild_the_teacher_at_t_and_need_float32():
+    """``c_T`` rebuilds ``p_T`` on the kept ids from the stored (float16) T=1 log-probs: the
+    kept mass at T (hence the tail) within 1e-3 relative of float64. Stored as float16 instead,
+    ``c_T`` (~2-5 at T = 2) alone would add several times that error: the cache keeps float32."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 30522, generator=g, dtype=torch.float64) * 2.5
+    z[:, :5] += torch.rand(500, 5, generator=g, dtype=torch.float64) * 12
+    lp = torch.log_softmax(z, -1)
+    spec = {"mode": "topk", "k": 8, "kd_temperatures": [1.0, 2.0, 4.0]}
+    assert stored_temperatures(spec) == [2.0, 4.0]  # T = 1 needs none: c_1 = 0
+    s = sparsify(lp.float(), spec)
+    assert s.log_partition.shape == (500, 2) and s.log_partition.dtype == torch.float32
+    for j, t in enumerate((2.0, 4.0)):
+        exact = torch.softmax(z / t, -1).gather(-1, s.ids).sum(-1)
+        stored_lp = s.logprobs.half().double()  # as the cache stores them
+
+        def kept(logz, lp_stored=stored_lp, t=t):
+            return (lp_stored / t - logz.unsqueeze(-1)).exp().sum(-1)
+
+        err32 = ((kept(s.log_partition[:, j].double()) - exact) / exact).abs().max()
+        err16 = ((kept(s.log_partition[:, j].half().double()) - exact) / exact).abs().max()
+        assert err32 < 1e-3, (t, err32)
+        assert err16 > 2 * err32, (t, err16, err32)
+    assert log_partitions(lp, [1.0])[:, 0].abs().max() < 1e-5

@@ -8,7 +8,7 @@ from teacher_helpers import build_cache, make_prepared
 
 from distil import storage
 from distil.teacher.build import plan_cache
-from distil.teacher.cache import TeacherCache, cache_key
+from distil.teacher.cache import FORMAT_VERSION, TeacherCache, cache_key
 from distil.teacher.config import LogitsConfig
 
 
@@ -95,7 +95,11 @@ def test_batch_tensors_follow_the_contract(cache_url):
     assert torch.all(b["target_logprobs"] <= 0)
     pad = cache.manifest["special_ids"]["pad"]
     assert torch.all(b["input_ids"][b["attention_mask"] == 0] == pad)
-    assert cache.manifest["sparsity"] == {"mode": "topk", "k": 8}
+    assert cache.manifest["sparsity"] == {"mode": "topk", "k": 8, "kd_temperatures": [1.0, 2.0]}
+    assert cache.manifest["format_version"] == FORMAT_VERSION == 3
+    # one log-partition per served temperature; T = 1's is 0 (not stored), T = 2's > 0
+    assert b["target_logz"].shape == (n, 2) and b["target_logz"].dtype == torch.float32
+    assert torch.all(b["target_logz"][:, 0] == 0) and torch.all(b["target_logz"][:, 1] > 0)
     assert 0 < cache.manifest["target_bytes_per_position"] <= cache.manifest["bytes_per_position"]
 
 
@@ -121,6 +125,9 @@ def test_the_key_changes_with_teacher_data_masking_and_k(
         plan_cache(LogitsConfig(**base, copies=2), "sha-a").key,
         plan_cache(LogitsConfig(**base, k=16), "sha-a").key,  # sparsity
         plan_cache(LogitsConfig(**base, sparsity="sampled"), "sha-a").key,
+        plan_cache(LogitsConfig(**base, kd_temperatures=[1.0]), "sha-a").key,
+        plan_cache(LogitsConfig(**base, kd_temperatures=[1.0, 2.0, 4.0]), "sha-a").key,
+        plan_cache(LogitsConfig(**base, sparsity="sampled", sample_temperature=1.0), "sha-a").key,
         plan_cache(LogitsConfig(**base, unit_rows=5), "sha-a").key,  # file layout
         plan_cache(LogitsConfig(**base, row_group_rows=7), "sha-a").key,
     ]
@@ -164,3 +171,43 @@ def test_a_cache_root_resolves_through_its_latest_pointer():
     assert resolve_cache_url(root) == cache
     assert resolve_cache_url(f"{root}/latest.json") == cache
     assert resolve_cache_url(cache) == cache
+
+
+def _logz_column_sizes(url: str) -> tuple[int, int, int]:
+    """(compressed, uncompressed bytes, column chunks) of ``target_logz`` over the cache."""
+    comp = unc = chunks = 0
+    for f in storage.committed_files(url):
+        md = pq.ParquetFile(f).metadata
+        for rg in range(md.num_row_groups):
+            for c in range(md.num_columns):
+                col = md.row_group(rg).column(c)
+                if col.path_in_schema.startswith("target_logz"):
+                    comp += col.total_compressed_size
+                    unc += col.total_uncompressed_size
+                    chunks += 1
+    return comp, unc, chunks
+
+
+def test_each_kd_temperature_costs_one_float32_per_position(
+    prepared_dir, tiny_teacher_dir, tmp_path
+):
+    """T = 1 stores nothing; each other temperature adds a float32 per position (plus the
+    column chunk's few headers), and the manifest's target bytes grow by exactly that column."""
+    built = {}
+    for temps in ([1.0], [1.0, 2.0], [1.0, 2.0, 4.0]):
+        url = build_cache(prepared_dir, str(tiny_teacher_dir), str(tmp_path), kd_temperatures=temps)
+        built[len(temps) - 1] = (storage.read_manifest(url), _logz_column_sizes(url))
+        if temps == [1.0]:  # served at T = 1 only: the batch column is there, all zeros
+            b = next(TeacherCache(url).iter_batches(4, split="all"))
+            assert b["target_logz"].shape == (b["target_ids"].shape[0], 1)
+            assert torch.all(b["target_logz"] == 0)
+    base, (comp0, _, chunks0) = built[0]
+    assert comp0 == chunks0 == 0
+    positions = base["positions"]
+    for n in (1, 2):
+        manifest, (comp, unc, chunks) = built[n]
+        assert manifest["positions"] == positions
+        assert 4 * n * positions <= unc <= 4 * n * positions + 100 * chunks, (n, unc)
+        assert manifest["target_bytes"] - base["target_bytes"] == comp
+        per_position = manifest["target_bytes_per_position"] - base["target_bytes_per_position"]
+        assert 0 < per_position == pytest.approx(comp / positions)

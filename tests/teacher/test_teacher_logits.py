@@ -50,6 +50,10 @@ def test_cached_targets_match_hf_masked_lm_on_the_rebuilt_input(
         got = torch.gather(ref, 1, batch["target_ids"])
         # fp16 storage: relative error 2**-11 of |log-prob| (~10 here) plus rounding
         assert torch.allclose(batch["target_logprobs"], got, atol=0.02, rtol=2e-3)
+        # the log-partition at each served temperature: 0 at T = 1, logsumexp(log p / T) else
+        assert cache.kd_temperatures == [1.0, 2.0]
+        assert torch.all(batch["target_logz"][:, 0] == 0)
+        assert torch.allclose(batch["target_logz"][:, 1], torch.logsumexp(ref / 2.0, -1), atol=1e-4)
         if mode == "topk":
             assert torch.equal(batch["target_ids"][:, 0], ref.argmax(-1))
             assert torch.all(batch["target_logprobs"][:, :-1] >= batch["target_logprobs"][:, 1:])
