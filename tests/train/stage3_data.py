@@ -107,3 +107,21 @@ def small_row_groups(url: str, rows: int) -> str:
         pq.write_table(shards.read_table(f), buf, row_group_size=rows, compression="zstd")
         storage.write_bytes(f, buf.getvalue())
     return url
+
+
+def cached_config(tmp_path, cache: str, **kw):
+    """A short cached-mode ``DistilConfig`` (3 steps, batch 8) writing under ``tmp_path``."""
+    from distil.train.config import DistilConfig
+
+    base = dict(
+        cache=cache,
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        batch_size=8,
+        max_steps=3,
+        warmup_steps=1,
+        eval_every=3,
+        eval_batches=1,
+        log_every=2,
+    )
+    return DistilConfig(**{**base, **kw})

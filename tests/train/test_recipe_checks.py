@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from bert_fixtures import save_tiny_bert
+from stage3_data import cached_config
 
 from distil.teacher.load import MissingMLMHeadError
 from distil.train.config import DistilConfig
@@ -23,21 +24,6 @@ def other_teacher(tmp_path_factory, real_tokenizer_dir):
     return save_tiny_bert(out, BertForMaskedLM, real_tokenizer_dir, layers=4, seed=7)
 
 
-def _cached(tmp_path, cache, **kw) -> DistilConfig:
-    base = dict(
-        cache=cache,
-        output=str(tmp_path / "out"),
-        storage_path=str(tmp_path / "runs"),
-        batch_size=8,
-        max_steps=3,
-        warmup_steps=1,
-        eval_every=3,
-        eval_batches=1,
-        log_every=2,
-    )
-    return DistilConfig(**{**base, **kw})
-
-
 def test_a_teacher_other_than_the_caches_is_refused_unless_allowed(
     tmp_path, topk_cache, tiny_teacher_dir, other_teacher, capfd
 ):
@@ -46,7 +32,7 @@ def test_a_teacher_other_than_the_caches_is_refused_unless_allowed(
     recorded = storage.read_manifest(topk_cache)["teacher"]["weights_sha256"]
     other = teacher_weights_sha256(str(other_teacher))
     assert recorded == teacher_weights_sha256(str(tiny_teacher_dir)) != other
-    cfg = _cached(tmp_path, topk_cache, teacher=str(other_teacher))
+    cfg = cached_config(tmp_path, topk_cache, teacher=str(other_teacher))
     with pytest.raises(TeacherMismatchError) as e:
         DistilRecipe(cfg, work_dir=str(tmp_path / "w")).setup(None)
     msg = str(e.value)
@@ -62,7 +48,7 @@ def test_a_teacher_other_than_the_caches_is_refused_unless_allowed(
     assert "WARNING --allow-teacher-mismatch: teacher" in capfd.readouterr().err
     assert r.train()["step"] == 3
     # the teacher the cache records (cfg.teacher unset, or given explicitly) is accepted
-    DistilRecipe(_cached(tmp_path, topk_cache, teacher=str(tiny_teacher_dir))).setup(None)
+    DistilRecipe(cached_config(tmp_path, topk_cache, teacher=str(tiny_teacher_dir))).setup(None)
 
 
 def test_online_mode_refuses_a_teacher_without_an_mlm_head(
@@ -94,7 +80,7 @@ def test_collectives_run_on_the_training_device_and_sum_tokens(
 ):
     """Every tensor the recipe hands to a collective lives on the model's device (NCCL raises
     on CPU tensors; the old code reduced a CPU tensor, and only when world_size > 1)."""
-    r = DistilRecipe(_cached(tmp_path, topk_cache, max_steps=4), work_dir=str(tmp_path / "w"))
+    r = DistilRecipe(cached_config(tmp_path, topk_cache, max_steps=4), work_dir=str(tmp_path / "w"))
     r.setup(None)
     device = next(r.student.parameters()).device
     calls = []
@@ -121,7 +107,7 @@ def test_collectives_run_on_the_training_device_and_sum_tokens(
 
 def test_global_tokens_survive_a_checkpoint_between_log_steps(tmp_path, topk_cache):
     """Tokens are summed over ranks at log *and* checkpoint steps, so a resume loses none."""
-    cfg = _cached(tmp_path, topk_cache, max_steps=4, log_every=3, checkpoint_every=2)
+    cfg = cached_config(tmp_path, topk_cache, max_steps=4, log_every=3, checkpoint_every=2)
     straight = DistilRecipe(cfg, work_dir=str(tmp_path / "a"))
     straight.setup(None)
     total = straight.train(lambda *a: None)["tokens_seen_global"]

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from stage3_data import cached_config
 
 from distil import losses, storage
 from distil.train.config import DistilConfig
@@ -15,24 +16,9 @@ from distil.train.identity import TemperatureMismatchError, check_cache_temperat
 from distil.train.recipe import DistilRecipe
 
 
-def _cached(tmp_path, cache, **kw) -> DistilConfig:
-    base = dict(
-        cache=cache,
-        output=str(tmp_path / "out"),
-        storage_path=str(tmp_path / "runs"),
-        batch_size=8,
-        max_steps=3,
-        warmup_steps=1,
-        eval_every=3,
-        eval_batches=1,
-        log_every=2,
-    )
-    return DistilConfig(**{**base, **kw})
-
-
 def test_a_temperature_the_cache_cannot_serve_is_refused_before_training(tmp_path, topk_cache):
     assert storage.read_manifest(topk_cache)["sparsity"]["kd_temperatures"] == [1.0, 2.0]
-    cfg = _cached(tmp_path, topk_cache, temperature=3.0)
+    cfg = cached_config(tmp_path, topk_cache, temperature=3.0)
     with pytest.raises(TemperatureMismatchError) as e:
         DistilRecipe(cfg, work_dir=str(tmp_path / "w")).setup(None)
     msg = str(e.value)
@@ -56,8 +42,8 @@ def test_a_sampled_cache_drawn_at_another_temperature_is_refused_unless_allowed(
 ):
     sparsity = storage.read_manifest(sampled_cache)["sparsity"]
     assert sparsity["temperature"] == 2.0  # drawn at the shipped distil temperature
-    DistilRecipe(_cached(tmp_path, sampled_cache), work_dir=str(tmp_path / "w")).setup(None)
-    cfg = _cached(tmp_path, sampled_cache, temperature=1.0)
+    DistilRecipe(cached_config(tmp_path, sampled_cache), work_dir=str(tmp_path / "w")).setup(None)
+    cfg = cached_config(tmp_path, sampled_cache, temperature=1.0)
     with pytest.raises(TemperatureMismatchError) as e:
         DistilRecipe(cfg, work_dir=str(tmp_path / "w")).setup(None)
     msg = str(e.value)
@@ -83,7 +69,9 @@ def test_cached_kd_of_the_teacher_itself_is_zero_and_matches_the_dense_reference
     and another student's top-k loss equals the (K + 1)-bucket KL computed from dense
     teacher logits on the same batch."""
     cache = request.getfixturevalue(cache_fixture)
-    full = DistilRecipe(_cached(tmp_path, cache, student_layers=4), work_dir=str(tmp_path / "w"))
+    full = DistilRecipe(
+        cached_config(tmp_path, cache, student_layers=4), work_dir=str(tmp_path / "w")
+    )
     full.setup(None)
     full.module.eval()
     batch = next(full._micro_batches())
