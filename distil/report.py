@@ -42,6 +42,30 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def curve_figure(name: str, curves: dict[str, list[list[float]]]):
+    """One panel per series, sharing the step axis: train loss (a weighted sum of KD, MLM and
+    cosine terms) and held-out KL live on different scales, and on one y axis the KL's trend
+    would be flattened under the loss. None when no series has points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: v for k, v in curves.items() if v}
+    if not series:
+        return None
+    fig, axes = plt.subplots(len(series), 1, figsize=(7, 2.2 * len(series)), sharex=True)
+    axes = [axes] if len(series) == 1 else list(axes)
+    for ax, (label, points) in zip(axes, series.items(), strict=True):
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+        ax.set_ylabel(label.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{name}: one axis per curve")
+    axes[-1].set_xlabel("step")
+    return fig
+
+
 def _plots(run: dict[str, Any]) -> dict[str, bytes]:
     import matplotlib
 
@@ -59,18 +83,10 @@ def _plots(run: dict[str, Any]) -> dict[str, bytes]:
         plt.close(fig)
 
     for name, curves in run.get("curves", {}).items():
-        series = {k: v for k, v in curves.items() if v}
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 3))
-        for label, points in series.items():
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
-        ax.set_xlabel("step")
-        ax.set_title(f"{name}: loss curves")
-        ax.legend()
-        out[f"curves_{name}.png"] = _png(fig)
-        plt.close(fig)
+        fig = curve_figure(name, curves)
+        if fig is not None:
+            out[f"curves_{name}.png"] = _png(fig)
+            plt.close(fig)
 
     scores = run.get("scores", {})
     if scores.get("histogram"):

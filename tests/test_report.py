@@ -43,3 +43,14 @@ def test_report_shows_a_skipped_stage(tmp_path):
     storage.write_json(str(tmp_path / "run.json"), run)
     page = Path(report.build_report(str(tmp_path))).read_text()
     assert "<td>skipped: the teacher has a trained MLM head</td>" in page
+
+
+def test_curves_get_one_axis_each():
+    # the loss and the held-out KL have different scales: each gets its own y axis
+    fig = report.curve_figure(
+        "distil", {"train_loss": [[1, 30.0], [2, 25.0]], "eval_kl_to_teacher": [[2, 0.9]], "x": []}
+    )
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["train loss", "eval kl to teacher"]
+    assert list(fig.axes[1].lines[0].get_ydata()) == [0.9]
+    assert report.curve_figure("distil", {"train_loss": []}) is None
