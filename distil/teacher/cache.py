@@ -18,10 +18,11 @@ rerun with the same inputs finds its own finished output):
   - ``target_logz`` list<float32> (when the spec's ``kd_temperatures`` has one other than 1):
     ``len(positions) * n`` values, position-major, the teacher's log-partition
     ``c_T = log sum_v p_1(v)^(1/T)`` at each such T (``distil.teacher.sparse``)
-  - ``hidden_sketch`` list<int8> (``hidden_sketch_dims`` d > 0): ``length * d`` values,
+  - ``hidden_sketch`` binary (``hidden_sketch_dims`` d > 0): ``length * d`` int8 bytes,
     position-major over every non-pad position 0..length-1: the int8 ``R @ h`` of the teacher's
     last hidden state (``distil.teacher.sketch``; ``R`` is ``hidden_sketch.npy`` next to the
-    manifest)
+    manifest). Binary, not list<int8>: Parquet stores int8 as INT32, ~1.43 compressed bytes a
+    value against ~0.98 as raw bytes (``bench/cache_bytes.py``)
 
   Which positions the targets are for is the spec's ``kd_positions``: ``masked`` (default):
   ``positions``, as above; ``all``: every non-pad position 0..length-1 of the row in order, so
@@ -99,7 +100,7 @@ def cache_schema(
         # teacher's kept mass at T by ~0.4% (tests/teacher/test_sparse.py measures it)
         fields.append(("target_logz", pa.list_(pa.float32())))
     if sketch:
-        fields.append(("hidden_sketch", pa.list_(pa.int8())))
+        fields.append(("hidden_sketch", pa.binary()))
     return pa.schema(fields)
 
 
@@ -165,9 +166,21 @@ def with_targets(
         cols.append(_list_column(offsets // k * n_logz, logz, pa.float32()))
     if sparse.sketch is not None:
         d = sparse.sketch.shape[1]
-        flat = sparse.sketch.numpy().reshape(-1).astype(np.int8)
-        cols.append(_list_column(token_offsets * d, flat, pa.int8()))
+        flat = np.ascontiguousarray(sparse.sketch.numpy().reshape(-1).astype(np.int8))
+        offsets = pa.py_buffer((token_offsets * d).astype(np.int32))
+        rows = len(token_offsets) - 1
+        cols.append(
+            pa.BinaryArray.from_buffers(pa.binary(), rows, [None, offsets, pa.py_buffer(flat)])
+        )
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def binary_values(column: pa.ChunkedArray) -> np.ndarray:
+    """The bytes of a binary column's rows, concatenated in row order, as int8."""
+    arr = column.combine_chunks()
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], np.int8) if arr.buffers()[2] else np.zeros(0, np.int8)
+    return data[offsets[0] : offsets[-1]]
 
 
 class TeacherCache:
@@ -356,7 +369,7 @@ class TeacherCache:
         if self.kd_positions == "all":
             batch["kd_positions"] = torch.from_numpy(attention.astype(bool))
         if self.sketch_dims:
-            sk = list_parts(table, "hidden_sketch")[1].astype(np.float32)
+            sk = binary_values(table.column("hidden_sketch")).astype(np.float32)
             batch["hidden_sketch"] = torch.from_numpy(sk.reshape(-1, self.sketch_dims))
         return batch
 
