@@ -149,6 +149,7 @@ def check_logits(work: Path, teacher: str, prepared: str, s: dict, cuda: bool) -
         cache_root=str(work / "cache"),
         teacher=teacher,
         batch_size=s["logits_batch"],
+        hidden_sketch_dims=32,  # the cached distil step's alpha_cos (1.0) needs the sketch
         device="cuda" if cuda else "cpu",
     )
     out = run(cfg)

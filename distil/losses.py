@@ -1,7 +1,9 @@
 """Distillation losses (DistilBERT: ``alpha_ce * KD + alpha_mlm * MLM + alpha_cos * cosine``).
 
-All of them work on the masked positions only, in the row-major order the teacher cache uses
-(``student_logits`` is ``[N, vocab]`` with ``N = (labels != -100).sum()``). ``kd_dense`` also
+The KD and MLM losses work on the rows of ``student_logits`` ``[N, vocab]``, in the row-major
+order the teacher cache uses: the masked positions (``N = (labels != -100).sum()``), or every
+non-pad position for KD from a ``kd_positions: all`` cache. The cosine terms work on every
+non-pad position. ``kd_dense`` also
 serves sentence classification (``[N, num_labels]``), so there is one KD formula in the project.
 
 KD is scaled by ``T**2`` (Hinton et al.): the soft-target gradients shrink as ``1/T**2``, so the
@@ -174,8 +176,32 @@ def cosine_loss(
     """``mean(1 - cos(h_s, h_t))`` over non-padding positions (DistilBERT's cosine term; it
     aligns the directions of the last hidden states, so hidden sizes must match)."""
     keep = attention_mask.bool()
-    s = student_hidden[keep].float()
-    t = teacher_hidden[keep].float()
+    return _cosine_distance(student_hidden[keep], teacher_hidden[keep], student_hidden)
+
+
+def sketch_cosine_loss(
+    student_hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    projection: torch.Tensor,
+    teacher_sketch: torch.Tensor,
+) -> torch.Tensor:
+    """The cosine term from a teacher cache: ``mean(1 - cos(R h_s, s_t))`` over non-padding
+    positions, ``R`` = ``projection`` [d, H] and ``s_t`` = ``teacher_sketch`` [n_tokens, d] the
+    cached ``R h_t`` (any scale: int8 values, ``distil.teacher.sketch``) in row-major order.
+    A random projection keeps cosines to ~1/sqrt(d) and R = identity gives ``cosine_loss``."""
+    keep = attention_mask.bool()
+    if projection.shape[1] != student_hidden.shape[-1]:
+        raise ValueError(
+            f"the cache's hidden-state sketch projects hidden size {projection.shape[1]}, but "
+            f"the student's is {student_hidden.shape[-1]}: the cosine term needs the teacher's "
+            "hidden size (a student built from its layers); pass --alpha-cos 0 otherwise"
+        )
+    s = student_hidden[keep].float() @ projection.to(student_hidden.device, torch.float32).T
+    return _cosine_distance(s, teacher_sketch, student_hidden)
+
+
+def _cosine_distance(s: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mean(1 - cos)`` over matching rows of ``s`` and ``t`` (0, with a graph, for none)."""
     if s.numel() == 0:
-        return student_hidden.sum() * 0.0
-    return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
+        return like.sum() * 0.0
+    return (1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1)).mean()

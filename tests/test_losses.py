@@ -260,3 +260,24 @@ def test_kl_coarse_is_exact_at_full_support_zero_for_teacher_and_a_lower_bound()
     partial = losses.kl_coarse(student, top.indices, top.values).item()
     assert 0 <= partial <= dense + 1e-6
     assert losses.kl_coarse(teacher, top.indices, top.values).item() == pytest.approx(0, abs=1e-5)
+
+
+def test_sketch_cosine_with_identity_projection_is_the_dense_cosine_loss():
+    """R = I (d = H): the cache's cosine term is exactly DistilBERT's; int8 rows (any scale)
+    give the same loss to quantisation error; gradient reaches the student's hidden states."""
+    from distil.teacher.sketch import quantize
+
+    g = torch.Generator().manual_seed(0)
+    h_s = torch.randn(2, 5, 16, generator=g, requires_grad=True)
+    h_t = torch.randn(2, 5, 16, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    dense = losses.cosine_loss(h_s, h_t, mask)
+    eye = torch.eye(16)
+    sketch = losses.sketch_cosine_loss(h_s, mask, eye, h_t[mask.bool()] * 7.0)
+    assert torch.allclose(sketch, dense, atol=1e-6)
+    q = quantize(h_t[mask.bool()]).float()
+    assert abs(float(losses.sketch_cosine_loss(h_s, mask, eye, q) - dense)) < 1e-3
+    sketch.backward()
+    assert h_s.grad[mask.bool()].abs().sum() > 0 and h_s.grad[~mask.bool()].abs().sum() == 0
+    with pytest.raises(ValueError, match="hidden size 8.*student's is 16.*--alpha-cos 0"):
+        losses.sketch_cosine_loss(h_s, mask, torch.eye(8), q[:, :8])

@@ -38,6 +38,7 @@ from distil.train.config import DistilConfig
 from distil.train.identity import (
     IDENTITY_FILE,
     RunIdentity,
+    check_cache_sketch,
     check_cache_teacher,
     check_cache_temperature,
     check_resume,
@@ -153,6 +154,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
         check_cache_temperature(
             manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
         )
+        check_cache_sketch(manifest, cfg.cache, cfg.alpha_cos)
         check_cache_teacher(
             manifest, cfg.cache, ref, teacher_weights_sha256(ref), cfg.allow_teacher_mismatch
         )

@@ -77,7 +77,7 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     # Load once here: fail fast on a non-BERT or headless checkpoint or one whose tokenizer is
     # not the prepared data's (before Ray starts); the weights hash is the cache key.
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle, require_mlm_head=True)
-    plan = plan_cache(cfg, teacher.weights_sha256)
+    plan = plan_cache(cfg, teacher.weights_sha256, teacher.model.config.hidden_size)
     check_teacher(teacher, cfg.teacher, plan.prepared, cfg.input)
     del teacher
     summary: dict[str, Any] = {"cache_url": plan.url, "key": plan.key}

@@ -71,6 +71,9 @@ class MaskedLMForDistillation(nn.Module):
     It runs the MLM head only at masked positions (``labels != -100``): at 15% masking that is
     ~7x less head compute than the full ``[B, L, vocab]`` logits, and it is exactly the set of
     positions the cached teacher targets describe (row-major order, same as ``target_ids``).
+    A ``kd_positions: all`` cache has targets at every non-pad position: then ``positions``
+    (its batch's ``kd_positions`` mask) selects those rows instead, and the MLM rows are the
+    masked ones among them (``mlm_rows``).
     """
 
     def __init__(self, model: BertForMaskedLM):
@@ -78,9 +81,20 @@ class MaskedLMForDistillation(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits ``[N, vocab]`` at masked positions, last hidden states ``[B, L, H]``)."""
+        """(logits ``[N, vocab]`` at ``positions`` (bool [B, L]; default the masked ones),
+        last hidden states ``[B, L, H]``)."""
         hidden = self.model.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
-        masked = hidden[labels != -100]
-        return self.model.cls(masked), hidden
+        kept = hidden[labels != -100 if positions is None else positions]
+        return self.model.cls(kept), hidden
+
+
+def mlm_rows(labels: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """Which rows of logits taken at ``positions`` are masked (bool ``[N]``); None when they
+    were taken at the masked positions (all of them are)."""
+    return None if positions is None else labels[positions] != -100

@@ -28,6 +28,7 @@ from distil.teacher.compat import check_teacher
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 from distil.teacher.masking import MaskingParams
+from distil.teacher.sketch import SKETCH_FILE, sketch_matrix, to_npy
 from distil.teacher.units import from_ipc, mask_unit, plan_units, to_ipc, unit_name
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,27 @@ class CachePlan:
     prepared: dict[str, Any]  # the input's manifest
     teacher_sha256: str
     units: list[dict[str, Any]]  # units.plan_units: name, input, start, stop, output
+    hidden_size: int | None = None  # the teacher's (sizes the hidden-state sketch matrix)
 
     @property
     def committed(self) -> bool:
         return storage.is_committed(self.url)
 
 
-def plan_cache(cfg: LogitsConfig, teacher_sha256: str) -> CachePlan:
-    """Where the cache for ``cfg`` lives and which units it is made of."""
+def plan_cache(cfg: LogitsConfig, teacher_sha256: str, hidden_size: int | None = None) -> CachePlan:
+    """Where the cache for ``cfg`` lives and which units it is made of. ``hidden_size`` (the
+    teacher's) is needed with ``hidden_sketch_dims`` > 0, and checked against it here."""
+    if cfg.hidden_sketch_dims:
+        if hidden_size is None:
+            raise ValueError("hidden_sketch_dims > 0: plan_cache needs the teacher's hidden_size")
+        sketch_matrix(cfg.seed, cfg.hidden_sketch_dims, hidden_size)  # refuses d > hidden_size
     prepared = shards.open_prepared(cfg.input)
     key = cache_key(
         teacher_sha256, prepared["fingerprint"], cfg.masking(), cfg.sparsity_spec(), cfg.layout()
     )
     url = storage.join(cfg.cache_root, key)
     units = plan_units(prepared, cfg.input, url, cfg.unit_rows)
-    return CachePlan(key, url, prepared, teacher_sha256, units)
+    return CachePlan(key, url, prepared, teacher_sha256, units, hidden_size)
 
 
 def target_bytes(parquet_bytes: bytes) -> int:
@@ -94,12 +101,23 @@ class TeacherWorker:
         self.masking = MaskingParams.from_config(self.cfg.masking(), prepared)
         self.sparsity = self.cfg.sparsity_spec()
         self.pad_id = int(prepared["special_ids"]["pad"])
+        self.sketch = None
+        if self.cfg.hidden_sketch_dims:
+            hidden = int(self.model.config.hidden_size)
+            r = sketch_matrix(self.cfg.seed, self.cfg.hidden_sketch_dims, hidden)
+            self.sketch = torch.from_numpy(r).to(device)
 
     def compute(self, masked: pa.Table) -> pa.Table:
         from distil.teacher.logits import compute_unit
 
         return compute_unit(
-            self.model, masked, self.masking, self.sparsity, self.cfg.batch_size, self.pad_id
+            self.model,
+            masked,
+            self.masking,
+            self.sparsity,
+            self.cfg.batch_size,
+            self.pad_id,
+            self.sketch,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -178,6 +196,17 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
     nbytes = sum(m["bytes"] for m in markers)
     target_total = sum(m["target_bytes"] for m in markers)
     vocab = int(prepared["vocab_size"])
+    # positions with teacher targets: the masked ones, or every token of every copy
+    target_positions = positions if cfg.kd_positions == "masked" else tokens * cfg.copies
+    sketch = None
+    if cfg.hidden_sketch_dims:
+        sketch = {
+            "dims": cfg.hidden_sketch_dims,
+            "seed": cfg.seed,
+            "hidden_size": plan.hidden_size,
+            "dtype": "int8",
+            "file": SKETCH_FILE,
+        }
     keys = ("name", "input", "start", "stop", "rows", "positions", "tokens", "bytes")
     return {
         "kind": CACHE_KIND,
@@ -193,6 +222,9 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
         "rows": rows,
         "sequences": sum(m["sequences"] for m in markers),
         "positions": positions,
+        "kd_positions": cfg.kd_positions,
+        "target_positions": target_positions,
+        "hidden_sketch": sketch,
         "tokens": tokens,
         "bytes": nbytes,
         "target_bytes": target_total,
@@ -225,5 +257,9 @@ def finalize(plan: CachePlan, cfg: LogitsConfig) -> dict[str, Any]:
             )
         markers.append(m)
     manifest = build_manifest(plan, cfg, markers)
+    if cfg.hidden_sketch_dims:  # R itself, so readers never depend on an RNG's version
+        r = sketch_matrix(cfg.seed, cfg.hidden_sketch_dims, plan.hidden_size or 0)
+        with storage.staged_file(plan.url, SKETCH_FILE) as f:
+            f.write(to_npy(r))
     storage.commit(plan.url, manifest)
     return manifest

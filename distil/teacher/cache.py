@@ -18,12 +18,22 @@ rerun with the same inputs finds its own finished output):
   - ``target_logz`` list<float32> (when the spec's ``kd_temperatures`` has one other than 1):
     ``len(positions) * n`` values, position-major, the teacher's log-partition
     ``c_T = log sum_v p_1(v)^(1/T)`` at each such T (``distil.teacher.sparse``)
+  - ``hidden_sketch`` binary (``hidden_sketch_dims`` d > 0): ``length * d`` int8 bytes,
+    position-major over every non-pad position 0..length-1: the int8 ``R @ h`` of the teacher's
+    last hidden state (``distil.teacher.sketch``; ``R`` is ``hidden_sketch.npy`` next to the
+    manifest). Binary, not list<int8>: Parquet stores int8 as INT32, ~1.43 compressed bytes a
+    value against ~0.98 as raw bytes (``bench/cache_bytes.py``)
+
+  Which positions the targets are for is the spec's ``kd_positions``: ``masked`` (default):
+  ``positions``, as above; ``all``: every non-pad position 0..length-1 of the row in order, so
+  the ``target_*`` lists hold ``length * K`` (``length * n``) values and no extra column is
+  needed. ``positions``/``labels`` stay the masked positions (the MLM loss) either way.
 
   (ids are int32 instead of uint16 when the vocab exceeds 65,536.)
 * ``_markers/shard-00000-00000.json``: per-unit completion (a killed run resumes from them).
 * ``manifest.json`` (written last): ``kind="teacher_logits"``, ``key``, ``teacher``, ``data``,
-  ``masking``, ``sparsity``, ``layout``, ``files``, row/position/token counts and bytes per
-  position/token.
+  ``masking``, ``sparsity`` (with ``kd_positions`` and ``hidden_sketch_dims``), ``layout``,
+  ``files``, row/position/target-position/token counts and bytes per position/token.
 """
 
 from __future__ import annotations
@@ -41,10 +51,12 @@ from distil.teacher.masking import MaskedBatch
 from distil.teacher.sparse import SparseLogits, stored_temperatures
 
 CACHE_KIND = "teacher_logits"
+# 4: ``kd_positions`` (targets at the masked positions or at every non-pad one) and the optional
+# ``hidden_sketch`` column (the cosine loss from the cache), both in the sparsity spec.
 # 3: ``target_logz`` (the teacher's log-partition at each KD temperature: top-k KD with its tail).
 # 2: one file per unit of work (``unit_rows`` sequences of a prepared shard), bounded row groups,
 # counter-based masking (masking version 2). 1: one file per prepared shard.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def cache_key(
@@ -68,7 +80,9 @@ def cache_key(
     )
 
 
-def cache_schema(vocab_size: int, sampled: bool, n_logz: int = 0) -> pa.Schema:
+def cache_schema(
+    vocab_size: int, sampled: bool, n_logz: int = 0, sketch: bool = False
+) -> pa.Schema:
     ids = shards.id_type(vocab_size)
     fields = [
         ("seq_id", pa.int64()),
@@ -85,6 +99,8 @@ def cache_schema(vocab_size: int, sampled: bool, n_logz: int = 0) -> pa.Schema:
         # float32: c_2 reaches log(V)/2 ~ 5, where float16's step (~0.004) would shift the
         # teacher's kept mass at T by ~0.4% (tests/teacher/test_sparse.py measures it)
         fields.append(("target_logz", pa.list_(pa.float32())))
+    if sketch:
+        fields.append(("hidden_sketch", pa.binary()))
     return pa.schema(fields)
 
 
@@ -115,15 +131,22 @@ def masked_table(
     return pa.Table.from_arrays(cols, schema=pa.schema(list(schema)[:5]))
 
 
-def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
+def with_targets(
+    table: pa.Table, sparse: SparseLogits, vocab: int, kd_positions: str = "masked"
+) -> pa.Table:
     """A full cache table: ``table`` (from ``masked_table``) plus the K targets of each of its
-    masked positions (``sparse`` rows in the table's row-major position order)."""
+    target positions (``sparse`` rows in the table's row-major order of its masked positions,
+    or of all its non-pad positions with ``kd_positions="all"``) and ``sparse.sketch``."""
     k = sparse.ids.shape[1]
     sampled = sparse.counts is not None
     n_logz = 0 if sparse.log_partition is None else sparse.log_partition.shape[1]
-    schema = cache_schema(vocab, sampled, n_logz)
+    schema = cache_schema(vocab, sampled, n_logz, sparse.sketch is not None)
     id_np = np.uint16 if vocab <= 65536 else np.int32
-    offsets = table.column("positions").combine_chunks().offsets.to_numpy().astype(np.int64) * k
+    token_offsets = table.column("input_ids").combine_chunks().offsets.to_numpy().astype(np.int64)
+    by = token_offsets if kd_positions == "all" else None
+    if by is None:
+        by = table.column("positions").combine_chunks().offsets.to_numpy().astype(np.int64)
+    offsets = by * k
     cols = [table.column(i) for i in range(5)]
     cols.append(
         _list_column(
@@ -141,7 +164,23 @@ def with_targets(table: pa.Table, sparse: SparseLogits, vocab: int) -> pa.Table:
     if n_logz:
         logz = sparse.log_partition.numpy().reshape(-1).astype(np.float32)
         cols.append(_list_column(offsets // k * n_logz, logz, pa.float32()))
+    if sparse.sketch is not None:
+        d = sparse.sketch.shape[1]
+        flat = np.ascontiguousarray(sparse.sketch.numpy().reshape(-1).astype(np.int8))
+        offsets = pa.py_buffer((token_offsets * d).astype(np.int32))
+        rows = len(token_offsets) - 1
+        cols.append(
+            pa.BinaryArray.from_buffers(pa.binary(), rows, [None, offsets, pa.py_buffer(flat)])
+        )
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def binary_values(column: pa.ChunkedArray) -> np.ndarray:
+    """The bytes of a binary column's rows, concatenated in row order, as int8."""
+    arr = column.combine_chunks()
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], np.int8) if arr.buffers()[2] else np.zeros(0, np.int8)
+    return data[offsets[0] : offsets[-1]]
 
 
 class TeacherCache:
@@ -152,7 +191,10 @@ class TeacherCache:
     (-100 off the masked positions), and ``target_ids`` / ``target_logprobs`` (and
     ``target_counts`` in sampled mode) [N, K] for the N masked positions in row-major order,
     and ``target_logz`` [N, len(kd_temperatures)]: the teacher's log-partition ``c_T`` at each
-    temperature the cache serves (0 for T = 1, which is not stored).
+    temperature the cache serves (0 for T = 1, which is not stored). A ``kd_positions: all``
+    cache has its N target rows at every non-pad position and adds ``kd_positions`` [B, L]
+    bool (where they are); a cache with a sketch adds ``hidden_sketch`` [n_tokens, d] float
+    (int8 values, one row per non-pad token, row-major) and ``TeacherCache.sketch_matrix``.
     Each rank streams only its own whole row groups (``distil.train.stream``). ``fs``: an fsspec
     filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
     """
@@ -173,12 +215,24 @@ class TeacherCache:
         ]
         self.stored_temperatures: list[float] = stored_temperatures(self.sparsity)
         self.pad_id: int = int(self.manifest["special_ids"]["pad"])
+        self.kd_positions: str = self.sparsity.get("kd_positions", "masked")
+        self.sketch_dims: int = int(self.sparsity.get("hidden_sketch_dims", 0))
+        self._sketch_matrix: np.ndarray | None = None
         self.files: list[str] = storage.committed_files(url)
         self.fs = fs
         self._groups = None
 
     def __len__(self) -> int:
         return int(self.manifest["rows"])
+
+    @property
+    def sketch_matrix(self) -> np.ndarray | None:
+        """``R`` [d, H] float32 the ``hidden_sketch`` column was made with (None: no sketch)."""
+        if self.sketch_dims and self._sketch_matrix is None:
+            from distil.teacher.sketch import SKETCH_FILE, from_npy
+
+            self._sketch_matrix = from_npy(storage.read_bytes(storage.join(self.url, SKETCH_FILE)))
+        return self._sketch_matrix
 
     @property
     def row_groups(self):
@@ -304,13 +358,19 @@ class TeacherCache:
             batch["target_counts"] = torch.from_numpy(
                 list_parts(table, "target_counts")[1].astype(np.float32).reshape(-1, k)
             )
-        logz = np.zeros((len(lab), len(self.kd_temperatures)), np.float32)
+        n_targets = len(ids) if self.kd_positions == "all" else len(lab)
+        logz = np.zeros((n_targets, len(self.kd_temperatures)), np.float32)
         if self.stored_temperatures:
             stored = list_parts(table, "target_logz")[1].astype(np.float32)
             stored = stored.reshape(-1, len(self.stored_temperatures))
             for j, t in enumerate(self.stored_temperatures):
                 logz[:, self.kd_temperatures.index(t)] = stored[:, j]
         batch["target_logz"] = torch.from_numpy(logz)
+        if self.kd_positions == "all":
+            batch["kd_positions"] = torch.from_numpy(attention.astype(bool))
+        if self.sketch_dims:
+            sk = binary_values(table.column("hidden_sketch")).astype(np.float32)
+            batch["hidden_sketch"] = torch.from_numpy(sk.reshape(-1, self.sketch_dims))
         return batch
 
 

@@ -56,6 +56,20 @@ class LogitsConfig(StageConfig):
         "log-partition at each (not for 1.0, which needs none), so KD at T sees the teacher's "
         "tail mass; a distil run at another T is refused. List or comma-separated",
     )
+    kd_positions: Literal["masked", "all"] = Field(
+        "masked",
+        description="positions the cache holds teacher targets for: masked (the MLM positions) "
+        "or all (every non-pad position of the masked input, as DistilBERT distils; ~7x the "
+        "target bytes and teacher head compute). The MLM loss stays on the masked positions (key)",
+    )
+    hidden_sketch_dims: int = Field(
+        0,
+        ge=0,
+        description="d > 0: also store, per non-pad token, an int8 sketch R @ h of the teacher's "
+        "last hidden state (R: a fixed seeded Gaussian [d, hidden]) so cached distillation has "
+        "the cosine loss (alpha_cos); 0: none. At most the teacher's hidden size; <= 64 "
+        "recommended (d bytes per token, key)",
+    )
     unit_rows: int = Field(
         1024,
         ge=1,
@@ -133,6 +147,11 @@ class LogitsConfig(StageConfig):
         if self.sparsity == "sampled":
             spec["temperature"] = self.sample_temperature
         spec["kd_temperatures"] = list(self.kd_temperatures)
+        # which positions the targets are for, and the hidden-state sketch (seeded by ``seed``)
+        spec["kd_positions"] = self.kd_positions
+        spec["hidden_sketch_dims"] = self.hidden_sketch_dims
+        if self.hidden_sketch_dims:
+            spec["hidden_sketch_seed"] = self.seed
         return spec
 
 

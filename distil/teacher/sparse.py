@@ -36,6 +36,9 @@ class SparseLogits:
     logprobs: torch.Tensor  # [N, K] float32, log-softmax at T=1 over the full vocab
     counts: torch.Tensor | None = None  # [N, K] float32 draw counts (sampled mode only)
     log_partition: torch.Tensor | None = None  # [N, len(stored_temperatures)] float32 c_T
+    # [M, d] int8 sketch of the last hidden state at each of the batch's M non-pad tokens
+    # (row-major; distil.teacher.sketch), when the cache stores one
+    sketch: torch.Tensor | None = None
 
     @property
     def num_positions(self) -> int:

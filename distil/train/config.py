@@ -16,7 +16,7 @@ class DistilConfig(StageConfig):
     mode: Literal["cached", "online"] = Field(
         "cached",
         description="cached: KD targets from the teacher-logit cache; online: run the teacher "
-        "every step on dynamically masked prepared shards (baseline; enables alpha_cos)",
+        "every step on dynamically masked prepared shards (baseline; full-width cosine term)",
     )
     cache: str | None = Field(
         None, description="URL of a committed teacher cache (stage 2 output; cached mode)"
@@ -61,8 +61,9 @@ class DistilConfig(StageConfig):
     alpha_cos: float = Field(
         1.0,
         ge=0,
-        description="weight of the hidden-state cosine loss (online mode only; ignored, with a "
-        "log line, in cached mode)",
+        description="weight of the hidden-state cosine loss; cached mode: from the cache's "
+        "hidden-state sketch (distil logits --hidden-sketch-dims N; a cache without one is "
+        "refused unless this is 0)",
     )
     mlm_probability: float = Field(
         0.15, gt=0, lt=1, description="online mode: fraction of tokens masked (80/10/10)"

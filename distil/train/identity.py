@@ -14,7 +14,7 @@ fingerprints, so a copied cache is the same input), how often the job logs, eval
 checkpoints (eval and checkpoints never touch the weights), the hardware (``num_workers``,
 ``use_gpu``, ``cpus_per_worker``, ``placement_strategy``, ``gpu_wait_s``, ``max_failures``: a
 run may resume on a smaller or bigger
-cluster), and fields the mode ignores (``alpha_cos``, ``mlm_probability`` in cached mode).
+cluster), and fields the mode ignores (``mlm_probability`` in cached mode).
 ``num_workers`` and ``use_gpu`` are recorded anyway: a resume that changes them is logged,
 because the global batch is ``batch_size x grad_accum x num_workers``.
 
@@ -69,7 +69,7 @@ NOT_IDENTITY = frozenset(
         "max_failures",
     }
 )
-IGNORED_IN_CACHED_MODE = frozenset({"alpha_cos", "mlm_probability"})
+IGNORED_IN_CACHED_MODE = frozenset({"mlm_probability"})
 RECORDED = ("num_workers", "use_gpu")  # kept with the identity, compared only to log a change
 
 
@@ -262,6 +262,42 @@ def check_cache_temperature(
     if not allow_mismatch:
         raise TemperatureMismatchError(msg)
     log.warning("--allow-temperature-mismatch: %s", msg)
+
+
+class MissingSketchError(ConfigError):
+    """``alpha_cos > 0`` in cached mode, but the cache has no hidden-state sketch."""
+
+
+def check_cache_sketch(manifest: dict[str, Any], cache_url: str, alpha_cos: float) -> None:
+    """Refuse a cosine weight the cache cannot serve: without the teacher's hidden-state sketch
+    there is no cosine term, and silently training without it is another recipe."""
+    dims = int((manifest.get("sparsity") or {}).get("hidden_sketch_dims", 0))
+    if alpha_cos > 0 and not dims:
+        raise MissingSketchError(
+            f"--alpha-cos {alpha_cos:g}: the teacher cache {storage.redact(cache_url)} has no "
+            "hidden-state sketch (its manifest's sparsity.hidden_sketch_dims is 0 or absent), so "
+            "the cosine loss cannot be computed from it. Fix: rebuild the cache with `distil "
+            "logits --hidden-sketch-dims N` (e.g. 16), or pass --alpha-cos 0."
+        )
+
+
+def cached_sketch(cache: Any, alpha_cos: float):
+    """The sketch matrix ``R`` (a torch tensor) the cached cosine term needs, None when
+    ``alpha_cos`` is 0; refuses a cache without one (``check_cache_sketch``)."""
+    import torch
+
+    check_cache_sketch(cache.manifest, cache.url, alpha_cos)
+    return torch.from_numpy(cache.sketch_matrix) if alpha_cos > 0 else None
+
+
+def check_sketch_size(matrix: Any, hidden_size: int, cache_url: str) -> None:
+    if matrix.shape[1] != hidden_size:
+        raise ConfigError(
+            f"the teacher cache {storage.redact(cache_url)} sketches hidden states of size "
+            f"{matrix.shape[1]}, but the student's hidden size is {hidden_size}: the cosine term "
+            "compares the two, so the student must keep the teacher's hidden size (it is built "
+            "from the teacher's layers). Fix: use the cache's teacher, or pass --alpha-cos 0."
+        )
 
 
 def teacher_ref(cfg: DistilConfig) -> str:

@@ -28,11 +28,17 @@ import torch.distributed as dist
 from transformers import AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
 
 from distil import losses
-from distil.student.model import MaskedLMForDistillation, build_student
+from distil.student.model import MaskedLMForDistillation, build_student, mlm_rows
 from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
 from distil.train.data import PreparedBatches, to_device
-from distil.train.identity import check_cache_teacher, check_cache_temperature, teacher_ref
+from distil.train.identity import (
+    cached_sketch,
+    check_cache_teacher,
+    check_cache_temperature,
+    check_sketch_size,
+    teacher_ref,
+)
 from distil.train.stream import EpochStream
 
 log = logging.getLogger("distil.train")
@@ -82,6 +88,7 @@ class DistilRecipe:
         self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
         self.teacher: BertForMaskedLM | None = None
         self.cache = None
+        self.sketch: torch.Tensor | None = None  # cached mode: R of the cache's hidden sketch
 
     # ------------------------------------------------------------------ setup
     def setup(self, checkpoint_dir: str | None = None) -> None:
@@ -96,8 +103,7 @@ class DistilRecipe:
             check_cache_temperature(
                 self.cache.manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
             )
-            if cfg.alpha_cos > 0 and self.rank == 0:
-                log.info("alpha_cos=%s ignored: the cosine loss needs mode=online", cfg.alpha_cos)
+            self.sketch = cached_sketch(self.cache, cfg.alpha_cos)
         if need_teacher:
             # online mode runs the head every step: a missing one is refused with the fix
             loaded = load_teacher(teacher_ref(cfg), require_mlm_head=cfg.mode == "online")
@@ -120,6 +126,9 @@ class DistilRecipe:
         if cfg.mode == "online":
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.student = student.to(self.device).train()
+        if self.sketch is not None:
+            self.sketch = self.sketch.to(self.device)
+            check_sketch_size(self.sketch, self.student.config.hidden_size, cfg.cache)
         self.module = MaskedLMForDistillation(self.student)
         self.model: torch.nn.Module = self.module
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
@@ -217,12 +226,15 @@ class DistilRecipe:
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         labels = batch["labels"]
-        logits, hidden = self.model(batch["input_ids"], batch["attention_mask"], labels)
+        kd_pos = batch.get("kd_positions")  # a kd_positions=all cache: targets at every token
+        logits, hidden = self.model(batch["input_ids"], batch["attention_mask"], labels, kd_pos)
+        rows = mlm_rows(labels, kd_pos)
+        mlm_logits = logits if rows is None else logits[rows]
         masked_labels = labels[labels != -100]
         total = logits.sum() * 0.0
         parts: dict[str, float] = {}
         if cfg.alpha_mlm > 0:
-            mlm = losses.mlm_loss(logits, masked_labels)
+            mlm = losses.mlm_loss(mlm_logits, masked_labels)
             total = total + cfg.alpha_mlm * mlm
             parts["loss_mlm"] = mlm.item()
         if cfg.mode == "online":
@@ -239,10 +251,16 @@ class DistilRecipe:
                 cos = losses.cosine_loss(hidden, t_hidden, batch["attention_mask"])
                 total = total + cfg.alpha_cos * cos
                 parts["loss_cos"] = cos.item()
-        elif cfg.alpha_ce > 0:
-            kd = self._kd_cached(logits, batch, cfg.temperature)
-            total = total + cfg.alpha_ce * kd
-            parts["loss_kd"] = kd.item()
+        else:
+            if cfg.alpha_ce > 0:
+                kd = self._kd_cached(logits, batch, cfg.temperature)
+                total = total + cfg.alpha_ce * kd
+                parts["loss_kd"] = kd.item()
+            if cfg.alpha_cos > 0:  # setup refused a cache without a sketch
+                mask = batch["attention_mask"]
+                cos = losses.sketch_cosine_loss(hidden, mask, self.sketch, batch["hidden_sketch"])
+                total = total + cfg.alpha_cos * cos
+                parts["loss_cos"] = cos.item()
         parts["loss"] = total.item()
         return total, parts
 
@@ -391,7 +409,7 @@ class DistilRecipe:
             "student_layers": self.student.config.num_hidden_layers,
             "alpha_ce": self.cfg.alpha_ce,
             "alpha_mlm": self.cfg.alpha_mlm,
-            "alpha_cos": self.cfg.alpha_cos if self.cfg.mode == "online" else 0.0,
+            "alpha_cos": self.cfg.alpha_cos,
             "temperature": self.cfg.temperature,
             **last_eval,
             "eval_history": self.history,

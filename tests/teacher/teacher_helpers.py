@@ -105,6 +105,7 @@ def build_cache(prepared: str, teacher: str, root: str, **overrides) -> str:
     from distil.teacher.load import load_teacher
 
     cfg = LogitsConfig(input=prepared, cache_root=root, teacher=teacher, **overrides)
-    plan = plan_cache(cfg, load_teacher(teacher, require_mlm_head=True).weights_sha256)
+    loaded = load_teacher(teacher, require_mlm_head=True)
+    plan = plan_cache(cfg, loaded.weights_sha256, loaded.model.config.hidden_size)
     build_in_process(plan, cfg)
     return plan.url

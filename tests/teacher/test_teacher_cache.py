@@ -95,12 +95,25 @@ def test_batch_tensors_follow_the_contract(cache_url):
     assert torch.all(b["target_logprobs"] <= 0)
     pad = cache.manifest["special_ids"]["pad"]
     assert torch.all(b["input_ids"][b["attention_mask"] == 0] == pad)
-    assert cache.manifest["sparsity"] == {"mode": "topk", "k": 8, "kd_temperatures": [1.0, 2.0]}
-    assert cache.manifest["format_version"] == FORMAT_VERSION == 3
+    assert cache.manifest["sparsity"] == {
+        "mode": "topk",
+        "k": 8,
+        "kd_temperatures": [1.0, 2.0],
+        "kd_positions": "masked",
+        "hidden_sketch_dims": 0,
+    }
+    assert cache.manifest["format_version"] == FORMAT_VERSION == 4
+    assert cache.manifest["target_positions"] == cache.manifest["positions"] == n_all(cache)
+    assert "kd_positions" not in b and "hidden_sketch" not in b  # masked targets, no sketch
     # one log-partition per served temperature; T = 1's is 0 (not stored), T = 2's > 0
     assert b["target_logz"].shape == (n, 2) and b["target_logz"].dtype == torch.float32
     assert torch.all(b["target_logz"][:, 0] == 0) and torch.all(b["target_logz"][:, 1] > 0)
     assert 0 < cache.manifest["target_bytes_per_position"] <= cache.manifest["bytes_per_position"]
+
+
+def n_all(cache: TeacherCache) -> int:
+    """Masked positions over every row of the cache."""
+    return sum(int((b["labels"] != -100).sum()) for b in cache.iter_batches(7, split="all"))
 
 
 def test_not_a_cache_is_a_clear_error(prepared_dir):
@@ -130,6 +143,10 @@ def test_the_key_changes_with_teacher_data_masking_and_k(
         plan_cache(LogitsConfig(**base, sparsity="sampled", sample_temperature=1.0), "sha-a").key,
         plan_cache(LogitsConfig(**base, unit_rows=5), "sha-a").key,  # file layout
         plan_cache(LogitsConfig(**base, row_group_rows=7), "sha-a").key,
+        plan_cache(LogitsConfig(**base, kd_positions="all"), "sha-a").key,  # target positions
+        plan_cache(LogitsConfig(**base, hidden_sketch_dims=8), "sha-a", 32).key,  # sketch
+        plan_cache(LogitsConfig(**base, hidden_sketch_dims=16), "sha-a", 32).key,
+        plan_cache(LogitsConfig(**base, hidden_sketch_dims=8, seed=1), "sha-a", 32).key,
     ]
     assert len({key, *variants}) == 1 + len(variants)
     # what is not an input of the cache does not change the key

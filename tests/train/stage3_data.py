@@ -78,18 +78,32 @@ def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, 
 
 
 def build_cache(
-    prepared_url: str, cache_root: str, teacher_dir, *, sparsity: str = "topk", k: int = 8
+    prepared_url: str,
+    cache_root: str,
+    teacher_dir,
+    *,
+    sparsity: str = "topk",
+    k: int = 8,
+    hidden_sketch_dims: int = 8,
+    **overrides,
 ) -> str:
-    """A committed teacher cache made by stage 2's builder in a plain loop (no Ray)."""
+    """A committed teacher cache made by stage 2's builder in a plain loop (no Ray); with a
+    hidden-state sketch by default, so the recipe's default ``alpha_cos`` has its cosine term."""
     from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
     from distil.teacher.load import load_teacher
 
     cfg = LogitsConfig(
-        input=prepared_url, cache_root=cache_root, teacher=str(teacher_dir), sparsity=sparsity, k=k
+        input=prepared_url,
+        cache_root=cache_root,
+        teacher=str(teacher_dir),
+        sparsity=sparsity,
+        k=k,
+        hidden_sketch_dims=hidden_sketch_dims,
+        **overrides,
     )
-    sha = load_teacher(cfg.teacher).weights_sha256
-    plan = plan_cache(cfg, sha)
+    teacher = load_teacher(cfg.teacher)
+    plan = plan_cache(cfg, teacher.weights_sha256, teacher.model.config.hidden_size)
     if not plan.committed:
         build_in_process(plan, cfg)
     return plan.url

@@ -141,7 +141,7 @@ def test_cached_mode_trains_from_a_real_teacher_cache(
     r = _recipe(cfg, tmp_path)  # teacher found through the cache manifest
     batch = next(r._micro_batches())
     _, parts = r.loss(batch)
-    assert "loss_cos" not in parts  # no teacher hidden states cached
+    assert 0 < parts["loss_cos"] < 2  # the cache's hidden-state sketch (alpha_cos 1.0)
     # top-k: an exact (K + 1)-bucket KL; sampled: an unbiased estimate of the KL (~0 here: the
     # tiny teacher is near-uniform), which one batch can put below 0
     assert parts["loss_kd"] > 0 if cache_fixture == "topk_cache" else abs(parts["loss_kd"]) < 1
