@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,25 +97,31 @@ def run_one(prepared: str, workdir: str, method: str, budget: int, args) -> dict
         "budget": budget,
         "accuracy_before": r["heldout_accuracy_before"],
         "accuracy": r["heldout_accuracy_after"],
+        "perplexity_before": r["heldout_perplexity_before"],
         "perplexity": r["heldout_perplexity_after"],
         "steps": r["steps"],
         "train_seconds": r["train_seconds"],
         "wall_seconds": round(time.perf_counter() - t0, 1),
+        "load1": round(os.getloadavg()[0], 1),  # shared machine: seconds depend on it
         "overrides": METHODS[method],
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| method | token budget | steps | held-out accuracy | perplexity | train s | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | token budget | steps | held-out accuracy | perplexity | train s | wall s | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     if rows:
-        lines.append(f"| before (any) | 0 | 0 | {rows[0]['accuracy_before']:.3f} | – | – | – |")
+        lines.append(
+            f"| before (any) | 0 | 0 | {rows[0]['accuracy_before']:.3f} | "
+            f"{rows[0].get('perplexity_before', float('nan')):,.0f} | – | – | – |"
+        )
     for r in sorted(rows, key=lambda r: (r["method"] != "all", r["method"], r["budget"])):
         lines.append(
             f"| {r['method']} | {r['budget']:,} | {r['steps']} | {r['accuracy']:.3f} | "
-            f"{r['perplexity']:,.0f} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+            f"{r['perplexity']:,.0f} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | "
+            f"{r.get('load1', '?')} |"
         )
     return "\n".join(lines)
 
@@ -123,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--workdir", required=True, help="folder/URL for data, outputs, results")
+    ap.add_argument(
+        "--workdir", required=True, help="local folder for data, outputs, results.jsonl"
+    )
     ap.add_argument("--prepared", help="prepared dataset URL (default: the demo's sample data)")
     ap.add_argument(
         "--runs",
