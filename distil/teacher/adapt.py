@@ -4,8 +4,9 @@ The embedded default teacher (packaged MiniLM, a sentence-embedding encoder) shi
 Training only a fresh head on the frozen encoder does not learn (its last layer was tuned for
 mean-pooled sentence embeddings, not token identity: a head trained alone for 400 steps stayed
 near loss 6.9), so the head and the whole encoder are trained together with the usual BERT
-objective on the prepared shards, for a token budget. The head is computed only at the masked
-positions (15% of tokens), which makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
+objective on the prepared shards, for a token budget. Which parameters train when and the LR
+schedule are ``distil.teacher.adapt_method`` (options measured by ``bench/adapt_curve.py``).
+The head is computed only at the masked positions (15% of tokens), which makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
 
 Plain torch: this is minutes of CPU for the demo and needs no cluster.
 """
@@ -26,6 +27,7 @@ import torch
 
 from distil import storage
 from distil.data import shards
+from distil.teacher.adapt_method import lr_factor, plan_trainable, start_phase
 from distil.teacher.compat import check_tokenizer
 from distil.teacher.config import AdaptConfig
 from distil.teacher.load import load_teacher, mlm_parts
@@ -133,6 +135,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
             print(f"already adapted: {storage.redact(cfg.output)} (nothing to do)")
             return {"output": cfg.output, "skipped": True, **done["metrics"]}
     model = teacher.model
+    plan = plan_trainable(model, cfg.train_layers, cfg.train_word_embeddings)  # checks first
     pad = int(manifest["special_ids"]["pad"])
     masking_cfg = {
         "seed": cfg.seed,
@@ -160,13 +163,10 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     tokens_per_seq = float(np.minimum(train.lengths, cap).mean())
     total_steps = max(1, math.ceil(cfg.token_budget / (tokens_per_seq * cfg.batch_size)))
     warmup = max(1, int(cfg.warmup_frac * total_steps))
-    if not cfg.train_word_embeddings:
-        # Tied to the decoder: freezing them skips a [V, H] gradient + AdamW update per step.
-        model.get_input_embeddings().weight.requires_grad_(False)
+    head_only = cfg.head_warmup_tokens > 0
+    start_phase(plan, with_body=not head_only)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for name, p in plan.all():
         (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     opt = torch.optim.AdamW(
         [
@@ -176,8 +176,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
         lr=cfg.lr,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / (total_steps - warmup + 1))),
+        opt, lambda s: lr_factor(cfg.lr_schedule, s, warmup, total_steps)
     )
     model.train()
     rng = np.random.default_rng(cfg.seed)
@@ -192,6 +191,12 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
             order, cursor = rng.permutation(len(train)), 0
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
+        if head_only and tokens >= cfg.head_warmup_tokens:
+            head_only = False
+            start_phase(plan, with_body=True)
+            log.info(
+                "step %d: head warm-up done (%d tokens); training head + encoder", step, tokens
+            )
         x, am, labels = make_batch(train, idx, masking, epoch, pad, cap)
         loss, _, _ = masked_lm_loss(model, x, am, labels)
         opt.zero_grad(set_to_none=True)

@@ -173,6 +173,23 @@ class AdaptConfig(StageConfig):
     )
     lr: float = Field(5e-4, gt=0, description="peak AdamW learning rate (head and encoder)")
     warmup_frac: float = Field(0.06, ge=0, lt=1, description="linear warm-up fraction")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear",
+        description="learning rate after the warm-up: linear or cosine decay to 0 at the token "
+        "budget, or constant (bench/adapt_curve.py measures them)",
+    )
+    train_layers: int = Field(
+        -1,
+        ge=-1,
+        description="train only the top N encoder layers (+ head; embeddings and lower layers "
+        "frozen: a cheaper backward); -1: the whole encoder",
+    )
+    head_warmup_tokens: int = Field(
+        0,
+        ge=0,
+        description="train only the new MLM head for the first N tokens (a random head's "
+        "gradients then reach the encoder later), then head + encoder; 0: together from the start",
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     mask_prob: float = Field(0.15, gt=0, lt=1, description="fraction of maskable tokens masked")
     train_word_embeddings: bool = Field(
