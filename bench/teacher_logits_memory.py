@@ -41,7 +41,8 @@ def memory_child(prepared: str, teacher: str, root: str) -> None:
 
     torch.set_num_threads(1)
     cfg = LogitsConfig(input=prepared, cache_root=root, teacher=teacher, batch_size=64)
-    plan = plan_cache(cfg, load_teacher(teacher).weights_sha256)
+    loaded = load_teacher(teacher)
+    plan = plan_cache(cfg, loaded.weights_sha256, loaded.model.config.hidden_size)
     t0 = time.perf_counter()
     manifest = build_in_process(plan, cfg)
     with open("/proc/self/status") as f:

@@ -63,11 +63,11 @@ class LogitsConfig(StageConfig):
         "target bytes and teacher head compute). The MLM loss stays on the masked positions (key)",
     )
     hidden_sketch_dims: int = Field(
-        0,
+        32,
         ge=0,
         description="d > 0: also store, per non-pad token, an int8 sketch R @ h of the teacher's "
         "last hidden state (R: a fixed seeded Gaussian [d, hidden]) so cached distillation has "
-        "the cosine loss (alpha_cos); 0: none. At most the teacher's hidden size; <= 64 "
+        "the cosine loss (alpha_cos, on by default in distil runs); 0: none. At most the teacher's hidden size; <= 64 "
         "recommended (d bytes per token, key)",
     )
     unit_rows: int = Field(

@@ -22,7 +22,7 @@ D = 8  # the tiny teacher's hidden size is 32
 def caches(prepared_dir, tiny_teacher_dir, tmp_path_factory) -> dict[str, TeacherCache]:
     root = str(tmp_path_factory.mktemp("sketch"))
     teacher = str(tiny_teacher_dir)
-    masked = build_cache(prepared_dir, teacher, root, copies=2)
+    masked = build_cache(prepared_dir, teacher, root, copies=2, hidden_sketch_dims=0)
     full = build_cache(
         prepared_dir, teacher, root, copies=2, kd_positions="all", hidden_sketch_dims=D
     )

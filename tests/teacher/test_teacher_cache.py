@@ -100,11 +100,14 @@ def test_batch_tensors_follow_the_contract(cache_url):
         "k": 8,
         "kd_temperatures": [1.0, 2.0],
         "kd_positions": "masked",
-        "hidden_sketch_dims": 0,
+        "hidden_sketch_dims": 32,  # the default: what distil's default alpha_cos needs
+        "hidden_sketch_seed": 0,
     }
     assert cache.manifest["format_version"] == FORMAT_VERSION == 4
     assert cache.manifest["target_positions"] == cache.manifest["positions"] == n_all(cache)
-    assert "kd_positions" not in b and "hidden_sketch" not in b  # masked targets, no sketch
+    assert "kd_positions" not in b  # masked targets: no per-token target mask
+    # the sketch: one d-vector per non-pad token, row-major like the attention mask
+    assert b["hidden_sketch"].shape == (int(b["attention_mask"].sum()), 32)
     # one log-partition per served temperature; T = 1's is 0 (not stored), T = 2's > 0
     assert b["target_logz"].shape == (n, 2) and b["target_logz"].dtype == torch.float32
     assert torch.all(b["target_logz"][:, 0] == 0) and torch.all(b["target_logz"][:, 1] > 0)
@@ -126,7 +129,10 @@ def test_not_a_cache_is_a_clear_error(prepared_dir):
 def test_the_key_changes_with_teacher_data_masking_and_k(
     prepared_dir, tmp_path, real_tokenizer_dir
 ):
-    base = {"input": prepared_dir, "cache_root": str(tmp_path), "teacher": "unused"}
+    base = {
+        "input": prepared_dir, "cache_root": str(tmp_path), "teacher": "unused",
+        "hidden_sketch_dims": 0,
+    }  # fmt: skip
     key = plan_cache(LogitsConfig(**base), "sha-a").key
     other_data = str(tmp_path / "other")
     make_prepared(other_data, real_tokenizer_dir, salt=1)
@@ -144,9 +150,9 @@ def test_the_key_changes_with_teacher_data_masking_and_k(
         plan_cache(LogitsConfig(**base, unit_rows=5), "sha-a").key,  # file layout
         plan_cache(LogitsConfig(**base, row_group_rows=7), "sha-a").key,
         plan_cache(LogitsConfig(**base, kd_positions="all"), "sha-a").key,  # target positions
-        plan_cache(LogitsConfig(**base, hidden_sketch_dims=8), "sha-a", 32).key,  # sketch
-        plan_cache(LogitsConfig(**base, hidden_sketch_dims=16), "sha-a", 32).key,
-        plan_cache(LogitsConfig(**base, hidden_sketch_dims=8, seed=1), "sha-a", 32).key,
+        plan_cache(LogitsConfig(**{**base, "hidden_sketch_dims": 8}), "sha-a", 32).key,  # sketch
+        plan_cache(LogitsConfig(**{**base, "hidden_sketch_dims": 16}), "sha-a", 32).key,
+        plan_cache(LogitsConfig(**{**base, "hidden_sketch_dims": 8, "seed": 1}), "sha-a", 32).key,
     ]
     assert len({key, *variants}) == 1 + len(variants)
     # what is not an input of the cache does not change the key

@@ -98,7 +98,8 @@ def test_finalize_refuses_a_cache_with_an_unfinished_unit(tmp_path, prepared_dir
     cfg = LogitsConfig(
         input=prepared_dir, cache_root=str(tmp_path), teacher=str(tiny_teacher_dir), unit_rows=5
     )
-    plan = plan_cache(cfg, load_teacher(str(tiny_teacher_dir)).weights_sha256)
+    teacher = load_teacher(str(tiny_teacher_dir))
+    plan = plan_cache(cfg, teacher.weights_sha256, teacher.model.config.hidden_size)
     build_in_process(plan, cfg)
     victim = plan.units[3]
     storage.remove(storage.marker_url(plan.url, unit_name(victim["name"])))
