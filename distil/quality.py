@@ -1,0 +1,312 @@
+"""The quality ablation behind ``scripts/quality.py``: which part of the recipe buys what.
+
+Rows (``distil.quality_config.ROWS``): the teacher; the full recipe (KD + MLM + cosine); no
+cosine; MLM only (no KD); no distillation (the student initialised from every other teacher
+layer and fine-tuned directly); random init (the full recipe from random weights, as in
+DistilBERT's ablation). Every row uses the same teacher, teacher cache, seed, distillation budget
+and fine-tune budget, and each is scored the same way: top-1 agreement and coarsened KL to the
+teacher on the cache's held-out split (``distil.eval.evaluate_mlm``), and sentiment accuracy in
+domain (the fine-tune set's validation rows) and out of domain (a set no model trained on,
+``distil.eval.evaluate_sentiment``), with the share of the teacher's accuracy kept.
+
+In-process, no Ray and no cluster: the engine-free library steps the stages' jobs wrap
+(``prepare.run_serial``, ``teacher.adapt``, ``teacher.build.build_in_process``,
+``DistilRecipe``, ``sentiment.finetune.run_local``). Each artifact is committed under
+``cfg.work`` at a name fingerprinting what made it, so a rerun reuses finished rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+import yaml
+
+from distil import storage
+from distil.config import ConfigError, resolve_config_path
+from distil.quality_config import ROWS, QualityConfig, RowSpec
+from distil.quality_table import summarize
+
+log = logging.getLogger("distil.quality")
+ROW_KIND = "quality_row"
+
+
+def demo_budgets() -> dict[str, dict[str, Any]]:
+    """The demo's sample scale: what ``--prepared``/``--teacher`` default to is built with it."""
+    return yaml.safe_load(resolve_config_path("demo/sample").read_text())
+
+
+def sketch_supported() -> bool:
+    """Whether this tree's teacher cache can store the hidden-state sketch the cached-mode
+    cosine loss reads (``LogitsConfig.hidden_sketch_dims``)."""
+    from distil.teacher.config import LogitsConfig
+
+    return "hidden_sketch_dims" in LogitsConfig.model_fields
+
+
+def require_sketch(specs: list[RowSpec]) -> None:
+    """Refuse rows with the cosine loss where the cache cannot serve it, naming the way out."""
+    if sketch_supported() or not any(s.needs_sketch for s in specs):
+        return
+    cos_rows = [n for n, s in ROWS.items() if s.needs_sketch]
+    raise ConfigError(
+        f"rows {', '.join(cos_rows)} use the cosine loss, which in cached mode needs a teacher "
+        "cache with a hidden-state sketch (LogitsConfig.hidden_sketch_dims); this tree has no "
+        "such field yet: pass --rows without them, e.g. --rows no-cos,mlm-only,no-distil"
+    )
+
+
+# ----------------------------------------------------------------------------------- inputs
+def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
+    """(prepared shards, teacher, reviews dir): given ones as they are, else built as the demo
+    builds them (sample corpus parts, prepare and adapt budgets of ``demo/sample``)."""
+    from distil.data.config import PrepareConfig, SamplesConfig
+    from distil.data.prepare import run_serial
+    from distil.data.samples import run as build_samples
+
+    budgets = demo_budgets()
+    reviews = storage.join(cfg.samples, "reviews")
+    if cfg.prepared is None or not storage.is_committed(reviews):
+        build_samples(SamplesConfig(output=cfg.samples))  # reuses what is committed
+    prepared = cfg.prepared
+    if prepared is None:
+        corpus = storage.join(cfg.samples, "corpus")
+        args = {k: v for k, v in budgets["prepare"].items() if k != "num_workers"}
+        args["input"] = [storage.join(corpus, p) for p in budgets.get("corpus") or [""]]
+        prepared = storage.join(cfg.work, "prepared-" + storage.fingerprint(args))
+        if not storage.is_committed(prepared):
+            log.info("preparing %s", prepared)
+            run_serial(PrepareConfig(**args, output=prepared))
+    teacher = cfg.teacher
+    if teacher is None:
+        from distil.teacher.adapt import adapt
+        from distil.teacher.config import AdaptConfig
+
+        teacher = storage.join(cfg.work, "teacher-adapted")
+        # adapt itself skips a committed output made from the same teacher, data and settings
+        adapt(AdaptConfig(**budgets["adapt"], input=prepared, output=teacher))
+    return prepared, teacher, reviews
+
+
+def build_cache(cfg: QualityConfig, prepared: str, teacher: str, sha256: str) -> str:
+    """The teacher cache every row learns from and is scored on (demo's sample logits budget,
+    ``cfg.seed``; with the hidden-state sketch when this tree has it)."""
+    from distil.teacher.build import build_in_process, plan_cache
+    from distil.teacher.config import LogitsConfig
+
+    fields = LogitsConfig.model_fields
+    args = {k: v for k, v in demo_budgets()["logits"].items() if k in fields}
+    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, cfg.temperature}))
+    if sketch_supported():
+        args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
+    lc = LogitsConfig(
+        **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
+    )
+    plan = plan_cache(lc, sha256)
+    if not plan.committed:
+        log.info("building the teacher cache %s", plan.url)
+        build_in_process(plan, lc)
+    return plan.url
+
+
+# ------------------------------------------------------------------------------------- rows
+def _save_student(model: Any, tokenizer: Any, url: str, metrics: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="distil-quality-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        files = sorted(os.listdir(tmp))
+        storage.upload_dir(tmp, url)
+    storage.commit(url, {"kind": "student", "files": files, "metrics": metrics})
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Overwrite ``model``'s weights in place with a fresh ``from config`` init (same parameter
+    objects, so an optimizer built on them stays valid)."""
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config)
+    model.load_state_dict(fresh.state_dict())
+
+
+def distil_student(
+    cfg: QualityConfig, spec: RowSpec, cache: str, teacher: str, url: str
+) -> dict[str, Any]:
+    """Distil one student in this process (world size 1) and commit it at ``url``."""
+    from distil.train.config import DistilConfig
+    from distil.train.recipe import DistilRecipe
+
+    require_sketch([spec])
+    with tempfile.TemporaryDirectory(prefix="distil-quality-run-") as tmp:
+        dc = DistilConfig(
+            mode="cached",
+            cache=cache,
+            teacher=teacher,
+            output=os.path.join(tmp, "out"),
+            storage_path=os.path.join(tmp, "runs"),
+            student_layers=cfg.student_layers,
+            temperature=cfg.temperature,
+            max_steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            warmup_steps=int(cfg.warmup_fraction * cfg.steps),
+            seed=cfg.seed,
+            heldout_fraction=cfg.heldout_fraction,
+            eval_every=cfg.steps,
+            eval_batches=1,
+            log_every=max(1, cfg.steps // 10),
+            num_workers=1,
+            **(spec.alphas or {}),
+        )
+        recipe = DistilRecipe(dc, work_dir=tmp)
+        recipe.setup(None)
+        if spec.init == "random":
+            randomize(recipe.student, cfg.seed)
+        metrics = recipe.train()
+    metrics = {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")}
+    _save_student(recipe.student, recipe.tokenizer, url, metrics)
+    return metrics
+
+
+def undistilled_student(cfg: QualityConfig, teacher: str, url: str) -> dict[str, Any]:
+    """The student the recipe starts from (every other teacher layer), committed at ``url``."""
+    from distil.student.model import build_student
+    from distil.teacher.load import load_teacher
+
+    t = load_teacher(teacher, require_mlm_head=True)
+    student = build_student(t.model, cfg.student_layers)
+    metrics = {"student_layers": student.config.num_hidden_layers, "steps": 0}
+    _save_student(student, t.tokenizer, url, metrics)
+    return metrics
+
+
+def finetune(cfg: QualityConfig, model: str, train: str, row_url: str) -> str:
+    """Fine-tune ``model`` on the in-domain set with the shared settings; the classifier URL."""
+    from distil.sentiment.config import FinetuneConfig
+    from distil.sentiment.finetune import run_local
+
+    url = storage.join(row_url, "classifier")
+    if storage.is_committed(url):
+        return url
+    fc = FinetuneConfig(
+        model=model,
+        train=train,
+        output=row_url,
+        run_name="classifier",
+        latest_pointer=storage.join(row_url, "classifier-latest.json"),
+        max_steps=cfg.finetune_steps,
+        epochs=1e6,  # max_steps decides
+        batch_size=cfg.finetune_batch_size,
+        max_length=cfg.finetune_max_length,
+        lr=cfg.finetune_lr,
+        seed=cfg.seed,
+        torch_threads=cfg.threads or None,
+    )
+    return run_local(fc)["model_url"]
+
+
+def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> str:
+    """What a row's result depends on: its spec, the shared budgets it uses and its inputs."""
+    spec = ROWS[name]
+    ft = ("seed", "finetune_steps", "finetune_batch_size", "finetune_max_length", "finetune_lr")
+    keys = [*ft, "in_domain", "out_of_domain"]
+    if spec.init != "teacher":
+        keys += ["student_layers", "heldout_fraction"]
+    if spec.alphas is not None:
+        keys += ["steps", "batch_size", "lr", "warmup_fraction", "temperature"]
+    settings = cfg.model_dump(include=set(keys))
+    return storage.fingerprint({"row": name, "spec": repr(spec), "cfg": settings, **inputs})
+
+
+def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    """One row, reused when committed: student (distilled or not), classifier, scores."""
+    from distil.eval import evaluate_mlm, evaluate_sentiment
+
+    spec = ROWS[name]
+    inputs = {"teacher": ctx["teacher_sha256"], "cache": ctx["cache"]}
+    url = storage.join(cfg.work, "rows", f"{name}-{row_fingerprint(cfg, name, inputs)}")
+    if storage.is_committed(url):
+        log.info("row %s: reusing %s", name, url)
+        return storage.read_manifest(url)["result"]
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, distil_metrics = ctx["teacher"], None
+    if spec.init != "teacher":
+        model = storage.join(url, "student")
+        if not storage.is_committed(model):
+            if spec.alphas is None:
+                distil_metrics = undistilled_student(cfg, ctx["teacher"], model)
+            else:
+                distil_metrics = distil_student(cfg, spec, ctx["cache"], ctx["teacher"], model)
+        distil_metrics = storage.read_manifest(model)["metrics"]
+    t_distil = time.perf_counter() - t0
+    clf = finetune(cfg, model, ctx["files"][cfg.in_domain], url)
+    t_ft = time.perf_counter() - t0 - t_distil
+    acc = evaluate_sentiment(
+        {name: clf},
+        ctx["files"],
+        {cfg.in_domain: "validation", cfg.out_of_domain: "all"},
+        cache_dir=storage.join(cfg.work, "models"),
+        max_length=cfg.finetune_max_length,
+    )[name]
+    if spec.init == "teacher":  # the reference: agrees with itself, no divergence
+        mlm = {"top1_agreement": 1.0, "kl_coarse": 0.0, "positions": None, "by_definition": True}
+    else:
+        mlm = evaluate_mlm(
+            ctx["teacher"],
+            model,
+            ctx["cache"],
+            heldout_fraction=cfg.heldout_fraction,
+            batch_size=cfg.eval_batch_size,
+        )
+    result = {
+        "row": name,
+        "what": spec.what,
+        "alphas": spec.alphas,
+        "init": spec.init,
+        "model": model,
+        "classifier": clf,
+        "mlm": mlm,
+        "accuracy": {k: v["accuracy"] for k, v in acc.items()},
+        "rows_scored": {k: v["rows"] for k, v in acc.items()},
+        "distil": distil_metrics,
+        "seconds": {
+            "distil": round(t_distil, 1),
+            "finetune": round(t_ft, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
+    }
+    storage.commit(url, {"kind": ROW_KIND, "result": result})
+    log.info("row %s done in %.0fs", name, result["seconds"]["total"])
+    return result
+
+
+def run(cfg: QualityConfig) -> dict[str, Any]:
+    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
+    from distil.eval import review_sets
+    from distil.teacher.load import load_teacher
+
+    t0 = time.perf_counter()
+    require_sketch([ROWS[r] for r in cfg.rows])  # before any minute is spent on other rows
+    prepared, teacher, reviews = prepare_inputs(cfg)
+    files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
+    sha = load_teacher(teacher, require_mlm_head=True).weights_sha256
+    cache = build_cache(cfg, prepared, teacher, sha)
+    ctx = {"teacher": teacher, "teacher_sha256": sha, "cache": cache, "files": files}
+    t_inputs = time.perf_counter() - t0
+    results = {name: run_row(cfg, name, ctx) for name in cfg.rows}
+    out = summarize(results, cfg.in_domain, cfg.out_of_domain)
+    out.update(
+        config=cfg.model_dump(),
+        inputs={"prepared": prepared, "teacher": teacher, "cache": cache, "reviews": reviews},
+        seconds={"inputs": round(t_inputs, 1), "total": round(time.perf_counter() - t0, 1)},
+        cosine_in_cached_mode=sketch_supported(),
+    )
+    storage.write_json(cfg.out or storage.join(cfg.work, "quality.json"), out)
+    return out
