@@ -36,9 +36,14 @@ log = logging.getLogger("distil.quality")
 ROW_KIND = "quality_row"
 
 
-def demo_budgets() -> dict[str, dict[str, Any]]:
-    """The demo's sample scale: what ``--prepared``/``--teacher`` default to is built with it."""
-    return yaml.safe_load(resolve_config_path("demo/sample").read_text())
+def demo_budgets(threads: int = 0) -> dict[str, dict[str, Any]]:
+    """The demo's sample scale: what ``--prepared``/``--teacher`` default to is built with it
+    (``threads`` > 0 replaces its torch thread counts: 2 threads on 2 busy cores crawl)."""
+    budgets = yaml.safe_load(resolve_config_path("demo/sample").read_text())
+    if threads:
+        for stage in ("adapt", "logits"):
+            budgets[stage]["torch_threads"] = threads
+    return budgets
 
 
 def sketch_supported() -> bool:
@@ -69,7 +74,7 @@ def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     from distil.data.prepare import run_serial
     from distil.data.samples import run as build_samples
 
-    budgets = demo_budgets()
+    budgets = demo_budgets(cfg.threads)
     reviews = storage.join(cfg.samples, "reviews")
     if cfg.prepared is None or not storage.is_committed(reviews):
         build_samples(SamplesConfig(output=cfg.samples))  # reuses what is committed
@@ -100,7 +105,7 @@ def build_cache(cfg: QualityConfig, prepared: str, teacher: str, sha256: str) ->
     from distil.teacher.config import LogitsConfig
 
     fields = LogitsConfig.model_fields
-    args = {k: v for k, v in demo_budgets()["logits"].items() if k in fields}
+    args = {k: v for k, v in demo_budgets(cfg.threads)["logits"].items() if k in fields}
     args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, cfg.temperature}))
     if sketch_supported():
         args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
