@@ -98,7 +98,9 @@ def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     return prepared, teacher, reviews
 
 
-def build_cache(cfg: QualityConfig, prepared: str, teacher: str, sha256: str) -> str:
+def build_cache(
+    cfg: QualityConfig, prepared: str, teacher: str, sha256: str, hidden_size: int
+) -> str:
     """The teacher cache every row learns from and is scored on (demo's sample logits budget,
     ``cfg.seed``; with the hidden-state sketch when this tree has it)."""
     from distil.teacher.build import build_in_process, plan_cache
@@ -112,7 +114,7 @@ def build_cache(cfg: QualityConfig, prepared: str, teacher: str, sha256: str) ->
     lc = LogitsConfig(
         **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
     )
-    plan = plan_cache(lc, sha256)
+    plan = plan_cache(lc, sha256, hidden_size) if sketch_supported() else plan_cache(lc, sha256)
     if not plan.committed:
         log.info("building the teacher cache %s", plan.url)
         build_in_process(plan, lc)
@@ -301,8 +303,9 @@ def run(cfg: QualityConfig) -> dict[str, Any]:
     require_sketch([ROWS[r] for r in cfg.rows])  # before any minute is spent on other rows
     prepared, teacher, reviews = prepare_inputs(cfg)
     files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
-    sha = load_teacher(teacher, require_mlm_head=True).weights_sha256
-    cache = build_cache(cfg, prepared, teacher, sha)
+    loaded = load_teacher(teacher, require_mlm_head=True)
+    sha = loaded.weights_sha256
+    cache = build_cache(cfg, prepared, teacher, sha, loaded.model.config.hidden_size)
     ctx = {"teacher": teacher, "teacher_sha256": sha, "cache": cache, "files": files}
     t_inputs = time.perf_counter() - t0
     results = {name: run_row(cfg, name, ctx) for name in cfg.rows}

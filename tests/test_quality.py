@@ -82,6 +82,7 @@ def test_quality_rows_and_shares(tiny_setup):
     for name in distilled:  # every distilled row ran the same budget, with its own alphas
         d = out["results"][name]["distil"]
         assert d["step"] == 3 and d["alpha_ce"] == ROWS[name].alphas["alpha_ce"]
+        assert d["alpha_cos"] == ROWS[name].alphas["alpha_cos"]  # as configured
     assert out["results"]["no-distil"]["distil"]["steps"] == 0
     # the table has a line per row, and the JSON was written where --out defaults to
     table = out["table"].splitlines()
