@@ -73,7 +73,7 @@ class QualityConfig(StageConfig):
     )
     seed: int = Field(0, description="one seed for masking, distillation, init and fine-tuning")
     # --- distillation (every distilled row) ---------------------------------------------------
-    steps: int = Field(60, ge=1, description="distillation optimizer steps per student")
+    steps: int = Field(150, ge=1, description="distillation optimizer steps per student")
     batch_size: int = Field(32, ge=1, description="sequences per distillation step")
     lr: float = Field(5e-4, gt=0, description="distillation peak learning rate")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="distillation warm-up share")
