@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from distil import storage
-from distil.config import ConfigError, resolve_config_path
+from distil.config import resolve_config_path
 from distil.quality_config import ROWS, QualityConfig, RowSpec
 from distil.quality_table import summarize
 
@@ -44,26 +44,6 @@ def demo_budgets(threads: int = 0) -> dict[str, dict[str, Any]]:
         for stage in ("adapt", "logits"):
             budgets[stage]["torch_threads"] = threads
     return budgets
-
-
-def sketch_supported() -> bool:
-    """Whether this tree's teacher cache can store the hidden-state sketch the cached-mode
-    cosine loss reads (``LogitsConfig.hidden_sketch_dims``)."""
-    from distil.teacher.config import LogitsConfig
-
-    return "hidden_sketch_dims" in LogitsConfig.model_fields
-
-
-def require_sketch(specs: list[RowSpec]) -> None:
-    """Refuse rows with the cosine loss where the cache cannot serve it, naming the way out."""
-    if sketch_supported() or not any(s.needs_sketch for s in specs):
-        return
-    cos_rows = [n for n, s in ROWS.items() if s.needs_sketch]
-    raise ConfigError(
-        f"rows {', '.join(cos_rows)} use the cosine loss, which in cached mode needs a teacher "
-        "cache with a hidden-state sketch (LogitsConfig.hidden_sketch_dims); this tree has no "
-        "such field yet: pass --rows without them, e.g. --rows no-cos,mlm-only,no-distil"
-    )
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -102,19 +82,18 @@ def build_cache(
     cfg: QualityConfig, prepared: str, teacher: str, sha256: str, hidden_size: int
 ) -> str:
     """The teacher cache every row learns from and is scored on (demo's sample logits budget,
-    ``cfg.seed``; with the hidden-state sketch when this tree has it)."""
+    ``cfg.seed``, with the hidden-state sketch the cosine rows need)."""
     from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
 
     fields = LogitsConfig.model_fields
     args = {k: v for k, v in demo_budgets(cfg.threads)["logits"].items() if k in fields}
     args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, cfg.temperature}))
-    if sketch_supported():
-        args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
+    args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
     lc = LogitsConfig(
         **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
     )
-    plan = plan_cache(lc, sha256, hidden_size) if sketch_supported() else plan_cache(lc, sha256)
+    plan = plan_cache(lc, sha256, hidden_size)
     if not plan.committed:
         log.info("building the teacher cache %s", plan.url)
         build_in_process(plan, lc)
@@ -148,7 +127,6 @@ def distil_student(
     from distil.train.config import DistilConfig
     from distil.train.recipe import DistilRecipe
 
-    require_sketch([spec])
     with tempfile.TemporaryDirectory(prefix="distil-quality-run-") as tmp:
         dc = DistilConfig(
             mode="cached",
@@ -300,7 +278,6 @@ def run(cfg: QualityConfig) -> dict[str, Any]:
     from distil.teacher.load import load_teacher
 
     t0 = time.perf_counter()
-    require_sketch([ROWS[r] for r in cfg.rows])  # before any minute is spent on other rows
     prepared, teacher, reviews = prepare_inputs(cfg)
     files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
     loaded = load_teacher(teacher, require_mlm_head=True)
@@ -314,7 +291,6 @@ def run(cfg: QualityConfig) -> dict[str, Any]:
         config=cfg.model_dump(),
         inputs={"prepared": prepared, "teacher": teacher, "cache": cache, "reviews": reviews},
         seconds={"inputs": round(t_inputs, 1), "total": round(time.perf_counter() - t0, 1)},
-        cosine_in_cached_mode=sketch_supported(),
     )
     storage.write_json(cfg.out or storage.join(cfg.work, "quality.json"), out)
     return out

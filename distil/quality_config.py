@@ -23,10 +23,6 @@ class RowSpec:
     init: Literal["teacher", "teacher-layers", "random"]
     alphas: dict[str, float] | None = field(default=None)
 
-    @property
-    def needs_sketch(self) -> bool:
-        return bool(self.alphas and self.alphas.get("alpha_cos", 0) > 0)
-
 
 FULL = {"alpha_ce": 5.0, "alpha_mlm": 2.0, "alpha_cos": 1.0}
 ROWS: dict[str, RowSpec] = {

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from distil import storage
-from distil.config import ConfigError
-from distil.quality import run, sketch_supported
+from distil.quality import run
 from distil.quality_config import ROWS, QualityConfig
 from distil.quality_table import goals
 from distil.sentiment.reviews import validation_mask
@@ -58,7 +57,7 @@ def tiny_setup(tmp_path_factory, tiny_teacher_dir, real_tokenizer_dir, make_plan
 
 
 def runnable_rows() -> list[str]:
-    return [r for r in ROWS if sketch_supported() or not ROWS[r].needs_sketch]
+    return list(ROWS)
 
 
 def test_quality_rows_and_shares(tiny_setup):
@@ -104,13 +103,6 @@ def test_goals_compare_full_with_the_baselines():
     ]
     g = goals(rows)
     assert list(g.values()) == [True, False, True, False, True, None, None, None]
-
-
-@pytest.mark.skipif(sketch_supported(), reason="the cache has a hidden-state sketch here")
-def test_cosine_rows_refused_without_a_sketch(tiny_setup, tmp_path):
-    with pytest.raises(ConfigError, match="hidden_sketch_dims.*--rows"):
-        run(QualityConfig(**{**tiny_setup, "work": str(tmp_path)}, rows=["full"]))
-    assert not any(tmp_path.iterdir())  # refused before anything was built
 
 
 def test_unknown_row_is_refused():
