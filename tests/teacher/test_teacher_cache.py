@@ -42,38 +42,39 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(cache_url):
     cache = TeacherCache(cache_url)
     total = len(cache)  # 24 sequences x 3 copies
     assert total == 72
-    every = Counter(k for b in cache.iter_batches(5, split="all") for k in _row_keys(b))
+    kw = {"split": "all", "all_copies": True}  # every copy (an epoch reads one: test_stream)
+    every = Counter(k for b in cache.iter_batches(5, **kw) for k in _row_keys(b))
     assert sum(every.values()) == total and len(every) >= total - 3
     for world in (2, 3, 5):
         per_rank = [
             Counter(
                 k
-                for b in cache.iter_batches(4, rank=r, world_size=world, split="all")
+                for b in cache.iter_batches(4, rank=r, world_size=world, **kw)
                 for k in _row_keys(b)
             )
             for r in range(world)
         ]
         counts = [
-            len(list(cache.iter_batches(4, rank=r, world_size=world, split="all")))
+            len(list(cache.iter_batches(4, rank=r, world_size=world, **kw)))
             for r in range(world)
         ]
         assert len(set(counts)) == 1
-        assert counts[0] == cache.num_batches(4, world_size=world, split="all")
+        assert counts[0] == cache.num_batches(4, world_size=world, **kw)
         dealt = sum(per_rank, Counter())
         assert not dealt - every  # disjoint: no row dealt more often than it exists
         # the cut: at most one row group per rank beyond the first, as the plan reports
-        dropped = cache.plan(world_size=world, split="all").dropped
+        dropped = cache.plan(world_size=world, **kw).dropped
         assert sum(dealt.values()) == total - dropped
         assert 0 <= dropped <= (world - 1) * RG_ROWS
 
 
 def test_splits_partition_the_rows_and_epochs_reshuffle(cache_url):
     cache = TeacherCache(cache_url)
-    kw = {"split": "train", "heldout_fraction": 0.2}
+    kw = {"split": "train", "heldout_fraction": 0.2, "all_copies": True}
     train = Counter(k for b in cache.iter_batches(8, **kw) for k in _row_keys(b))
     held = Counter(
         k
-        for b in cache.iter_batches(8, split="heldout", heldout_fraction=0.2)
+        for b in cache.iter_batches(8, split="heldout", heldout_fraction=0.2, all_copies=True)
         for k in _row_keys(b)
     )
     assert train and held and not set(train) & set(held)

@@ -78,15 +78,27 @@ def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, 
 
 
 def build_cache(
-    prepared_url: str, cache_root: str, teacher_dir, *, sparsity: str = "topk", k: int = 8
+    prepared_url: str,
+    cache_root: str,
+    teacher_dir,
+    *,
+    sparsity: str = "topk",
+    k: int = 8,
+    **overrides,
 ) -> str:
-    """A committed teacher cache made by stage 2's builder in a plain loop (no Ray)."""
+    """A committed teacher cache made by stage 2's builder in a plain loop (no Ray);
+    ``overrides``: more ``LogitsConfig`` fields (copies, unit_rows, ...)."""
     from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
     from distil.teacher.load import load_teacher
 
     cfg = LogitsConfig(
-        input=prepared_url, cache_root=cache_root, teacher=str(teacher_dir), sparsity=sparsity, k=k
+        input=prepared_url,
+        cache_root=cache_root,
+        teacher=str(teacher_dir),
+        sparsity=sparsity,
+        k=k,
+        **overrides,
     )
     sha = load_teacher(cfg.teacher).weights_sha256
     plan = plan_cache(cfg, sha)
