@@ -128,15 +128,16 @@ def teacher_accuracy(cache_url: str) -> float:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/distil-bench-dynmask")
-    ap.add_argument("--seqs", type=int, default=384, help="sequences of --seq-len tokens")
+    ap.add_argument("--seqs", type=int, default=192, help="sequences of --seq-len tokens")
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--adapt-tokens", type=int, default=30_000)
+    ap.add_argument("--adapt-tokens", type=int, default=15_000)
     ap.add_argument("--epochs", type=int, default=4, help="epochs every run spans (>= 4)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--copies", default="1,2,4")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("distil.teacher.compat").setLevel(logging.ERROR)  # no recorded identity
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     data = prepared(args.work, args.seqs, args.seq_len)

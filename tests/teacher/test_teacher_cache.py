@@ -55,8 +55,7 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(cache_url):
             for r in range(world)
         ]
         counts = [
-            len(list(cache.iter_batches(4, rank=r, world_size=world, **kw)))
-            for r in range(world)
+            len(list(cache.iter_batches(4, rank=r, world_size=world, **kw))) for r in range(world)
         ]
         assert len(set(counts)) == 1
         assert counts[0] == cache.num_batches(4, world_size=world, **kw)
@@ -212,3 +211,24 @@ def test_each_kd_temperature_costs_one_float32_per_position(
         assert manifest["target_bytes"] - base["target_bytes"] == comp
         per_position = manifest["target_bytes_per_position"] - base["target_bytes_per_position"]
         assert 0 < per_position == pytest.approx(comp / positions)
+
+
+def test_an_epoch_reads_one_copy_and_a_sequence_major_cache_is_refused(cache_url, tmp_path):
+    """Copies are stored copy-major (row groups of one copy), so epoch e reads copy e % 3 only;
+    a cache whose row groups mix copies (the layout before dynamic masking) is refused with
+    the fix, never silently read as if every row were the epoch's."""
+    import shutil
+
+    cache = TeacherCache(cache_url)
+    assert cache.copies == 3 and sorted(set(cache.row_groups.copy_of)) == [0, 1, 2]
+    for epoch in range(4):
+        n = sum(b["input_ids"].shape[0] for b in cache.iter_batches(5, epoch=epoch, split="all"))
+        assert n == len(cache) // 3
+    old = tmp_path / "seq-major"
+    shutil.copytree(cache_url, old)
+    for f in storage.committed_files(str(old)):
+        t = pq.read_table(f).sort_by([("seq_id", "ascending"), ("copy", "ascending")])
+        pq.write_table(t, f, row_group_size=RG_ROWS)
+    with pytest.raises(ValueError, match="several masked copies.*distil logits"):
+        list(TeacherCache(str(old)).iter_batches(4))
+    assert len(list(TeacherCache(str(old)).iter_batches(4, all_copies=True))) > 0
