@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distil import storage  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER  # noqa: E402
 
-HELDOUT = 0.1
+ADAPT_HELDOUT = 0.1  # the teacher's own held-out split (its adaptation is reused across runs)
 
 
 def prepared(work: str, seqs: int, seq_len: int) -> str:
@@ -56,7 +56,7 @@ def teacher(work: str, data: str, tokens: int) -> str:
         teacher=PACKAGED_TEACHER,
         token_budget=tokens,
         max_seq_len=64,
-        heldout_fraction=HELDOUT,
+        heldout_fraction=ADAPT_HELDOUT,
     )
     m = adapt(cfg)
     print(f"teacher: packaged MiniLM + MLM head adapted on {tokens} tokens -> {m.get('output')}")
@@ -83,7 +83,9 @@ def cache(work: str, data: str, teacher_url: str, copies: int) -> tuple[str, dic
     return plan.url, storage.read_manifest(plan.url), time.perf_counter() - t0
 
 
-def train(work: str, cache_url: str, teacher_url: str, copies: int, steps: int, bs: int) -> dict:
+def train(
+    work: str, cache_url: str, teacher_url: str, copies: int, steps: int, bs: int, heldout: float
+) -> dict:
     from distil.train.config import DistilConfig
     from distil.train.recipe import DistilRecipe
 
@@ -91,7 +93,7 @@ def train(work: str, cache_url: str, teacher_url: str, copies: int, steps: int, 
         mode="cached",
         cache=cache_url,
         teacher=teacher_url,
-        output=f"{work}/student-c{copies}",
+        output=f"{work}/student-c{copies}-s{steps}",
         storage_path=f"{work}/runs",
         student_layers=2,
         alpha_cos=0.0,
@@ -102,23 +104,23 @@ def train(work: str, cache_url: str, teacher_url: str, copies: int, steps: int, 
         eval_every=steps,
         eval_batches=1000,
         log_every=steps,
-        heldout_fraction=HELDOUT,
+        heldout_fraction=heldout,
         num_workers=1,
         seed=0,
     )
-    r = DistilRecipe(cfg, work_dir=f"{work}/work-c{copies}")
+    r = DistilRecipe(cfg, work_dir=f"{work}/work-c{copies}-s{steps}")
     r.setup(None)
     t0 = time.perf_counter()
     r.train()
     return {**r.history[-1], **r.data.state(), "seconds": time.perf_counter() - t0}
 
 
-def teacher_accuracy(cache_url: str) -> float:
+def teacher_accuracy(cache_url: str, heldout: float) -> float:
     """The teacher's own held-out MLM accuracy (its top-1 cached id vs the label), copy 0."""
     from distil.teacher.cache import TeacherCache
 
     hit = n = 0
-    for b in TeacherCache(cache_url).iter_batches(256, split="heldout", heldout_fraction=HELDOUT):
+    for b in TeacherCache(cache_url).iter_batches(256, split="heldout", heldout_fraction=heldout):
         labels = b["labels"][b["labels"] != -100]
         hit += int((b["target_ids"][:, 0] == labels).sum())
         n += len(labels)
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--epochs", type=int, default=4, help="epochs every run spans (>= 4)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--copies", default="1,2,4")
+    ap.add_argument("--heldout", type=float, default=0.1, help="distil held-out fraction")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -148,10 +151,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from distil.teacher.cache import TeacherCache
 
         per_epoch = TeacherCache(url).num_batches(
-            args.batch_size, split="train", heldout_fraction=HELDOUT
+            args.batch_size, split="train", heldout_fraction=args.heldout
         )
         steps = per_epoch * args.epochs
-        ev = train(args.work, url, t_url, c, steps, args.batch_size)
+        ev = train(args.work, url, t_url, c, steps, args.batch_size, args.heldout)
         rows.append(
             {
                 "copies": c,
@@ -168,9 +171,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             }
         )
         print(f"copies {c}: {rows[-1]}", flush=True)
-    acc_t = teacher_accuracy(url)
+    acc_t = teacher_accuracy(url, args.heldout)
     print(
-        f"\n{args.seqs} sequences x {args.seq_len} tokens (Lee news), held-out {HELDOUT:.0%} "
+        f"\n{args.seqs} sequences x {args.seq_len} tokens (Lee news), held-out {args.heldout:.0%} "
         f"(copy 0, {rows[0]['positions']} positions); student 2 layers, batch "
         f"{args.batch_size}, {rows[0]['steps']} steps = {args.epochs} epochs; teacher held-out "
         f"MLM accuracy {acc_t:.3f}\n"
