@@ -47,13 +47,14 @@ def brown_documents() -> list[str]:
     return docs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", required=True)
     ap.add_argument("--brown", action="store_true", help="add the Brown corpus (1.2M words)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--rows-per-shard", type=int, default=1024)
-    args = ap.parse_args()
+    ap.add_argument("--max-sequences", type=int, default=None, help="keep the first N sequences")
+    args = ap.parse_args(argv)
     from transformers import AutoTokenizer
 
     tok_dir = resolve_model_ref(PACKAGED_TEACHER)
@@ -64,7 +65,7 @@ def main() -> None:
     for ids in tok(docs, add_special_tokens=False)["input_ids"]:
         stream.extend(ids)
         stream.append(tok.sep_token_id)  # document boundary inside packed sequences
-    n = len(stream) // body
+    n = min(len(stream) // body, args.max_sequences or len(stream))
     arr = np.asarray(stream[: n * body], dtype=np.int64).reshape(n, body)
     special = {
         "cls": tok.cls_token_id,
@@ -102,7 +103,9 @@ def main() -> None:
         "token_counts": counts.tolist(),
         "tokenizer": {"path": tok_dir, "fingerprint": storage.sha256_url(f"{tok_dir}/vocab.txt")},
         "config": {"source": "bench/prepare_text.py", "brown": args.brown},
-        "fingerprint": storage.fingerprint([args.brown, args.seq_len, len(stream)]),
+        "fingerprint": storage.fingerprint(
+            [args.brown, args.seq_len, len(stream)] + ([n] if args.max_sequences else [])
+        ),
         "dead_letter": {"count": 0, "by_reason": {}, "files": []},
     }
     storage.commit(args.output, manifest)

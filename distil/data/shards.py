@@ -55,17 +55,22 @@ def to_table(seq_ids: np.ndarray, input_ids: np.ndarray, lengths: np.ndarray, vo
     )
 
 
-def write_table(table: pa.Table, f: IO, row_group_rows: int = ROW_GROUP_ROWS) -> None:
-    """Deterministic bytes for the same table: fixed writer options, no timestamps."""
-    pq.write_table(
-        table,
+def write_table(
+    table: pa.Table, f: IO, row_group_rows: int = ROW_GROUP_ROWS, breaks: list[int] = ()
+) -> None:
+    """Deterministic bytes for the same table: fixed writer options, no timestamps. No row
+    group spans a row offset in ``breaks`` (a teacher cache's copy boundaries)."""
+    cuts = [0, *sorted(b for b in set(breaks) if 0 < b < table.num_rows), table.num_rows]
+    with pq.ParquetWriter(
         f,
+        table.schema,
         compression="zstd",
-        row_group_size=row_group_rows,
         use_dictionary=False,
         write_statistics=True,
         store_schema=True,
-    )
+    ) as writer:
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            writer.write_table(table.slice(a, b - a), row_group_size=row_group_rows)
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:

@@ -126,12 +126,21 @@ class TeacherWorker:
         return {"unit": batch["unit"], "payload": np.array(out, dtype=object)}
 
 
+def copy_breaks(table: pa.Table) -> list[int]:
+    """Row offsets where the ``copy`` column changes: a unit is copy-major (``mask_unit``) and
+    no row group may span two copies, so a distil epoch reads only its copy's row groups."""
+    copies = table.column("copy").to_numpy()
+    if np.any(np.diff(copies.astype(np.int64)) < 0):
+        raise ValueError("a cache unit's rows must be copy-major (copy ascending)")
+    return (np.flatnonzero(np.diff(copies)) + 1).tolist()
+
+
 def commit_unit(unit: dict[str, Any], table: pa.Table, row_group_rows: int) -> dict[str, Any]:
     """Write the unit's file (staged: all or nothing), then its marker (the commit point: a
     unit without one is recomputed, overwriting any file with the same bytes)."""
     t0 = time.perf_counter()
     buf = io.BytesIO()
-    shards.write_table(table, buf, row_group_rows=row_group_rows)
+    shards.write_table(table, buf, row_group_rows, breaks=copy_breaks(table))
     data = buf.getvalue()
     with storage.staged_file(unit["output"], unit["name"]) as f:
         f.write(data)

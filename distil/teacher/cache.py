@@ -6,7 +6,8 @@ rerun with the same inputs finds its own finished output):
 
 * ``shard-00000-00000.parquet …``: one per unit of work (``unit_rows`` consecutive sequences of
   one prepared shard: ``<shard stem>-<unit index>``), row groups of at most ``row_group_rows``
-  rows, one row per ``(seq_id, copy)``, copies of a sequence together:
+  rows, one row per ``(seq_id, copy)``, copy-major (all sequences of copy 0, then copy 1, …) and
+  no row group spanning two copies, so an epoch reads only its copy (``TeacherCache.copy_for``):
 
   - ``seq_id`` int64, ``copy`` uint8
   - ``input_ids`` list<uint16>: the *masked* input, unpadded (``length`` ids)
@@ -52,7 +53,9 @@ from distil.teacher.sparse import SparseLogits, stored_temperatures
 
 CACHE_KIND = "teacher_logits"
 # 4: ``kd_positions`` (targets at the masked positions or at every non-pad one) and the optional
-# ``hidden_sketch`` column (the cosine loss from the cache), both in the sparsity spec.
+# ``hidden_sketch`` column (the cosine loss from the cache), both in the sparsity spec; unit files
+# copy-major, no row group spanning two copies (dynamic masking: epoch e reads copy e % copies;
+# a sequence-major cache with copies > 1 is refused by TeacherCache.copy_for).
 # 3: ``target_logz`` (the teacher's log-partition at each KD temperature: top-k KD with its tail).
 # 2: one file per unit of work (``unit_rows`` sequences of a prepared shard), bounded row groups,
 # counter-based masking (masking version 2). 1: one file per prepared shard.
@@ -218,9 +221,28 @@ class TeacherCache:
         self.kd_positions: str = self.sparsity.get("kd_positions", "masked")
         self.sketch_dims: int = int(self.sparsity.get("hidden_sketch_dims", 0))
         self._sketch_matrix: np.ndarray | None = None
+        # masked copies per sequence: epoch e reads copy e % copies (dynamic masking)
+        self.copies: int = int(self.manifest.get("masking", {}).get("copies", 1))
         self.files: list[str] = storage.committed_files(url)
         self.fs = fs
         self._groups = None
+
+    def copy_for(self, epoch: int, split: str) -> int | None:
+        """The masked copy an epoch reads: ``epoch % copies`` (RoBERTa-style dynamic masking
+        from a static cache: C copies give C epochs C different maskings), copy 0 for the
+        heldout split (a stable eval); None: a one-copy cache, every row."""
+        if self.copies == 1:
+            return None
+        copy = 0 if split == "heldout" else epoch % self.copies
+        mixed = [u for u, c in enumerate(self.row_groups.copy_of) if c is None or c < 0]
+        if mixed:
+            fi, rg = self.row_groups.units[mixed[0]]
+            raise ValueError(
+                f"{self.files[fi]} row group {rg} holds rows of several masked copies (a cache "
+                "written sequence-major, before dynamic masking): run `distil logits` again to "
+                "rebuild it copy-major"
+            )
+        return copy
 
     def __len__(self) -> int:
         return int(self.manifest["rows"])
@@ -253,8 +275,10 @@ class TeacherCache:
         split: str = "train",
         heldout_fraction: float = 0.05,
         shuffle: bool = True,
+        all_copies: bool = False,
     ):
-        """This rank's row groups for the epoch (``distil.train.stream.RankPlan``)."""
+        """This rank's row groups for the epoch (``distil.train.stream.RankPlan``): those of
+        the epoch's copy (``copy_for``), or of every copy with ``all_copies``."""
         return self.row_groups.plan(
             rank=rank,
             world_size=world_size,
@@ -263,6 +287,7 @@ class TeacherCache:
             split=split,
             heldout_fraction=heldout_fraction,
             shuffle=shuffle,
+            copy=None if all_copies else self.copy_for(epoch, split),
         )
 
     def num_batches(
@@ -274,6 +299,7 @@ class TeacherCache:
         heldout_fraction: float = 0.05,
         seed: int = 0,
         epoch: int = 0,
+        all_copies: bool = False,
     ) -> int:
         """Batches each rank gets from ``iter_batches`` with the same arguments."""
         plan = self.plan(
@@ -282,6 +308,7 @@ class TeacherCache:
             epoch=epoch,
             split=split,
             heldout_fraction=heldout_fraction,
+            all_copies=all_copies,
         )
         return -(-plan.rows // batch_size)
 
@@ -299,12 +326,15 @@ class TeacherCache:
         start_batch: int = 0,
         shuffle_window: int = 1,
         read_ahead: int = 2,
+        all_copies: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches for one rank of ``world_size``, from batch ``start_batch`` of the epoch on.
 
         Ranks read disjoint whole row groups and yield the same number of rows (the smallest
         rank's; at most ``world_size - 1`` row groups dropped per epoch), see
-        ``distil.train.stream``. ``start_batch`` seeks: earlier row groups are not read.
+        ``distil.train.stream``. ``start_batch`` seeks: earlier row groups are not read. Only
+        the epoch's masked copy is read (``copy_for``: each sequence once per epoch), unless
+        ``all_copies``.
         """
         from distil.train.stream import batches
 
@@ -316,6 +346,7 @@ class TeacherCache:
             split=split,
             heldout_fraction=heldout_fraction,
             shuffle=shuffle,
+            all_copies=all_copies,
         )
         tables = self.row_groups.iter_rows(
             plan,

@@ -80,12 +80,13 @@ def read_unit(unit: dict[str, Any]) -> pa.Table:
 
 def mask_unit(unit: dict[str, Any], masking: MaskingParams) -> pa.Table:
     """The masked input half of the unit's cache table: one row per ``(sequence, copy)``,
-    sequence-major (all copies of a sequence together)."""
+    copy-major (all sequences of copy 0, then of copy 1, ...), so a distil epoch that reads one
+    copy reads whole row groups of it (``commit_unit`` never lets a row group span two)."""
     table = read_unit(unit)
     seq_ids = table.column("seq_id").to_numpy()
     lengths = table.column("length").to_numpy().astype(np.int64)
-    rows = np.repeat(np.arange(table.num_rows), masking.copies)
-    copies = np.tile(np.arange(masking.copies), table.num_rows)
+    rows = np.tile(np.arange(table.num_rows), masking.copies)
+    copies = np.repeat(np.arange(masking.copies), table.num_rows)
     ids = shards.input_ids_matrix(table)[rows]
     batch = masking.mask_batch(ids, lengths[rows], seq_ids[rows], copies)
     return cache_format.masked_table(

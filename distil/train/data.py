@@ -105,26 +105,22 @@ class PreparedBatches:
         yield from batches(tables, batch_size, lambda t: self.collate(t, seed, epoch))
 
     def collate(self, table: pa.Table, seed: int, epoch: int) -> dict[str, torch.Tensor]:
-        """Mask each row with ``(seed, seq_id, copy=epoch)`` and pad to the batch's longest."""
-        from distil.train.stream import list_parts
-
+        """Mask each row with ``(seed, seq_id, copy=epoch)`` (the cache builder's vectorised
+        ``MaskingParams.mask_batch``, one call per batch) and cut to the batch's longest."""
         seq_ids = table.column("seq_id").to_numpy()
         lengths = table.column("length").to_numpy().astype(np.int64)
-        row_len, flat = list_parts(table, "input_ids")  # uint16/int32 as stored, no upcast
-        starts = np.cumsum(row_len) - row_len
         width = int(lengths.max()) if len(lengths) else 0
-        input_ids = np.full((len(lengths), width), self.pad_id, dtype=np.int64)
-        labels = np.full((len(lengths), width), -100, dtype=np.int64)
-        attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        m = dataclasses.replace(self.masking, seed=seed)
-        for j, (sid, n) in enumerate(zip(seq_ids.tolist(), lengths.tolist(), strict=True)):
-            ids = flat[starts[j] : starts[j] + n]
-            masked = m.mask(ids, n, sid, epoch)
-            input_ids[j, :n] = masked.input_ids
-            labels[j, masked.positions] = masked.labels
+        ids = shards.input_ids_matrix(table)[:, :width]
+        masked = dataclasses.replace(self.masking, seed=seed).mask_batch(
+            ids, lengths, seq_ids, epoch
+        )
+        attention = np.arange(width)[None, :] < lengths[:, None]
+        input_ids = np.where(attention, masked.input_ids, self.pad_id)
+        labels = np.full(ids.shape, -100, dtype=np.int64)
+        labels[masked.selected] = masked.labels
         return {
             "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention),
+            "attention_mask": torch.from_numpy(attention.astype(np.int64)),
             "labels": torch.from_numpy(labels),
         }
 

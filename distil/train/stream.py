@@ -100,7 +100,9 @@ class RowGroups:
         self.units = [
             (fi, rg) for fi, md in enumerate(self.metadata) for rg in range(md.num_row_groups)
         ]
-        self._split_rows: dict[tuple[str, float], list[int]] = {}
+        # a teacher cache unit's masked copy (footer min == max of ``copy``; -1: mixed/unknown)
+        self.copy_of = [footer_copy(self.metadata[fi], rg) for fi, rg in self.units]
+        self._held: dict[tuple[int, float], int] = {}  # (unit, fraction) -> heldout rows
 
     def read(self, unit: int, columns: list[str] | None = None) -> pa.Table:
         """One row group: its column chunks only (the footer is already known)."""
@@ -109,25 +111,27 @@ class RowGroups:
             pf = pq.ParquetFile(f, metadata=self.metadata[fi], pre_buffer=True)
             return pf.read_row_group(rg, columns=columns)
 
-    def split_rows(self, split: str, fraction: float) -> list[int]:
-        """Rows of every unit in ``split`` (footers for ``all``; else the seq_id column, once)."""
+    def split_rows(self, split: str, fraction: float, units: list[int]) -> list[int]:
+        """Rows of each of ``units`` in ``split`` (footers for ``all``; else the seq_id column,
+        read once per unit and only for the units asked about)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        total = [
+            self.metadata[self.units[u][0]].row_group(self.units[u][1]).num_rows for u in units
+        ]
         if split == "all":
-            return [self.metadata[fi].row_group(rg).num_rows for fi, rg in self.units]
-        key = (split, fraction)
-        if key not in self._split_rows:
+            return total
 
-            def held_rows(u: int) -> int:
-                seq_ids = self.read(u, ["seq_id"]).column("seq_id").to_numpy()
-                return int(is_heldout(seq_ids, fraction).sum())
+        def held_rows(u: int) -> int:
+            seq_ids = self.read(u, ["seq_id"]).column("seq_id").to_numpy()
+            return int(is_heldout(seq_ids, fraction).sum())
 
-            with ThreadPoolExecutor(INDEX_THREADS) as pool:  # many small ranged GETs
-                held = list(pool.map(held_rows, range(len(self.units))))
-            total = [self.metadata[fi].row_group(rg).num_rows for fi, rg in self.units]
-            rows = held if split == "heldout" else [t - h for t, h in zip(total, held, strict=True)]
-            self._split_rows[key] = rows
-        return self._split_rows[key]
+        todo = [u for u in units if (u, fraction) not in self._held]
+        with ThreadPoolExecutor(INDEX_THREADS) as pool:  # many small ranged GETs
+            for u, h in zip(todo, pool.map(held_rows, todo), strict=True):
+                self._held[(u, fraction)] = h
+        held = [self._held[(u, fraction)] for u in units]
+        return held if split == "heldout" else [t - h for t, h in zip(total, held, strict=True)]
 
     def plan(
         self,
@@ -139,12 +143,15 @@ class RowGroups:
         split: str,
         heldout_fraction: float,
         shuffle: bool = True,
+        copy: int | None = None,
     ) -> RankPlan:
-        """This rank's units for the epoch and the row count every rank yields."""
+        """This rank's units for the epoch and the row count every rank yields; with ``copy``,
+        only the units of that masked copy (the others are never read)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        rows = self.split_rows(split, heldout_fraction)
-        live = [u for u in range(len(self.units)) if rows[u] > 0]
+        units = [u for u in range(len(self.units)) if copy is None or self.copy_of[u] == copy]
+        rows = dict(zip(units, self.split_rows(split, heldout_fraction, units), strict=True))
+        live = [u for u in units if rows[u] > 0]
         if len(live) < world_size:
             raise ValueError(
                 f"{len(live)} row group(s) hold {split} rows, fewer than the {world_size} workers, "
@@ -208,6 +215,19 @@ class RowGroups:
                 yield window
             if left <= 0:
                 return
+
+
+def footer_copy(md: pq.FileMetaData, rg: int) -> int | None:
+    """The ``copy`` of every row of row group ``rg`` from its statistics: None without a
+    ``copy`` column, -1 when its rows hold several copies (or no statistics)."""
+    group = md.row_group(rg)
+    for c in range(group.num_columns):
+        col = group.column(c)
+        if col.path_in_schema == "copy":
+            st = col.statistics
+            ok = st is not None and st.has_min_max and st.min == st.max
+            return int(st.min) if ok else -1
+    return None
 
 
 def read_footer(f: Any) -> pq.FileMetaData:

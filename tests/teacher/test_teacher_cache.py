@@ -42,38 +42,38 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(cache_url):
     cache = TeacherCache(cache_url)
     total = len(cache)  # 24 sequences x 3 copies
     assert total == 72
-    every = Counter(k for b in cache.iter_batches(5, split="all") for k in _row_keys(b))
+    kw = {"split": "all", "all_copies": True}  # every copy (an epoch reads one: test_stream)
+    every = Counter(k for b in cache.iter_batches(5, **kw) for k in _row_keys(b))
     assert sum(every.values()) == total and len(every) >= total - 3
     for world in (2, 3, 5):
         per_rank = [
             Counter(
                 k
-                for b in cache.iter_batches(4, rank=r, world_size=world, split="all")
+                for b in cache.iter_batches(4, rank=r, world_size=world, **kw)
                 for k in _row_keys(b)
             )
             for r in range(world)
         ]
         counts = [
-            len(list(cache.iter_batches(4, rank=r, world_size=world, split="all")))
-            for r in range(world)
+            len(list(cache.iter_batches(4, rank=r, world_size=world, **kw))) for r in range(world)
         ]
         assert len(set(counts)) == 1
-        assert counts[0] == cache.num_batches(4, world_size=world, split="all")
+        assert counts[0] == cache.num_batches(4, world_size=world, **kw)
         dealt = sum(per_rank, Counter())
         assert not dealt - every  # disjoint: no row dealt more often than it exists
         # the cut: at most one row group per rank beyond the first, as the plan reports
-        dropped = cache.plan(world_size=world, split="all").dropped
+        dropped = cache.plan(world_size=world, **kw).dropped
         assert sum(dealt.values()) == total - dropped
         assert 0 <= dropped <= (world - 1) * RG_ROWS
 
 
 def test_splits_partition_the_rows_and_epochs_reshuffle(cache_url):
     cache = TeacherCache(cache_url)
-    kw = {"split": "train", "heldout_fraction": 0.2}
+    kw = {"split": "train", "heldout_fraction": 0.2, "all_copies": True}
     train = Counter(k for b in cache.iter_batches(8, **kw) for k in _row_keys(b))
     held = Counter(
         k
-        for b in cache.iter_batches(8, split="heldout", heldout_fraction=0.2)
+        for b in cache.iter_batches(8, split="heldout", heldout_fraction=0.2, all_copies=True)
         for k in _row_keys(b)
     )
     assert train and held and not set(train) & set(held)
@@ -115,8 +115,9 @@ def test_batch_tensors_follow_the_contract(cache_url):
 
 
 def n_all(cache: TeacherCache) -> int:
-    """Masked positions over every row of the cache."""
-    return sum(int((b["labels"] != -100).sum()) for b in cache.iter_batches(7, split="all"))
+    """Masked positions over every row of the cache (every copy: an epoch reads one)."""
+    batches = cache.iter_batches(7, split="all", all_copies=True)
+    return sum(int((b["labels"] != -100).sum()) for b in batches)
 
 
 def test_not_a_cache_is_a_clear_error(prepared_dir):
@@ -234,3 +235,24 @@ def test_each_kd_temperature_costs_one_float32_per_position(
         assert manifest["target_bytes"] - base["target_bytes"] == comp
         per_position = manifest["target_bytes_per_position"] - base["target_bytes_per_position"]
         assert 0 < per_position == pytest.approx(comp / positions)
+
+
+def test_an_epoch_reads_one_copy_and_a_sequence_major_cache_is_refused(cache_url, tmp_path):
+    """Copies are stored copy-major (row groups of one copy), so epoch e reads copy e % 3 only;
+    a cache whose row groups mix copies (the layout before dynamic masking) is refused with
+    the fix, never silently read as if every row were the epoch's."""
+    import shutil
+
+    cache = TeacherCache(cache_url)
+    assert cache.copies == 3 and sorted(set(cache.row_groups.copy_of)) == [0, 1, 2]
+    for epoch in range(4):
+        n = sum(b["input_ids"].shape[0] for b in cache.iter_batches(5, epoch=epoch, split="all"))
+        assert n == len(cache) // 3
+    old = tmp_path / "seq-major"
+    shutil.copytree(cache_url, old)
+    for f in storage.committed_files(str(old)):
+        t = pq.read_table(f).sort_by([("seq_id", "ascending"), ("copy", "ascending")])
+        pq.write_table(t, f, row_group_size=RG_ROWS)
+    with pytest.raises(ValueError, match="several masked copies.*distil logits"):
+        list(TeacherCache(str(old)).iter_batches(4))
+    assert len(list(TeacherCache(str(old)).iter_batches(4, all_copies=True))) > 0

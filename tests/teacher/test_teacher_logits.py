@@ -39,7 +39,7 @@ def test_cached_targets_match_hf_masked_lm_on_the_rebuilt_input(
     originals = _original_rows(prepared_dir)
     # seq_ids are not in the batch: recover them by matching the unmasked tokens
     checked = 0
-    for batch in cache.iter_batches(8, split="all", shuffle=False):
+    for batch in cache.iter_batches(8, split="all", shuffle=False, all_copies=True):
         with torch.no_grad():
             logits = hf_teacher(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]

@@ -88,7 +88,8 @@ def build_cache(
     **overrides,
 ) -> str:
     """A committed teacher cache made by stage 2's builder in a plain loop (no Ray); with a
-    hidden-state sketch by default, so the recipe's default ``alpha_cos`` has its cosine term."""
+    hidden-state sketch by default, so the recipe's default ``alpha_cos`` has its cosine term;
+    ``overrides``: more ``LogitsConfig`` fields (copies, unit_rows, ...)."""
     from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
     from distil.teacher.load import load_teacher

@@ -168,3 +168,109 @@ def test_online_batches_use_the_cache_masking_and_shard_by_row_group(tmp_path, r
         assert int(batch["attention_mask"][j].sum()) == n
     other_epoch = src.collate(table, seed=5, epoch=3)
     assert not torch.equal(batch["labels"], other_epoch["labels"])  # dynamic masking
+
+
+# ------------------------------------------------------------- dynamic masking (copies > 1)
+COPIES = 2
+
+
+@pytest.fixture(scope="module")
+def s3_copies_cache(s3_server, real_tokenizer_dir, tiny_teacher_dir) -> str:
+    """A cache with 2 masked copies per sequence, written by the builder itself: units of 100
+    sequences in row groups of 8, so a row group would span the copy boundary at row 100 if
+    the writer let it."""
+    root = f"s3://{s3_server.bucket}/stream-copies"
+    prepared = write_prepared(f"{root}/prepared", real_tokenizer_dir)
+    return build_cache(
+        prepared, f"{root}/cache", tiny_teacher_dir, copies=COPIES, unit_rows=100, row_group_rows=8
+    )
+
+
+def test_an_epoch_reads_only_its_copy_each_sequence_once(s3_copies_cache):
+    cache = TeacherCache(s3_copies_cache)
+    assert cache.copies == COPIES
+    assert all(c in range(COPIES) for c in cache.row_groups.copy_of)  # no row group spans two
+    sizes = _unit_bytes(cache)
+    cache_bytes = sum(sizes)
+    world = 2
+    train_seqs = None
+    for epoch in (0, 1, 2):
+        kw = dict(world_size=world, seed=3, epoch=epoch, split="train", heldout_fraction=HELDOUT)
+        keys, counts = [], []
+        for rank in range(world):
+            fs = _counting(s3_copies_cache)
+            c = TeacherCache(s3_copies_cache, fs=fs)
+            footers = c.row_groups and fs.bytes_read
+            plan = c.plan(rank=rank, **kw)
+            before = fs.bytes_read
+            assert before - footers < 0.1 * cache_bytes / COPIES  # split index: this copy only
+            counts.append(sum(1 for _ in c.iter_batches(8, rank=rank, **kw)))
+            streamed = fs.bytes_read - before
+            print(f"epoch {epoch} rank {rank}: {streamed} B streamed of a {cache_bytes} B cache")
+            assert streamed <= 1.1 * cache_bytes / COPIES / world, (streamed, cache_bytes)
+            rows = c.row_groups.iter_rows(
+                plan, rank=rank, seed=3, epoch=epoch, split="train", heldout_fraction=HELDOUT
+            )
+            for t in rows:
+                keys += zip(t["seq_id"].to_pylist(), t["copy"].to_pylist(), strict=True)
+        assert len(set(counts)) == 1
+        assert {c for _, c in keys} == {epoch % COPIES}  # epoch e reads copy e % copies
+        seqs = [s for s, _ in keys]
+        assert len(seqs) == len(set(seqs))  # each sequence at most once per epoch
+        dropped = cache.plan(**kw).dropped
+        assert dropped <= (world - 1) * 8
+        train_seqs = (train_seqs or set()) | set(seqs)
+        assert not any(is_heldout(s, HELDOUT) for s in seqs)
+    n_train = sum(1 for s in _all_seq_ids(s3_copies_cache) if not is_heldout(s, HELDOUT))
+    assert len(train_seqs) >= n_train - 3 * 8
+
+
+def _all_seq_ids(url: str) -> set[int]:
+    files = storage.committed_files(url)
+    fs = storage.get_fs(files[0])[0]
+    return set(
+        pq.read_table([storage.get_fs(f)[1] for f in files], filesystem=fs)["seq_id"].to_pylist()
+    )
+
+
+def test_two_epochs_of_two_copies_see_two_maskings(s3_copies_cache):
+    cache = TeacherCache(s3_copies_cache)
+    kw = dict(seed=3, split="train", heldout_fraction=HELDOUT, shuffle=False)
+    e0 = list(cache.iter_batches(512, epoch=0, **kw))
+    e1 = list(cache.iter_batches(512, epoch=1, **kw))
+    e2 = list(cache.iter_batches(512, epoch=2, **kw))
+    assert len(e0) == len(e1) == 1 and e0[0]["input_ids"].shape[0] > 100
+    # unshuffled, the same sequences in the same order; the masks differ, copy 0 comes back
+    assert torch.equal(e0[0]["attention_mask"], e1[0]["attention_mask"])
+    assert not torch.equal(e0[0]["labels"], e1[0]["labels"])
+    assert torch.equal(e0[0]["labels"], e2[0]["labels"])
+
+
+def test_resume_in_the_second_copy_is_bit_identical(s3_copies_cache):
+    kw = dict(rank=1, world_size=2, seed=3, epoch=1, split="train", heldout_fraction=HELDOUT)
+    straight = list(TeacherCache(s3_copies_cache).iter_batches(4, **kw))
+    start = len(straight) // 2
+    fs = _counting(s3_copies_cache)
+    cache = TeacherCache(s3_copies_cache, fs=fs)
+    cache.plan(**kw)
+    before = fs.bytes_read
+    resumed = list(cache.iter_batches(4, start_batch=start, **kw))
+    read = fs.bytes_read - before
+    assert len(resumed) == len(straight) - start
+    for a, b in zip(straight[start:], resumed, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert read < 0.35 * sum(_unit_bytes(cache))  # half of one copy of one rank's share
+
+
+def test_heldout_is_always_copy_0(s3_copies_cache):
+    cache = TeacherCache(s3_copies_cache)
+    kw = dict(split="heldout", heldout_fraction=HELDOUT, shuffle=False)
+    for epoch in (0, 1, 3):
+        plan = cache.plan(epoch=epoch, **kw)
+        assert plan.rows > 0 and {cache.row_groups.copy_of[u] for u in plan.units} == {0}
+    a = list(cache.iter_batches(64, epoch=0, **kw))
+    b = list(cache.iter_batches(64, epoch=1, **kw))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["labels"], y["labels"]) and torch.equal(x["input_ids"], y["input_ids"])
