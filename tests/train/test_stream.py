@@ -15,7 +15,7 @@ from distil.data.shards import is_heldout
 from distil.teacher.cache import TeacherCache
 from distil.teacher.masking import mask_sequence
 from distil.train.data import PreparedBatches
-from distil.train.stream import assign
+from distil.train.stream import RankPlan, assign
 
 RG_ROWS = 8
 HELDOUT = 0.1
@@ -40,6 +40,26 @@ def _unit_bytes(cache: TeacherCache) -> list[int]:
         md = cache.row_groups.metadata[fi].row_group(rg)
         out.append(sum(md.column(c).total_compressed_size for c in range(md.num_columns)))
     return out
+
+
+def _resume_matches(url: str, kw: dict, start_of) -> tuple[TeacherCache, RankPlan, int, int, int]:
+    """Resume at batch ``start_of(n batches)``: the batches after it are bit-identical to an
+    uninterrupted run's. Returns the counting reader's cache, plan, the bytes the resume read,
+    the start batch and the epoch's batch count."""
+    straight = list(TeacherCache(url).iter_batches(4, **kw))
+    start = start_of(len(straight))
+    fs = _counting(url)
+    cache = TeacherCache(url, fs=fs)
+    plan = cache.plan(**kw)
+    before = fs.bytes_read
+    resumed = list(cache.iter_batches(4, start_batch=start, **kw))
+    read = fs.bytes_read - before
+    assert len(resumed) == len(straight) - start
+    for a, b in zip(straight[start:], resumed, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    return cache, plan, read, start, len(straight)
 
 
 def _seq_keys(cache: TeacherCache, plan, rank: int) -> list[tuple[int, int]]:
@@ -97,19 +117,7 @@ def test_each_rank_reads_only_its_row_groups_from_s3(s3_rg_cache, world):
 
 def test_resume_near_the_end_of_an_epoch_seeks_and_matches(s3_rg_cache):
     kw = dict(rank=1, world_size=2, seed=3, epoch=0, split="train", heldout_fraction=HELDOUT)
-    straight = list(TeacherCache(s3_rg_cache).iter_batches(4, **kw))
-    start = int(0.9 * len(straight))
-    fs = _counting(s3_rg_cache)
-    cache = TeacherCache(s3_rg_cache, fs=fs)
-    plan = cache.plan(**kw)
-    before = fs.bytes_read
-    resumed = list(cache.iter_batches(4, start_batch=start, **kw))
-    read = fs.bytes_read - before
-    assert len(resumed) == len(straight) - start
-    for a, b in zip(straight[start:], resumed, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    cache, plan, read, start, n = _resume_matches(s3_rg_cache, kw, lambda n: int(0.9 * n))
     # only the shuffle window (2 units) holding the resume row and the units after it
     sizes = _unit_bytes(cache)
     rows_before, first_window = start * 4, 0
@@ -119,10 +127,7 @@ def test_resume_near_the_end_of_an_epoch_seeks_and_matches(s3_rg_cache):
         first_window += 1
     needed = sum(sizes[plan.units[i]] for w in windows[first_window:] for i in w)
     whole = sum(sizes[u] for u in plan.units)
-    print(
-        f"resume at batch {start}/{len(straight)}: read {read} B, needed {needed} B, "
-        f"epoch {whole} B"
-    )
+    print(f"resume at batch {start}/{n}: read {read} B, needed {needed} B, epoch {whole} B")
     assert read <= needed * 1.02 + 1024 and read < 0.35 * whole
 
 
@@ -248,19 +253,7 @@ def test_two_epochs_of_two_copies_see_two_maskings(s3_copies_cache):
 
 def test_resume_in_the_second_copy_is_bit_identical(s3_copies_cache):
     kw = dict(rank=1, world_size=2, seed=3, epoch=1, split="train", heldout_fraction=HELDOUT)
-    straight = list(TeacherCache(s3_copies_cache).iter_batches(4, **kw))
-    start = len(straight) // 2
-    fs = _counting(s3_copies_cache)
-    cache = TeacherCache(s3_copies_cache, fs=fs)
-    cache.plan(**kw)
-    before = fs.bytes_read
-    resumed = list(cache.iter_batches(4, start_batch=start, **kw))
-    read = fs.bytes_read - before
-    assert len(resumed) == len(straight) - start
-    for a, b in zip(straight[start:], resumed, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    cache, _, read, _, _ = _resume_matches(s3_copies_cache, kw, lambda n: n // 2)
     assert read < 0.35 * sum(_unit_bytes(cache))  # half of one copy of one rank's share
 
 
