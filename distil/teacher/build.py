@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from distil import storage
 from distil.data import shards
-from distil.teacher.cache import CACHE_KIND, FORMAT_VERSION, cache_key
+from distil.teacher.cache_format import CACHE_KIND, FORMAT_VERSION, cache_key
 from distil.teacher.compat import check_teacher
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher

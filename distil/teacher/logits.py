@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distil.teacher import cache as cache_format
+from distil.teacher import cache_format
 from distil.teacher.load import mlm_parts
 from distil.teacher.masking import MaskingParams, sample_uniforms
 from distil.teacher.sketch import project, quantize
@@ -114,7 +114,7 @@ def compute_unit(
     sketch: torch.Tensor | None = None,
 ) -> pa.Table:
     """The full cache table of one unit of work: the teacher's sparse targets at every masked
-    position of ``masked`` (``cache.masked_table``), or at every non-pad one when
+    position of ``masked`` (``cache_format.masked_table``), or at every non-pad one when
     ``sparsity["kd_positions"] == "all"``, appended as the target columns; with ``sketch``
     (``R`` [d, H]) also the hidden-state sketch of every non-pad token.
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from distil import storage
 from distil.data import shards
-from distil.teacher import cache as cache_format
+from distil.teacher import cache_format
 from distil.teacher.masking import MaskingParams
 
 

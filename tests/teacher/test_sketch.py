@@ -10,7 +10,8 @@ from teacher_helpers import build_cache
 
 from distil import losses, storage
 from distil.teacher.build import plan_cache
-from distil.teacher.cache import FORMAT_VERSION, TeacherCache
+from distil.teacher.cache import TeacherCache
+from distil.teacher.cache_format import FORMAT_VERSION
 from distil.teacher.config import LogitsConfig
 from distil.teacher.load import load_teacher
 from distil.teacher.sketch import SKETCH_FILE, from_npy, project, quantize, sketch_matrix

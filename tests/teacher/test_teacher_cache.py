@@ -8,7 +8,8 @@ from teacher_helpers import build_cache, make_prepared
 
 from distil import storage
 from distil.teacher.build import plan_cache
-from distil.teacher.cache import FORMAT_VERSION, TeacherCache, cache_key
+from distil.teacher.cache import TeacherCache
+from distil.teacher.cache_format import FORMAT_VERSION, cache_key
 from distil.teacher.config import LogitsConfig
 
 
