@@ -82,13 +82,14 @@ def build_cache(
     cfg: QualityConfig, prepared: str, teacher: str, sha256: str, hidden_size: int
 ) -> str:
     """The teacher cache every row learns from and is scored on (demo's sample logits budget,
-    ``cfg.seed``, with the hidden-state sketch the cosine rows need)."""
+    ``cfg.seed``, with the hidden-state sketch the cosine rows need); it serves T = 1 and 2 (the
+    logits default) whatever ``cfg.temperature`` is, so every temperature shares one cache."""
     from distil.teacher.build import build_in_process, plan_cache
     from distil.teacher.config import LogitsConfig
 
     fields = LogitsConfig.model_fields
     args = {k: v for k, v in demo_budgets(cfg.threads)["logits"].items() if k in fields}
-    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, cfg.temperature}))
+    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, 2.0, cfg.temperature}))
     args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
     lc = LogitsConfig(
         **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
@@ -203,7 +204,9 @@ def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> st
     if spec.init != "teacher":
         keys += ["student_layers", "heldout_fraction"]
     if spec.alphas is not None:
-        keys += ["steps", "batch_size", "lr", "warmup_fraction", "temperature"]
+        keys += ["steps", "batch_size", "lr", "warmup_fraction"]
+        if spec.alphas.get("alpha_ce", 0.0) > 0:  # T only enters through the KD term
+            keys.append("temperature")
     settings = cfg.model_dump(include=set(keys))
     return storage.fingerprint({"row": name, "spec": repr(spec), "cfg": settings, **inputs})
 

@@ -73,7 +73,9 @@ class QualityConfig(StageConfig):
     batch_size: int = Field(32, ge=1, description="sequences per distillation step")
     lr: float = Field(5e-4, gt=0, description="distillation peak learning rate")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="distillation warm-up share")
-    temperature: float = Field(2.0, gt=0, description="KD temperature")
+    temperature: float = Field(
+        1.0, gt=0, description="KD temperature (the demo's: why T = 1, see demo/sample.yaml)"
+    )
     student_layers: int | None = Field(None, description="student depth (default: half)")
     heldout_fraction: float = Field(0.05, gt=0, lt=1, description="held-out split by seq_id")
     sketch_dims: int = Field(
