@@ -173,6 +173,7 @@ def run_json(
             student_agreement=student_metrics.get("eval_teacher_agreement"),
             student_kl=student_metrics.get("eval_kl_to_teacher"),
             reviews=storage.join(cfg.samples, "reviews", "amazon_snippets.jsonl"),
+            max_length=clf["finetune_student"]["metrics"]["config"]["max_length"],
         ),
         "scores": score_histogram(s["score"].output, score),
     }

@@ -66,13 +66,15 @@ def compare_models(
     student_agreement: float | None,
     reviews: str,
     student_kl: float | None = None,
+    max_length: int = 128,
 ) -> dict[str, Any]:
     """Teacher vs student, every figure measured now or read from the run's own artifacts.
 
     ``reviews``: a review set from another source than the fine-tune's (no model trained on it):
     its first rows time the latency, all of it scores out-of-domain accuracy (``distil eval``'s
     ``evaluate_sentiment``). Agreement and KL are the distil run's final held-out eval (the same
-    ``distil.eval.mlm_metrics`` that ``distil eval`` runs)."""
+    ``distil.eval.mlm_metrics`` that ``distil eval`` runs). ``max_length``: the tokens the
+    classifiers were fine-tuned on, which the out-of-domain reviews are truncated to as well."""
     from safetensors import safe_open
 
     from distil.eval import evaluate_sentiment
@@ -96,7 +98,7 @@ def compare_models(
 
     clfs = {"teacher": teacher_clf, "student": student_clf}
     models = os.path.join(distil_home(), "cache", "models")
-    ood = evaluate_sentiment(clfs, {"ood": reviews}, "all", cache_dir=models)
+    ood = evaluate_sentiment(clfs, {"ood": reviews}, "all", cache_dir=models, max_length=max_length)
     ood_acc = {k: v["ood"]["accuracy"] for k, v in ood.items()}
     ood_name = os.path.basename(reviews).removesuffix(".jsonl").replace("_", " ")
     rows = [

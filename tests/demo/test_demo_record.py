@@ -33,7 +33,8 @@ def finished_run(monkeypatch):
         "train_history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}],
     })  # fmt: skip
     for name, acc in (("finetune_teacher", 0.8), ("finetune_student", 0.6)):
-        storage.commit(f"{run}/{name}", {"metrics": {"accuracy": acc, "f1": 0.5, "loss": 1.0},
+        storage.commit(f"{run}/{name}", {"metrics": {"accuracy": acc, "f1": 0.5, "loss": 1.0,
+                                                     "config": {"max_length": 48}},
                                          "fingerprint": name + "-fp"})  # fmt: skip
     storage.commit(run + "/score", {"files": []})
     score = {"rows_in": 5, "scored": 4, "dead_letter": 1, "teacher_agreement": {"top1": 0.9},
@@ -87,7 +88,7 @@ def test_run_json_reads_the_committed_artifacts(finished_run):
         "teacher_mlm": f"{run}/adapt_teacher", "student_mlm": f"{run}/distil",
         "teacher_clf": f"{run}/finetune_teacher", "student_clf": f"{run}/finetune_student",
         "student_agreement": 0.4, "reviews": "memory://samples/reviews/amazon_snippets.jsonl",
-            "student_kl": None,
+        "student_kl": None, "max_length": 48,  # the classifiers' fine-tune length
     }  # fmt: skip
     assert out["comparison"] is calls["compare"]
     assert calls["hist"] == (f"{run}/score", steps["score"].result)
