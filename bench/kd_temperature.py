@@ -39,6 +39,7 @@ def topk_mass(cache_url: str, max_batches: int = 64) -> dict[float, dict[str, fl
 
     cache = TeacherCache(cache_url)
     masses: dict[float, list[np.ndarray]] = {t: [] for t in cache.kd_temperatures}
+    # the "train" split of a ~0 held-out fraction: (nearly) every row, in file order
     for i, batch in enumerate(cache.iter_batches(64, shuffle=False, heldout_fraction=1e-9)):
         if i >= max_batches:
             break
@@ -109,15 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--cache and --teacher go together (the teacher the cache was built with)")
     cache, teacher = args.cache, args.teacher
     if cache is None:
-        from distil.quality import build_cache, prepare_inputs
+        from distil.quality import shared_inputs
         from distil.quality_config import QualityConfig
-        from distil.teacher.load import load_teacher
 
         qc = QualityConfig(work=args.work, samples=str(Path(args.work).parent / "samples"))
-        prepared, teacher, _ = prepare_inputs(qc)
-        loaded = load_teacher(teacher, require_mlm_head=True)
-        hidden = loaded.model.config.hidden_size
-        cache = build_cache(qc, prepared, teacher, loaded.weights_sha256, hidden)
+        shared = shared_inputs(qc)
+        cache, teacher = shared["cache"], shared["teacher"]
 
     mass = topk_mass(cache)
     print(f"cache {cache}")

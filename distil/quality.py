@@ -275,18 +275,35 @@ def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any
     return result
 
 
-def run(cfg: QualityConfig) -> dict[str, Any]:
-    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
-    from distil.eval import review_sets
+def shared_inputs(cfg: QualityConfig) -> dict[str, str]:
+    """What every row shares: prepared shards, teacher (and its weights hash), the teacher cache
+    and the reviews dir (``bench/kd_temperature.py`` distils from the same ones)."""
     from distil.teacher.load import load_teacher
 
-    t0 = time.perf_counter()
     prepared, teacher, reviews = prepare_inputs(cfg)
-    files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
     loaded = load_teacher(teacher, require_mlm_head=True)
     sha = loaded.weights_sha256
     cache = build_cache(cfg, prepared, teacher, sha, loaded.model.config.hidden_size)
-    ctx = {"teacher": teacher, "teacher_sha256": sha, "cache": cache, "files": files}
+    return {
+        "prepared": prepared,
+        "teacher": teacher,
+        "teacher_sha256": sha,
+        "cache": cache,
+        "reviews": reviews,
+    }
+
+
+def run(cfg: QualityConfig) -> dict[str, Any]:
+    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
+    from distil.eval import review_sets
+
+    t0 = time.perf_counter()
+    shared = shared_inputs(cfg)
+    prepared, teacher, cache, reviews = (
+        shared[k] for k in ("prepared", "teacher", "cache", "reviews")
+    )
+    files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
+    ctx = {**shared, "files": files}
     t_inputs = time.perf_counter() - t0
     results = {name: run_row(cfg, name, ctx) for name in cfg.rows}
     out = summarize(results, cfg.in_domain, cfg.out_of_domain)
