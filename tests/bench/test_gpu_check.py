@@ -57,3 +57,58 @@ def test_dry_run_prints_every_row(tmp_path):
     assert (tmp_path / "cache" / "latest.json").exists()
     assert (tmp_path / "sentiment" / "gpu-check" / "manifest.json").exists()
     assert list((tmp_path / "scored").glob("run_id=gpu-check/*"))
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unknown_skip_is_an_error_before_any_work(capsys):
+    with pytest.raises(SystemExit) as e:
+        _module().main(["--dry-run", "--skip", "online,bogus"])
+    assert e.value.code == 2
+    assert "unknown stage(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_a_failed_stage_is_reported_and_the_independent_ones_still_run(tmp_path, monkeypatch):
+    """The stages' own runs are covered by the dry run above; this pins the control flow of a
+    short GPU lease: the logits stage breaks, so the cached rows cannot run, the online distil
+    row and the fine-tune (from the online student) still do, and the exit status is non-zero."""
+    gc = _module()
+    calls = []
+
+    def broken_logits(*a, **k):
+        raise RuntimeError("CUDA error: out of memory\nmore lines")
+
+    def distil(work, teacher, prepared, cache, s, mode, workers, cuda, batch=None):
+        calls.append((mode, batch))
+        (work / "students" / f"{mode}-{workers}").mkdir(parents=True)
+        (work / "students" / f"{mode}-{workers}" / "config.json").write_text("{}")
+        return 12.5
+
+    def finetune(work, student, s, cuda):
+        calls.append(("finetune", Path(student).name))
+        return {"model": "m", "steps_per_s": 3.0}
+
+    monkeypatch.setattr(gc, "make_teacher", lambda work, s, tok: str(work / "teacher"))
+    monkeypatch.setattr(gc, "make_corpus", lambda work, teacher, s: str(work / "prepared"))
+    monkeypatch.setattr(gc, "check_logits", broken_logits)
+    monkeypatch.setattr(gc, "forward_rate", lambda teacher, s, cuda: (1000.0, None, "cpu"))
+    monkeypatch.setattr(gc, "check_distil", distil)
+    monkeypatch.setattr(gc, "check_finetune", finetune)
+    monkeypatch.setattr(gc, "check_score", lambda work, model, s, cuda: (10.0, 20.0))
+    out = tmp_path / "table.txt"
+    args = ["--dry-run", "--work", str(tmp_path), "--out", str(out), "--distil-batches", "64"]
+    with pytest.raises(SystemExit) as e:
+        gc.main(args)
+    assert "1 row(s) failed: teacher logits: Ray job (bf16)" in str(e.value.code)
+    assert calls == [("online", None), ("finetune", "online-1")]  # no cached run, no sweep
+    rows = {line[:36].strip(): line[36:] for line in out.read_text().splitlines()}
+    assert rows["teacher logits: Ray job (bf16)"].startswith("FAILED")
+    assert "RuntimeError: CUDA error: out of memory" in rows["teacher logits: Ray job (bf16)"]
+    assert rows["distil: cached teacher, 1 worker"].startswith("n/a")
+    assert rows["distil: online teacher, 1 worker"].startswith("12.5 ms/step")
+    assert rows["score: Beam vs pipeline"].startswith("0.50x")
