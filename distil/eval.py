@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -201,9 +202,12 @@ def evaluate_mlm(
 
 
 # ---------------------------------------------------------------------------------- sentiment
-def _read_review_set(url: str, split: str) -> tuple[list[str], list[int]]:
+def _read_review_set(
+    url: str, split: str, max_rows: int | None = None
+) -> tuple[list[str], list[int]]:
     """(texts, labels) of a review JSONL (``distil data samples`` format: id, text, label,
-    split); ``split="all"`` keeps every row."""
+    split); ``split="all"`` keeps every row. ``max_rows``: a seeded random subset of that many
+    rows, in file order (the same rows on every call)."""
     fs, path = storage.get_fs(url)
     if not fs.exists(path):
         raise ConfigError(f"review set {url} does not exist")
@@ -219,6 +223,9 @@ def _read_review_set(url: str, split: str) -> tuple[list[str], list[int]]:
             labels.append(int(row["label"]))
     if not texts:
         raise ConfigError(f"review set {url} has no rows in split {split!r}")
+    if max_rows is not None and len(texts) > max_rows:
+        keep = sorted(random.Random(0).sample(range(len(texts)), max_rows))
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     return texts, labels
 
 
@@ -253,12 +260,16 @@ def evaluate_sentiment(
     max_length: int = 128,
     micro_batch_size: int = 64,
     device: str = "cpu",
+    max_rows: int | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{model: {set: {accuracy, rows, correct}}}``. ``split``: which rows of each set to score
     (one for all sets, or per set name): ``validation`` for the set a model was tuned on, ``all``
-    for a set no model saw."""
+    for a set no model saw. ``max_rows``: score a seeded subset of at most that many rows of
+    each set (the same rows for every model)."""
     sets = {
-        name: _read_review_set(url, split if isinstance(split, str) else split.get(name, "all"))
+        name: _read_review_set(
+            url, split if isinstance(split, str) else split.get(name, "all"), max_rows
+        )
         for name, url in review_files.items()
     }
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -89,6 +89,8 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(installed_distil, s3_server
     assert f"{prep['tokens']:,}" in page
     assert run["artifacts"]["cache"]["url"] in page
     rows = {r["metric"]: r for r in run["comparison"]["rows"]}
+    # tiny's budgets cap the out-of-domain set (ood_max_rows: 500)
+    assert "sentiment accuracy (amazon snippets, out of domain, 500 rows)" in rows, list(rows)
     assert rows["parameters"]["student"] < rows["parameters"]["teacher"]
     clf = storage.read_manifest(run["stages"]["finetune_student"]["url"])
     assert (

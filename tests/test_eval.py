@@ -131,6 +131,25 @@ def test_sentiment_accuracy_matches_a_hand_check(sentiment_inputs, tmp_path):
     assert acc["teacher"]["movie_snippets.jsonl"]["rows"] == 10
 
 
+def test_max_rows_scores_the_same_seeded_subset_for_every_model(sentiment_inputs, tmp_path):
+    """``max_rows`` (the demo's tiny budget): the rows a hand check picks with the same seed,
+    the same rows for both models, and all rows when the set is smaller."""
+    import random
+
+    clfs, reviews, rows = sentiment_inputs
+    files = review_sets(reviews, "movie_snippets.jsonl", "amazon_snippets.jsonl")
+    ood = {"ood": files["amazon_snippets.jsonl"]}
+    every = rows["amazon_snippets.jsonl"]
+    assert len(every) > 7
+    acc = evaluate_sentiment(clfs, ood, "all", cache_dir=str(tmp_path), max_rows=7)
+    picked = [every[i] for i in sorted(random.Random(0).sample(range(len(every)), 7))]
+    for model, d in clfs.items():
+        correct, n = _hand_accuracy(d, picked)
+        assert (acc[model]["ood"]["correct"], acc[model]["ood"]["rows"]) == (correct, 7)
+    whole = evaluate_sentiment(clfs, ood, "all", cache_dir=str(tmp_path), max_rows=len(every) + 5)
+    assert whole["teacher"]["ood"]["rows"] == len(every)
+
+
 def test_review_set_missing_from_manifest(sentiment_inputs):
     _, reviews, _ = sentiment_inputs
     with pytest.raises(ConfigError, match="--out-of-domain rotten_tomatoes.jsonl: not a set"):

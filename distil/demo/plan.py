@@ -184,8 +184,9 @@ class Demo:
             output_key=lambda out, _: scored_run_dir(out, run_id),
         )
         run = run_json(
-            self.cfg, self.run_url, self.steps, started, time.perf_counter() - t0, samples
-        )
+            self.cfg, self.run_url, self.steps, started, time.perf_counter() - t0, samples,
+            ood_max_rows=self.budgets.get("ood_max_rows"),
+        )  # fmt: skip
         storage.write_json(storage.join(self.run_url, "run.json"), run)
         from distil.report import build_report
 

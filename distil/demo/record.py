@@ -52,6 +52,7 @@ def run_json(
     started: str,
     wall_s: float,
     samples: dict[str, Any],
+    ood_max_rows: int | None = None,
 ) -> dict[str, Any]:
     """run.json for a finished run: per stage URL/fingerprint/command/metrics, every artifact,
     the distillation curves, the teacher-vs-student comparison and the score histogram."""
@@ -174,6 +175,7 @@ def run_json(
             student_kl=student_metrics.get("eval_kl_to_teacher"),
             reviews=storage.join(cfg.samples, "reviews", "amazon_snippets.jsonl"),
             max_length=clf["finetune_student"]["metrics"]["config"]["max_length"],
+            ood_max_rows=ood_max_rows,
         ),
         "scores": score_histogram(s["score"].output, score),
     }

@@ -67,6 +67,7 @@ def compare_models(
     reviews: str,
     student_kl: float | None = None,
     max_length: int = 128,
+    ood_max_rows: int | None = None,
 ) -> dict[str, Any]:
     """Teacher vs student, every figure measured now or read from the run's own artifacts.
 
@@ -74,7 +75,9 @@ def compare_models(
     its first rows time the latency, all of it scores out-of-domain accuracy (``distil eval``'s
     ``evaluate_sentiment``). Agreement and KL are the distil run's final held-out eval (the same
     ``distil.eval.mlm_metrics`` that ``distil eval`` runs). ``max_length``: the tokens the
-    classifiers were fine-tuned on, which the out-of-domain reviews are truncated to as well."""
+    classifiers were fine-tuned on, which the out-of-domain reviews are truncated to as well.
+    ``ood_max_rows``: score a seeded subset of that many out-of-domain rows (the tiny scale's
+    budget); the report names the row count either way."""
     from safetensors import safe_open
 
     from distil.eval import evaluate_sentiment
@@ -98,7 +101,10 @@ def compare_models(
 
     clfs = {"teacher": teacher_clf, "student": student_clf}
     models = os.path.join(distil_home(), "cache", "models")
-    ood = evaluate_sentiment(clfs, {"ood": reviews}, "all", cache_dir=models, max_length=max_length)
+    ood = evaluate_sentiment(
+        clfs, {"ood": reviews}, "all", cache_dir=models, max_length=max_length,
+        max_rows=ood_max_rows,
+    )  # fmt: skip
     ood_acc = {k: v["ood"]["accuracy"] for k, v in ood.items()}
     ood_name = os.path.basename(reviews).removesuffix(".jsonl").replace("_", " ")
     rows = [

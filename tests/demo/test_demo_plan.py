@@ -68,7 +68,7 @@ class FakeStages:
 def fake_run(monkeypatch, tmp_path):
     """Everything around the steps (samples, run.json, report) replaced by stubs."""
     monkeypatch.setattr(Demo, "_samples", lambda self: {})
-    monkeypatch.setattr(plan, "run_json", lambda *a: {"wall_s": 1.0})
+    monkeypatch.setattr(plan, "run_json", lambda *a, **k: {"wall_s": 1.0})
     monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
     stages = FakeStages()
     root = f"memory://demo-plan-{uuid.uuid4().hex[:8]}"
@@ -96,7 +96,8 @@ def test_plan_wires_outputs_into_the_next_steps(fake_run):
     assert all(argv[:2] == ["python", "-m"] for argv in stages.ran)
     s = d.steps
     prep, adapt, logits, student = (stages.ran[i] for i in range(4))
-    assert prep[prep.index("--input") + 1] == '["memory://samples/corpus/news/"]'  # tiny: news/
+    # tiny: one Brown category file
+    assert prep[prep.index("--input") + 1] == '["memory://samples/corpus/brown/brown-cm.jsonl"]'
     assert adapt[adapt.index("--input") + 1] == s["prepare"].output
     assert logits[logits.index("--teacher") + 1] == s["adapt_teacher"].output
     assert student[student.index("--cache") + 1] == s["logits"].output
@@ -138,7 +139,7 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     computed before it ran package modules (pinned from that implementation), so the outputs of
     earlier runs are found and reused, and the plan's wiring (args, upstream) did not move."""
     monkeypatch.setattr(Demo, "_samples", lambda self: {})
-    monkeypatch.setattr(plan, "run_json", lambda *a: {"wall_s": 1.0})
+    monkeypatch.setattr(plan, "run_json", lambda *a, **k: {"wall_s": 1.0})
     monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(PINNED_BUDGETS)

@@ -56,7 +56,8 @@ def test_run_json_reads_the_committed_artifacts(finished_run):
     run, steps, calls = finished_run
     cfg = DemoConfig(scale="tiny", samples="memory://samples", ray_address="", start_stack=False)
     samples = {"summary": {"corpus": {"docs": 3, "words": 99}}, "wall_s": 1.5, "reused": True}
-    out = record.run_json(cfg, run, steps, "2020-01-01T00:00:00Z", 12.3456, samples)
+    out = record.run_json(cfg, run, steps, "2020-01-01T00:00:00Z", 12.3456, samples,
+                          ood_max_rows=500)  # fmt: skip
 
     assert out["scale"] == "tiny" and out["wall_s"] == 12.35
     assert out["stack"]["ray_address"] == "embedded" and out["stack"]["local_stack"] is None
@@ -89,6 +90,7 @@ def test_run_json_reads_the_committed_artifacts(finished_run):
         "teacher_clf": f"{run}/finetune_teacher", "student_clf": f"{run}/finetune_student",
         "student_agreement": 0.4, "reviews": "memory://samples/reviews/amazon_snippets.jsonl",
         "student_kl": None, "max_length": 48,  # the classifiers' fine-tune length
+        "ood_max_rows": 500,  # the budgets' cap, passed through
     }  # fmt: skip
     assert out["comparison"] is calls["compare"]
     assert calls["hist"] == (f"{run}/score", steps["score"].result)
