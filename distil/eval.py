@@ -208,6 +208,8 @@ def _read_review_set(
     """(texts, labels) of a review JSONL (``distil data samples`` format: id, text, label,
     split); ``split="all"`` keeps every row. ``max_rows``: a seeded random subset of that many
     rows, in file order (the same rows on every call)."""
+    if max_rows is not None and max_rows < 1:
+        raise ConfigError(f"max_rows must be at least 1 (got {max_rows})")
     fs, path = storage.get_fs(url)
     if not fs.exists(path):
         raise ConfigError(f"review set {url} does not exist")

@@ -146,10 +146,7 @@ def installed_distil(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("user") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = str(venv / "bin" / "python")
-    # --no-compile: the packages' bytecode is written on first import instead of all of it up
-    # front (torch, ray and transformers are thousands of modules the tests never import);
-    # what is installed is the same. 100 s -> 46 s measured for the whole install.
-    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     import torch
 
     steps = local_steps("cpu")

@@ -148,6 +148,8 @@ def test_max_rows_scores_the_same_seeded_subset_for_every_model(sentiment_inputs
         assert (acc[model]["ood"]["correct"], acc[model]["ood"]["rows"]) == (correct, 7)
     whole = evaluate_sentiment(clfs, ood, "all", cache_dir=str(tmp_path), max_rows=len(every) + 5)
     assert whole["teacher"]["ood"]["rows"] == len(every)
+    with pytest.raises(ConfigError, match="max_rows must be at least 1"):
+        evaluate_sentiment(clfs, ood, "all", cache_dir=str(tmp_path), max_rows=0)
 
 
 def test_review_set_missing_from_manifest(sentiment_inputs):
