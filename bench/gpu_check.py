@@ -334,7 +334,10 @@ def main(argv: list[str] | None = None) -> str:
     skip = {x for x in args.skip.split(",") if x}
     if skip - {"online", "finetune", "score"}:
         p.error(f"--skip: unknown stage(s) {sorted(skip - {'online', 'finetune', 'score'})}")
-    sweep = [int(b) for b in args.distil_batches.split(",") if b]
+    try:
+        sweep = [int(b) for b in args.distil_batches.split(",") if b]
+    except ValueError:
+        p.error(f"--distil-batches: comma-separated integers, not {args.distil_batches!r}")
     cuda = not args.dry_run
     if cuda:
         require_cuda()
@@ -365,7 +368,8 @@ def main(argv: list[str] | None = None) -> str:
             logging.exception("%s failed", rows[0])
             failed.extend(rows)
             for row in rows:
-                res[row] = ("FAILED", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+                first = (str(e).splitlines() or [""])[0][:120]
+                res[row] = ("FAILED", f"{type(e).__name__}: {first}")
             return None
         finally:
             for row in rows:

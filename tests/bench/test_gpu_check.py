@@ -71,6 +71,10 @@ def test_unknown_skip_is_an_error_before_any_work(capsys):
         _module().main(["--dry-run", "--skip", "online,bogus"])
     assert e.value.code == 2
     assert "unknown stage(s) ['bogus']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        _module().main(["--dry-run", "--distil-batches", "64,big"])
+    assert e.value.code == 2
+    assert "--distil-batches: comma-separated integers" in capsys.readouterr().err
 
 
 def test_a_failed_stage_is_reported_and_the_independent_ones_still_run(tmp_path, monkeypatch):
