@@ -250,6 +250,8 @@ def run(cfg: ScoreConfig) -> dict:
     id2label = {int(k): v for k, v in manifest["id2label"].items()}
     if cfg.quantize and cfg.bf16:
         raise ValueError("--quantize and --bf16 are exclusive: choose one")
+    if cfg.bf16 is None:  # bf16 by default where it is the fast path: a GPU's tensor cores
+        cfg = cfg.model_copy(update={"bf16": cfg.device.startswith("cuda") and not cfg.quantize})
     if cfg.quantize and cfg.device != "cpu":
         raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
     if cfg.teacher_cache:

@@ -165,10 +165,11 @@ class ScoreConfig(StageConfig):
     quantize: bool = Field(
         False, description="dynamic int8 quantisation of the Linear layers (CPU speed-up)"
     )
-    bf16: bool = Field(
-        False,
-        description="bfloat16 autocast for the forward pass (CPU speed-up on AVX512-BF16/AMX "
-        "CPUs; exclusive with --quantize)",
+    bf16: bool | None = Field(
+        None,
+        description="bfloat16 forward pass: bf16 weights on a GPU (tensor cores), bf16 "
+        "autocast on CPU (a speed-up on AVX512-BF16/AMX CPUs; exclusive with --quantize). "
+        "Default: on for a cuda device, off on cpu",
     )
     torch_threads: int | None = Field(
         None,

@@ -67,6 +67,9 @@ NOT_IDENTITY = frozenset(
         "placement_strategy",
         "gpu_wait_s",
         "max_failures",
+        # how the step is executed: the same loss and gradients (within float rounding)
+        "compile",
+        "ddp_bf16_grads",
     }
 )
 IGNORED_IN_CACHED_MODE = frozenset({"mlm_probability"})
@@ -188,11 +191,21 @@ def check_resume(recorded: dict[str, Any] | None, current: RunIdentity, where: s
             + f"\n{fix}"
         )
     old = recorded.get("recorded") or {}
+    if "num_workers" in old and old["num_workers"] != current.recorded["num_workers"]:
+        # a rank's data order and its saved position are functions of the world size: another
+        # worker count would repeat or skip rows of the resumed epoch
+        raise RunMismatchError(
+            f"checkpoint {where} was trained on {old['num_workers']} worker(s), this config "
+            f"asks for {current.recorded['num_workers']}. Each worker reads its own share of the "
+            "epoch and the checkpoint holds a position in that share, so resuming on another "
+            "worker count would repeat or skip rows. Fix: resume with --num-workers "
+            f"{old['num_workers']} (same global batch), or start a new run: pass another "
+            "--run-name."
+        )
     for key, now in current.recorded.items():
         if key in old and old[key] != now:
             log.warning(
-                "resuming with %s=%r (checkpoint: %r); the global batch is batch_size x "
-                "grad_accum x num_workers",
+                "resuming with %s=%r (checkpoint: %r)",
                 key,
                 now,
                 old[key],

@@ -364,6 +364,19 @@ def _job_cfg(script: str, monkeypatch):
     return parse_job_args(STAGE_CONFIGS[script], "", words[2:])
 
 
+def test_distil_workers_fit_one_gpu_pod_so_the_all_reduce_stays_on_nvlink(monkeypatch):
+    """The default GPU group has multi-GPU pods holding all of distil/cluster's workers: DDP's
+    per-step gradient all-reduce then runs inside one node (NVLink), not across pods."""
+    cfg = _job_cfg("distil.py", monkeypatch)
+    (cluster,) = _ray_clusters()
+    per_pod = [
+        sum(_gpu_limit(c) for c in g["template"]["spec"]["containers"])
+        for g in _gpu_groups(cluster)
+    ]
+    assert max(per_pod) >= cfg.num_workers > 1, (per_pod, cfg.num_workers)
+    assert cfg.placement_strategy in ("PACK", "STRICT_PACK")
+
+
 def test_teacher_logits_job_asks_for_gpus_the_cluster_can_have(monkeypatch):
     cfg = _job_cfg("teacher_logits.py", monkeypatch)
     assert cfg.device == "cuda", "device auto on a GPU group scaled to zero runs on CPU"

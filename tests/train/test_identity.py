@@ -103,5 +103,16 @@ def test_check_resume_names_the_differences_and_the_fix(caches, caplog):
     with pytest.raises(RunMismatchError, match=f"no {IDENTITY_FILE}"):
         check_resume(None, run_identity(_cfg(a)), "of run 'r'")
     with caplog.at_level(logging.WARNING, logger="distil.train.identity"):
+        check_resume(recorded, run_identity(_cfg(a, use_gpu=True)), "of run 'r'")
+    assert "use_gpu=True (checkpoint: False)" in caplog.text
+
+
+def test_resume_on_another_worker_count_is_refused_with_the_fix(caches):
+    """A rank's position is in its share of the epoch: 2 -> 4 workers would repeat or skip
+    rows, so the resume is refused, naming the checkpoint's worker count."""
+    a, _ = caches
+    recorded = run_identity(_cfg(a, num_workers=2)).to_json()
+    check_resume(recorded, run_identity(_cfg(a, num_workers=2)), "of run 'r'")
+    with pytest.raises(RunMismatchError) as e:
         check_resume(recorded, run_identity(_cfg(a, num_workers=4)), "of run 'r'")
-    assert "num_workers=4 (checkpoint: 2)" in caplog.text
+    assert "trained on 2 worker(s)" in str(e.value) and "--num-workers 2" in str(e.value)
