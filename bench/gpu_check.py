@@ -55,13 +55,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 SCALES = {
     "gpu": dict(
         layers=12, hidden=768, heads=12, inter=3072, seq_len=128, docs=4000, words=220,
-        logits_batch=256, copies=50, steps=50, batch=128, log_every=10, reviews=4000,
-        score_rows=50000, forward_iters=20, step_batches=(128, 256), timed_steps=20,
+        logits_batch=256, copies=50, unit_rows=256, steps=50, batch=128, log_every=10, reviews=4000,
+        score_rows=30000, forward_iters=20, step_batches=(128, 256), timed_steps=20,
         profiled_steps=10,
     ),
     "dry-run": dict(
         layers=2, hidden=32, heads=2, inter=64, seq_len=32, docs=60, words=40,
-        logits_batch=32, copies=2, steps=6, batch=8, log_every=2, reviews=160, score_rows=300,
+        logits_batch=32, copies=2, unit_rows=8, steps=6, batch=8, log_every=2, reviews=160, score_rows=300,
         forward_iters=3, step_batches=(4, 8), timed_steps=3, profiled_steps=2,
     ),
 }  # fmt: skip
@@ -82,7 +82,7 @@ ROWS = (
 )
 NA = "n/a"
 ROW_WIDTH = 44  # the check column of the table
-STAGES = ("steps", "online", "ray", "finetune", "score")
+STAGES = ("steps", "online", "ray", "finetune", "score", "compile")
 
 
 def require_cuda() -> None:
@@ -171,6 +171,7 @@ def check_logits(work: Path, teacher: str, prepared: str, s: dict, cuda: bool) -
         teacher=teacher,
         batch_size=s["logits_batch"],
         copies=s["copies"],  # the corpus masked this many times: >= 50M tokens on the GPU
+        unit_rows=s["unit_rows"],  # enough units for a steady rate between their commits
         hidden_sketch_dims=32,  # the cached distil step's alpha_cos (1.0) needs the sketch
         device="cuda" if cuda else "cpu",
     )
@@ -183,8 +184,12 @@ def check_logits(work: Path, teacher: str, prepared: str, s: dict, cuda: bool) -
     }
 
 
-def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None, str]:
-    """(tokens/s, MFU or None, device name) of the stage's batch function alone, in bf16."""
+def forward_rate(
+    teacher: str, s: dict, cuda: bool, compiled: bool = False
+) -> tuple[float, float | None, str]:
+    """(tokens/s, MFU or None, device name) of the stage's batch function alone, in bf16;
+    ``compiled``: with the encoder under ``torch.compile`` (what compiling the stage would
+    gain; the stage itself runs eager: its batches change length)."""
     import torch
     from teacher_logits import model_flops, peak_bf16_tflops
     from transformers import BertForMaskedLM
@@ -194,6 +199,8 @@ def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32  # as the stage's teacher actors hold it
     model = BertForMaskedLM.from_pretrained(teacher).to(device, dtype).eval()
+    if compiled:
+        model.bert = torch.compile(model.bert, dynamic=False)
     g = torch.Generator().manual_seed(0)
     b, n = s["logits_batch"], s["seq_len"]
     x = torch.randint(1000, 30000, (b, n), generator=g).to(device)
@@ -577,6 +584,16 @@ def main(argv: list[str] | None = None) -> str:
             return rate
 
         rate = attempt(ROWS[1:2], forward)
+        if cuda and "compile" not in skip:
+
+            def forward_compiled():
+                rate, mfu, _ = forward_rate(teacher, s, cuda, compiled=True)
+                res["teacher logits: forward, torch.compile"] = (
+                    f"{rate:,.0f} tokens/s, MFU {mfu:.1%}" if mfu else f"{rate:,.0f} tokens/s",
+                    f"{shape}, batch {s['logits_batch']}; the stage runs eager",
+                )
+
+            attempt(("teacher logits: forward, torch.compile",), forward_compiled)
         if lg is not None and rate and lg["steady"]:
             res[ROWS[2]] = (
                 f"{lg['steady'] / rate:.0%}",
