@@ -208,3 +208,19 @@ def test_grad_accumulation_consumes_micro_batches_and_steps_once(
     assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
     changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # one optimizer update happened
+
+
+def test_a_checkpoint_resumes_only_on_its_own_worker_count(
+    tmp_path, prepared_dir, tiny_teacher_dir
+):
+    """The saved data position is a position in one rank's share of the epoch: a recipe on
+    another world size refuses it (the job refuses earlier, from the run identity)."""
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=2)
+    r = _recipe(cfg, tmp_path)
+    r.train()
+    r.save_checkpoint(str(tmp_path / "ckpt"))
+    state = torch.load(tmp_path / "ckpt" / "trainer_state.pt", weights_only=True)
+    assert state["world_size"] == 1 and state["batch_in_epoch"] == 2
+    other = DistilRecipe(cfg, rank=0, world_size=2, work_dir=str(tmp_path / "w2"))
+    with pytest.raises(ValueError, match="for 1 worker"):
+        other.setup(str(tmp_path / "ckpt"))
