@@ -285,14 +285,7 @@ def profile_steps(r, batches, n: int, cuda: bool) -> tuple[float | None, list[tu
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            r.train_step(batches)
-        if cuda:
-            torch.cuda.synchronize()
-        wall_us = (time.perf_counter() - t0) * 1e6
+        wall_us = time_steps(r, batches, n, cuda) * n * 1e6
     if not cuda:
         return None, []
     kernels = [

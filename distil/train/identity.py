@@ -191,25 +191,25 @@ def check_resume(recorded: dict[str, Any] | None, current: RunIdentity, where: s
             + f"\n{fix}"
         )
     old = recorded.get("recorded") or {}
-    if "num_workers" in old and old["num_workers"] != current.recorded["num_workers"]:
-        # a rank's data order and its saved position are functions of the world size: another
-        # worker count would repeat or skip rows of the resumed epoch
-        raise RunMismatchError(
-            f"checkpoint {where} was trained on {old['num_workers']} worker(s), this config "
-            f"asks for {current.recorded['num_workers']}. Each worker reads its own share of the "
-            "epoch and the checkpoint holds a position in that share, so resuming on another "
-            "worker count would repeat or skip rows. Fix: resume with --num-workers "
-            f"{old['num_workers']} (same global batch), or start a new run: pass another "
-            "--run-name."
-        )
     for key, now in current.recorded.items():
         if key in old and old[key] != now:
-            log.warning(
-                "resuming with %s=%r (checkpoint: %r)",
-                key,
-                now,
-                old[key],
-            )
+            log.warning("resuming with %s=%r (checkpoint: %r)", key, now, old[key])
+
+
+def check_worker_count(recorded: dict[str, Any] | None, current: RunIdentity, where: str) -> None:
+    """Refuse to *train on* from the checkpoint at ``where`` with another worker count (a
+    finished run may be re-exported with any): a rank's data order and its saved position are
+    functions of the world size, so another count would repeat or skip rows of the epoch."""
+    old = (recorded or {}).get("recorded") or {}
+    now = current.recorded["num_workers"]
+    if "num_workers" in old and old["num_workers"] != now:
+        raise RunMismatchError(
+            f"checkpoint {where} was trained on {old['num_workers']} worker(s), this config "
+            f"asks for {now}. Each worker reads its own share of the epoch and the checkpoint "
+            "holds a position in that share, so resuming on another worker count would repeat "
+            f"or skip rows. Fix: resume with --num-workers {old['num_workers']} (same global "
+            "batch), or start a new run: pass another --run-name."
+        )
 
 
 def teacher_weights_sha256(ref: str) -> str:

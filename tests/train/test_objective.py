@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from stage3_data import cached_config
+from stage3_data import cached_config, online_config
 
 from distil import losses
-from distil.train.config import DistilConfig
 from distil.train.data import BatchShape, fixed_shape
 from distil.train.recipe import DistilRecipe
 
@@ -103,14 +102,7 @@ def test_fixed_shape_loss_and_gradients_equal_the_ragged_step(
     if mode == "cached":
         cfg = cached_config(tmp_path, request.getfixturevalue(cache_fixture), temperature=2.0)
     else:
-        cfg = DistilConfig(
-            mode="online",
-            data=prepared_dir,
-            teacher=str(tiny_teacher_dir),
-            output=str(tmp_path / "o"),
-            storage_path=str(tmp_path / "r"),
-            batch_size=8,
-        )
+        cfg = online_config(tmp_path, prepared_dir, tiny_teacher_dir)
     r = DistilRecipe(cfg, work_dir=str(tmp_path / "w"))
     r.setup(None)
     _perturb(r)

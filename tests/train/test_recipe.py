@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from stage3_data import online_config
 
 from distil.train.config import DistilConfig
 from distil.train.data import fixed_shape, to_device
@@ -14,12 +15,6 @@ from distil.train.recipe import DistilRecipe
 
 def _cfg(tmp_path, prepared_dir, teacher, **kw) -> DistilConfig:
     base = dict(
-        mode="online",
-        data=prepared_dir,
-        teacher=str(teacher),
-        output=str(tmp_path / "out"),
-        storage_path=str(tmp_path / "runs"),
-        batch_size=8,
         max_steps=6,
         warmup_steps=1,
         lr=1e-3,
@@ -28,8 +23,7 @@ def _cfg(tmp_path, prepared_dir, teacher, **kw) -> DistilConfig:
         log_every=2,
         heldout_fraction=0.1,
     )
-    base.update(kw)
-    return DistilConfig(**base)
+    return online_config(tmp_path, prepared_dir, teacher, **{**base, **kw})
 
 
 def _recipe(cfg, tmp_path, ckpt=None) -> DistilRecipe:
