@@ -402,6 +402,9 @@ def run(cfg: ScoreConfig) -> dict:
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise RuntimeError(f"the scoring pipeline ended in state {state}")
+    # The summary was written by a worker process: drop this process's cached listings (the
+    # ledger listed OUTPUT above) or s3fs answers from them that the file does not exist.
+    storage.get_fs(run_url)[0].invalidate_cache()
     summary = storage.read_json(storage.join(run_url, scored.SUMMARY))
     if summary.get("attempt") != ctx["attempt"]:
         raise RuntimeError("the pipeline finished but did not commit this attempt's summary")

@@ -72,8 +72,8 @@ def committed_runs(output: str) -> dict[str, dict[str, Any]]:
     if not fs.exists(path):
         return {}
     paths = fs.glob(posixpath.join(path, f"run_id=*/{storage.MANIFEST}"))
-    runs = {}
-    for data in fs.cat(paths, on_error="omit").values():
+    runs: dict[str, dict[str, Any]] = {}
+    for data in (fs.cat(paths, on_error="omit") if paths else {}).values():
         manifest = json.loads(data)
         runs[manifest["run_id"]] = manifest
     return runs
