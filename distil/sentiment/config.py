@@ -140,7 +140,11 @@ class ScoreConfig(StageConfig):
         ...,
         description="fine-tuned model dir URL, or a latest.json pointer written by distil finetune",
     )
-    output: str = Field(..., description="output URL; each run goes to OUTPUT/run_id=<run_id>/")
+    output: str = Field(
+        ...,
+        description="output URL: the datasets OUTPUT/scored/dt=<date>/ and "
+        "OUTPUT/dead_letter/dt=<date>/, and each run's manifest in OUTPUT/run_id=<run_id>/",
+    )
     run_id: str | None = Field(
         None,
         description="run id (default: UTC timestamp); re-running an id replaces its output",

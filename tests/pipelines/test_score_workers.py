@@ -275,6 +275,8 @@ def test_launcher_killed_mid_run_then_rerun_leaves_one_copy_of_each_row(
     summary = _score(big_file_url, tiny_classifier_url, output, "k", tmp_path, multi)
     assert summary["scored"] == summary["rows_in"] == N_ROWS and summary["accounted"]
     assert len(summary["scored_by_worker"]) == 2
+    # counters from both SDK worker processes, summed by the runner
+    assert summary["beam_metrics"]["scored"] == summary["beam_metrics"]["rows_read"] == N_ROWS
     ids = scored.read_run(output, "k").column("id").to_pylist()
     assert len(ids) == len(set(ids)) == N_ROWS
     afs, path = storage.arrow_filesystem(storage.join(output, "scored"))
