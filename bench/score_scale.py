@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python bench/score_scale.py [--base-rows 10000] [--scales 1,10,100]
 
-Scores 1×, 10× and 100× a base input of ``--base-rows`` synthetic reviews (3–60 words from a
-seeded vocabulary, so batches really differ in length), laid out as files of ``--base-rows``
+Scores 1×, 10× and 100× a base input of ``--base-rows`` synthetic reviews (3–60 words drawn
+from the tokenizer's vocabulary by a seeded RNG, so batches really differ in length), laid out as files of ``--base-rows``
 rows each (the base file copied with new ids), on the multi-process runner: FnApiRunner,
 ``--direct_num_workers 2 --direct_running_mode multi_processing``, 1 torch thread per worker,
 incremental off, local files in and out. The model is a tiny random BERT classifier
@@ -32,47 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.scale import WorkerSampler  # noqa: E402
-
-WORDS = [
-    "a",
-    "the",
-    "film",
-    "movie",
-    "plot",
-    "acting",
-    "boring",
-    "wonderful",
-    "terrible",
-    "moving",
-    "slow",
-    "great",
-    "awful",
-    "score",
-    "cast",
-    "director",
-    "scene",
-    "ending",
-    "dull",
-    "brilliant",
-    "loved",
-    "hated",
-    "script",
-    "camera",
-    "long",
-    "short",
-    "story",
-    "music",
-    "characters",
-    "dialogue",
-    "pacing",
-    "performance",
-    "visual",
-    "effects",
-    "funny",
-    "sad",
-    "predictable",
-    "original",
-]
 
 
 def _parse() -> argparse.Namespace:
@@ -116,11 +75,23 @@ def tiny_model(out: str, hidden: int) -> str:
     return out
 
 
+def vocabulary() -> list[str]:
+    """Whole English words of the packaged WordPiece vocabulary (seeded choice below), so the
+    reviews tokenize like text, with a realistic spread of lengths."""
+    from transformers import AutoTokenizer
+
+    from distil.packaged import resolve_model_ref
+
+    vocab = AutoTokenizer.from_pretrained(resolve_model_ref("packaged:all-minilm-l6-v2")).vocab
+    return sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2)
+
+
 def write_inputs(folder: Path, base_rows: int, copies: int) -> None:
     import numpy as np
 
     rng = np.random.default_rng(7)
-    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 61)))) for _ in range(base_rows)]
+    words = np.array(vocabulary())
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 61)))) for _ in range(base_rows)]
     folder.mkdir(parents=True)
     for c in range(copies):
         with open(folder / f"part-{c:04d}.jsonl", "w") as f:

@@ -39,6 +39,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 if __package__ in (None, ""):  # run as a script: import the repo's distil, not an installed one
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -144,27 +146,48 @@ class ToScoredRow(beam.DoFn):
 
 
 class WriteParts(beam.DoFn):
-    """A batch of rows → one Parquet part in the attempt dir; emits the part's manifest entry."""
+    """Rows → Parquet parts of up to ``rows_per_file`` rows in the attempt dir, each built as
+    its rows arrive (``scored.PartWriter``), so a worker's memory does not grow with the part
+    size; emits each part's manifest entry (the last, partial part of a bundle at its end)."""
 
     def __init__(
-        self, run_url: str, rel_dir: str, kind: str, run_id: str, schema: pa.Schema | None = None
+        self,
+        run_url: str,
+        rel_dir: str,
+        kind: str,
+        run_id: str,
+        rows_per_file: int,
+        schema: pa.Schema | None = None,
     ):
         self.run_url, self.rel_dir, self.kind, self.run_id = run_url, rel_dir, kind, run_id
-        self.schema = schema
+        self.rows_per_file = rows_per_file
+        self.schema = scored.DEAD_SCHEMA if kind == "dead_letter" else schema
+        self._part: scored.PartWriter | None = None
 
-    def process(self, rows: list[dict]) -> Iterable[dict]:
+    def start_bundle(self) -> None:
+        self._part, self._workers = None, Counter()
+
+    def process(self, row: dict) -> Iterable[dict]:
         if self.kind == "dead_letter":
-            now = scored.now_utc()
-            rows = [{**r, "run_id": self.run_id, "recorded_at": now} for r in rows]
-            schema = scored.DEAD_SCHEMA
-        else:
-            schema = self.schema or scored.SCORED_SCHEMA
-        workers = Counter(r.pop(WORKER, None) for r in rows)
-        info = scored.write_part(self.run_url, self.rel_dir, rows, schema)
+            row = {**row, "run_id": self.run_id, "recorded_at": scored.now_utc()}
+        self._workers[row.pop(WORKER, None)] += 1
+        if self._part is None:
+            self._part = scored.PartWriter(self.run_url, self.rel_dir, self.schema)
+        self._part.add(row)
+        if self._part.rows >= self.rows_per_file:
+            yield self._close()
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        if self._part is not None:
+            yield WindowedValue(self._close(), GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def _close(self) -> dict:
+        info = self._part.close()
         if self.kind == "scored":
-            info["workers"] = dict(workers)
+            info["workers"] = dict(self._workers)
+        self._part, self._workers = None, Counter()
         log.info("wrote %s (%d rows)", info["name"], info["rows"])
-        yield info
+        return info
 
 
 def _teacher_pairs(file_url: str) -> Iterable[tuple[str, np.ndarray]]:
@@ -237,24 +260,23 @@ def build(
     rows = classified[OK]
     attempt = ctx["attempt"]
     schema = scored.scored_schema(ctx["keep"])
-    scored_parts = (
-        rows
-        | "BatchScored"
-        >> beam.BatchElements(min_batch_size=cfg.rows_per_file, max_batch_size=cfg.rows_per_file)
-        | "WriteScored"
-        >> beam.ParDo(
-            WriteParts(ctx["run_url"], f"{attempt}/scored", "scored", ctx["run_id"], schema)
-        )
-    )
+    scored_parts = rows | "WriteScored" >> beam.ParDo(
+        WriteParts(ctx["run_url"], f"{attempt}/scored", "scored", ctx["run_id"],
+                   cfg.rows_per_file, schema)
+    )  # fmt: skip
     dead_parts = (
         (read[DEAD], classified[DEAD])
         | "AllDead" >> beam.Flatten()
-        | "BatchDead"
-        >> beam.BatchElements(min_batch_size=cfg.rows_per_file, max_batch_size=cfg.rows_per_file)
         | "WriteDead"
         >> beam.ParDo(
-            WriteParts(ctx["run_url"], f"{attempt}/dead_letter", "dead_letter", ctx["run_id"])
-        )
+            WriteParts(
+                ctx["run_url"],
+                f"{attempt}/dead_letter",
+                "dead_letter",
+                ctx["run_id"],
+                cfg.rows_per_file,
+            )
+        )  # fmt: skip
     )
     agreement = None
     if cfg.teacher_cache:

@@ -97,19 +97,55 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class PartWriter:
+    """One Parquet part under ``dir_url/rel_dir``, built as rows arrive: every ``row_group``
+    rows become a compressed row group in memory, so a writer holds one row group of Python
+    rows plus the compressed bytes (tens of bytes a row), not a whole part's rows as dicts; the
+    part is written with a single PUT by :meth:`close`, which returns its manifest entry."""
+
+    def __init__(self, dir_url: str, rel_dir: str, schema: pa.Schema, row_group: int = 4096):
+        self.dir_url, self.schema, self.row_group = dir_url, schema, row_group
+        self.name = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.parquet")
+        self.rows = 0
+        self.by_reason: Counter = Counter()
+        self.truncated = 0
+        self._pending: list[dict[str, Any]] = []
+        self._buf = io.BytesIO()
+        self._writer = pq.ParquetWriter(self._buf, schema, compression="zstd")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
+        self.rows += 1
+        if "reason" in self.schema.names:
+            self.by_reason[row["reason"]] += 1
+        if "truncated" in self.schema.names:
+            self.truncated += bool(row["truncated"])
+        if len(self._pending) >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
+            self._pending = []
+
+    def close(self) -> dict[str, Any]:
+        self._flush()
+        self._writer.close()
+        storage.write_bytes(storage.join(self.dir_url, self.name), self._buf.getvalue())
+        info: dict[str, Any] = {"name": self.name, "rows": self.rows}
+        if "reason" in self.schema.names:
+            info["by_reason"] = dict(self.by_reason)
+        if "truncated" in self.schema.names:
+            info["truncated"] = self.truncated
+        return info
+
+
 def write_part(dir_url: str, rel_dir: str, rows: list[dict[str, Any]], schema: pa.Schema) -> dict:
     """One Parquet part (a single PUT) under ``dir_url/rel_dir``; returns its manifest entry."""
-    table = pa.Table.from_pylist(rows, schema=schema)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    name = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.parquet")
-    storage.write_bytes(storage.join(dir_url, name), buf.getvalue())
-    info: dict[str, Any] = {"name": name, "rows": len(rows)}
-    if "reason" in schema.names:
-        info["by_reason"] = dict(Counter(r["reason"] for r in rows))
-    if "truncated" in schema.names:
-        info["truncated"] = sum(bool(r["truncated"]) for r in rows)
-    return info
+    part = PartWriter(dir_url, rel_dir, schema)
+    for row in rows:
+        part.add(row)
+    return part.close()
 
 
 def agreement_terms(student_probs: np.ndarray, teacher_logits: np.ndarray) -> tuple[int, float]:
