@@ -166,7 +166,12 @@ class ScoreConfig(StageConfig):
     micro_batch_size: int = Field(
         64, description="rows per forward pass after sorting a batch by length"
     )
-    rows_per_file: int = Field(50_000, description="rows per output Parquet part")
+    rows_per_file: int = Field(
+        50_000,
+        ge=1,
+        description="most rows per output Parquet part (a worker also ends a part at the end of "
+        "each bundle)",
+    )
     quantize: bool = Field(
         False, description="dynamic int8 quantisation of the Linear layers (CPU speed-up)"
     )
