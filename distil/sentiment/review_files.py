@@ -86,6 +86,8 @@ KEEP_TYPES = ("string", "int64", "float64", "bool")
 
 def parse_keep_columns(specs: list[str]) -> list[tuple[str, str]]:
     """``["product", "stars:int64"]`` -> ``[("product", "string"), ("stars", "int64")]``."""
+    if not specs:
+        return []
     from distil.sentiment.scored import PARTITION, SCORED_SCHEMA
 
     reserved = {*SCORED_SCHEMA.names, PARTITION}
