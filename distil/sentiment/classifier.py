@@ -83,6 +83,21 @@ def resolve_model_url(url: str) -> str:
     return url
 
 
+def verify_model(url: str) -> dict[str, Any]:
+    """The committed manifest of the model dir ``url``, after checking every file it lists
+    against its sha256 (streamed, nothing written): a launcher calls it so that a model whose
+    files do not match is refused before any worker starts, not after rows were read."""
+    manifest = storage.read_manifest(url)
+    for entry in manifest["files"]:
+        got = storage.sha256_url(storage.join(url, entry["name"]))
+        if got != entry["sha256"]:
+            raise ValueError(
+                f"{storage.redact(url)}/{entry['name']}: sha256 {got[:12]}… does not "
+                f"match the manifest ({entry['sha256'][:12]}…); refusing to score with it"
+            )
+    return manifest
+
+
 def fetch_model(url: str, cache_dir: str) -> tuple[str, str]:
     """``(local_dir, fingerprint)``: the model at ``url`` pulled once into ``cache_dir`` and every
     file checked against the sha256 in its manifest. Concurrent callers (Beam worker processes

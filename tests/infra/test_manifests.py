@@ -251,6 +251,9 @@ def test_scheduled_scoring_runs_its_sdk_workers_on_the_task_managers(monkeypatch
         pool["resources"]["limits"]["cpu"]
     )
     assert cfg.teacher_cache is None  # the cluster fine-tune writes none; see score/scheduled
+    # nightly = incremental: only files no committed run scored with this model, never all again
+    assert cfg.incremental is True and cfg.rescore is False
+    assert cfg.run_id is None  # a timestamp per night: one run (and ledger entry) per night
 
 
 def test_rayjobs_pass_no_credentials():
