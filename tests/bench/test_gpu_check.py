@@ -64,7 +64,7 @@ def test_dry_run_prints_every_row(tmp_path):
     # the stages really ran: their outputs are in the scratch dir
     assert (tmp_path / "cache" / "latest.json").exists()
     assert (tmp_path / "sentiment" / "gpu-check" / "manifest.json").exists()
-    assert list((tmp_path / "scored").glob("run_id=gpu-check/*"))
+    assert list((tmp_path / "scored-warm").glob("run_id=gpu-check-warm/manifest.json"))
 
 
 def _module():
