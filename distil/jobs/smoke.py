@@ -22,11 +22,15 @@ def _write(url: str, i: int) -> str:
     return f"part-{i}.json"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="fsspec URL to write to")
     parser.add_argument("--tasks", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     print(init_ray(), flush=True)
     names = ray.get([_write.remote(args.output, i) for i in range(args.tasks)])
     storage.commit(args.output, {"files": names})
