@@ -1,6 +1,6 @@
 """Bench: the adapted packaged teacher's held-out MLM quality against adapt budget and method.
 
-    python bench/adapt_curve.py --workdir /tmp/adapt-curve            # the README's table
+    python bench/adapt_curve.py --workdir /tmp/adapt-curve            # the table in docs/stages/teacher-logits.md
     python bench/adapt_curve.py --prepared URL --runs all:80000,head8k:80000
 
 Each run is one in-process ``distil.teacher.adapt.adapt`` (the stage's own code, no Ray) of the

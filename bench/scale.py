@@ -53,7 +53,7 @@ from distil.data.config import PrepareConfig, SamplesConfig  # noqa: E402
 from distil.data.readers import Document, list_inputs, read_records  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
 
-TOKENS_PER_WORD = 1.31  # the sample corpus's WordPiece tokens per whitespace word (README)
+TOKENS_PER_WORD = 1.31  # the sample corpus's WordPiece tokens per whitespace word (docs/performance.md "Cost notes")
 
 
 # ---------------------------------------------------------------- corpus

@@ -1,7 +1,7 @@
 """The quality ablation (issue 13): teacher, full recipe, no cosine, MLM only, no distillation,
 random init — same data, seed and budgets for every row; one process, no Ray.
 
-    python scripts/quality.py                       # the default budget (see README "Quality")
+    python scripts/quality.py                       # the default budget (see docs/quality.md)
     python scripts/quality.py --teacher .distil/teacher-adapted --steps 300 --out q.json
 
 Prints a markdown table (MLM top-1 agreement and coarsened KL to the teacher on the cache's

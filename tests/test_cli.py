@@ -20,8 +20,10 @@ SCORE_COMMANDS = ("distil score", "python pipelines/score_reviews.py")
 
 def readme_score_commands() -> list[list[str]]:
     """Every ``distil score`` / ``python pipelines/score_reviews.py`` command in a fenced block
-    of the README, continuation lines joined and trailing comments dropped."""
-    text = (REPO / "README.md").read_text()
+    of the README or a page under docs/, continuation lines joined and trailing comments
+    dropped."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    text = "\n".join(p.read_text() for p in pages)
     commands = []
     for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M):
         for line in block.replace("\\\n", " ").splitlines():

@@ -20,7 +20,7 @@ from distil.demo import steps
 pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job
 
 VENV_BIN = Path(sys.executable).parent
-# Processes of the stack allowed to listen beyond loopback, each with its reason in README.md
+# Processes of the stack allowed to listen beyond loopback, each with its reason in docs/operations.md
 # ("Local stack"). Empty: every Ray and SeaweedFS socket binds 127.0.0.1.
 NON_LOOPBACK_ALLOWED: dict[str, str] = {}
 

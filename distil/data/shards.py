@@ -1,7 +1,7 @@
 """The packed-sequence shard format: what stage 1 writes and every later stage reads.
 
 A prepared dataset is a directory URL holding ``shard-00000.parquet …`` (one per input shard)
-and ``manifest.json`` (see README, "Manifest format"). Each row is one BERT sequence:
+and ``manifest.json`` (see docs/stages/prepare.md, "manifest.json"). Each row is one BERT sequence:
 
 * ``seq_id``   int64 — stable id: ``(input_shard_index << 32) | row_index_in_shard``
 * ``input_ids`` list<uint16> (int32 when the vocab exceeds 65,535), exactly ``seq_len`` long:

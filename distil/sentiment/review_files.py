@@ -32,7 +32,7 @@ FORMATS = {
 }
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
 
-# Dead-letter reasons (the ``reason`` column); README, "Stage 4", explains each.
+# Dead-letter reasons (the ``reason`` column); docs/stages/finetune-and-score.md explains each.
 MISSING_TEXT = "missing_text"
 EMPTY_TEXT = "empty_text"
 WRONG_TYPE = "wrong_type"

@@ -157,8 +157,9 @@ def test_scripts_cover_every_module():
     assert {m.rsplit(".", 1)[1] for m in MODULES if m != "distil.cli"} <= stems
 
 
-def test_readme_docker_build_commands_use_the_dockerfiles_build_args():
-    text = (REPO / "README.md").read_text()
+def test_documented_docker_build_commands_use_the_dockerfiles_build_args():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    text = "\n".join(p.read_text() for p in pages)
     builds = [line for line in text.splitlines() if line.strip().startswith("docker build")]
     assert len(builds) >= 2
     declared = {
