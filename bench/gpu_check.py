@@ -125,7 +125,7 @@ def make_corpus(work: Path, teacher: str, s: dict) -> str:
     from transformers import AutoTokenizer
 
     from distil.data.config import PrepareConfig
-    from distil.data.prepare import run_serial
+    from distil.data.prepare_ranges import run_serial
 
     vocab = [w for w in AutoTokenizer.from_pretrained(teacher).vocab if w.isalpha()]
     rng = np.random.default_rng(0)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from distil import storage  # noqa: E402
 from distil.data.config import PrepareConfig, SamplesConfig  # noqa: E402
-from distil.data.prepare import run_serial  # noqa: E402
+from distil.data.prepare_ranges import run_serial  # noqa: E402
 from distil.data.readers import list_inputs  # noqa: E402
 from distil.data.readers.wikitext import (  # noqa: E402
     token_f1,

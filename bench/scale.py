@@ -48,9 +48,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distil import procs, storage  # noqa: E402
+from distil import storage  # noqa: E402
 from distil.data.config import PrepareConfig, SamplesConfig  # noqa: E402
 from distil.data.readers import Document, list_inputs, read_records  # noqa: E402
+from distil.ops import procs  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
 
 TOKENS_PER_WORD = 1.31  # the sample corpus's WordPiece tokens per whitespace word (docs/performance.md "Cost notes")
@@ -313,8 +314,8 @@ def run_loader(cache_url: str, size: str, batch_size: int) -> Row:
 @contextlib.contextmanager
 def s3_bucket(work: Path) -> Iterator[str]:
     """A SeaweedFS S3 server on loopback with a fresh bucket; ``AWS_*`` point at it meanwhile."""
-    from distil.seaweed import start_seaweed
-    from distil.stack import free_port_block
+    from distil.ops.seaweed import start_seaweed
+    from distil.ops.stack import free_port_block
 
     base = free_port_block()
     server = start_seaweed(

@@ -15,7 +15,7 @@ Weights are random unless --teacher is given: speed does not depend on them.
 Also printed: masking rows/s of the stage's vectorised ``mask_batch`` against the per-row loop
 it replaced (one PCG64 generator and ``choice`` per sequence, kept here as the named baseline),
 same sequences, same process. Peak RSS at N vs 10 N sequences:
-``bench/teacher_logits_memory.py``.
+``scripts/experiments/teacher_logits_memory.py``.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
     ),
     "eval": (
         "teacher vs student on held-out data: MLM agreement, KL, sentiment accuracy in/out of domain",
-        "distil.eval:EvalConfig",
-        "distil.eval:run",
+        "distil.quality.eval:EvalConfig",
+        "distil.quality.eval:run",
     ),
     "demo": (
         "the whole pipeline on the embedded default (local stack, real sample data)",
@@ -151,7 +151,8 @@ def _storage(args: argparse.Namespace) -> int:
     """``distil storage check|upload``: exit 0 only when URL is readable and writable."""
     import os
 
-    from distil import storage, storage_check
+    from distil import storage
+    from distil.ops import storage_check
 
     if args.action == "upload":
         if not os.path.isdir(args.local_dir):
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "stack":
-        from distil import stack
+        from distil.ops import stack
 
         if args.action == "up":
             st = stack.up(num_cpus=args.num_cpus)
@@ -236,15 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_handler", None):
         return args._handler(args)
     if args.command == "report":
-        from distil.report import build_report
+        from distil.quality.report import build_report
 
         print(build_report(args.run_url))
         return 0
     if getattr(args, "_missing", None):
         print(args._missing, file=sys.stderr)
         return 2
-    from distil.cluster import RayAddressError
     from distil.config import ConfigError
+    from distil.ops.cluster import RayAddressError
 
     try:
         result = _load(args._run_ref)(args.cfg)

@@ -283,3 +283,9 @@ def emit_result(summary: dict[str, Any]) -> None:
     import json
 
     print(RESULT_PREFIX + json.dumps(summary, default=str), flush=True)
+
+
+def distil_home() -> Path:
+    """Where distil keeps this machine's state: the local stack, package and model caches
+    (``DISTIL_HOME``, default ``.distil`` in the working directory)."""
+    return Path(os.environ.get("DISTIL_HOME", ".distil")).resolve()

@@ -7,7 +7,7 @@ random init — same data, seed and budgets for every row; one process, no Ray.
 Prints a markdown table (MLM top-1 agreement and coarsened KL to the teacher on the cache's
 held-out split, in-domain and out-of-domain sentiment accuracy, share of the teacher's) and the
 goals met or not, and writes the JSON (``--out``, default WORK/quality.json). Artifacts go under
-``--work``; a rerun reuses every committed row. The rows and the logic: ``distil/quality.py``.
+``--work``; a rerun reuses every committed row. The rows and the logic: ``distil/quality/ablation.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distil.config import add_config_args, config_from_args  # noqa: E402
-from distil.quality import run  # noqa: E402
-from distil.quality_config import QualityConfig  # noqa: E402
+from distil.quality.ablation import run  # noqa: E402
+from distil.quality.config import QualityConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from bert_fixtures import save_tiny_bert
 
-from distil import stack
+from distil.ops import stack
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ from distil.data.readers import (
     read_records,
 )
 from distil.data.tokenize_pack import ShardWriter, Tally, tokenize_records
-from distil.data.tokenizer import TokenizerInfo, load_tokenizer_info
+from distil.data.tokenizer import TokenizerInfo
 from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
@@ -247,18 +247,3 @@ def plan_inputs(cfg: PrepareConfig) -> list[tuple[int, str, str]]:
 
     urls = list_inputs(cfg.input, cfg.format)
     return [(i, u, n) for i, (u, n) in enumerate(zip(urls, input_names(urls), strict=True))]
-
-
-def run_serial(cfg: PrepareConfig) -> dict[str, Any]:
-    """The whole stage in this process, one unit after another (no Ray): for tests, benchmarks
-    and small inputs. Same bytes as the Ray job. Returns the committed manifest."""
-    from distil.data.prepare_ranges import pack_ranges, plan_units, prepare_item, range_items
-
-    tok = load_tokenizer_info(cfg.tokenizer)
-    infos = []
-    for unit in plan_units(cfg):
-        results = [prepare_item(item, cfg, tok) for item in range_items(unit)]
-        infos.append(results[0] if len(results) == 1 else pack_ranges(unit, cfg, tok))
-    manifest = build_manifest(cfg, tok, infos)
-    storage.commit(cfg.output, manifest)
-    return manifest

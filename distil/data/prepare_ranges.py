@@ -8,6 +8,10 @@ parts in range order to one ``ShardWriter``, renumbers dead-letter offsets to pa
 the whole dump and writes the shard's marker. Reading, extraction and tokenization (nearly all
 the CPU) run on every worker; packing a whole dump's tokens is the only serial tail, and the
 bytes are those of a single unit whatever the range size or worker count.
+
+``run_serial`` runs every unit of the stage in this process, one after another: the planner of
+units is here, so the serial runner is too (``distil.data.prepare`` holds the per-shard steps
+and imports nothing from this module).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from distil import storage
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
+    build_manifest,
     finish_shard,
     input_identity,
     plan_inputs,
@@ -32,7 +37,7 @@ from distil.data.prepare import (
 from distil.data.readers import detect_format
 from distil.data.readers.wiki_ranges import plan_ranges, read_wiki_range
 from distil.data.tokenize_pack import ShardWriter, Tally, tokenize_records
-from distil.data.tokenizer import TokenizerInfo
+from distil.data.tokenizer import TokenizerInfo, load_tokenizer_info
 from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")
@@ -140,3 +145,16 @@ def pack_ranges(unit: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) ->
     info = finish_shard(w, tally, unit["name"], identity, sha, time.monotonic() - t0)
     storage.remove(storage.join(cfg.output, PARTS, f"shard-{index:05d}"))
     return info
+
+
+def run_serial(cfg: PrepareConfig) -> dict[str, Any]:
+    """The whole stage in this process, one unit after another (no Ray): for tests, benchmarks
+    and small inputs. Same bytes as the Ray job. Returns the committed manifest."""
+    tok = load_tokenizer_info(cfg.tokenizer)
+    infos = []
+    for unit in plan_units(cfg):
+        results = [prepare_item(item, cfg, tok) for item in range_items(unit)]
+        infos.append(results[0] if len(results) == 1 else pack_ranges(unit, cfg, tok))
+    manifest = build_manifest(cfg, tok, infos)
+    storage.commit(cfg.output, manifest)
+    return manifest

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distil.stack import distil_home
+from distil.config import distil_home
 
 
 def cache_dir() -> Path:

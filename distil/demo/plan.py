@@ -188,7 +188,7 @@ class Demo:
             ood_max_rows=self.budgets.get("ood_max_rows"),
         )  # fmt: skip
         storage.write_json(storage.join(self.run_url, "run.json"), run)
-        from distil.report import build_report
+        from distil.quality.report import build_report
 
         local = str(Path(self.cfg.report_dir, self.cfg.scale).resolve())
         report_url = build_report(self.run_url, local_copy=local)
@@ -215,7 +215,7 @@ class Demo:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """``distil demo``: start the stack if needed, run every stage, write run.json + report."""
-    from distil import stack
+    from distil.ops import stack
 
     if cfg.start_stack:
         st = stack.status()

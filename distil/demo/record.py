@@ -56,7 +56,7 @@ def run_json(
 ) -> dict[str, Any]:
     """run.json for a finished run: per stage URL/fingerprint/command/metrics, every artifact,
     the distillation curves, the teacher-vs-student comparison and the score histogram."""
-    from distil import stack
+    from distil.ops import stack
 
     s = steps
     prep = storage.read_manifest(s["prepare"].output)

@@ -17,7 +17,7 @@ from distil import storage
 
 
 def _local_model(url: str) -> str:
-    from distil.stack import distil_home
+    from distil.config import distil_home
 
     dest = os.path.join(distil_home(), "cache", "demo-models", storage.fingerprint(url))
     return storage.copy_dir_to_local(url, dest)
@@ -74,13 +74,13 @@ def compare_models(
     ``reviews``: a review set from another source than the fine-tune's (no model trained on it):
     its first rows time the latency, all of it scores out-of-domain accuracy (``distil eval``'s
     ``evaluate_sentiment``). Agreement and KL are the distil run's final held-out eval (the same
-    ``distil.eval.mlm_metrics`` that ``distil eval`` runs). ``max_length``: the tokens the
+    ``distil.quality.eval.mlm_metrics`` that ``distil eval`` runs). ``max_length``: the tokens the
     classifiers were fine-tuned on, which the out-of-domain reviews are truncated to as well.
     ``ood_max_rows``: score a seeded subset of that many out-of-domain rows (the tiny scale's
     budget); the report names the row count either way."""
     from safetensors import safe_open
 
-    from distil.eval import evaluate_sentiment
+    from distil.quality.eval import evaluate_sentiment
 
     texts = [
         json.loads(line)["text"]
@@ -97,7 +97,7 @@ def compare_models(
         k: storage.read_manifest(u)["metrics"]["accuracy"]
         for k, u in (("teacher", teacher_clf), ("student", student_clf))
     }
-    from distil.stack import distil_home
+    from distil.config import distil_home
 
     clfs = {"teacher": teacher_clf, "student": student_clf}
     models = os.path.join(distil_home(), "cache", "models")

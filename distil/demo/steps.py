@@ -135,7 +135,7 @@ def ray_job_env(env: Mapping[str, str]) -> dict[str, str]:
     job record (``ray job list`` shows it), so the cluster's workers must already hold the
     credentials in their own environment (the local stack's Ray is started with them; on
     Kubernetes a Secret or the node's identity)."""
-    from distil.submit import SECRET_ENV
+    from distil.ops.submit import SECRET_ENV
 
     return {k: v for k, v in env.items() if k not in SECRET_ENV}
 
@@ -234,7 +234,7 @@ class StepRunner:
         """Run the step's command; returns its log. Ray stages go to the job API when there is
         one; Beam (and every stage without a Ray address) runs as a local process."""
         if st.engine == "ray" and self.ray_address:
-            from distil.submit import submit_ray_job
+            from distil.ops.submit import submit_ray_job
 
             _, logs = submit_ray_job(
                 self.ray_address,

@@ -29,9 +29,9 @@ from ray.train import Checkpoint
 from ray.train.torch import TorchTrainer
 
 from distil import storage
-from distil.cluster import init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
+from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_bert_checkpoint
 from distil.train.config import DistilConfig

@@ -25,9 +25,9 @@ import ray.train.torch
 from ray.train.torch import TorchTrainer
 
 from distil import storage
-from distil.cluster import init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
+from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
 

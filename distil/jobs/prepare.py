@@ -20,11 +20,12 @@ from typing import Any
 import ray
 
 from distil import storage
-from distil.cluster import init_ray
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.data.config import PrepareConfig
-from distil.data.prepare import build_manifest, input_size, load_tokenizer_info
+from distil.data.prepare import build_manifest, input_size
 from distil.data.prepare_ranges import pack_ranges, plan_units, prepare_item, range_items
+from distil.data.tokenizer import load_tokenizer_info
+from distil.ops.cluster import init_ray
 from distil.progress import Progress
 
 log = logging.getLogger("distil.prepare")

@@ -13,7 +13,7 @@ import socket
 import ray
 
 from distil import storage
-from distil.cluster import init_ray
+from distil.ops.cluster import init_ray
 
 
 @ray.remote(num_cpus=0.25)

@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 from distil import storage
-from distil.cluster import cluster_gpus, init_ray, wait_for_gpus
 from distil.config import absolute_paths, job_main, setup_logging
+from distil.ops.cluster import cluster_gpus, init_ray, wait_for_gpus
 from distil.progress import Progress
 from distil.teacher.build import TeacherWorker, commit_stage, finalize, pending_units, plan_cache
 from distil.teacher.cache import write_latest_pointer

@@ -345,7 +345,7 @@ def run(cfg: ScoreConfig) -> dict:
     date = ledger.resolve_date(cfg.date)
     dt = date or time.strftime("%Y-%m-%d", time.gmtime(t0))
     inputs = ledger.fill_date(cfg.input, date)
-    keep = review_files.parse_keep_columns(cfg.keep_columns)
+    keep = scored.parse_keep_columns(cfg.keep_columns)
     model_url = classifier.resolve_model_url(cfg.model)
     # Every model file against its sha256 here, on the launcher: a tampered or half-copied model
     # is refused before a worker starts (the workers check again as they load it).

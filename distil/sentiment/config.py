@@ -262,7 +262,7 @@ class ScoreConfig(StageConfig):
     @field_validator("keep_columns")
     @classmethod
     def _known_types(cls, v):
-        from distil.sentiment.review_files import parse_keep_columns
+        from distil.sentiment.scored import parse_keep_columns
 
         parse_keep_columns(v)  # a bad type or a name the output already has fails here
         return v

@@ -81,30 +81,6 @@ def format_of(url: str, input_format: str = "auto") -> str:
     return fmt
 
 
-KEEP_TYPES = ("string", "int64", "float64", "bool")
-
-
-def parse_keep_columns(specs: list[str]) -> list[tuple[str, str]]:
-    """``["product", "stars:int64"]`` -> ``[("product", "string"), ("stars", "int64")]``."""
-    if not specs:
-        return []
-    from distil.sentiment.scored import PARTITION, SCORED_SCHEMA
-
-    reserved = {*SCORED_SCHEMA.names, PARTITION}
-    out: list[tuple[str, str]] = []
-    for spec in specs:
-        name, _, typ = spec.partition(":")
-        name, typ = name.strip(), (typ.strip() or "string")
-        if not name or typ not in KEEP_TYPES:
-            raise ValueError(f"keep column {spec!r}: expected name or name:{'|'.join(KEEP_TYPES)}")
-        if name in reserved:
-            raise ValueError(f"keep column {name!r}: the scored rows already have that column")
-        if name in (n for n, _ in out):
-            raise ValueError(f"keep column {name!r} given twice")
-        out.append((name, typ))
-    return out
-
-
 def convert_column(value: Any, typ: str) -> Any:
     """One kept value as ``typ``; ``ValueError`` when it does not convert. Missing, null and (for
     the typed columns) an empty CSV field are null."""

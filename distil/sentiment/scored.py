@@ -77,6 +77,28 @@ DEAD_SCHEMA = pa.schema(
 )
 
 
+KEEP_TYPES = ("string", "int64", "float64", "bool")
+
+
+def parse_keep_columns(specs: list[str]) -> list[tuple[str, str]]:
+    """``["product", "stars:int64"]`` -> ``[("product", "string"), ("stars", "int64")]``."""
+    if not specs:
+        return []
+    reserved = {*SCORED_SCHEMA.names, PARTITION}
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name, _, typ = spec.partition(":")
+        name, typ = name.strip(), (typ.strip() or "string")
+        if not name or typ not in KEEP_TYPES:
+            raise ValueError(f"keep column {spec!r}: expected name or name:{'|'.join(KEEP_TYPES)}")
+        if name in reserved:
+            raise ValueError(f"keep column {name!r}: the scored rows already have that column")
+        if name in (n for n, _ in out):
+            raise ValueError(f"keep column {name!r} given twice")
+        out.append((name, typ))
+    return out
+
+
 def scored_schema(keep: list[tuple[str, str]]) -> pa.Schema:
     """``SCORED_SCHEMA`` plus the ``--keep-columns`` (name, type) pairs, in their order."""
     schema = SCORED_SCHEMA

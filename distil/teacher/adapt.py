@@ -5,7 +5,7 @@ Training only a fresh head on the frozen encoder does not learn (its last layer 
 mean-pooled sentence embeddings, not token identity: a head trained alone for 400 steps stayed
 near loss 6.9), so the head and the whole encoder are trained together with the usual BERT
 objective on the prepared shards, for a token budget. Which parameters train when and the LR
-schedule are ``distil.teacher.adapt_method`` (options measured by ``bench/adapt_curve.py``).
+schedule are ``distil.teacher.adapt_method`` (options measured by ``scripts/experiments/adapt_curve.py``).
 The head is computed only at the masked positions (15% of tokens), which makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
 
 Plain torch: this is minutes of CPU for the demo and needs no cluster.

@@ -2,7 +2,7 @@
 
 Kept apart from the training loop so each choice (``train_layers``, ``head_warmup_tokens``,
 ``lr_schedule`` in :class:`~distil.teacher.config.AdaptConfig`) can be checked on a model without
-training it, and so ``bench/adapt_curve.py`` compares exactly what the stage runs.
+training it, and so ``scripts/experiments/adapt_curve.py`` compares exactly what the stage runs.
 """
 
 from __future__ import annotations

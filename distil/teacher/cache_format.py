@@ -24,7 +24,7 @@ rerun with the same inputs finds its own finished output):
     position-major over every non-pad position 0..length-1: the int8 ``R @ h`` of the teacher's
     last hidden state (``distil.teacher.sketch``; ``R`` is ``hidden_sketch.npy`` next to the
     manifest). Binary, not list<int8>: Parquet stores int8 as INT32, ~1.43 compressed bytes a
-    value against ~0.98 as raw bytes (``bench/cache_bytes.py``)
+    value against ~0.98 as raw bytes (``scripts/experiments/cache_bytes.py``)
 
   Which positions the targets are for is the spec's ``kd_positions``: ``masked`` (default):
   ``positions``, as above; ``all``: every non-pad position 0..length-1 of the row in order, so

@@ -183,7 +183,7 @@ class AdaptConfig(StageConfig):
     lr_schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear",
         description="learning rate after the warm-up: linear or cosine decay to 0 at the token "
-        "budget, or constant (bench/adapt_curve.py measures them)",
+        "budget, or constant (scripts/experiments/adapt_curve.py measures them)",
     )
     train_layers: int = Field(
         -1,

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from distil import storage
+from distil.config import distil_home
 from distil.packaged import resolve_model_ref
-from distil.stack import distil_home
 
 log = logging.getLogger(__name__)
 

@@ -435,11 +435,11 @@ class DistilRecipe:
     # ------------------------------------------------------------------ eval
     def evaluate(self) -> dict[str, float]:
         """Held-out student MLM accuracy, top-1 agreement with the teacher and KL(teacher||student)
-        at T = 1 (``distil.eval.mlm_metrics``, the same computation as ``distil eval``): over the
+        at T = 1 (``distil.train.heldout.mlm_metrics``, the same computation as ``distil eval``): over the
         full vocab online; from the cache, the KL coarsened to {cached ids, rest} (a lower bound,
         ``losses.kl_coarse``; a sampled cache's drawn ids, whatever temperature they were drawn
         at)."""
-        from distil.eval import mlm_metrics
+        from distil.train.heldout import mlm_metrics
 
         cfg = self.cfg
         self.module.eval()

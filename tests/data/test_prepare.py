@@ -11,7 +11,7 @@ import pytest
 from distil import storage
 from distil.data import shards
 from distil.data.config import PrepareConfig
-from distil.data.prepare import run_serial
+from distil.data.prepare_ranges import run_serial
 from distil.data.readers import BadInputError, Document, read_records
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from distil import storage
 from distil.data.config import PrepareConfig
-from distil.data.prepare import run_serial
+from distil.data.prepare_ranges import run_serial
 from distil.data.tokenizer import (
     UnsupportedTokenizerError,
     load_tokenizer_info,

@@ -12,8 +12,7 @@ from prepare_corpus import real_wiki_xml, write_chunked_streams, write_multistre
 
 from distil import storage
 from distil.data.config import PrepareConfig
-from distil.data.prepare import run_serial
-from distil.data.prepare_ranges import plan_units
+from distil.data.prepare_ranges import plan_units, run_serial
 from distil.data.readers import Document, list_inputs, read_records
 from distil.data.readers.wiki_ranges import BadIndexError, plan_ranges, read_wiki_range
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import distil
-import distil.report
+import distil.quality.report
 from distil import storage
 from distil.config import resolve_config_path
 from distil.demo import Demo, DemoConfig, plan
@@ -69,7 +69,9 @@ def fake_run(monkeypatch, tmp_path):
     """Everything around the steps (samples, run.json, report) replaced by stubs."""
     monkeypatch.setattr(Demo, "_samples", lambda self: {})
     monkeypatch.setattr(plan, "run_json", lambda *a, **k: {"wall_s": 1.0})
-    monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
+    monkeypatch.setattr(
+        distil.quality.report, "build_report", lambda url, local_copy: url + "/report"
+    )
     stages = FakeStages()
     root = f"memory://demo-plan-{uuid.uuid4().hex[:8]}"
 
@@ -140,7 +142,9 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     earlier runs are found and reused, and the plan's wiring (args, upstream) did not move."""
     monkeypatch.setattr(Demo, "_samples", lambda self: {})
     monkeypatch.setattr(plan, "run_json", lambda *a, **k: {"wall_s": 1.0})
-    monkeypatch.setattr(distil.report, "build_report", lambda url, local_copy: url + "/report")
+    monkeypatch.setattr(
+        distil.quality.report, "build_report", lambda url, local_copy: url + "/report"
+    )
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(PINNED_BUDGETS)
     root = "memory://demo-plan-pinned"

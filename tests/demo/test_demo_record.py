@@ -7,9 +7,10 @@ import uuid
 
 import pytest
 
-from distil import stack, storage
+from distil import storage
 from distil.demo import DemoConfig, record
 from distil.demo.steps import Step
+from distil.ops import stack
 
 NAMES = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher", "finetune_student",
          "score"]  # fmt: skip

@@ -54,7 +54,7 @@ def test_compare_models_scores_the_out_of_domain_set(
     from bert_fixtures import tiny_classifier
 
     from distil.demo.report_data import compare_models
-    from distil.eval import evaluate_sentiment
+    from distil.quality.eval import evaluate_sentiment
     from distil.sentiment.classifier import export_classifier
 
     monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "home"))

@@ -203,7 +203,7 @@ def test_output_key_picks_the_output_from_the_result(root):
 
 
 def test_ray_stages_are_submitted_without_a_working_dir(monkeypatch, root):
-    import distil.submit
+    import distil.ops.submit
 
     calls = []
 
@@ -211,7 +211,7 @@ def test_ray_stages_are_submitted_without_a_working_dir(monkeypatch, root):
         calls.append((address, argv, kw))
         return "sub-1", 'DISTIL_RESULT {"ok": true}\n'
 
-    monkeypatch.setattr(distil.submit, "submit_ray_job", fake_submit)
+    monkeypatch.setattr(distil.ops.submit, "submit_ray_job", fake_submit)
     monkeypatch.setattr(steps, "run_local", lambda *a: pytest.fail("ran locally"))
     runner = StepRunner(root, "http://head:8265", {"AWS_REGION": "r"})
     st = runner.plan("prepare", "prepare", {"seq_len": 8}, "output")
@@ -225,9 +225,11 @@ def test_ray_stages_are_submitted_without_a_working_dir(monkeypatch, root):
 @pytest.mark.parametrize("address, stage", [("", "prepare"), ("http://head:8265", "score_reviews")])
 def test_local_steps_run_this_interpreter(monkeypatch, root, address, stage):
     """No Ray address: every stage is a local process; Beam scoring is always local."""
-    import distil.submit
+    import distil.ops.submit
 
-    monkeypatch.setattr(distil.submit, "submit_ray_job", lambda *a, **k: pytest.fail("submitted"))
+    monkeypatch.setattr(
+        distil.ops.submit, "submit_ray_job", lambda *a, **k: pytest.fail("submitted")
+    )
     seen = []
     monkeypatch.setattr(steps, "run_local", lambda name, argv, env: seen.append(argv) or "log")
     runner = StepRunner(root, address, {"X": "1"})

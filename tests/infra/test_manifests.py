@@ -259,7 +259,7 @@ def test_scheduled_scoring_runs_its_sdk_workers_on_the_task_managers(monkeypatch
 def test_rayjobs_pass_no_credentials():
     """Ray keeps a job's runtime env and entrypoint in the job record (`ray job list` shows
     them): credentials reach the workers only through the pods' environment (Secret / identity)."""
-    from distil.submit import SECRET_ENV
+    from distil.ops.submit import SECRET_ENV
 
     jobs = [(p, d) for p, d in k8s_documents() if d.get("kind") == "RayJob"]
     assert jobs

@@ -58,7 +58,7 @@ def two_ray_nodes(s3_server, monkeypatch) -> Iterator[RayNodes]:
     )
     from ray.cluster_utils import Cluster
 
-    from distil import stack
+    from distil.ops import stack
 
     # Loopback only (what `distil stack up` does): without single-machine mode Ray swaps
     # 127.0.0.1 for the machine's routable IP, where the job agent then looks for the GCS.

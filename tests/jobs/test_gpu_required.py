@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from distil.cluster import GPUUnavailableError
+from distil.ops.cluster import GPUUnavailableError
 from distil.teacher.config import LogitsConfig
 from distil.train.config import DistilConfig
 

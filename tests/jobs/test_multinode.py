@@ -26,7 +26,7 @@ from distil import storage
 from distil.config import load_config
 from distil.data.config import PrepareConfig
 from distil.demo.steps import parse_result
-from distil.submit import submit_ray_job
+from distil.ops.submit import submit_ray_job
 from distil.teacher.config import LogitsConfig
 from distil.train.config import DistilConfig
 

@@ -57,7 +57,7 @@ def test_one_worker_and_two_workers_write_identical_bytes(ray_local, tmp_path):
 
 @pytest.mark.timeout(240)
 def test_split_multistream_dump_on_two_workers_matches_one_unit(ray_local, tmp_path):
-    from distil.data.prepare import run_serial
+    from distil.data.prepare_ranges import run_serial
     from distil.jobs.prepare import run
 
     root = tmp_path / "corpus"

@@ -13,7 +13,7 @@ from teacher_helpers import build_cache
 
 from distil import storage
 from distil.data.config import PrepareConfig
-from distil.data.prepare import run_serial
+from distil.data.prepare_ranges import run_serial
 from distil.data.tokenizer import load_tokenizer_info
 from distil.teacher.compat import TokenizerMismatchError, check_teacher
 from distil.teacher.config import LogitsConfig

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from distil.ops import stack
+
 RUNNING = {"PENDING", "RUNNING"}
 
 
@@ -49,7 +51,7 @@ def submit_ray_job(
             print(f"[distil] stopping superseded job {job.submission_id} ({key})", flush=True)
             client.stop_job(job.submission_id)
     if sub_id is None:
-        sub_id = _submit_when_agent_ready(
+        sub_id = stack.submit_when_agent_ready(
             client,
             entrypoint=shlex.join(argv),
             runtime_env=runtime_env(env_vars, working_dir),
@@ -90,8 +92,6 @@ def job_client(address: str):
     ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``)."""
     from ray.job_submission import JobSubmissionClient
 
-    from distil import stack
-
     parsed = urlparse(address)
     is_stack = parsed.hostname in ("127.0.0.1", "localhost") and parsed.port == stack.DASHBOARD_PORT
     headers = stack.auth_headers() if is_stack else {}
@@ -112,16 +112,3 @@ def runtime_env(env_vars: dict[str, str], working_dir: str | Path | None = None)
     if working_dir is not None:
         env["working_dir"] = str(working_dir)
     return env
-
-
-def _submit_when_agent_ready(client, wait_s: float = 90.0, **kwargs) -> str:
-    """Right after `ray start --head` the job agent may not be registered yet ("No available
-    agent to submit job"): retry that one error for a while, fail on anything else."""
-    deadline = time.time() + wait_s
-    while True:
-        try:
-            return client.submit_job(**kwargs)
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.time() > deadline:
-                raise
-            time.sleep(2.0)

@@ -1,4 +1,4 @@
-"""distil.procs on real processes: the listening sockets it reports (what the stack's socket test
+"""distil.ops.procs on real processes: the listening sockets it reports (what the stack's socket test
 relies on), environment markers, process trees and termination."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from distil import procs
+from distil.ops import procs
 
 LISTEN = """
 import socket, sys, time

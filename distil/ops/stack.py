@@ -3,7 +3,7 @@
 ``distil stack up|down|status|env``. State (PID file, logs, S3 data, the Ray auth token) lives
 under ``$DISTIL_HOME/stack`` (default ``./.distil/stack``); the S3 data dir survives
 ``down``/``up`` so every URL a run wrote stays valid. Starting one SeaweedFS S3 server (also what
-the tests use) is ``distil.seaweed``.
+the tests use) is ``distil.ops.seaweed``.
 
 Ray keeps token authentication on: the head, its workers, the job API and every client use the
 token in ``$DISTIL_HOME/stack/ray-auth-token`` (mode 0600; ``distil stack env`` exports its
@@ -27,8 +27,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from distil import procs
-from distil.seaweed import S3Server, s3_bucket_ready, start_seaweed
+from distil.config import distil_home
+from distil.ops import procs
+from distil.ops.seaweed import S3Server, s3_bucket_ready, start_seaweed
 
 RAY_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -44,10 +45,6 @@ SESSION_ENV = "DISTIL_STACK_SESSION"
 # raylet, workers) bind loopback instead of every interface; a driver needs it too to reach them.
 # (It also refuses `ray start --address=…` worker joins, which a one-machine stack never does.)
 SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def distil_home() -> Path:
-    return Path(os.environ.get("DISTIL_HOME", ".distil")).resolve()
 
 
 def stack_dir() -> Path:
@@ -294,12 +291,12 @@ def _free_port_flags() -> list[str]:
 def _wait_for_job_agent(deadline: float) -> None:
     """The dashboard answers before the head's job agent registers, and `ray job submit` then
     fails with "No available agent". Readiness = a no-op job actually runs (with the token)."""
-    from ray.job_submission import JobStatus
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from distil.submit import _submit_when_agent_ready, job_client
-
-    client = job_client(f"http://127.0.0.1:{DASHBOARD_PORT}")
-    job = _submit_when_agent_ready(
+    client = JobSubmissionClient(
+        f"http://127.0.0.1:{DASHBOARD_PORT}", headers=auth_headers() or None
+    )
+    job = submit_when_agent_ready(
         client, wait_s=max(5.0, deadline - time.time()), entrypoint="true",
         metadata={"distil_step": "stack-readiness"},
     )  # fmt: skip
@@ -348,3 +345,16 @@ def down() -> dict[str, dict]:
     (stack_dir() / "seaweedfs.pid").unlink(missing_ok=True)
     _stop_ray(state)
     return status()
+
+
+def submit_when_agent_ready(client, wait_s: float = 90.0, **kwargs) -> str:
+    """Right after `ray start --head` the job agent may not be registered yet ("No available
+    agent to submit job"): retry that one error for a while, fail on anything else."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2.0)

@@ -1,6 +1,7 @@
-"""Bench: dynamic masking from a static teacher cache — cache bytes vs student quality.
+"""Experiment: dynamic masking from a static teacher cache — cache bytes vs student quality.
+Decision it backs: the packaged logits configs' `copies` (docs/stages/teacher-logits.md, "Dynamic masking").
 
-    python bench/dynamic_masking.py            # <= 10 min on 2 shared cores; prints one table
+    python scripts/experiments/dynamic_masking.py            # <= 10 min on 2 shared cores; prints one table
 
 Epoch e of a cached distil run reads masked copy ``e % copies`` of every sequence
 (``TeacherCache.copy_for``), so ``copies`` C gives C differently masked views of the data over
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distil import storage  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER  # noqa: E402

@@ -1,6 +1,7 @@
-"""Bench: peak RSS of the teacher-logits stage for one prepared shard of N vs 10·N sequences.
+"""Experiment: peak RSS of the teacher-logits stage for one prepared shard of N vs 10·N sequences.
+Decision it backs: the logits stage's unit of work is a bounded slice of a shard (`unit_rows`), so an actor's memory does not grow with the shard (docs/stages/teacher-logits.md).
 
-    python bench/teacher_logits_memory.py [--rows 1024] [--seq-len 128]
+    python scripts/experiments/teacher_logits_memory.py [--rows 1024] [--seq-len 128]
 
 Each build runs in a fresh process (its ``VmHWM`` is its own peak) with the steps a teacher
 actor of the Ray job runs for each unit — mask, teacher, commit (``build_in_process``, units of
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from teacher_logits import SIZES, real_sequences  # noqa: E402
 
@@ -100,7 +101,7 @@ def memory_bench(args) -> None:
             check=True,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from distil import storage, storage_check
+from distil import storage
 from distil.cli import main
+from distil.ops import storage_check
 
 
 def test_writable_prefix_is_ok_with_env_identity_and_masked_key(s3_server, s3_url, capsys):

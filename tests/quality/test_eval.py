@@ -13,10 +13,10 @@ import torch
 from distil import storage
 from distil.cli import main as cli_main
 from distil.config import ConfigError
-from distil.eval import evaluate_mlm, evaluate_sentiment, review_sets
+from distil.quality.eval import evaluate_mlm, evaluate_sentiment, review_sets
 
 _spec = importlib.util.spec_from_file_location(
-    "stage3_data", Path(__file__).parent / "train" / "stage3_data.py"
+    "stage3_data", Path(__file__).parents[1] / "train" / "stage3_data.py"
 )
 stage3_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(stage3_data)

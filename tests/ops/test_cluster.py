@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from distil.cluster import GPUUnavailableError, RayAddressError, resolve_address, wait_for_gpus
+from distil.ops.cluster import GPUUnavailableError, RayAddressError, resolve_address, wait_for_gpus
 
 
 @pytest.mark.parametrize(

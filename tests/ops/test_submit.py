@@ -1,4 +1,4 @@
-"""distil.submit without a cluster: the runtime env ships no working_dir unless asked, and a step
+"""distil.ops.submit without a cluster: the runtime env ships no working_dir unless asked, and a step
 submits ``python -m …`` as given (the job client is faked; nothing of Ray is started)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from distil import submit
+from distil.ops import submit
 
 
 def test_runtime_env_has_no_working_dir_by_default():
@@ -72,7 +72,7 @@ def test_submit_ray_job_uploads_nothing(fake_ray, capsys):
 def test_the_local_stacks_job_api_gets_the_stacks_token(fake_ray, tmp_path, monkeypatch):
     """The demo and `stack up` authenticate to the stack whatever this shell exports; other
     clusters get no header from us (Ray's own RAY_AUTH_TOKEN[_PATH] handling applies)."""
-    from distil import stack
+    from distil.ops import stack
 
     monkeypatch.setenv("DISTIL_HOME", str(tmp_path))
     submit.job_client("http://127.0.0.1:8265")

@@ -1,13 +1,13 @@
 """The quality ablation behind ``scripts/quality.py``: which part of the recipe buys what.
 
-Rows (``distil.quality_config.ROWS``): the teacher; the full recipe (KD + MLM + cosine); no
+Rows (``distil.quality.config.ROWS``): the teacher; the full recipe (KD + MLM + cosine); no
 cosine; MLM only (no KD); no distillation (the student initialised from every other teacher
 layer and fine-tuned directly); random init (the full recipe from random weights, as in
 DistilBERT's ablation). Every row uses the same teacher, teacher cache, seed, distillation budget
 and fine-tune budget, and each is scored the same way: top-1 agreement and coarsened KL to the
-teacher on the cache's held-out split (``distil.eval.evaluate_mlm``), and sentiment accuracy in
+teacher on the cache's held-out split (``distil.quality.eval.evaluate_mlm``), and sentiment accuracy in
 domain (the fine-tune set's validation rows) and out of domain (a set no model trained on,
-``distil.eval.evaluate_sentiment``), with the share of the teacher's accuracy kept.
+``distil.quality.eval.evaluate_sentiment``), with the share of the teacher's accuracy kept.
 
 In-process, no Ray and no cluster: the engine-free library steps the stages' jobs wrap
 (``prepare.run_serial``, ``teacher.adapt``, ``teacher.build.build_in_process``,
@@ -29,10 +29,10 @@ import yaml
 
 from distil import storage
 from distil.config import resolve_config_path
-from distil.quality_config import ROWS, QualityConfig, RowSpec
-from distil.quality_table import summarize
+from distil.quality.config import ROWS, QualityConfig, RowSpec
+from distil.quality.table import summarize
 
-log = logging.getLogger("distil.quality")
+log = logging.getLogger("distil.quality.ablation")
 ROW_KIND = "quality_row"
 
 
@@ -51,7 +51,7 @@ def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     """(prepared shards, teacher, reviews dir): given ones as they are, else built as the demo
     builds them (sample corpus parts, prepare and adapt budgets of ``demo/sample``)."""
     from distil.data.config import PrepareConfig, SamplesConfig
-    from distil.data.prepare import run_serial
+    from distil.data.prepare_ranges import run_serial
     from distil.data.samples import run as build_samples
 
     budgets = demo_budgets(cfg.threads)
@@ -213,7 +213,7 @@ def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> st
 
 def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any]:
     """One row, reused when committed: student (distilled or not), classifier, scores."""
-    from distil.eval import evaluate_mlm, evaluate_sentiment
+    from distil.quality.eval import evaluate_mlm, evaluate_sentiment
 
     spec = ROWS[name]
     inputs = {"teacher": ctx["teacher_sha256"], "cache": ctx["cache"]}
@@ -277,7 +277,7 @@ def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any
 
 def shared_inputs(cfg: QualityConfig) -> dict[str, str]:
     """What every row shares: prepared shards, teacher (and its weights hash), the teacher cache
-    and the reviews dir (``bench/kd_temperature.py`` distils from the same ones)."""
+    and the reviews dir (``scripts/experiments/kd_temperature.py`` distils from the same ones)."""
     from distil.teacher.load import load_teacher
 
     prepared, teacher, reviews = prepare_inputs(cfg)
@@ -295,7 +295,7 @@ def shared_inputs(cfg: QualityConfig) -> dict[str, str]:
 
 def run(cfg: QualityConfig) -> dict[str, Any]:
     """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
-    from distil.eval import review_sets
+    from distil.quality.eval import review_sets
 
     t0 = time.perf_counter()
     shared = shared_inputs(cfg)

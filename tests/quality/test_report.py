@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from distil import report, storage
+from distil import storage
+from distil.quality import report
 
 
 def _run(wall: float) -> dict:

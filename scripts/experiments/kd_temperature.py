@@ -1,8 +1,9 @@
-"""Bench: which KD temperature a top-k teacher cache can teach at — the teacher's top-k mass
+"""Experiment: which KD temperature a top-k teacher cache can teach at — the teacher's top-k mass
 at each temperature the cache serves, and the student's held-out KL curve when distilled at each.
+Decision it backs: the demo and scripts/quality.py distil at T = 1 (docs/stages/distil.md, "Which temperature a top-k cache can teach at").
 
-    python bench/kd_temperature.py                 # the demo's data and teacher: ~15 min on 2 cores
-    python bench/kd_temperature.py --cache C --teacher T --temperatures 1,2
+    python scripts/experiments/kd_temperature.py                 # the demo's data and teacher: ~15 min on 2 cores
+    python scripts/experiments/kd_temperature.py --cache C --teacher T --temperatures 1,2
 
 KD over a top-k cache compares teacher and student on K + 1 buckets (the K cached ids and the
 rest, ``losses.kd_topk``). At a temperature where the teacher's K ids hold little of its mass,
@@ -11,7 +12,7 @@ per temperature the cache serves, the mean / median / 10th percentile of the tea
 mass over the cache's positions; then trains the same student (``DistilRecipe`` in-process,
 world 1, cached mode, the demo's distil budget: 100 steps of 32 sequences, lr 5e-4, 10 warm-up
 steps, the demo's loss weights) once per ``--temperatures`` entry and prints the held-out
-coarsened KL to the teacher (at T = 1, ``distil.eval``) at every ``--eval-every`` steps: the
+coarsened KL to the teacher (at T = 1, ``distil.quality.eval``) at every ``--eval-every`` steps: the
 curve the demo report plots. Without ``--cache``/``--teacher`` the inputs are those of
 ``scripts/quality.py`` under ``--work`` (built as the demo builds them, reused when present).
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def topk_mass(cache_url: str, max_batches: int = 64) -> dict[float, dict[str, float]]:
@@ -110,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--cache and --teacher go together (the teacher the cache was built with)")
     cache, teacher = args.cache, args.teacher
     if cache is None:
-        from distil.quality import shared_inputs
-        from distil.quality_config import QualityConfig
+        from distil.quality.ablation import shared_inputs
+        from distil.quality.config import QualityConfig
 
         qc = QualityConfig(work=args.work, samples=str(Path(args.work).parent / "samples"))
         shared = shared_inputs(qc)

@@ -1,7 +1,8 @@
-"""Bench: the adapted packaged teacher's held-out MLM quality against adapt budget and method.
+"""Experiment: the adapted packaged teacher's held-out MLM quality against adapt budget and method.
+Decision it backs: the demo's teacher-adaptation budget (120k tokens) and method (docs/stages/teacher-logits.md, "Adapting the embedded teacher").
 
-    python bench/adapt_curve.py --workdir /tmp/adapt-curve            # the table in docs/stages/teacher-logits.md
-    python bench/adapt_curve.py --prepared URL --runs all:80000,head8k:80000
+    python scripts/experiments/adapt_curve.py --workdir /tmp/adapt-curve            # the table in docs/stages/teacher-logits.md
+    python scripts/experiments/adapt_curve.py --prepared URL --runs all:80000,head8k:80000
 
 Each run is one in-process ``distil.teacher.adapt.adapt`` (the stage's own code, no Ray) of the
 packaged MiniLM on the same prepared data, differing only in token budget and method (METHODS:
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distil import storage  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER  # noqa: E402
@@ -46,7 +47,7 @@ DEFAULT_RUNS = "all:80000,head8k:80000,cosine:80000,top4:80000,all:40000,all:120
 def prepare_sample(workdir: str) -> str:
     """The demo's sample-scale corpus (wiki + news) prepared at seq_len 128; reused if there."""
     from distil.data.config import PrepareConfig
-    from distil.data.prepare import run_serial
+    from distil.data.prepare_ranges import run_serial
     from distil.data.samples import assemble_news, assemble_wiki
 
     out = storage.join(workdir, "prepared")

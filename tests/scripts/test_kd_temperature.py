@@ -1,4 +1,4 @@
-"""bench/kd_temperature.py: the teacher's top-k mass per temperature, read from a real cache, and
+"""scripts/experiments/kd_temperature.py: the teacher's top-k mass per temperature, read from a real cache, and
 the per-temperature KL curves it prints."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _spec.loader.exec_module(stage3_data)
 
 
 def _bench():
-    sys.path.insert(0, str(REPO / "bench"))
+    sys.path.insert(0, str(REPO / "scripts" / "experiments"))
     try:
         import kd_temperature
     finally:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
-log = logging.getLogger("distil.cluster")
+log = logging.getLogger("distil.ops.cluster")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -64,7 +64,7 @@ def _gcs_address_for_job_api(url: str) -> str:
     )
     if host not in LOOPBACK:
         raise RayAddressError(f"Ray address {url!r} is a job-API URL, not a cluster address. {fix}")
-    from distil import stack
+    from distil.ops import stack
 
     st = stack.status()["ray"]
     if st["healthy"] and urlparse(st["dashboard"]).port == urlparse(url).port:

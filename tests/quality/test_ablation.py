@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from distil import storage
-from distil.quality import run
-from distil.quality_config import ROWS, QualityConfig
-from distil.quality_table import goals
+from distil.quality.ablation import run
+from distil.quality.config import ROWS, QualityConfig
+from distil.quality.table import goals
 from distil.sentiment.reviews import validation_mask
 
 _spec = importlib.util.spec_from_file_location(
-    "stage3_data", Path(__file__).parent / "train" / "stage3_data.py"
+    "stage3_data", Path(__file__).parents[1] / "train" / "stage3_data.py"
 )
 stage3_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(stage3_data)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from distil import procs, stack, storage
+from distil import storage
 from distil.demo import steps
+from distil.ops import procs, stack
 
 pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job
 
@@ -295,7 +296,7 @@ def _no_secret_in_job_records(job_env):
     logs = runner.execute(step)
     assert steps.parse_result(logs) == {"output": out}
 
-    from distil.submit import job_client
+    from distil.ops.submit import job_client
 
     client = job_client(job_env["RAY_ADDRESS"])
     (job,) = [j for j in client.list_jobs() if (j.metadata or {}).get("distil_step", "").endswith(

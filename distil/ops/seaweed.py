@@ -1,6 +1,6 @@
 """One SeaweedFS S3 server (``weed mini``) on loopback: start it, wait until its bucket answers.
 
-The local stack (``distil.stack``) runs one on fixed ports; the tests start throwaway ones on
+The local stack (``distil.ops.stack``) runs one on fixed ports; the tests start throwaway ones on
 free ports (``stack.free_port_block``).
 """
 

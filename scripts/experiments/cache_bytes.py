@@ -1,6 +1,7 @@
-"""Bench: bytes per token of the teacher cache for its target positions and hidden-state sketch.
+"""Experiment: bytes per token of the teacher cache for its target positions and hidden-state sketch.
+Decision it backs: cache format 4 stores the hidden-state sketch as a binary column of int8 bytes, not list<int8> (docs/stages/teacher-logits.md, "Cache layout").
 
-    python bench/cache_bytes.py --corpus .distil/samples/corpus        # CPU, a few minutes
+    python scripts/experiments/cache_bytes.py --corpus .distil/samples/corpus        # CPU, a few minutes
 
 Prepares ~200k tokens of real text (the sample corpus's news + one Austen novel) with the
 packaged teacher's real tokenizer, then builds the cache (stage 2's own ``build_in_process``,
@@ -20,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distil.data.config import PrepareConfig  # noqa: E402
-from distil.data.prepare import run_serial  # noqa: E402
+from distil.data.prepare_ranges import run_serial  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER  # noqa: E402
 from distil.teacher.build import build_in_process, plan_cache  # noqa: E402
 from distil.teacher.config import LogitsConfig  # noqa: E402
