@@ -243,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(args._missing, file=sys.stderr)
         return 2
+    from distil import tracking
     from distil.cluster import RayAddressError
     from distil.config import ConfigError
 
+    run = _load(args._run_ref)
     try:
-        result = _load(args._run_ref)(args.cfg)
+        if args._run_ref in tracking.STAGES:
+            result = tracking.tracked(tracking.STAGES[args._run_ref], run, args.cfg)
+        else:  # the demo tracks its own stages; eval and samples are not pipeline stages
+            result = run(args.cfg)
     except (ConfigError, RayAddressError) as e:
         print(f"distil {args.command}: error: {e}", file=sys.stderr)
         return 2
