@@ -38,10 +38,6 @@ RUN_ID_ENV = "DISTIL_MLFLOW_RUN_ID"
 DEFAULT_EXPERIMENT = "distil"
 GROUP_TAG = "distil.run_group"
 STAGE_TAG = "distil.stage"
-# What crosses into a stage's process (the demo's jobs, Ray workers): the credentials only by
-# inheritance, never in a Ray runtime env (``distil.submit.SECRET_ENV``).
-PUBLIC_ENV = (URI_ENV, EXPERIMENT_ENV, GROUP_ENV)
-SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # A tracking server that is down must cost seconds, not MLflow's default of 7 retries with
 # exponential backoff and a 120 s timeout per request; a value the user set wins.
 HTTP_DEFAULTS = {
