@@ -10,8 +10,10 @@ a client needs the MLflow credentials only, not the S3 keys.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +31,20 @@ class MlflowServer:
     username: str
     password: str
     proc: subprocess.Popen | None = None
+
+    def stop(self, sig: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
+        """Signal the server's whole process group (``mlflow server`` runs its app in a child
+        process, which would outlive the parent alone), SIGKILL after ``wait_s``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(wait_s)
 
     def env(self) -> dict[str, str]:
         """What a client needs (``distil.tracking`` reads these)."""
@@ -123,5 +139,5 @@ def start_mlflow(
         if http_status(probe, (ADMIN, password)) == 200:
             return server
         time.sleep(0.5)
-    proc.terminate()
+    server.stop()
     raise RuntimeError(f"mlflow server did not answer within {wait_s:.0f} s; see {log_path}")

