@@ -364,7 +364,7 @@ class DistilRecipe:
                 self.history.append({"step": self.step, **ev})
                 log.info("eval step %d: %s", self.step, json.dumps(ev))
             if report and (logged or evaluate):  # the same steps on every rank
-                metrics = {"step": self.step, "epoch": self.data.epoch, **last, **logged}
+                metrics = {"step": self.step, "epoch": self.data.epoch, **logged}
                 if self.history:  # the latest evaluation, under its own step
                     ev = self.history[-1]
                     metrics.update({("eval_step" if k == "step" else k): v for k, v in ev.items()})
