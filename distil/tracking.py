@@ -58,8 +58,13 @@ STAGES = {
 
 
 def stage_name(run: Callable[..., Any]) -> str:
-    ref = f"{run.__module__}:{run.__name__}"
-    return STAGES.get(ref, run.__module__.rsplit(".", 1)[-1])
+    module = run.__module__
+    if module == "__main__":  # `python -m distil.jobs.prepare`: the module's real name
+        import sys
+
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return STAGES.get(f"{module}:{run.__name__}", module.rsplit(".", 1)[-1])
 
 
 def tracking_uri() -> str | None:

@@ -119,6 +119,17 @@ def test_tracked_pipeline_is_one_parent_with_nested_stage_runs(
     for module, _, argv in argvs.values():
         _stage(module, [*argv, "--run-group", group], env)
 
+    # the README's comparison: the distil run's params and final metrics as a DataFrame
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server.url)
+    frame = mlflow.search_runs(
+        experiment_names=[experiment], filter_string="tags.`distil.stage` = 'distil'"
+    )
+    assert len(frame) == 1
+    assert frame["params.temperature"][0] == "2.0" and frame["metrics.loss"][0] > 0
+    assert 0 <= frame["metrics.eval_teacher_agreement"][0] <= 1
+
     client = _client(mlflow_server)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
