@@ -343,12 +343,20 @@ def stage_run(stage: str, config: Any) -> Iterator[Tracker]:
             os.environ[RUN_ID_ENV] = old_env
 
 
+def rates(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Throughput a summary implies but does not state: rows/s of a scoring run."""
+    rows, secs = summary.get("rows_in"), summary.get("wall_s")
+    if isinstance(rows, (int, float)) and isinstance(secs, (int, float)) and secs > 0:
+        return {"rows_per_s": rows / secs}
+    return {}
+
+
 def record(tracker: Tracker, summary: Mapping[str, Any], artifact: str = "summary.json") -> None:
     """A stage's summary: its numbers as final metrics, its URLs/identities as tags, the whole
     summary as a JSON artifact."""
     if not tracker.active:
         return
-    tracker.log_metrics(summary)
+    tracker.log_metrics({**summary, **rates(summary)})
     tracker.set_tags({**summary_tags(summary), **ray_job_tags()})
     tracker.log_json(dict(summary), artifact)
 

@@ -4,6 +4,7 @@ a server killed mid-stage, a refused password, and no mlflow import without a tr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -78,15 +79,22 @@ def _stage(module: str, argv: list[str], env: dict[str, str]) -> str:
 
 @pytest.mark.timeout(600)
 def test_tracked_pipeline_is_one_parent_with_nested_stage_runs(
-    mlflow_server, s3_url, tmp_path, tiny_teacher_dir, real_tokenizer_dir
+    mlflow_server, s3_url, tmp_path, tiny_teacher_dir, real_tokenizer_dir, make_planted_reviews
 ):
-    """prepare -> logits -> distil as the jobs a cluster runs (``python -m distil.jobs.…``,
-    each with its embedded Ray), tracked into one run group."""
+    """prepare -> logits -> distil -> fine-tune -> score as the jobs a cluster runs
+    (``python -m distil.jobs.…``, each with its embedded Ray; scoring on Beam), tracked into one
+    run group."""
     from distil.data.config import PrepareConfig
+    from distil.pipelines.score_reviews import parse_args as score_args
+    from distil.sentiment.config import FinetuneConfig
     from distil.teacher.config import LogitsConfig
     from distil.train.config import DistilConfig
 
     write_good_corpus(tmp_path / "corpus")
+    reviews = make_planted_reviews(64)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    unlabelled = [{"id": r["id"], "text": r["text"]} for r in reviews[:16]]
+    (tmp_path / "score.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unlabelled))
     group = f"group-{uuid.uuid4().hex[:6]}"
     experiment = f"exp-{uuid.uuid4().hex[:6]}"
     env = dict(os.environ, **mlflow_server.env(), MLFLOW_EXPERIMENT_NAME=experiment)
@@ -115,10 +123,27 @@ def test_tracked_pipeline_is_one_parent_with_nested_stage_runs(
              "--warmup-steps", "2", "--checkpoint-every", "10", "--eval-every", "10",
              "--eval-batches", "2", "--log-every", "5"],
         ),
+        "finetune": (
+            "distil.jobs.finetune",
+            FinetuneConfig,
+            ["--model", f"{s3_url}/student", "--train", str(tmp_path / "train.jsonl"),
+             "--output", f"{s3_url}/classifier", "--run-name", "clf", "--max-steps", "4",
+             "--batch-size", "8", "--max-length", "16", "--log-every", "1",
+             "--ray-storage-path", f"{s3_url}/ft-runs"],
+        ),
+        "score": (
+            "distil.pipelines.score_reviews",
+            None,
+            ["--input", json.dumps([str(tmp_path / "score.jsonl")]),
+             "--model", f"{s3_url}/classifier/clf", "--output", f"{s3_url}/scored",
+             "--run-id", "r1", "--model-cache", str(tmp_path / "model-cache"),
+             "--max-length", "32", "--batch-size", "8", "--runner", "FnApiRunner"],
+        ),
     }  # fmt: skip
     for module, _, argv in argvs.values():
         _stage(module, [*argv, "--run-group", group], env)
 
+    client = _client(mlflow_server)  # also the credentials, for mlflow's fluent API
     # the README's comparison: the distil run's params and final metrics as a DataFrame
     import mlflow
 
@@ -130,7 +155,6 @@ def test_tracked_pipeline_is_one_parent_with_nested_stage_runs(
     assert frame["params.temperature"][0] == "2.0" and frame["metrics.loss"][0] > 0
     assert 0 <= frame["metrics.eval_teacher_agreement"][0] <= 1
 
-    client = _client(mlflow_server)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get(tracking.STAGE_TAG) == "pipeline"]
@@ -144,7 +168,7 @@ def test_tracked_pipeline_is_one_parent_with_nested_stage_runs(
     for stage, (_, cls, argv) in argvs.items():
         run = nested[stage]
         assert run.info.status == "FINISHED", stage
-        cfg = parse_job_args(cls, "x", argv)
+        cfg = parse_job_args(cls, "x", argv) if cls else score_args(argv)
         assert run.data.params == tracking.params_of(cfg.model_dump(mode="json")), stage
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert "summary.json" in artifacts, stage
@@ -159,6 +183,12 @@ def test_tracked_pipeline_is_one_parent_with_nested_stage_runs(
         10,
         20,
     ]
+    finetune_run = nested["finetune"].info.run_id
+    assert [m.step for m in client.get_metric_history(finetune_run, "loss")] == [1, 2, 3, 4]
+    assert nested["finetune"].data.metrics["metrics.accuracy"] >= 0
+    score = nested["score"].data.metrics
+    assert score["rows_in"] == score["scored"] + score["dead_letter"] == 16
+    assert score["rows_per_s"] > 0
     prep = nested["prepare"].data
     assert prep.metrics["rows"] > 0 and "dead_letter" in prep.metrics
     assert prep.tags["distil.output"] == prepared
