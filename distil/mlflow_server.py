@@ -93,6 +93,7 @@ def start_mlflow(
     ``data_dir/mlflow-password``); returns once an authenticated request gets 200."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # the run store, the user store (password hashes) and the secrets
     password = ensure_password(data_dir / "mlflow-password")
     auth_ini = data_dir / "mlflow-auth.ini"
     # Only the admin exists and anonymous requests get 401: nothing is readable without it.

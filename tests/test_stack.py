@@ -248,6 +248,7 @@ def _mlflow_is_closed(status: dict, exports: dict[str, str]) -> None:
     assert status["healthy"] and status["url"] == f"http://127.0.0.1:{stack.MLFLOW_PORT}"
     secret = Path(status["password_path"])
     assert secret.stat().st_mode & 0o777 == 0o600
+    assert secret.parent.stat().st_mode & 0o777 == 0o700
     password = secret.read_text().strip()
     assert exports["MLFLOW_TRACKING_URI"] == status["url"]
     assert exports["MLFLOW_TRACKING_PASSWORD"] == f'"$(cat {secret})"'
