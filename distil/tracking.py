@@ -9,8 +9,8 @@ an MLflow run named after the stage; with a run group (``--run-group NAME`` or
 parent run, found by its ``distil.run_group`` tag or created by the first stage that needs it.
 
 Tracking never breaks a run: the first failed call to the tracking server (down, refusing the
-credentials, rejecting a value) logs one WARNING and switches that logger off for the rest of the
-process; the stage's own JSON outputs stay the source of truth. Clients authenticate with
+credentials, rejecting a value) logs one WARNING and switches that stage run's tracker off for the
+rest of the process; the stage's own JSON outputs stay the source of truth. Clients authenticate with
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` from their environment (never
 through a Ray runtime env: Ray shows those in its job records).
 """
@@ -32,9 +32,6 @@ log = logging.getLogger("distil.tracking")
 URI_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 GROUP_ENV = "DISTIL_RUN_GROUP"
-# The stage's MLflow run, for code the stage runs in another process (Ray Train workers get it
-# in their loop config; a stage started by the demo finds its group through GROUP_ENV).
-RUN_ID_ENV = "DISTIL_MLFLOW_RUN_ID"
 DEFAULT_EXPERIMENT = "distil"
 GROUP_TAG = "distil.run_group"
 STAGE_TAG = "distil.stage"
@@ -326,8 +323,6 @@ def stage_run(stage: str, config: Any) -> Iterator[Tracker]:
     tracker.log_params(dump)
     tracker.set_tags(config_tags(config))
     previous, _current = _current, tracker
-    old_env = os.environ.get(RUN_ID_ENV)
-    os.environ[RUN_ID_ENV] = tracker.run_id or ""
     try:
         yield tracker
     except BaseException:
@@ -337,10 +332,6 @@ def stage_run(stage: str, config: Any) -> Iterator[Tracker]:
         tracker.finish()
     finally:
         _current = previous
-        if old_env is None:
-            os.environ.pop(RUN_ID_ENV, None)
-        else:
-            os.environ[RUN_ID_ENV] = old_env
 
 
 def rates(summary: Mapping[str, Any]) -> dict[str, float]:
