@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from bert_fixtures import save_tiny_bert
+from mlflow_fixtures import start_test_mlflow
 
 from distil import stack
 
@@ -74,16 +75,6 @@ def ray_local(s3_server):
     )
     yield ray
     ray.shutdown()
-
-
-def start_test_mlflow(tmp: Path, s3_server):
-    """A real MLflow server (basic auth) on a free loopback port, artifacts in the S3 fixture's
-    bucket under a fresh prefix."""
-    from distil.mlflow_server import start_mlflow
-
-    port = stack.free_port_block(n=1)
-    artifacts = f"s3://{s3_server.bucket}/mlflow-{uuid.uuid4().hex[:6]}"
-    return start_mlflow(tmp, port, artifacts, s3_server.env(), tmp / "mlflow.log")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import start_test_mlflow
+from mlflow_fixtures import start_test_mlflow
 
 from distil import storage, tracking
 from distil.config import parse_job_args
