@@ -54,7 +54,7 @@ bench: setup
 	$(PY) bench/distil_step.py
 	$(PY) bench/score.py
 
-# Every GPU path once at small scale on one CUDA GPU (194 s on an H200); README "GPU check". Its CPU dry
+# Every GPU path once at small scale on one CUDA GPU (the previous, smaller check took 194 s on an H200); README "GPU check". Its CPU dry
 # run (`bench/gpu_check.py --dry-run`) is part of `make test` (tests/bench/test_gpu_check.py).
 gpu-check: setup
 	$(PY) bench/gpu_check.py

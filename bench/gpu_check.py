@@ -1,20 +1,33 @@
 """GPU check: every GPU path once, small, through the stages' real entry points; one table.
-(One script of ~450 lines on purpose: it is the one command a short GPU lease runs.)
+(One script of ~700 lines on purpose: it is the one command a short GPU lease runs.)
 
-    make gpu-check                       # python bench/gpu_check.py: one CUDA GPU (194 s on an H200)
+    make gpu-check                       # python bench/gpu_check.py: one CUDA GPU (~6 min on an H200)
     python bench/gpu_check.py --dry-run  # the same code on the CPU at toy sizes (in `make test`)
 
 On an embedded Ray with local files (no object storage, no downloads: random-init models at
 BERT-base sizes saved with the packaged tokenizer, synthetic text):
 
-1. ``distil.jobs.teacher_logits.run``: the teacher cache on CUDA in bf16 (tokens/s of the whole
-   Ray job), plus the same batch function timed alone, with MFU against the GPU's dense bf16
-   peak (FLOPs: 2 x params x tokens + attention, head on the masked rows);
-2. ``distil.jobs.distil.run``: NCCL, bf16, 1 worker for 50 steps, cached vs online teacher, ms per
-   step (12 -> 6 layers); on a machine with more GPUs, cached again on all of them;
-3. ``distil.jobs.finetune.run``: the sentiment head on CUDA (NCCL, bf16);
-4. ``distil.pipelines.score_reviews.run`` (Beam, ``--device cuda``) vs
-   ``transformers.pipeline(device=0)`` on the same fine-tuned model, rows/s, both fp32.
+1. the teacher forward alone (``distil.teacher.logits.teacher_logits_batch``, bf16 weights,
+   batch 256 x seq 128): tokens/s and MFU;
+2. ``distil.jobs.teacher_logits.run``: the teacher cache on CUDA over >= 50M tokens (the corpus
+   masked ``copies`` times): tokens/s of the whole job, and its steady rate (units committed
+   after the first, over the time from the first commit to the last) against the bare forward's;
+3. the distil step in-process (``DistilRecipe.train_step``, ``torch.compile`` on, fixed shapes):
+   cached vs online ms/step at batch 128 and 256, their ratio, MFU of the cached step, and a
+   ``torch.profiler`` summary of 10 cached steps at the largest batch (GPU busy %, top kernels);
+4. ``distil.jobs.distil.run``: the cached step through Ray Train (NCCL, 1 worker; all GPUs on a
+   machine with more);
+5. ``distil.jobs.finetune.run``: the sentiment head on CUDA (NCCL, bf16);
+6. ``distil.pipelines.score_reviews.run`` (Beam, ``--device cuda``, bf16) vs
+   ``transformers.pipeline(device=0, dtype=bf16)`` on the same model and rows, like for like:
+   both with start-up (Beam's first run, the pipeline built and run once) and both warm (Beam's
+   second run in the same process, the pipeline's second call).
+
+FLOPs (MFU = FLOP/s over the GPU's dense bf16 peak): a forward is 2 x (4H^2 + 2H*I) x layers
+per token for the encoder matmuls, 4 x layers x H x seq per token for attention, and
+2 x (H^2 + H*V) per row the MLM head runs on (the masked rows only). The teacher forward is that
+once; a student step is 3x its forward (backward = 2 forwards): for the 6-layer/768 student at
+seq 128 with 15% masked, ~283 MFLOP per token.
 
 Without ``--dry-run`` it stops at once, saying so, where torch sees no CUDA device. A stage
 that fails marks its rows FAILED and the stages that do not need its output still run (a GPU
@@ -42,29 +55,34 @@ sys.path.insert(0, str(ROOT / "bench"))
 SCALES = {
     "gpu": dict(
         layers=12, hidden=768, heads=12, inter=3072, seq_len=128, docs=4000, words=220,
-        logits_batch=256, steps=50, batch=32, log_every=10, reviews=4000, score_rows=20000,
-        forward_iters=20,
+        logits_batch=256, copies=50, unit_rows=256, steps=50, batch=128, log_every=10, reviews=4000,
+        score_rows=30000, forward_iters=20, step_batches=(128, 256), timed_steps=20,
+        profiled_steps=10,
     ),
     "dry-run": dict(
         layers=2, hidden=32, heads=2, inter=64, seq_len=32, docs=60, words=40,
-        logits_batch=32, steps=6, batch=8, log_every=2, reviews=160, score_rows=300,
-        forward_iters=3,
+        logits_batch=32, copies=2, unit_rows=8, steps=6, batch=8, log_every=2, reviews=160, score_rows=300,
+        forward_iters=3, step_batches=(4, 8), timed_steps=3, profiled_steps=2,
     ),
 }  # fmt: skip
 
 ROWS = (
     "teacher logits: Ray job (bf16)",
     "teacher logits: forward (bf16)",
+    "teacher logits: steady vs forward",
     "distil: cached teacher, 1 worker",
-    "distil: online teacher, 1 worker",
-    "distil: cached vs online",
     "distil: cached, all GPUs",
     "fine-tune: 1 worker",
-    "score: Beam pipeline",
-    "score: transformers.pipeline",
-    "score: Beam vs pipeline",
+    "score: Beam pipeline, with start-up",
+    "score: pipeline(), with start-up",
+    "score: Beam vs pipeline, start-up",
+    "score: Beam pipeline, warm",
+    "score: pipeline(), warm",
+    "score: Beam vs pipeline, warm",
 )
 NA = "n/a"
+ROW_WIDTH = 44  # the check column of the table
+STAGES = ("steps", "online", "ray", "finetune", "score", "compile")
 
 
 def require_cuda() -> None:
@@ -152,15 +170,26 @@ def check_logits(work: Path, teacher: str, prepared: str, s: dict, cuda: bool) -
         cache_root=str(work / "cache"),
         teacher=teacher,
         batch_size=s["logits_batch"],
+        copies=s["copies"],  # the corpus masked this many times: >= 50M tokens on the GPU
+        unit_rows=s["unit_rows"],  # enough units for a steady rate between their commits
         hidden_sketch_dims=32,  # the cached distil step's alpha_cos (1.0) needs the sketch
         device="cuda" if cuda else "cpu",
     )
     out = run(cfg)
-    return {"cache": out["cache_url"], "tokens": out["tokens"], "seconds": out["seconds"]}
+    return {
+        "cache": out["cache_url"],
+        "tokens": out["tokens"],
+        "seconds": out["seconds"],
+        "steady": out.get("steady_tokens_per_s"),
+    }
 
 
-def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None, str]:
-    """(tokens/s, MFU or None, device name) of the stage's batch function alone, in bf16."""
+def forward_rate(
+    teacher: str, s: dict, cuda: bool, compiled: bool = False
+) -> tuple[float, float | None, str]:
+    """(tokens/s, MFU or None, device name) of the stage's batch function alone, in bf16;
+    ``compiled``: with the encoder under ``torch.compile`` (what compiling the stage would
+    gain; the stage itself runs eager: its batches change length)."""
     import torch
     from teacher_logits import model_flops, peak_bf16_tflops
     from transformers import BertForMaskedLM
@@ -168,7 +197,10 @@ def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None
     from distil.teacher.logits import teacher_logits_batch
 
     device = torch.device("cuda" if cuda else "cpu")
-    model = BertForMaskedLM.from_pretrained(teacher).to(device).eval()
+    dtype = torch.bfloat16 if cuda else torch.float32  # as the stage's teacher actors hold it
+    model = BertForMaskedLM.from_pretrained(teacher).to(device, dtype).eval()
+    if compiled:
+        model.bert = torch.compile(model.bert, dynamic=False)
     g = torch.Generator().manual_seed(0)
     b, n = s["logits_batch"], s["seq_len"]
     x = torch.randint(1000, 30000, (b, n), generator=g).to(device)
@@ -193,6 +225,136 @@ def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None
     torch.cuda.empty_cache()  # the next stages' Ray workers need this GPU's memory
     peak = peak_bf16_tflops(name)
     return tokens / secs, (flops / secs / 1e12 / peak if peak else None), name
+
+
+def student_step_flops(cfg, tokens: int, masked_rows: int, seq_len: int) -> float:
+    """FLOPs of one training step of a BERT student: 3x its forward (``model_flops``)."""
+    from teacher_logits import model_flops
+
+    class _M:  # model_flops reads only .config
+        config = cfg
+
+    return 3.0 * model_flops(_M, tokens, masked_rows, seq_len)
+
+
+def step_recipe(work: Path, teacher: str, prepared: str, cache: str | None, s: dict, mode: str,
+                batch: int, cuda: bool, compile_: bool):  # fmt: skip
+    """A set-up ``DistilRecipe`` (no Ray) on this process's GPU, as a Ray Train worker runs it."""
+    from distil.train.config import DistilConfig
+    from distil.train.recipe import DistilRecipe
+
+    cfg = DistilConfig(
+        mode=mode,
+        cache=cache if mode == "cached" else None,
+        data=prepared if mode == "online" else None,
+        teacher=teacher,
+        output=str(work / "steps" / f"{mode}-{batch}"),
+        storage_path=str(work / "ray"),
+        student_layers=max(1, s["layers"] // 2),
+        num_workers=1,
+        bf16=True,
+        compile=compile_,
+        batch_size=batch,
+        max_steps=10_000,
+        warmup_steps=2,
+    )
+    r = DistilRecipe(cfg, device="cuda" if cuda else "cpu", work_dir=str(work / "steps"))
+    r.setup(None)
+    return r
+
+
+def time_steps(r, batches, n: int, cuda: bool) -> float:
+    """Seconds per step over ``n`` steps (synchronised at both ends, none in between)."""
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        r.train_step(batches)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def profile_steps(r, batches, n: int, cuda: bool) -> tuple[float | None, list[tuple[str, float]]]:
+    """(GPU busy fraction, top kernels as (name, % of GPU time)) of ``n`` steps under
+    ``torch.profiler``; busy = summed kernel time / wall time (None on CPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        wall_us = time_steps(r, batches, n, cuda) * n * 1e6
+    if not cuda:
+        return None, []
+    kernels = [
+        (e.key, e.self_device_time_total)
+        for e in prof.key_averages()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+    ]
+    busy_us = sum(t for _, t in kernels)
+    top = sorted(kernels, key=lambda kt: -kt[1])[:8]
+    return min(1.0, busy_us / wall_us), [(k[:70], t / busy_us) for k, t in top]
+
+
+def check_steps(work: Path, teacher: str, prepared: str, cache: str, s: dict, cuda: bool,
+                compile_: bool, res: dict, attempt, modes=("cached", "online")) -> None:  # fmt: skip
+    """Cached and online ms/step at each of ``step_batches``, their ratio, the cached step's MFU
+    and a profile of the last cached batch size; rows added to ``res``."""
+    import torch
+    from teacher_logits import peak_bf16_tflops
+
+    peak = peak_bf16_tflops(torch.cuda.get_device_name()) if cuda else None
+    for b in s["step_batches"]:
+        ms: dict[str, float] = {}
+        for mode in modes:
+            row = f"distil step: {mode}, batch {b}"
+
+            def one(mode=mode, row=row, b=b, ms=ms):
+                t0 = time.perf_counter()
+                r = step_recipe(work, teacher, prepared, cache, s, mode, b, cuda, compile_)
+                batches = r._micro_batches()
+                try:
+                    r.train_step(batches)  # compile (CUDA) + first step
+                    if cuda:
+                        torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
+                    r.train_step(batches)
+                    sec = time_steps(r, batches, s["timed_steps"], cuda)
+                    ms[mode] = sec * 1000
+                    tokens = b * r.shape.seq_len
+                    flops = student_step_flops(
+                        r.student.config, tokens, round(0.15 * tokens), r.shape.seq_len
+                    )
+                    mfu = f", MFU {flops / sec / 1e12 / peak:.1%}" if peak else ""
+                    res[row] = (
+                        f"{sec * 1000:.1f} ms/step, {tokens / sec:,.0f} tokens/s{mfu}",
+                        f"{'compile' if r.compiled else 'eager'}; set-up + first step "
+                        f"{first:.0f}s; {flops / tokens / 1e6:.0f} MFLOP/token",
+                    )
+                    if mode == "cached" and b == s["step_batches"][-1]:
+                        busy, top = profile_steps(r, batches, s["profiled_steps"], cuda)
+                        prow = f"distil step: profile, batch {b}"
+                        res[prow] = (
+                            f"GPU busy {busy:.0%}" if busy is not None else NA,
+                            "; ".join(f"{k} {f:.0%}" for k, f in top[:5]) or "CPU: no kernels",
+                        )
+                        print("top kernels (share of GPU time):", flush=True)
+                        for k, f in top:
+                            print(f"  {f:6.1%}  {k}", flush=True)
+                finally:
+                    batches.close()
+                    del r
+                    if cuda:
+                        torch.cuda.empty_cache()
+
+            attempt((row,), one)
+        if len(ms) == 2:
+            res[f"distil step: cached vs online, batch {b}"] = (
+                f"{ms['online'] / ms['cached']:.2f}x",
+                "online ms / cached ms (ideal ~1.6x: the teacher forward is ~40% of the step)",
+            )
 
 
 def check_distil(work: Path, teacher: str, prepared: str, cache: str, s: dict, mode: str,
@@ -259,8 +421,12 @@ def check_finetune(work: Path, student: str, s: dict, cuda: bool) -> dict:
     return {"model": out["model_url"], "steps_per_s": m["steps"] / max(m["train_seconds"], 1e-9)}
 
 
-def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> tuple[float, float]:
-    """(Beam rows/s, transformers.pipeline rows/s) on the same reviews and model, fp32."""
+def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> dict[str, float]:
+    """Rows/s of the Beam pipeline and of ``transformers.pipeline`` on the same reviews and
+    model, in the same dtype (bf16 on CUDA), like for like: ``*_start`` with start-up (Beam's
+    first run: pipeline construction and model load included; the pipeline built, loaded and
+    run once), ``*_warm`` warm (Beam's second run in this process: the model cache and CUDA
+    context are warm, its own load and set-up remain; the pipeline's second call)."""
     import torch
     from transformers import pipeline
 
@@ -270,39 +436,45 @@ def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> tuple[float,
 
     rows = reviews(s["score_rows"], seed=2)
     inp = write_jsonl(work / "score.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
-    cfg = ScoreConfig(
-        input=[inp],
-        model=model_url,
-        output=str(work / "scored"),
-        run_id="gpu-check",
-        model_cache=str(work / "model-cache"),
-        device="cuda" if cuda else "cpu",
-        max_length=s["seq_len"],
-        micro_batch_size=256 if cuda else 64,
-    )
-    summary = run(cfg)
-    assert summary["scored"] == len(rows), summary
-    beam = len(rows) / summary["wall_s"]
+    out: dict[str, float] = {}
+    for name in ("start", "warm"):
+        cfg = ScoreConfig(
+            input=[inp],
+            model=model_url,
+            output=str(work / f"scored-{name}"),
+            run_id=f"gpu-check-{name}",
+            model_cache=str(work / "model-cache"),
+            device="cuda" if cuda else "cpu",
+            max_length=s["seq_len"],
+            micro_batch_size=256 if cuda else 64,
+        )
+        summary = run(cfg)
+        assert summary["scored"] == len(rows), summary
+        out[f"beam_{name}"] = len(rows) / summary["wall_s"]
     local, _ = fetch_model(model_url, str(work / "model-cache"))
-    clf = pipeline("text-classification", model=local, device=0 if cuda else "cpu")
     texts = [r["text"] for r in rows]
     kw = dict(batch_size=256 if cuda else 32, truncation=True, max_length=s["seq_len"])
-    clf(texts[:64], **kw)  # warm-up
+    dtype = torch.bfloat16 if cuda else torch.float32
+    t0 = time.perf_counter()
+    clf = pipeline("text-classification", model=local, device=0 if cuda else "cpu", dtype=dtype)
+    clf(texts, **kw)
     if cuda:
         torch.cuda.synchronize()
+    out["pipeline_start"] = len(rows) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     clf(texts, **kw)
     if cuda:
         torch.cuda.synchronize()
-    return beam, len(rows) / (time.perf_counter() - t0)
+    out["pipeline_warm"] = len(rows) / (time.perf_counter() - t0)
+    return out
 
 
 def table(results: dict[str, tuple[str, str]], device: str) -> str:
-    lines = [f"GPU check on {device}", f"{'check':<36}{'figure':<48}note"]
-    lines.append("-" * 100)
+    lines = [f"GPU check on {device}", f"{'check':<{ROW_WIDTH}}{'figure':<48}note"]
+    lines.append("-" * 110)
     for row in [*ROWS, *(r for r in results if r not in ROWS)]:
         figure, note = results.get(row, (NA, "not run"))
-        lines.append(f"{row:<36}{figure:<48}{note}")
+        lines.append(f"{row:<{ROW_WIDTH}}{figure:<48}{note}")
     return "\n".join(lines)
 
 
@@ -322,18 +494,23 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument(
         "--distil-batches",
         default="",
-        help="extra rows: the cached distil step (1 worker) at these per-worker batch sizes, "
-        "comma-separated, to size a cluster config's batch_size",
+        help="extra rows: the cached distil step (1 worker, Ray job) at these per-worker batch "
+        "sizes, comma-separated, to size a cluster config's batch_size",
     )
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated stages not to run (their rows read n/a): online, finetune, score",
+        help=f"comma-separated stages not to run (their rows read n/a): {', '.join(STAGES)}",
+    )
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="the in-process distil steps without torch.compile (eager)",
     )
     args = p.parse_args(argv)
     skip = {x for x in args.skip.split(",") if x}
-    if skip - {"online", "finetune", "score"}:
-        p.error(f"--skip: unknown stage(s) {sorted(skip - {'online', 'finetune', 'score'})}")
+    if skip - set(STAGES):
+        p.error(f"--skip: unknown stage(s) {sorted(skip - set(STAGES))}")
     try:
         sweep = [int(b) for b in args.distil_batches.split(",") if b]
     except ValueError:
@@ -397,41 +574,61 @@ def main(argv: list[str] | None = None) -> str:
             rate, mfu, _ = forward_rate(teacher, s, cuda)
             mfu_s = f"MFU {mfu:.1%}" if mfu is not None else f"MFU {NA}"
             res[ROWS[1]] = (f"{rate:,.0f} tokens/s, {mfu_s}", f"{shape}, batch {s['logits_batch']}")
+            return rate
 
-        attempt(ROWS[1:2], forward)
+        rate = attempt(ROWS[1:2], forward)
+        if cuda and "compile" not in skip:
+
+            def forward_compiled():
+                rate, mfu, _ = forward_rate(teacher, s, cuda, compiled=True)
+                res["teacher logits: forward, torch.compile"] = (
+                    f"{rate:,.0f} tokens/s, MFU {mfu:.1%}" if mfu else f"{rate:,.0f} tokens/s",
+                    f"{shape}, batch {s['logits_batch']}; the stage runs eager",
+                )
+
+            attempt(("teacher logits: forward, torch.compile",), forward_compiled)
+        if lg is not None and rate and lg["steady"]:
+            res[ROWS[2]] = (
+                f"{lg['steady'] / rate:.0%}",
+                f"steady {lg['steady']:,.0f} tokens/s / bare forward {rate:,.0f} tokens/s",
+            )
+        else:
+            res[ROWS[2]] = (NA, "needs the Ray job's steady rate and the forward rate")
+        if lg is not None and "steps" not in skip:
+            modes = ("cached",) if "online" in skip else ("cached", "online")
+            check_steps(
+                work, teacher, prepared, lg["cache"], s, cuda, not args.no_compile, res, attempt,
+                modes,
+            )  # fmt: skip
         step: dict[str, float] = {}
-        for mode, row in (("cached", ROWS[2]), ("online", ROWS[3])):
-            if mode == "cached" and lg is None:
-                res[row] = (NA, "no cache: the teacher-logits stage failed")
-                continue
-            if mode in skip:
-                res[row] = (NA, "--skip")
-                continue
+        if lg is None:
+            res[ROWS[3]] = (NA, "no cache: the teacher-logits stage failed")
+        elif "ray" in skip:
+            res[ROWS[3]] = (NA, "--skip")
+        else:
 
-            def distil(mode=mode, row=row):
-                cache = lg["cache"] if lg else None
-                step[mode] = check_distil(work, teacher, prepared, cache, s, mode, 1, cuda)
-                res[row] = (
-                    f"{step[mode]:.1f} ms/step",
-                    f"{backend}, {s['steps']} steps, batch {s['batch']}, "
+            def distil():
+                step["cached"] = check_distil(work, teacher, prepared, lg["cache"], s, "cached",
+                                              1, cuda)  # fmt: skip
+                res[ROWS[3]] = (
+                    f"{step['cached']:.1f} ms/step",
+                    f"Ray Train, {backend}, {s['steps']} steps, batch {s['batch']}, "
                     f"{s['layers']}->{max(1, s['layers'] // 2)} layers",
                 )
 
-            attempt((row,), distil)
-        if len(step) == 2:
-            res[ROWS[4]] = (f"{step['online'] / step['cached']:.2f}x", "online ms / cached ms")
+            attempt(ROWS[3:4], distil)
         if gpus > 1 and "cached" in step:
 
             def all_gpus():
                 ms = check_distil(work, teacher, prepared, lg["cache"], s, "cached", gpus, cuda)
-                res[ROWS[5]] = (
+                res[ROWS[4]] = (
                     f"{ms:.1f} ms/step",
                     f"{gpus} workers, NCCL, batch {s['batch']} each",
                 )
 
-            attempt(ROWS[5:6], all_gpus)
+            attempt(ROWS[4:5], all_gpus)
         else:
-            res[ROWS[5]] = (NA, "one GPU here" if cuda else "dry run")
+            res[ROWS[4]] = (NA, "one GPU here" if cuda else "dry run")
         for b in sweep if lg is not None else []:
             row = f"distil: cached, batch {b}"
 
@@ -449,27 +646,34 @@ def main(argv: list[str] | None = None) -> str:
 
         def finetune():
             ft = check_finetune(work, start, s, cuda)
-            res[ROWS[6]] = (f"{ft['steps_per_s']:.2f} steps/s", f"{backend}, {s['steps']} steps")
+            res[ROWS[5]] = (f"{ft['steps_per_s']:.2f} steps/s", f"{backend}, {s['steps']} steps")
             return ft
 
         ft = None
         if "finetune" in skip:
-            res[ROWS[6]] = (NA, "--skip")
+            res[ROWS[5]] = (NA, "--skip")
         else:
-            ft = attempt(ROWS[6:7], finetune)
+            ft = attempt(ROWS[5:6], finetune)
         if ft is not None and "score" not in skip:
 
             def score():
-                beam, base = check_score(work, ft["model"], s, cuda)
-                where = "cuda" if cuda else "cpu"
-                res[ROWS[7]] = (
-                    f"{beam:,.0f} rows/s",
-                    f"--device {where}, fp32, incl. pipeline start",
+                sc = check_score(work, ft["model"], s, cuda)
+                where = "cuda, bf16" if cuda else "cpu, fp32"
+                n = f"{s['score_rows']:,} rows"
+                res[ROWS[6]] = (
+                    f"{sc['beam_start']:,.0f} rows/s",
+                    f"--device {where}, {n}, 1st run",
                 )
-                res[ROWS[8]] = (f"{base:,.0f} rows/s", f"device={0 if cuda else 'cpu'}, fp32")
-                res[ROWS[9]] = (f"{beam / base:.2f}x", "Beam rows/s / pipeline rows/s")
+                res[ROWS[7]] = (f"{sc['pipeline_start']:,.0f} rows/s", "built, loaded, run once")
+                res[ROWS[8]] = (
+                    f"{sc['beam_start'] / sc['pipeline_start']:.2f}x",
+                    "Beam / pipeline",
+                )
+                res[ROWS[9]] = (f"{sc['beam_warm']:,.0f} rows/s", "2nd run in this process")
+                res[ROWS[10]] = (f"{sc['pipeline_warm']:,.0f} rows/s", "2nd call")
+                res[ROWS[11]] = (f"{sc['beam_warm'] / sc['pipeline_warm']:.2f}x", "Beam / pipeline")
 
-            attempt(ROWS[7:], score)
+            attempt(ROWS[6:], score)
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -62,36 +62,53 @@ def teacher_logprobs_at(
     return lp / temperature - log_partition.float().unsqueeze(-1)
 
 
+def log_softmax_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log_softmax(logits / T)`` in float32 with one vocabulary-wide float32 temporary
+    besides the result (bf16 logits are widened before the division, so T != 1 costs no
+    precision)."""
+    z = logits.to(torch.float32, copy=True)
+    if temperature != 1.0:
+        z.div_(temperature)  # in place on the private copy: no second [N, V] buffer
+    return F.log_softmax(z, dim=-1)
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` [N] over the rows with weight 1 (``weight`` [N] of 0/1: fixed-shape
+    batches pad their target rows; None: every row). Stays on the device: the divisor is a
+    tensor, so no host sync; 0 (with a graph) when no row counts."""
+    if weight is None:
+        return values.mean() if values.numel() else values.sum() * 0.0
+    w = weight.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
+
+
 def kl_rest_bucket(
     student_logits: torch.Tensor,
     target_ids: torch.Tensor,
     teacher_logp: torch.Tensor,
     temperature: float,
+    log_q_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-row ``KL(P || Q)`` over ``K + 1`` buckets: the K cached ids and one "rest" bucket
     holding everything else, for both teacher (``teacher_logp``: its full-vocabulary log-probs
-    at T on the ids, ``-inf`` in padding slots) and student (log-softmax at T over the vocab).
+    at T on the ids, ``-inf`` in padding slots) and student (log-softmax at T over the vocab;
+    pass it as ``log_q_all`` when the caller already has it, e.g. for the MLM loss at T = 1).
 
     This is the exact KL of both distributions coarsened to those buckets: 0 when the student
-    equals the teacher, at most the full KL (log-sum inequality), equal to it at K = vocab. The
-    student's rest is a logsumexp over the ids not kept (no ``1 - Σ`` cancellation), so a tail
-    near 0 or near 1 keeps finite values and gradients.
+    equals the teacher, at most the full KL (log-sum inequality), equal to it at K = vocab.
+    Only one vocabulary-wide tensor is built (the log-softmax): the student's rest is
+    ``log1p(-kept mass)`` from the K gathered values (the real ids of a row are distinct), its
+    kept mass clamped below 1 so a student with ~no tail keeps finite values and gradients.
     """
-    log_q_all = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if log_q_all is None:
+        log_q_all = log_softmax_at(student_logits, temperature)
     log_q = log_q_all.gather(-1, target_ids)
     real = torch.isfinite(teacher_logp)
     p = teacher_logp.exp().masked_fill(~real, 0.0)
     support = (p * (teacher_logp.masked_fill(~real, 0.0) - log_q)).sum(-1)
-    kept = torch.zeros_like(log_q_all).scatter_add_(-1, target_ids, real.float()) > 0
-    has_rest = kept.sum(-1) < log_q_all.shape[-1]  # K = vocab: no rest bucket at all
-    # Student rest: log1p(-kept mass) while that mass is small (exact to float32 rounding even
-    # for a near-uniform teacher, where the rest is ~1), else a logsumexp over the ids not kept
-    # (no 1 - sum cancellation when the rest is ~0; an e^-80 floor keeps it and its gradient
-    # finite when nothing is left out). Both branches stay finite, so where() passes no NaN.
+    has_rest = real.sum(-1) < log_q_all.shape[-1]  # K = vocab: no rest bucket at all
     s_q = log_q.exp().masked_fill(~real, 0.0).sum(-1)
-    floor = torch.full_like(log_q_all[:, :1], -80.0)
-    lse_rest = torch.logsumexp(torch.cat([log_q_all.masked_fill(kept, -torch.inf), floor], -1), -1)
-    log_q_rest = torch.where(s_q < 0.5, torch.log1p(-s_q.clamp(max=0.5)), lse_rest)
+    log_q_rest = torch.log1p(-s_q.clamp(max=1.0 - 1e-7))
     s_p = p.sum(-1)
     p_rest = torch.where(has_rest, (1.0 - s_p).clamp_min(0.0), 0.0)
     log_p_rest = torch.log1p(-s_p.clamp(max=1.0 - 1e-7))
@@ -105,9 +122,11 @@ def kd_topk(
     target_logprobs: torch.Tensor,
     temperature: float,
     log_partition: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    log_q_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KD on a cached top-k support with its tail: ``T**2 * KL`` over the K cached ids plus one
-    "rest" bucket (``kl_rest_bucket``), averaged over positions.
+    "rest" bucket (``kl_rest_bucket``), averaged over positions (the rows with ``weight`` 1).
 
     ``log_partition`` is the cache's ``c_T`` at this temperature (``[N]``; not needed at
     T = 1). The teacher's rest bucket is its tail mass at T, the mass T = 2 exists to
@@ -116,8 +135,8 @@ def kd_topk(
     """
     t = temperature
     log_p = teacher_logprobs_at(target_logprobs, t, log_partition)
-    kl = kl_rest_bucket(student_logits, target_ids, log_p, t)
-    return t * t * kl.mean() if kl.numel() else student_logits.sum() * 0.0
+    kl = kl_rest_bucket(student_logits, target_ids, log_p, t, log_q_all)
+    return t * t * weighted_mean(kl, weight)
 
 
 def kl_coarse(
@@ -137,6 +156,8 @@ def kd_sampled(
     temperature: float,
     sample_temperature: float | None = None,
     log_partition: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    log_q_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled-support KD (Anshumann et al., 2025): ids drawn from the teacher, kept with counts.
 
@@ -153,30 +174,45 @@ def kd_sampled(
     w = target_counts.float()
     if sample_temperature is not None and sample_temperature != t:
         log_ratio = target_logprobs.float() * (1.0 / t - 1.0 / sample_temperature)
-        w = w * (log_ratio - log_ratio.masked_fill(w == 0, -torch.inf).amax(-1, keepdim=True)).exp()
+        top = log_ratio.masked_fill(w == 0, -torch.inf).amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, 0.0)  # a row with no draws (padding)
+        w = w * (log_ratio - top).exp().masked_fill(w == 0, 0.0)
     w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, target_ids)
+    if log_q_all is None:
+        log_q_all = log_softmax_at(student_logits, t)
+    log_q = log_q_all.gather(-1, target_ids)
     log_p = target_logprobs.float() / t
     if log_partition is not None:
         log_p = log_p - log_partition.float().unsqueeze(-1)
     est = (w * (log_p.nan_to_num(0.0, neginf=0.0) - log_q)).sum(-1)
-    return t * t * est.mean() if est.numel() else student_logits.sum() * 0.0
+    return t * t * weighted_mean(est, weight)
 
 
-def mlm_loss(student_logits: torch.Tensor, masked_labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the student on the original ids of the masked positions (``[N]``)."""
+def mlm_loss(
+    student_logits: torch.Tensor,
+    masked_labels: torch.Tensor,
+    log_q_all: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of the student on the original ids of the masked positions (``[N]``;
+    -100 rows, the padding of a fixed-shape batch, are left out of the mean). ``log_q_all``:
+    the student's log-softmax at T = 1, when the caller already has it (shared with KD)."""
     if masked_labels.numel() == 0:
         return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits.float(), masked_labels)
+    if log_q_all is None:
+        log_q_all = log_softmax_at(student_logits, 1.0)
+    keep = masked_labels.ne(-100)
+    nll = -log_q_all.gather(-1, masked_labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return weighted_mean(nll, keep)
 
 
 def cosine_loss(
     student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """``mean(1 - cos(h_s, h_t))`` over non-padding positions (DistilBERT's cosine term; it
-    aligns the directions of the last hidden states, so hidden sizes must match)."""
-    keep = attention_mask.bool()
-    return _cosine_distance(student_hidden[keep], teacher_hidden[keep], student_hidden)
+    aligns the directions of the last hidden states, so hidden sizes must match). Computed at
+    every position and averaged with the mask as weights: no boolean indexing, no host sync."""
+    cos = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)
+    return weighted_mean((1.0 - cos).reshape(-1), attention_mask.reshape(-1))
 
 
 def sketch_cosine_loss(
@@ -186,17 +222,22 @@ def sketch_cosine_loss(
     teacher_sketch: torch.Tensor,
 ) -> torch.Tensor:
     """The cosine term from a teacher cache: ``mean(1 - cos(R h_s, s_t))`` over non-padding
-    positions, ``R`` = ``projection`` [d, H] and ``s_t`` = ``teacher_sketch`` [n_tokens, d] the
-    cached ``R h_t`` (any scale: int8 values, ``distil.teacher.sketch``) in row-major order.
-    A random projection keeps cosines to ~1/sqrt(d) and R = identity gives ``cosine_loss``."""
-    keep = attention_mask.bool()
+    positions, ``R`` = ``projection`` [d, H] and ``s_t`` = ``teacher_sketch`` the cached
+    ``R h_t`` (any scale: int8 values, ``distil.teacher.sketch``): ``[B, L, d]`` padded like
+    the batch (a fixed-shape batch), or ``[n_tokens, d]`` in row-major order of the non-pad
+    positions. A random projection keeps cosines to ~1/sqrt(d) and R = identity gives
+    ``cosine_loss``."""
     if projection.shape[1] != student_hidden.shape[-1]:
         raise ValueError(
             f"the cache's hidden-state sketch projects hidden size {projection.shape[1]}, but "
             f"the student's is {student_hidden.shape[-1]}: the cosine term needs the teacher's "
             "hidden size (a student built from its layers); pass --alpha-cos 0 otherwise"
         )
-    s = student_hidden[keep].float() @ projection.to(student_hidden.device, torch.float32).T
+    r = projection.to(student_hidden.device, torch.float32)
+    if teacher_sketch.dim() == 3:
+        return cosine_loss(student_hidden.float() @ r.T, teacher_sketch, attention_mask)
+    keep = attention_mask.bool()
+    s = student_hidden[keep].float() @ r.T
     return _cosine_distance(s, teacher_sketch, student_hidden)
 
 

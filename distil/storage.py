@@ -269,8 +269,34 @@ def committed_files(dir_url: str, key: str = "files") -> list[str]:
     out = []
     for entry in manifest[key]:
         name = entry["name"] if isinstance(entry, dict) else entry
-        out.append(join(dir_url, name))
+        out.append(resolve(dir_url, name))
     return out
+
+
+def resolve(dir_url: str, name: str) -> str:
+    """``dir_url/name`` where ``name`` may climb out with ``..`` (a manifest that lists files
+    published next to its directory); object stores take ``..`` literally, so it is folded here."""
+    url = join(dir_url, name)
+    if ".." not in name.split("/"):
+        return url
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://" + posixpath.normpath(rest)
+    return os.path.normpath(url)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy one object within a filesystem (a server-side copy on S3: no bytes through here)."""
+    fs, src_path = get_fs(src)
+    _, dst_path = get_fs(dst)
+    make_parent_dirs(fs, dst, dst_path)
+    if protocol_of(dst) == "file":  # readers (dataset scans skip dot files) never see half a file
+        head, tail = posixpath.split(dst_path)
+        tmp = posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
+        fs.copy(src_path, tmp)
+        os.replace(tmp, dst_path)
+    else:
+        fs.copy(src_path, dst_path)
 
 
 def remove(url: str) -> None:

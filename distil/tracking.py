@@ -364,7 +364,16 @@ def tracked(stage: str, run: Callable[[Any], dict[str, Any]], config: Any) -> di
 
 
 # What a training step reports that is not a curve: positions and bookkeeping.
-NOT_CURVES = ("step", "start_step", "steps_run", "total_steps", "eval_step", "tokens", "done")
+NOT_CURVES = (
+    "step",
+    "start_step",
+    "steps_run",
+    "total_steps",
+    "eval_step",
+    "tokens",
+    "done",
+    "world_size",
+)
 
 
 def step_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float]:

@@ -42,6 +42,7 @@ from distil.train.identity import (
     check_cache_teacher,
     check_cache_temperature,
     check_resume,
+    check_worker_count,
     run_identity,
     teacher_ref,
     teacher_weights_sha256,
@@ -186,6 +187,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
         last_report = {**metrics, "start_step": metrics["step"], "steps_run": 0}
     else:
         if found is not None:
+            check_worker_count(found[2], identity, where)
             log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
         init_ray()
         if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()

@@ -45,18 +45,10 @@ def actor_resources(cfg: LogitsConfig) -> dict[str, Any]:
             wait_s=cfg.gpu_wait_s,
             cpu_fix="device: cpu",
         )
-        size = min(cfg.num_actors, gpus)
-        log.info("device cuda: %d teacher actor(s), one GPU each (cluster: %d GPU)", size, gpus)
-        return {"num_gpus": 1, "device": "cuda", "size": size}
+        return _gpu_pool(cfg, gpus, log.info, "device cuda")
     gpus = cluster_gpus() if cfg.device == "auto" else 0
     if gpus:
-        size = min(cfg.num_actors, gpus)
-        log.warning(
-            "device auto chose CUDA: %d teacher actor(s), one GPU each (cluster: %d GPU)",
-            size,
-            gpus,
-        )
-        return {"num_gpus": 1, "device": "cuda", "size": size}
+        return _gpu_pool(cfg, gpus, log.warning, "device auto chose CUDA")
     if cfg.device == "auto":
         log.warning(
             "device auto chose CPU: the Ray cluster has no GPUs now, so %d teacher actor(s) run "
@@ -65,6 +57,22 @@ def actor_resources(cfg: LogitsConfig) -> dict[str, Any]:
             cfg.num_actors,
         )
     return {"num_cpus": cfg.num_cpus_per_actor, "device": "cpu", "size": cfg.num_actors}
+
+
+def _gpu_pool(cfg: LogitsConfig, gpus: int, say, why: str) -> dict[str, Any]:
+    """``actors_per_gpu`` replicas on each of min(num_actors, GPUs) GPUs: while one replica
+    builds its next batch or turns results into Arrow on the CPU, another keeps the GPU busy."""
+    n_gpus = min(cfg.num_actors, gpus)
+    size = n_gpus * cfg.actors_per_gpu
+    say(
+        "%s: %d teacher actor(s), %d per GPU on %d GPU(s) (cluster: %d GPU)",
+        why,
+        size,
+        cfg.actors_per_gpu,
+        n_gpus,
+        gpus,
+    )
+    return {"num_gpus": 1.0 / cfg.actors_per_gpu, "device": "cuda", "size": size}
 
 
 def run(cfg: LogitsConfig) -> dict[str, Any]:
@@ -123,9 +131,12 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
             fn_kwargs={"row_group_rows": cfg.row_group_rows},
             num_cpus=cfg.num_cpus_per_task,
         )
+        done: list[tuple[float, int]] = []  # (time, tokens) of each committed unit
         with Progress("logits", total=len(pending), unit="units", log=log) as bar:
             for row in ds.iter_rows():
+                done.append((time.perf_counter(), int(row["tokens"])))
                 bar.update(1, rows=row["rows"], positions=row["positions"], bytes=row["bytes"])
+        summary.update(steady_rate(done))
     manifest = finalize(plan, cfg)
     write_latest_pointer(cfg.cache_root, plan.url, plan.key)
     return {
@@ -137,6 +148,16 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 2),
         **_stats(manifest),
     }
+
+
+def steady_rate(done: list[tuple[float, int]]) -> dict[str, Any]:
+    """Tokens/s once the pipeline is full: the tokens of the units committed after the first
+    one, over the time from the first commit to the last (Ray start-up, model loads and the
+    first unit's way through every operator excluded). None with fewer than two units."""
+    if len(done) < 2 or done[-1][0] <= done[0][0]:
+        return {"steady_tokens_per_s": None}
+    tokens = sum(t for _, t in done[1:])
+    return {"steady_tokens_per_s": round(tokens / (done[-1][0] - done[0][0]), 1)}
 
 
 def _stats(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -23,6 +25,8 @@ from distil.sentiment.config import ScoreConfig
 # Runners whose SDK workers all run on the launching machine (their count is direct_num_workers).
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"}
 WORKER = "_worker"  # row key (never written to Parquet) naming the process that scored it
+ERROR = "error"  # inference key: the exception a row raised when run alone (-> dead letter)
+METRICS = "distil_score"  # Beam metrics namespace of the scoring stage
 
 
 def local_cpus() -> int:
@@ -89,23 +93,47 @@ class ReviewClassifierHandler(ModelHandler[dict, dict, classifier.SequenceClassi
         model: classifier.SequenceClassifier,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        out = model.classify([r["text"] for r in batch], self.micro_batch_size)
+        """A batch that raises is run again row by row: one row that breaks the model (or a
+        transient failure) must not fail its whole batch, and Beam retrying the bundle would
+        fail the run. A row that still raises alone comes back with ``ERROR`` set, and
+        becomes an ``inference_error`` dead letter."""
+        t0 = time.perf_counter()
         worker = worker_id()
-        for i, row in enumerate(batch):
-            yield PredictionResult(
-                row,
-                {
-                    "label_id": int(out["label_id"][i]),
-                    "probs": out["probs"][i],
-                    "truncated": bool(out["truncated"][i]),
-                    "n_tokens": int(out["n_tokens"][i]),
-                    WORKER: worker,
-                },
-                self.fingerprint,
-            )
+        try:
+            out = model.classify([r["text"] for r in batch], self.micro_batch_size)
+            results = [self._result(row, out, i, worker) for i, row in enumerate(batch)]
+        except Exception:
+            Metrics.counter(METRICS, "batches_retried_row_by_row").inc()
+            results = []
+            for row in batch:
+                try:
+                    out = model.classify([row["text"]], self.micro_batch_size)
+                    results.append(self._result(row, out, 0, worker))
+                except Exception as e:
+                    error = f"{type(e).__name__}: {e}"
+                    results.append(
+                        PredictionResult(row, {ERROR: error, WORKER: worker}, self.fingerprint)
+                    )
+        Metrics.distribution(METRICS, "batch_latency_ms").update(
+            int((time.perf_counter() - t0) * 1000)
+        )
+        return results
+
+    def _result(self, row: dict, out: dict, i: int, worker: str) -> PredictionResult:
+        return PredictionResult(
+            row,
+            {
+                "label_id": int(out["label_id"][i]),
+                "probs": out["probs"][i],
+                "truncated": bool(out["truncated"][i]),
+                "n_tokens": int(out["n_tokens"][i]),
+                WORKER: worker,
+            },
+            self.fingerprint,
+        )
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:
         return sum(len(r["text"]) for r in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "distil_score"
+        return METRICS

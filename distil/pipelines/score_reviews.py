@@ -33,8 +33,14 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult, PipelineState
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 if __package__ in (None, ""):  # run as a script: import the repo's distil, not an installed one
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,11 +48,13 @@ if __package__ in (None, ""):  # run as a script: import the repo's distil, not 
 from distil import storage  # noqa: E402
 from distil.config import absolute_paths  # noqa: E402
 from distil.pipelines.inference import (  # noqa: E402
+    ERROR,
+    METRICS,
     WORKER,
     ReviewClassifierHandler,
     default_torch_threads,
 )
-from distil.sentiment import classifier, review_files, scored  # noqa: E402
+from distil.sentiment import classifier, ledger, review_files, scored  # noqa: E402
 from distil.sentiment.config import ScoreConfig  # noqa: E402
 
 log = logging.getLogger("distil.score")
@@ -54,33 +62,68 @@ log = logging.getLogger("distil.score")
 OK, DEAD, COUNTS = "reviews", "dead_letter", "counts"
 
 
+def _count_dead(reason: str) -> None:
+    # Runners show counters while the job runs (Flink and Dataflow UIs): one per reason.
+    Metrics.counter(METRICS, "dead_letter").inc()
+    Metrics.counter(METRICS, f"dead_letter_{reason}").inc()
+
+
 class ReadReviews(beam.DoFn):
     """One file URL in; every record out once: a Review (main), a DeadLetter, and the count."""
 
-    def __init__(self, text_column: str, id_column: str | None, input_format: str):
+    def __init__(
+        self,
+        text_column: str,
+        id_column: str | None,
+        input_format: str,
+        keep: list[tuple[str, str]] | None = None,
+    ):
         self.text_column, self.id_column, self.input_format = text_column, id_column, input_format
+        self.keep = tuple(keep or ())
+        self.rows_read = Metrics.counter(METRICS, "rows_read")
 
     def process(self, url: str) -> Iterable[Any]:
         n = 0
         for item in review_files.iter_reviews(
-            url, self.text_column, self.id_column, self.input_format
+            url, self.text_column, self.id_column, self.input_format, self.keep
         ):
             n += 1
+            self.rows_read.inc()
             if isinstance(item, review_files.Review):
                 yield (item.id, asdict(item))
             else:
+                _count_dead(item.reason)
                 yield beam.pvalue.TaggedOutput(DEAD, asdict(item))
         log.info("read %s: %d records", storage.redact(url), n)
         yield beam.pvalue.TaggedOutput(COUNTS, {"file": url, "records": n})
 
 
 class ToScoredRow(beam.DoFn):
+    """A prediction -> a scored row (main), or, for a row the model raised on, a dead letter."""
+
     def __init__(self, run_id: str, id2label: dict[int, str], fingerprint: str):
         self.run_id, self.id2label, self.fingerprint = run_id, id2label, fingerprint
+        self.scored = Metrics.counter(METRICS, "scored")
+        self.truncated = Metrics.counter(METRICS, "truncated")
 
-    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[dict]:
+    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
         _, pred = keyed
         row, inf = pred.example, pred.inference
+        if ERROR in inf:
+            _count_dead(review_files.INFERENCE_ERROR)
+            dead = review_files.DeadLetter(
+                row["id"],
+                row["source_file"],
+                row["source_row"],
+                review_files.INFERENCE_ERROR,
+                inf[ERROR][: review_files.RAW_PREVIEW],
+                row["text"][: review_files.RAW_PREVIEW],
+            )
+            yield beam.pvalue.TaggedOutput(DEAD, asdict(dead))
+            return
+        self.scored.inc()
+        if inf["truncated"]:
+            self.truncated.inc()
         probs = np.asarray(inf["probs"], np.float32)
         yield {
             "id": row["id"],
@@ -97,29 +140,54 @@ class ToScoredRow(beam.DoFn):
             "truncated": inf["truncated"],
             "n_tokens": inf["n_tokens"],
             "text_sha256": review_files.text_sha256(row["text"]),
+            **row["columns"],
             WORKER: inf[WORKER],  # counted by WriteParts into the summary, not written
         }
 
 
 class WriteParts(beam.DoFn):
-    """A batch of rows → one Parquet part in the attempt dir; emits the part's manifest entry."""
+    """Rows → Parquet parts of up to ``rows_per_file`` rows in the attempt dir, each built as
+    its rows arrive (``scored.PartWriter``), so a worker's memory does not grow with the part
+    size; emits each part's manifest entry (the last, partial part of a bundle at its end)."""
 
-    def __init__(self, run_url: str, rel_dir: str, kind: str, run_id: str):
+    def __init__(
+        self,
+        run_url: str,
+        rel_dir: str,
+        kind: str,
+        run_id: str,
+        rows_per_file: int,
+        schema: pa.Schema | None = None,
+    ):
         self.run_url, self.rel_dir, self.kind, self.run_id = run_url, rel_dir, kind, run_id
+        self.rows_per_file = rows_per_file
+        self.schema = scored.DEAD_SCHEMA if kind == "dead_letter" else schema
+        self._part: scored.PartWriter | None = None
 
-    def process(self, rows: list[dict]) -> Iterable[dict]:
+    def start_bundle(self) -> None:
+        self._part, self._workers = None, Counter()
+
+    def process(self, row: dict) -> Iterable[dict]:
         if self.kind == "dead_letter":
-            now = scored.now_utc()
-            rows = [{**r, "run_id": self.run_id, "recorded_at": now} for r in rows]
-            schema = scored.DEAD_SCHEMA
-        else:
-            schema = scored.SCORED_SCHEMA
-        workers = Counter(r.pop(WORKER, None) for r in rows)
-        info = scored.write_part(self.run_url, self.rel_dir, rows, schema)
+            row = {**row, "run_id": self.run_id, "recorded_at": scored.now_utc()}
+        self._workers[row.pop(WORKER, None)] += 1
+        if self._part is None:
+            self._part = scored.PartWriter(self.run_url, self.rel_dir, self.schema)
+        self._part.add(row)
+        if self._part.rows >= self.rows_per_file:
+            yield self._close()
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        if self._part is not None:
+            yield WindowedValue(self._close(), GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def _close(self) -> dict:
+        info = self._part.close()
         if self.kind == "scored":
-            info["workers"] = dict(workers)
+            info["workers"] = dict(self._workers)
+        self._part, self._workers = None, Counter()
         log.info("wrote %s (%d rows)", info["name"], info["rows"])
-        yield info
+        return info
 
 
 def _teacher_pairs(file_url: str) -> Iterable[tuple[str, np.ndarray]]:
@@ -147,8 +215,8 @@ def _sum_terms(terms: Iterable[tuple[int, int, float]]) -> tuple[int, int, float
 
 
 def _finalize(_: Any, scored_parts, dead_parts, counts, agreement, ctx: dict) -> dict:
-    summary = scored.finalize_run(
-        ctx["run_url"],
+    return scored.finalize_run(
+        ctx["output"],
         ctx["run_id"],
         ctx["attempt"],
         list(scored_parts),
@@ -156,8 +224,9 @@ def _finalize(_: Any, scored_parts, dead_parts, counts, agreement, ctx: dict) ->
         list(counts),
         agreement,
         ctx["meta"],
+        ctx["ledger"],
+        ctx["max_inference_error_rate"],
     )
-    return summary
 
 
 def build(
@@ -169,38 +238,45 @@ def build(
         | "Files" >> beam.Create(files)
         | "SpreadFiles" >> beam.Reshuffle()
         | "Read"
-        >> beam.ParDo(ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format)).with_outputs(
-            DEAD, COUNTS, main=OK
-        )
+        >> beam.ParDo(
+            ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format, ctx["keep"])
+        ).with_outputs(DEAD, COUNTS, main=OK)
     )
     handler = KeyedModelHandler(
         ReviewClassifierHandler(ctx["model_url"], ctx["fingerprint"], cfg, ctx["torch_threads"])
     )
-    rows = (
+    classified = (
         read[OK]
         # One big file is read by one worker; its rows are spread over all workers here, so
         # inference (the expensive part) does not stay with the reader. Each row carries its
         # lineage (source_file, source_row), so the order it arrives in does not matter.
         | "SpreadRows" >> beam.Reshuffle()
         | "Classify" >> RunInference(handler)
-        | "ToRow" >> beam.ParDo(ToScoredRow(ctx["run_id"], id2label, ctx["fingerprint"]))
+        | "ToRow"
+        >> beam.ParDo(ToScoredRow(ctx["run_id"], id2label, ctx["fingerprint"])).with_outputs(
+            DEAD, main=OK
+        )
     )
+    rows = classified[OK]
     attempt = ctx["attempt"]
-    scored_parts = (
-        rows
-        | "BatchScored"
-        >> beam.BatchElements(min_batch_size=cfg.rows_per_file, max_batch_size=cfg.rows_per_file)
-        | "WriteScored"
-        >> beam.ParDo(WriteParts(ctx["run_url"], f"{attempt}/scored", "scored", ctx["run_id"]))
-    )
+    schema = scored.scored_schema(ctx["keep"])
+    scored_parts = rows | "WriteScored" >> beam.ParDo(
+        WriteParts(ctx["run_url"], f"{attempt}/scored", "scored", ctx["run_id"],
+                   cfg.rows_per_file, schema)
+    )  # fmt: skip
     dead_parts = (
-        read[DEAD]
-        | "BatchDead"
-        >> beam.BatchElements(min_batch_size=cfg.rows_per_file, max_batch_size=cfg.rows_per_file)
+        (read[DEAD], classified[DEAD])
+        | "AllDead" >> beam.Flatten()
         | "WriteDead"
         >> beam.ParDo(
-            WriteParts(ctx["run_url"], f"{attempt}/dead_letter", "dead_letter", ctx["run_id"])
-        )
+            WriteParts(
+                ctx["run_url"],
+                f"{attempt}/dead_letter",
+                "dead_letter",
+                ctx["run_id"],
+                cfg.rows_per_file,
+            )
+        )  # fmt: skip
     )
     agreement = None
     if cfg.teacher_cache:
@@ -238,56 +314,133 @@ def _pipeline_args(cfg: ScoreConfig) -> list[str]:
     return args
 
 
+def pipeline_metrics(result: PipelineResult) -> dict[str, Any]:
+    """The stage's Beam metrics from a pipeline result (committed values where the runner has
+    them): counters as numbers, distributions as count/sum/min/max/mean."""
+    out: dict[str, Any] = {}
+    found = result.metrics().query(MetricsFilter().with_namespace(METRICS))
+    for kind in ("counters", "distributions"):
+        for m in found[kind]:
+            value = m.committed if m.committed is not None else m.attempted
+            name = m.key.metric.name
+            if kind == "counters":
+                out[name] = out.get(name, 0) + value
+            elif value is not None and value.count:
+                out[name] = {
+                    "count": value.count,
+                    "sum": value.sum,
+                    "min": value.min,
+                    "max": value.max,
+                    "mean": value.mean,
+                }
+    return dict(sorted(out.items()))
+
+
 def run(cfg: ScoreConfig) -> dict:
-    """Run the pipeline to completion; returns the run summary (also at RUN/summary.json)."""
+    """Run the pipeline to completion; returns the run summary (also at RUN/summary.json), with
+    the Beam metrics read from the pipeline result (``beam_metrics``)."""
     t0 = time.time()
     cfg = absolute_paths(cfg)  # local runners keep the cwd; recorded lineage names files fully
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    date = ledger.resolve_date(cfg.date)
+    dt = date or time.strftime("%Y-%m-%d", time.gmtime(t0))
+    inputs = ledger.fill_date(cfg.input, date)
+    keep = review_files.parse_keep_columns(cfg.keep_columns)
     model_url = classifier.resolve_model_url(cfg.model)
-    manifest = storage.read_manifest(model_url)  # our exports are committed: refuse half a model
+    # Every model file against its sha256 here, on the launcher: a tampered or half-copied model
+    # is refused before a worker starts (the workers check again as they load it).
+    manifest = classifier.verify_model(model_url)
     if manifest.get("kind") != classifier.MODEL_KIND:
         raise ValueError(f"{model_url} is not a fine-tuned model dir (distil finetune output)")
     id2label = {int(k): v for k, v in manifest["id2label"].items()}
     if cfg.quantize and cfg.bf16:
         raise ValueError("--quantize and --bf16 are exclusive: choose one")
+    if cfg.bf16 is None:  # bf16 by default where it is the fast path: a GPU's tensor cores
+        cfg = cfg.model_copy(update={"bf16": cfg.device.startswith("cuda") and not cfg.quantize})
     if cfg.quantize and cfg.device != "cpu":
         raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
     if cfg.teacher_cache:
         from distil.sentiment.teacher_cache import check_labels, open_teacher_cache
 
         check_labels(open_teacher_cache(cfg.teacher_cache), id2label)
-    files = review_files.expand_inputs(cfg.input, cfg.input_format)
+    all_files = review_files.expand_inputs(inputs, cfg.input_format)
+    runs = ledger.committed_runs(cfg.output)
+    for rid, m in runs.items():
+        if not m.get("published", True):  # its launcher died between commit and publish
+            log.warning("run %s was committed but not published: publishing it now", rid)
+            scored.publish(cfg.output, rid)
+    versions = [ledger.file_version(u) for u in all_files]
+    fingerprint = manifest["fingerprint"]
+    if cfg.incremental and not cfg.rescore:
+        todo, skipped, changed = ledger.plan(versions, runs, run_id, fingerprint)
+    else:
+        todo, skipped, changed = versions, [], []
+    files = [v["url"] for v in todo]
     run_url = scored.run_dir(cfg.output, run_id)
     options = PipelineOptions(_pipeline_args(cfg))
     threads = default_torch_threads(cfg, options)
+    now = scored.now_utc().isoformat()
     ctx = {
+        "output": cfg.output,
         "run_url": run_url,
         "run_id": run_id,
         "attempt": scored.new_attempt(),
         "model_url": model_url,
-        "fingerprint": manifest["fingerprint"],
+        "fingerprint": fingerprint,
         "torch_threads": threads,
+        "keep": keep,
+        "max_inference_error_rate": cfg.max_inference_error_rate,
+        "ledger": [
+            {**v, "model_fingerprint": fingerprint, "run_id": run_id, "scored_at": now}
+            for v in todo
+        ],
         "meta": {
             "model": storage.redact(model_url),
-            "model_fingerprint": manifest["fingerprint"],
+            "model_fingerprint": fingerprint,
             "quantize": cfg.quantize,
             "bf16": cfg.bf16,
             "runner": cfg.runner,
             "torch_threads": threads,
             "teacher_cache": storage.redact(cfg.teacher_cache) if cfg.teacher_cache else None,
+            scored.PARTITION: dt,
+            "incremental": cfg.incremental and not cfg.rescore,
+            "files_skipped": len(skipped),
+            "files_changed": [
+                {"url": storage.redact(c["url"]), "previous_run_id": c["previous"]["run_id"]}
+                for c in changed
+            ],
+            "keep_columns": [f"{n}:{t}" for n, t in keep],
         },
     }
-    log.info("scoring %d files into %s (run %s)", len(files), storage.redact(run_url), run_id)
-    with beam.Pipeline(options=options) as p:
-        build(p, cfg, files, ctx, id2label)
+    log.info(
+        "scoring %d files (%d already scored with this model, %d changed) into %s (run %s)",
+        len(files),
+        len(skipped),
+        len(changed),
+        storage.redact(run_url),
+        run_id,
+    )
+    p = beam.Pipeline(options=options)
+    build(p, cfg, files, ctx, id2label)
+    result = p.run()
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise RuntimeError(f"the scoring pipeline ended in state {state}")
+    # The summary was written by a worker process: drop this process's cached listings (the
+    # ledger listed OUTPUT above) or s3fs answers from them that the file does not exist.
+    storage.get_fs(run_url)[0].invalidate_cache()
     summary = storage.read_json(storage.join(run_url, scored.SUMMARY))
     if summary.get("attempt") != ctx["attempt"]:
         raise RuntimeError("the pipeline finished but did not commit this attempt's summary")
     summary["wall_s"] = round(time.time() - t0, 2)
+    summary["beam_metrics"] = pipeline_metrics(result)
     print(
         f"rows in {summary['rows_in']} = scored {summary['scored']} + dead-letter "
         f"{summary['dead_letter']} ({summary['dead_letter_by_reason']}); "
-        f"truncated {summary['truncated']}; output {storage.redact(run_url)}",
+        f"truncated {summary['truncated']}; files scored {len(files)}, skipped "
+        f"{len(skipped)} (scored before), changed {len(changed)}; dataset "
+        f"{storage.redact(storage.join(cfg.output, scored.DATASETS['files']))}/"
+        f"{scored.PARTITION}={dt}/",
         file=sys.stderr,
     )
     return summary

@@ -83,6 +83,21 @@ def resolve_model_url(url: str) -> str:
     return url
 
 
+def verify_model(url: str) -> dict[str, Any]:
+    """The committed manifest of the model dir ``url``, after checking every file it lists
+    against its sha256 (streamed, nothing written): a launcher calls it so that a model whose
+    files do not match is refused before any worker starts, not after rows were read."""
+    manifest = storage.read_manifest(url)
+    for entry in manifest["files"]:
+        got = storage.sha256_url(storage.join(url, entry["name"]))
+        if got != entry["sha256"]:
+            raise ValueError(
+                f"{storage.redact(url)}/{entry['name']}: sha256 {got[:12]}… does not "
+                f"match the manifest ({entry['sha256'][:12]}…); refusing to score with it"
+            )
+    return manifest
+
+
 def fetch_model(url: str, cache_dir: str) -> tuple[str, str]:
     """``(local_dir, fingerprint)``: the model at ``url`` pulled once into ``cache_dir`` and every
     file checked against the sha256 in its manifest. Concurrent callers (Beam worker processes
@@ -150,7 +165,7 @@ class SequenceClassifier:
         *,
         max_length: int = 256,
         quantize: bool = False,
-        bf16: bool = False,
+        bf16: bool | None = False,
         torch_threads: int | None = None,
         device: str = "cpu",
     ) -> None:
@@ -159,9 +174,11 @@ class SequenceClassifier:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        self.device = torch.device(device)
+        if bf16 is None:  # the default: bf16 where it is the fast path (tensor cores)
+            bf16 = self.device.type == "cuda" and not quantize
         if quantize and bf16:
             raise ValueError("choose one of int8 quantisation and bf16, not both")
-        self.device = torch.device(device)
         if quantize and self.device.type != "cpu":
             raise ValueError("int8 quantisation runs on the CPU only: drop --quantize on a GPU")
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -170,7 +187,9 @@ class SequenceClassifier:
         self.max_length = max_length
         self.bf16 = bf16
         model = AutoModelForSequenceClassification.from_pretrained(local_dir)
-        model.eval().to(self.device)
+        # on a GPU, bf16 weights (no per-batch casts of fp32 weights under autocast)
+        dtype = torch.bfloat16 if bf16 and self.device.type == "cuda" else torch.float32
+        model.eval().to(self.device, dtype)
         if quantize:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated
@@ -205,24 +224,30 @@ class SequenceClassifier:
         if n == 0:
             return out
         lengths = np.fromiter((len(x) for x in ids), np.int64, n)
+        flat = np.concatenate(ids) if n else np.zeros(0, np.int64)
+        starts = np.cumsum(lengths) - lengths
         order = np.argsort(lengths, kind="stable")
-        # bf16 autocast: matmuls in bfloat16 (tensor cores on GPU; native on CPUs with
-        # AVX512-BF16 / AMX), softmax and LayerNorm stay fp32; logits come back as fp32.
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        # bf16 autocast on CPU (AVX512-BF16 / AMX); on a GPU the weights are bf16 already.
+        # Softmax and LayerNorm stay fp32 under autocast; logits come back as fp32.
+        cpu_bf16 = self.bf16 and self.device.type == "cpu"
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cpu_bf16)
+        parts = []
         with torch.inference_mode(), autocast:
             for start in range(0, n, micro_batch_size):
                 idx = order[start : start + micro_batch_size]
                 width = int(lengths[idx].max())
-                batch = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for j, i in enumerate(idx):
-                    batch[j, : lengths[i]] = ids[i]
-                    mask[j, : lengths[i]] = 1
+                # padded [rows, width] ids from the flat ids in one vectorised gather
+                cols = np.arange(width)[None, :]
+                inside = cols < lengths[idx][:, None]
+                src = np.where(inside, starts[idx][:, None] + cols, 0)
+                batch = np.where(inside, flat[src], self.pad_id)
+                mask = inside.astype(np.int64)
                 logits = self.model(
                     input_ids=torch.from_numpy(batch).to(self.device, non_blocking=True),
                     attention_mask=torch.from_numpy(mask).to(self.device, non_blocking=True),
                 ).logits
-                out[idx] = logits.float().cpu().numpy()
+                parts.append(logits.float())  # stays on the device: one copy back at the end
+        out[order] = torch.cat(parts).cpu().numpy()
         return out
 
     def classify(self, texts: list[str], micro_batch_size: int = 64) -> dict[str, np.ndarray]:

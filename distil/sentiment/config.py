@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -139,7 +140,11 @@ class ScoreConfig(StageConfig):
         ...,
         description="fine-tuned model dir URL, or a latest.json pointer written by distil finetune",
     )
-    output: str = Field(..., description="output URL; each run goes to OUTPUT/run_id=<run_id>/")
+    output: str = Field(
+        ...,
+        description="output URL: the datasets OUTPUT/scored/dt=<date>/ and "
+        "OUTPUT/dead_letter/dt=<date>/, and each run's manifest in OUTPUT/run_id=<run_id>/",
+    )
     run_id: str | None = Field(
         None,
         description="run id (default: UTC timestamp); re-running an id replaces its output",
@@ -161,14 +166,20 @@ class ScoreConfig(StageConfig):
     micro_batch_size: int = Field(
         64, description="rows per forward pass after sorting a batch by length"
     )
-    rows_per_file: int = Field(50_000, description="rows per output Parquet part")
+    rows_per_file: int = Field(
+        50_000,
+        ge=1,
+        description="most rows per output Parquet part (a worker also ends a part at the end of "
+        "each bundle)",
+    )
     quantize: bool = Field(
         False, description="dynamic int8 quantisation of the Linear layers (CPU speed-up)"
     )
-    bf16: bool = Field(
-        False,
-        description="bfloat16 autocast for the forward pass (CPU speed-up on AVX512-BF16/AMX "
-        "CPUs; exclusive with --quantize)",
+    bf16: bool | None = Field(
+        None,
+        description="bfloat16 forward pass: bf16 weights on a GPU (tensor cores), bf16 "
+        "autocast on CPU (a speed-up on AVX512-BF16/AMX CPUs; exclusive with --quantize). "
+        "Default: on for a cuda device, off on cpu",
     )
     torch_threads: int | None = Field(
         None,
@@ -195,6 +206,35 @@ class ScoreConfig(StageConfig):
         description="cached teacher class logits (keyed by sha256 of the text): the summary "
         "reports student-teacher agreement and mean KL on the covered rows",
     )
+    incremental: bool = Field(
+        False,
+        description="score only the input files that no other committed run under --output has "
+        "scored with this model (same URL, size and etag/sha256); a file whose content changed "
+        "is scored again and reported in the summary's files_changed",
+    )
+    rescore: bool = Field(
+        False, description="with --incremental: score every input file again (ignore the ledger)"
+    )
+    date: str | None = Field(
+        None,
+        description="the day this run is for: YYYY-MM-DD, today or yesterday (UTC). Replaces "
+        "{date} in --input URLs (s3://b/reviews/dt={date}/) and names the output partition "
+        "dt=<date> (default: the run's UTC date)",
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="input columns copied into the scored rows: name or name:type "
+        "(type string, int64, float64 or bool; default string), comma-separated or a YAML list; "
+        "a value that does not convert is a bad_column dead letter",
+    )
+    max_inference_error_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="most rows (share of those reaching the model) that may raise in the model "
+        "and become inference_error dead letters; above it the run fails uncommitted, since a "
+        "model that raises on most rows is broken, not the rows",
+    )
     runner: str = Field(
         "FnApiRunner",
         description="Beam runner: FnApiRunner, DirectRunner (local), FlinkRunner, SparkRunner, "
@@ -212,3 +252,32 @@ class ScoreConfig(StageConfig):
     def _one_or_many(cls, v):
         # `--input s3://b/x.jsonl` (one URL) as well as `--input '[a, b]'` (a YAML list)
         return [v] if isinstance(v, str) else v
+
+    @field_validator("keep_columns", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        # `--keep-columns product,stars:int64` as well as a YAML list
+        return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _known_types(cls, v):
+        from distil.sentiment.review_files import parse_keep_columns
+
+        parse_keep_columns(v)  # a bad type or a name the output already has fails here
+        return v
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _iso_date(cls, v):
+        # YAML reads `date: 2026-12-01` as a datetime.date
+        return v.isoformat() if hasattr(v, "isoformat") else v
+
+    @field_validator("run_id")
+    @classmethod
+    def _path_safe(cls, v):
+        # the run id names folders and dataset files (part-<run_id>-<uuid>.parquet), and the
+        # publish step finds a run's files by that name: no globbing or path characters
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:+-]*", v):
+            raise ValueError(f"run id {v!r}: use letters, digits and . _ : + - only")
+        return v

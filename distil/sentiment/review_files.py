@@ -17,7 +17,7 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distil import storage
@@ -41,6 +41,10 @@ MALFORMED_LINE = "malformed_line"
 MALFORMED_ROW = "malformed_row"
 BAD_ID = "bad_id"
 UNREADABLE_FILE = "unreadable_file"
+BAD_COLUMN = "bad_column"  # a --keep-columns value that does not convert to its declared type
+INFERENCE_ERROR = (
+    "inference_error"  # the model raised on this row alone (distil.pipelines.inference)
+)
 
 RAW_PREVIEW = 500  # characters of the raw record kept in the dead-letter row
 
@@ -52,6 +56,7 @@ class Review:
     source_file: str
     source_row: int
     id_generated: bool
+    columns: dict[str, Any] = field(default_factory=dict)  # --keep-columns, converted
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,60 @@ def format_of(url: str, input_format: str = "auto") -> str:
     if fmt is None:
         raise ValueError(f"{url}: cannot tell the format from the extension; pass --input-format")
     return fmt
+
+
+KEEP_TYPES = ("string", "int64", "float64", "bool")
+
+
+def parse_keep_columns(specs: list[str]) -> list[tuple[str, str]]:
+    """``["product", "stars:int64"]`` -> ``[("product", "string"), ("stars", "int64")]``."""
+    if not specs:
+        return []
+    from distil.sentiment.scored import PARTITION, SCORED_SCHEMA
+
+    reserved = {*SCORED_SCHEMA.names, PARTITION}
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name, _, typ = spec.partition(":")
+        name, typ = name.strip(), (typ.strip() or "string")
+        if not name or typ not in KEEP_TYPES:
+            raise ValueError(f"keep column {spec!r}: expected name or name:{'|'.join(KEEP_TYPES)}")
+        if name in reserved:
+            raise ValueError(f"keep column {name!r}: the scored rows already have that column")
+        if name in (n for n, _ in out):
+            raise ValueError(f"keep column {name!r} given twice")
+        out.append((name, typ))
+    return out
+
+
+def convert_column(value: Any, typ: str) -> Any:
+    """One kept value as ``typ``; ``ValueError`` when it does not convert. Missing, null and (for
+    the typed columns) an empty CSV field are null."""
+    if value is None:
+        return None
+    if typ == "string":
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return None
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif typ == "int64" and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value)  # ValueError for "4.5", "four"
+    elif typ == "float64" and isinstance(value, int | float | str) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{value!r} is not {typ}")
 
 
 def generated_id(source_file: str, row: int) -> str:
@@ -125,7 +184,13 @@ def _known(url: str, input_format: str) -> bool:
 
 
 def _check(
-    rec: dict[str, Any], source: str, row: int, text_column: str, id_column: str | None, raw: str
+    rec: dict[str, Any],
+    source: str,
+    row: int,
+    text_column: str,
+    id_column: str | None,
+    raw: str,
+    keep: tuple[tuple[str, str], ...] = (),
 ) -> Review | DeadLetter:
     """One parsed record → a Review, or a DeadLetter saying what is wrong with it."""
     rid: Any = rec.get(id_column) if id_column else None
@@ -157,7 +222,13 @@ def _check(
         return dead(UNDECODABLE, f"text has an invalid code point at {e.start}")
     if not text.strip():
         return dead(EMPTY_TEXT, "text is empty or whitespace only")
-    return Review(rid, text, source, row, id_generated)
+    columns = {}
+    for name, typ in keep:
+        try:
+            columns[name] = convert_column(rec.get(name), typ)
+        except (ValueError, OverflowError) as e:
+            return dead(BAD_COLUMN, f"column {name!r}: {e}"[:RAW_PREVIEW])
+    return Review(rid, text, source, row, id_generated, columns)
 
 
 def _preview(raw: bytes | str) -> str:
@@ -167,7 +238,9 @@ def _preview(raw: bytes | str) -> str:
     return raw[:RAW_PREVIEW]
 
 
-def iter_jsonl(url: str, text_column: str, id_column: str | None) -> Iterator[Review | DeadLetter]:
+def iter_jsonl(
+    url: str, text_column: str, id_column: str | None, keep: tuple[tuple[str, str], ...] = ()
+) -> Iterator[Review | DeadLetter]:
     fs, path = storage.get_fs(url)
     with fs.open(path, "rb", compression="infer") as f:
         row = -1
@@ -190,11 +263,15 @@ def iter_jsonl(url: str, text_column: str, id_column: str | None) -> Iterator[Re
                 detail = f"JSON {type(rec).__name__}, expected an object"
                 yield DeadLetter(None, url, row, MALFORMED_LINE, detail, raw)
                 continue
-            yield _check(rec, url, row, text_column, id_column, raw)
+            yield _check(rec, url, row, text_column, id_column, raw, keep)
 
 
 def iter_csv(
-    url: str, text_column: str, id_column: str | None, delimiter: str = ","
+    url: str,
+    text_column: str,
+    id_column: str | None,
+    delimiter: str = ",",
+    keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
     fs, path = storage.get_fs(url)
     with fs.open(path, "rb", compression="infer") as fb:
@@ -213,11 +290,15 @@ def iter_csv(
                 yield DeadLetter(None, url, row, MALFORMED_ROW, detail, raw)
                 continue
             rec = dict(zip(header, fields, strict=True))
-            yield _check(rec, url, row, text_column, id_column, raw)
+            yield _check(rec, url, row, text_column, id_column, raw, keep)
 
 
 def iter_parquet(
-    url: str, text_column: str, id_column: str | None, batch_rows: int = 8192
+    url: str,
+    text_column: str,
+    id_column: str | None,
+    batch_rows: int = 8192,
+    keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
     import pyarrow.parquet as pq
 
@@ -225,18 +306,23 @@ def iter_parquet(
     with fs.open_input_file(path) as fh:
         pf = pq.ParquetFile(fh)
         names = set(pf.schema_arrow.names)
-        cols = [c for c in (text_column, id_column) if c and c in names]
+        wanted = dict.fromkeys([text_column, id_column, *(n for n, _ in keep)])
+        cols = [c for c in wanted if c and c in names]
         row = 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=cols or None):
             recs = batch.to_pylist() if cols else [{}] * batch.num_rows
             for rec in recs:
                 raw = _preview(json.dumps(rec, default=repr, ensure_ascii=False))
-                yield _check(rec, url, row, text_column, id_column, raw)
+                yield _check(rec, url, row, text_column, id_column, raw, keep)
                 row += 1
 
 
 def iter_reviews(
-    url: str, text_column: str, id_column: str | None, input_format: str = "auto"
+    url: str,
+    text_column: str,
+    id_column: str | None,
+    input_format: str = "auto",
+    keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
     """Every record of one file, good or bad. Never raises for bad data: a file that cannot be
     read (corrupt, truncated archive, wrong format) ends with one ``unreadable_file`` record."""
@@ -244,11 +330,11 @@ def iter_reviews(
     n = 0
     try:
         if fmt == "jsonl":
-            gen = iter_jsonl(url, text_column, id_column)
+            gen = iter_jsonl(url, text_column, id_column, keep)
         elif fmt in ("csv", "tsv"):
-            gen = iter_csv(url, text_column, id_column, "\t" if fmt == "tsv" else ",")
+            gen = iter_csv(url, text_column, id_column, "\t" if fmt == "tsv" else ",", keep)
         else:
-            gen = iter_parquet(url, text_column, id_column)
+            gen = iter_parquet(url, text_column, id_column, keep=keep)
         for item in gen:
             n += 1
             yield item

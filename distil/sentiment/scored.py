@@ -1,17 +1,23 @@
 """What ``distil score`` writes, engine-free: Parquet schemas, part writers, the run commit, the
-teacher-agreement arithmetic and a reader that goes through the manifest.
+published dataset, the teacher-agreement arithmetic and a reader that goes through the manifest.
 
-Layout of one run (``OUTPUT/run_id=<run_id>/``)::
+Layout under ``OUTPUT/``::
 
-    attempt-<token>/scored/part-<uuid>.parquet       scored rows (SCORED_SCHEMA)
-    attempt-<token>/dead_letter/part-<uuid>.parquet  rows that could not be scored (DEAD_SCHEMA)
-    summary.json                                      row accounting, agreement, timings
-    manifest.json                                     written LAST; lists one attempt's parts
+    scored/dt=<date>/part-<run_id>-<uuid>.parquet       the scored rows, every committed run
+    dead_letter/dt=<date>/part-<run_id>-<uuid>.parquet  the dead letters, every committed run
+    run_id=<run_id>/manifest.json                       the commit point of one run; its ledger
+    run_id=<run_id>/summary.json                        row accounting, agreement, timings
+    run_id=<run_id>/attempt-<token>/{scored,dead_letter}/part-<uuid>.parquet   while running
 
-Every attempt writes into a fresh ``attempt-<token>/``; the manifest PUT is the atomic switch
-from the previous attempt's output to this one's, then older attempts are deleted. Readers use
-:func:`read_run`, which reads only the files the manifest lists, so a rerun of a ``run_id``
-never shows a row twice, and a crashed run never shows half its output.
+``scored/`` and ``dead_letter/`` are Hive-partitioned Parquet datasets that pyarrow.dataset,
+DuckDB and Spark read as tables. Every attempt writes its parts into a fresh ``attempt-<token>/``
+(invisible to dataset readers). Commit = the manifest PUT listing that attempt's parts; then
+:func:`publish` copies the parts into the dataset, deletes the dataset files of earlier attempts
+of the same run id, rewrites the manifest to list the published copies and deletes the attempt
+folders. A publish that dies is finished by the next run on the same output (the manifest says
+whether it was published), so a crashed run never shows half its output, and a rerun of a
+``run_id`` never shows a row twice once it has committed. :func:`read_run` reads one run through
+its manifest.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import posixpath
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -31,6 +38,11 @@ from distil import storage
 
 KIND = "scored_reviews"
 SUMMARY = "summary.json"
+PARTITION = "dt"
+DATASETS = {"files": "scored", "dead_letter_files": "dead_letter"}  # manifest key -> table dir
+KEEP_ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
+                    "bool": pa.bool_()}  # fmt: skip
+_DATASET_PART = re.compile(r"part-(.+)-([0-9a-f]{32})\.parquet")
 
 SCORED_SCHEMA = pa.schema(
     [
@@ -65,6 +77,14 @@ DEAD_SCHEMA = pa.schema(
 )
 
 
+def scored_schema(keep: list[tuple[str, str]]) -> pa.Schema:
+    """``SCORED_SCHEMA`` plus the ``--keep-columns`` (name, type) pairs, in their order."""
+    schema = SCORED_SCHEMA
+    for name, typ in keep:
+        schema = schema.append(pa.field(name, KEEP_ARROW_TYPES[typ]))
+    return schema
+
+
 def run_dir(output: str, run_id: str) -> str:
     return storage.join(output, f"run_id={run_id}")
 
@@ -77,19 +97,55 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class PartWriter:
+    """One Parquet part under ``dir_url/rel_dir``, built as rows arrive: every ``row_group``
+    rows become a compressed row group in memory, so a writer holds one row group of Python
+    rows plus the compressed bytes (tens of bytes a row), not a whole part's rows as dicts; the
+    part is written with a single PUT by :meth:`close`, which returns its manifest entry."""
+
+    def __init__(self, dir_url: str, rel_dir: str, schema: pa.Schema, row_group: int = 4096):
+        self.dir_url, self.schema, self.row_group = dir_url, schema, row_group
+        self.name = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.parquet")
+        self.rows = 0
+        self.by_reason: Counter = Counter()
+        self.truncated = 0
+        self._pending: list[dict[str, Any]] = []
+        self._buf = io.BytesIO()
+        self._writer = pq.ParquetWriter(self._buf, schema, compression="zstd")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
+        self.rows += 1
+        if "reason" in self.schema.names:
+            self.by_reason[row["reason"]] += 1
+        if "truncated" in self.schema.names:
+            self.truncated += bool(row["truncated"])
+        if len(self._pending) >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
+            self._pending = []
+
+    def close(self) -> dict[str, Any]:
+        self._flush()
+        self._writer.close()
+        storage.write_bytes(storage.join(self.dir_url, self.name), self._buf.getvalue())
+        info: dict[str, Any] = {"name": self.name, "rows": self.rows}
+        if "reason" in self.schema.names:
+            info["by_reason"] = dict(self.by_reason)
+        if "truncated" in self.schema.names:
+            info["truncated"] = self.truncated
+        return info
+
+
 def write_part(dir_url: str, rel_dir: str, rows: list[dict[str, Any]], schema: pa.Schema) -> dict:
     """One Parquet part (a single PUT) under ``dir_url/rel_dir``; returns its manifest entry."""
-    table = pa.Table.from_pylist(rows, schema=schema)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    name = posixpath.join(rel_dir, f"part-{uuid.uuid4().hex}.parquet")
-    storage.write_bytes(storage.join(dir_url, name), buf.getvalue())
-    info: dict[str, Any] = {"name": name, "rows": len(rows)}
-    if "reason" in schema.names:
-        info["by_reason"] = dict(Counter(r["reason"] for r in rows))
-    if "truncated" in schema.names:
-        info["truncated"] = sum(bool(r["truncated"]) for r in rows)
-    return info
+    part = PartWriter(dir_url, rel_dir, schema)
+    for row in rows:
+        part.add(row)
+    return part.close()
 
 
 def agreement_terms(student_probs: np.ndarray, teacher_logits: np.ndarray) -> tuple[int, float]:
@@ -104,7 +160,7 @@ def agreement_terms(student_probs: np.ndarray, teacher_logits: np.ndarray) -> tu
 
 
 def finalize_run(
-    run_url: str,
+    output: str,
     run_id: str,
     attempt: str,
     scored_parts: list[dict],
@@ -112,8 +168,14 @@ def finalize_run(
     file_counts: list[dict],
     agreement: tuple[int, int, float] | None,
     meta: dict[str, Any],
+    ledger: list[dict],
+    max_inference_error_rate: float = 1.0,
 ) -> dict[str, Any]:
-    """Check the accounting, write summary.json, commit the manifest, delete older attempts."""
+    """Check the accounting, write summary.json, commit the manifest (with the ``ledger`` of the
+    input file versions this run scored), publish into the dataset."""
+    from distil.sentiment.review_files import INFERENCE_ERROR
+
+    run_url = run_dir(output, run_id)
     rows_in = sum(c["records"] for c in file_counts)
     scored = sum(p["rows"] for p in scored_parts)
     dead = sum(p["rows"] for p in dead_parts)
@@ -144,37 +206,92 @@ def finalize_run(
             "label_agreement": agree / covered if covered else None,
             "mean_kl": kl_sum / covered if covered else None,
         }
+    failed = by_reason.get(INFERENCE_ERROR, 0)
     if not summary["accounted"]:
-        storage.write_json(storage.join(run_url, attempt, SUMMARY), summary)
-        raise RuntimeError(
+        error = (
             f"row accounting failed: {rows_in} in != {scored} scored + {dead} dead-letter; "
             "not committing this run"
         )
+    elif failed and failed > max_inference_error_rate * (scored + failed):
+        # A model that raises on most rows is broken, not the rows: fail instead of committing
+        # a night of dead letters.
+        error = (
+            f"{failed} of {scored + failed} rows raised in the model (inference_error), more "
+            f"than --max-inference-error-rate {max_inference_error_rate}; not committing this run"
+        )
+    else:
+        error = None
+    if error:
+        storage.write_json(storage.join(run_url, attempt, SUMMARY), summary)
+        raise RuntimeError(error)
     storage.write_json(storage.join(run_url, SUMMARY), summary)
     manifest = {
         "kind": KIND,
         "run_id": run_id,
         "attempt": attempt,
+        PARTITION: meta[PARTITION],
         "files": sorted(scored_parts, key=lambda p: p["name"]),
         "dead_letter_files": sorted(dead_parts, key=lambda p: p["name"]),
+        "ledger": ledger,
+        "published": False,
         "summary": summary,
         "fingerprint": storage.fingerprint([run_id, attempt]),
     }
     storage.commit(run_url, manifest, cleanup=False)
-    fs, path = storage.get_fs(run_url)
-    fs.invalidate_cache(path)
-    for entry in fs.ls(path, detail=False):
-        name = posixpath.basename(entry.rstrip("/"))
-        if name.startswith("attempt-") and name != attempt:
-            storage.remove(storage.join(run_url, name))
+    publish(output, run_id)
     return summary
+
+
+def dataset_part(table: str, dt: str, run_id: str, part_name: str) -> str:
+    """Where an attempt's part goes in the dataset (relative to OUTPUT). The run id is in the
+    name, so a rerun finds (and replaces) its own earlier files and no other run's."""
+    uid = posixpath.basename(part_name).removeprefix("part-").removesuffix(".parquet")
+    return f"{table}/{PARTITION}={dt}/part-{run_id}-{uid}.parquet"
+
+
+def run_of_dataset_file(path: str) -> str | None:
+    m = _DATASET_PART.fullmatch(posixpath.basename(path))
+    return m.group(1) if m else None
+
+
+def publish(output: str, run_id: str) -> dict[str, Any]:
+    """Make a committed run's parts the dataset's rows for that run id (idempotent: a publish
+    that died part-way is finished by calling it again). Returns the published manifest."""
+    run_url = run_dir(output, run_id)
+    manifest = storage.read_manifest(run_url)
+    if manifest.get("published", True):  # published, or written before datasets existed
+        return manifest
+    fs, out_path = storage.get_fs(output)
+    keep: set[str] = set()
+    published = dict(manifest, published=True)
+    for key, table in DATASETS.items():
+        entries = []
+        for entry in manifest[key]:
+            dest = dataset_part(table, manifest[PARTITION], run_id, entry["name"])
+            storage.copy_file(storage.join(run_url, entry["name"]), storage.join(output, dest))
+            entries.append({**entry, "name": f"../{dest}"})
+            keep.add(dest)
+        published[key] = entries
+    fs.invalidate_cache()
+    for table in DATASETS.values():
+        root = posixpath.join(out_path, table)
+        for path in fs.find(root) if fs.exists(root) else []:
+            rel = posixpath.relpath(path, out_path)
+            if run_of_dataset_file(path) == run_id and rel not in keep:
+                fs.rm(path)  # an earlier attempt of this run id
+    storage.commit(run_url, published, cleanup=False)
+    _, run_path = storage.get_fs(run_url)
+    for entry in fs.ls(run_path, detail=False):
+        if posixpath.basename(entry.rstrip("/")).startswith("attempt-"):
+            storage.remove(storage.join(run_url, posixpath.basename(entry.rstrip("/"))))
+    return published
 
 
 def read_run(output: str, run_id: str, which: str = "files") -> pa.Table:
     """A committed run's scored rows (``which="files"``) or dead letters
     (``"dead_letter_files"``), read only through its manifest."""
     url = run_dir(output, run_id)
-    schema = SCORED_SCHEMA if which == "files" else DEAD_SCHEMA
+    schema = SCORED_SCHEMA if which == "files" else DEAD_SCHEMA  # + kept columns, if any
     tables = []
     for f in storage.committed_files(url, key=which):
         fs, path = storage.arrow_filesystem(f)

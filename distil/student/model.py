@@ -84,14 +84,36 @@ class MaskedLMForDistillation(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        unpadded: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits ``[N, vocab]`` at ``positions`` (bool [B, L]; default the masked ones),
-        last hidden states ``[B, L, H]``)."""
-        hidden = self.model.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
-        kept = hidden[labels != -100 if positions is None else positions]
+        """(logits ``[N, vocab]`` at ``positions`` (bool [B, L]; default the masked ones), or at
+        ``index`` (long [S]: flat ``b * L + l`` positions of a fixed-shape batch, gathered
+        without a host sync), last hidden states ``[B, L, H]``). ``unpadded``: the caller knows
+        every row is full, so no attention mask is built (SDPA then runs its flash kernel)."""
+        hidden = self.model.bert(
+            input_ids=input_ids, attention_mask=encoder_mask(self.model, attention_mask, unpadded)
+        )[0]
+        if index is not None:
+            kept = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+        else:
+            kept = hidden[labels != -100 if positions is None else positions]
         return self.model.cls(kept), hidden
+
+
+def encoder_mask(
+    model: BertForMaskedLM, attention_mask: torch.Tensor, unpadded: bool
+) -> torch.Tensor | None:
+    """The attention mask to hand a BERT encoder without a host sync: none for a batch the host
+    knows is unpadded; for SDPA an already expanded ``[B, 1, 1, L]`` boolean mask (transformers
+    checks a 2-D mask with ``.all()`` on every forward, a device-to-host sync); else as is."""
+    if unpadded:
+        return None
+    if model.config._attn_implementation == "sdpa":
+        return attention_mask.bool()[:, None, None, :]
+    return attention_mask
 
 
 def mlm_rows(labels: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor | None:

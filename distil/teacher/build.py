@@ -97,7 +97,9 @@ class TeacherWorker:
                 f"teacher {self.cfg.teacher} changed during the run (weights hash differs)"
             )
         check_teacher(teacher, self.cfg.teacher, prepared, self.cfg.input)
-        self.model = teacher.model.to(device)
+        # frozen: bf16 weights on CUDA (autocast would re-cast fp32 weights on every batch)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.model = teacher.model.to(device, dtype)
         self.masking = MaskingParams.from_config(self.cfg.masking(), prepared)
         self.sparsity = self.cfg.sparsity_spec()
         self.pad_id = int(prepared["special_ids"]["pad"])

@@ -81,6 +81,13 @@ class LogitsConfig(StageConfig):
     )
     batch_size: int = Field(64, ge=1, description="sequences per teacher forward pass")
     num_actors: int = Field(1, ge=1, description="teacher replicas (Ray actor pool size)")
+    actors_per_gpu: int = Field(
+        2,
+        ge=1,
+        description="on CUDA: teacher replicas sharing each GPU, so one replica's CPU work "
+        "(batch building, top-k results to Arrow) overlaps another's GPU batches; the pool "
+        "has num_actors x actors_per_gpu replicas on min(num_actors, GPUs) GPUs",
+    )
     num_cpus_per_actor: float = Field(
         0.5, gt=0, description="logical CPUs per CPU actor (keep < cores so readers schedule)"
     )

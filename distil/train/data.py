@@ -13,7 +13,10 @@ resumed run masks exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from distil import storage
 from distil.data import shards
 
 COLUMNS = ["seq_id", "input_ids", "length"]
+log = logging.getLogger("distil.train")
 
 
 class PreparedBatches:
@@ -126,7 +130,207 @@ class PreparedBatches:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Host batch -> ``device``: pinned first on CUDA, so ``non_blocking`` really overlaps."""
+    """Host batch -> ``device``: pinned first on CUDA, so ``non_blocking`` really overlaps.
+    Values that are not tensors (a fixed-shape batch's host-side counts) stay as they are."""
     if device.type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-    return {k: v.to(device) for k, v in batch.items()}
+        return {
+            k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------ fixed-shape batches
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """The one shape every training micro-batch has, so the step never builds a tensor whose
+    size depends on the data (each such size is a device-to-host sync, and a new shape is a
+    recompile under ``torch.compile``): ``batch_size`` rows of ``seq_len`` ids, and ``slots``
+    target rows per sequence (NVIDIA's BERT "max predictions per sequence"): the masked
+    positions padded to a fixed count, or every position for a ``kd_positions: all`` cache."""
+
+    batch_size: int
+    seq_len: int
+    slots: int
+    pad_id: int
+
+    @classmethod
+    def for_masking(
+        cls, batch_size: int, seq_len: int, mask_prob: float, pad_id: int, all_positions: bool
+    ) -> BatchShape:
+        # the masking routine masks round(p * maskable) <= round(p * seq_len) per sequence; one
+        # more slot covers a tie at its threshold (``distil.teacher.masking.mask_batch``)
+        slots = seq_len if all_positions else min(seq_len, int(round(mask_prob * seq_len)) + 1)
+        return cls(batch_size, seq_len, max(1, slots), pad_id)
+
+
+def fixed_shape(batch: dict[str, torch.Tensor], shape: BatchShape) -> dict[str, Any]:
+    """A batch of the cache/online contract (``docs/CONTRACTS.md``: [b, l] inputs with l the
+    batch's longest row, ``[N, K]`` targets in row-major order of the target positions) padded
+    to ``shape``, with the target rows moved into fixed slots:
+
+    * ``input_ids`` / ``attention_mask`` / ``labels`` ``[B, L]`` (pad id / 0 / -100);
+    * ``target_index`` ``[B * S]`` long: the flat ``b * L + l`` position of each slot, and
+      ``target_weight`` ``[B * S]`` 1.0 for a real slot, 0.0 for padding (index 0);
+    * ``target_labels`` ``[B * S]``: the MLM label of each slot (-100: padding, or a
+      ``kd_positions: all`` slot that was not masked);
+    * ``target_ids`` / ``target_logprobs`` (``-inf`` in padding) / ``target_counts`` /
+      ``target_logz`` ``[B * S, ...]``; ``hidden_sketch`` ``[B, L, d]`` (zeros on padding);
+    * host-side ints ``n_tokens``, ``n_targets`` and bool ``unpadded`` (no row shorter than L):
+      counts the training loop needs without asking the device.
+
+    A row with more target positions than ``shape.slots`` (never, with the masking routine's
+    counts) widens the slots for that batch, logged, rather than dropping targets.
+    """
+    ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    b, width = ids.shape
+    big_b, big_l = shape.batch_size, shape.seq_len
+    if b > big_b or width > big_l:
+        raise ValueError(f"batch [{b}, {width}] does not fit the fixed shape [{big_b}, {big_l}]")
+    out: dict[str, Any] = {}
+    pad = np.full((big_b, big_l), shape.pad_id, np.int64)
+    pad[:b, :width] = ids.numpy()
+    out["input_ids"] = torch.from_numpy(pad)
+    att = np.zeros((big_b, big_l), np.int64)
+    att[:b, :width] = attention.numpy()
+    out["attention_mask"] = torch.from_numpy(att)
+    lab = np.full((big_b, big_l), -100, np.int64)
+    lab[:b, :width] = labels.numpy()
+    out["labels"] = torch.from_numpy(lab)
+    where = batch.get("kd_positions")
+    target_mask = (where.numpy() if where is not None else labels.numpy() != -100).astype(bool)
+    rows, cols = np.nonzero(target_mask)  # row-major: the order of the target rows
+    per_row = target_mask.sum(axis=1)
+    slots = shape.slots
+    if per_row.size and per_row.max() > slots:
+        log.warning(
+            "a sequence has %d target positions, more than the %d fixed slots: this batch gets "
+            "wider slots (a new shape: one recompile under torch.compile)",
+            int(per_row.max()),
+            slots,
+        )
+        slots = int(per_row.max())
+    starts = np.repeat(np.cumsum(per_row) - per_row, per_row)
+    slot = rows * slots + (np.arange(len(rows)) - starts)
+    n_slots = big_b * slots
+    index = np.zeros(n_slots, np.int64)
+    index[slot] = rows * big_l + cols
+    weight = np.zeros(n_slots, np.float32)
+    weight[slot] = 1.0
+    slot_labels = np.full(n_slots, -100, np.int64)
+    slot_labels[slot] = labels.numpy()[rows, cols]
+    out["target_index"] = torch.from_numpy(index)
+    out["target_weight"] = torch.from_numpy(weight)
+    out["target_labels"] = torch.from_numpy(slot_labels)
+    # padding has no support: -inf log-probs (top-k), or no draws (sampled: counts 0, and
+    # finite log-probs so that no 0 * inf appears when draws are reweighted)
+    no_lp = 0.0 if "target_counts" in batch else -np.inf
+    fills = {"target_ids": 0, "target_logprobs": no_lp, "target_counts": 0, "target_logz": 0}
+    for key, fill in fills.items():
+        if key in batch:
+            v = batch[key].numpy()
+            full = np.full((n_slots, *v.shape[1:]), fill, v.dtype)
+            full[slot] = v
+            out[key] = torch.from_numpy(full)
+    if "hidden_sketch" in batch:
+        sk = batch["hidden_sketch"].numpy()
+        full = np.zeros((big_b, big_l, sk.shape[1]), np.float32)
+        full[:b, :width][attention.numpy().astype(bool)] = sk
+        out["hidden_sketch"] = torch.from_numpy(full)
+    out["n_tokens"] = int(att.sum())
+    out["n_targets"] = len(rows)
+    out["unpadded"] = bool(att.all())
+    return out
+
+
+class DevicePrefetcher:
+    """Training batches made ready off the training thread: a background thread pulls host
+    batches from ``batches``, applies ``prepare`` (e.g. ``fixed_shape``) and pins them; the
+    host-to-device copy of batch n+1 is issued on a side CUDA stream while step n runs, so the
+    training thread only hands kernels to the GPU.
+
+    Each item is ``(device batch, position)``, ``position`` = ``position_of()`` read right
+    after the batch was taken from ``batches``: what a checkpoint must record as consumed (the
+    thread runs ahead of the training loop, so the source's own counters do not say it).
+    """
+
+    def __init__(
+        self,
+        batches: Iterator[dict[str, Any]],
+        device: torch.device,
+        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        position_of: Callable[[], Any] | None = None,
+        depth: int = 2,
+    ):
+        self.batches, self.device, self.prepare = batches, torch.device(device), prepare
+        self.position_of = position_of or (lambda: None)
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.cuda = self.device.type == "cuda"
+        self.thread = threading.Thread(target=self._run, daemon=True, name="batch-prefetch")
+        self.thread.start()
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.next: tuple[dict[str, Any], Any] | None = None
+
+    def _run(self) -> None:
+        try:
+            for batch in self.batches:
+                position = self.position_of()
+                if self.prepare is not None:
+                    batch = self.prepare(batch)
+                if self.cuda:
+                    batch = {
+                        k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()
+                    }
+                if not self._put((batch, position)):
+                    return
+        except BaseException as e:  # handed to the training thread, raised there
+            self._put(e)
+        finally:
+            close = getattr(self.batches, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fetch(self) -> tuple[dict[str, Any], Any]:
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            raise item
+        host, position = item
+        if not self.cuda:
+            return to_device(host, self.device), position
+        with torch.cuda.stream(self.stream):
+            dev = {
+                k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in host.items()
+            }
+        return dev, position
+
+    def __iter__(self) -> DevicePrefetcher:
+        return self
+
+    def __next__(self) -> tuple[dict[str, Any], Any]:
+        current = self.next if self.next is not None else self._fetch()
+        if self.cuda:
+            # the compute stream waits for this batch's copy; the caching allocator must not
+            # reuse its memory before the compute stream is done with it
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+            for v in current[0].values():
+                if torch.is_tensor(v):
+                    v.record_stream(torch.cuda.current_stream(self.device))
+            self.next = self._fetch()  # batch n+1's copy overlaps step n
+        else:
+            self.next = None
+        return current
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)

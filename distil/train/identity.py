@@ -67,6 +67,9 @@ NOT_IDENTITY = frozenset(
         "placement_strategy",
         "gpu_wait_s",
         "max_failures",
+        # how the step is executed: the same loss and gradients (within float rounding)
+        "compile",
+        "ddp_bf16_grads",
     }
 )
 IGNORED_IN_CACHED_MODE = frozenset({"mlm_probability"})
@@ -190,13 +193,23 @@ def check_resume(recorded: dict[str, Any] | None, current: RunIdentity, where: s
     old = recorded.get("recorded") or {}
     for key, now in current.recorded.items():
         if key in old and old[key] != now:
-            log.warning(
-                "resuming with %s=%r (checkpoint: %r); the global batch is batch_size x "
-                "grad_accum x num_workers",
-                key,
-                now,
-                old[key],
-            )
+            log.warning("resuming with %s=%r (checkpoint: %r)", key, now, old[key])
+
+
+def check_worker_count(recorded: dict[str, Any] | None, current: RunIdentity, where: str) -> None:
+    """Refuse to *train on* from the checkpoint at ``where`` with another worker count (a
+    finished run may be re-exported with any): a rank's data order and its saved position are
+    functions of the world size, so another count would repeat or skip rows of the epoch."""
+    old = (recorded or {}).get("recorded") or {}
+    now = current.recorded["num_workers"]
+    if "num_workers" in old and old["num_workers"] != now:
+        raise RunMismatchError(
+            f"checkpoint {where} was trained on {old['num_workers']} worker(s), this config "
+            f"asks for {now}. Each worker reads its own share of the epoch and the checkpoint "
+            "holds a position in that share, so resuming on another worker count would repeat "
+            f"or skip rows. Fix: resume with --num-workers {old['num_workers']} (same global "
+            "batch), or start a new run: pass another --run-name."
+        )
 
 
 def teacher_weights_sha256(ref: str) -> str:

@@ -27,11 +27,10 @@ import torch
 import torch.distributed as dist
 from transformers import AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
 
-from distil import losses
-from distil.student.model import MaskedLMForDistillation, build_student, mlm_rows
+from distil.student.model import MaskedLMForDistillation, build_student, encoder_mask
 from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
-from distil.train.data import PreparedBatches, to_device
+from distil.train.data import BatchShape, DevicePrefetcher, PreparedBatches, fixed_shape
 from distil.train.identity import (
     cached_sketch,
     check_cache_teacher,
@@ -39,6 +38,7 @@ from distil.train.identity import (
     check_sketch_size,
     teacher_ref,
 )
+from distil.train.objective import PARTS, DistillationObjective
 from distil.train.stream import EpochStream
 
 log = logging.getLogger("distil.train")
@@ -124,19 +124,57 @@ class DistilRecipe:
             student = BertForMaskedLM.from_pretrained(student_dir, use_safetensors=True)
             if not need_teacher:
                 self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        cuda = self.device.type == "cuda"
         if cfg.mode == "online":
-            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+            # frozen: bf16 weights on CUDA (no per-step autocast casts of its fp32 weights)
+            dtype = torch.bfloat16 if cuda and cfg.bf16 else torch.float32
+            self.teacher = teacher.to(self.device, dtype).eval().requires_grad_(False)
         self.student = student.to(self.device).train()
         if self.sketch is not None:
             self.sketch = self.sketch.to(self.device)
             check_sketch_size(self.sketch, self.student.config.hidden_size, cfg.cache)
         self.module = MaskedLMForDistillation(self.student)
-        self.model: torch.nn.Module = self.module
+        self.objective = DistillationObjective(
+            self.module,
+            alpha_ce=cfg.alpha_ce,
+            alpha_mlm=cfg.alpha_mlm,
+            alpha_cos=cfg.alpha_cos,
+            temperature=cfg.temperature,
+            sparsity=self.sparsity if cfg.mode == "cached" else None,
+            kd_temperatures=self.cache.kd_temperatures if cfg.mode == "cached" else None,
+            sketch=self.sketch,
+        )
+        self.parts = self.objective.enabled_parts(online=cfg.mode == "online")
+        self.model: torch.nn.Module = self.objective
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+            ids = [self.device.index] if cuda else None
+            # gradients live in the all-reduce buckets (no copy in and out of them); the
+            # student has no buffers that training changes, so none are broadcast every step
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.objective,
+                device_ids=ids,
+                gradient_as_bucket_view=True,
+                broadcast_buffers=False,
+            )
+            if cfg.ddp_bf16_grads:
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+                self.model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+        self.compiled = cfg.compile and cuda
+        if self.compiled:
+            # fixed shapes (``BatchShape``): one graph, compiled on the first step
+            self.model = torch.compile(self.model, dynamic=False)
+        # the training step's teacher encoder (eval runs the eager one on its ragged batches)
+        self.teacher_encoder = self.teacher.bert if self.teacher is not None else None
+        if self.compiled and self.teacher is not None:
+            self.teacher_encoder = torch.compile(self.teacher.bert, dynamic=False)
+        self.compile_seconds: float | None = None
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.student, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+            _param_groups(self.student, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+            fused=cuda,  # one kernel for every parameter's update on CUDA
         )
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, min(cfg.warmup_steps, cfg.max_steps - 1), cfg.max_steps
@@ -151,11 +189,18 @@ class DistilRecipe:
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.data.epoch, self.data.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+            saved_world = state.get("world_size", self.world_size)
+            if saved_world != self.world_size:  # the job refuses this before Ray starts
+                raise ValueError(
+                    f"checkpoint {checkpoint_dir} holds a data position for {saved_world} "
+                    f"worker(s), not {self.world_size}: resume with {saved_world} workers"
+                )
             self.tokens_seen_global = state.get("tokens_seen_global", self.tokens_seen)
             self.train_seconds = state.get("train_seconds", 0.0)
             self.history = json.loads(state["history"])
             self.train_history = json.loads(state.get("train_history", "[]"))
         self.start_step = self.step
+        self.data_position = self.data.state()
         if cfg.mode == "online":
             frac = cfg.heldout_fraction
             self.train_source = PreparedBatches(
@@ -172,6 +217,25 @@ class DistilRecipe:
                 heldout_fraction=frac,
                 mlm_probability=cfg.mlm_probability,
             )
+        self.shape = self._batch_shape()
+
+    def _batch_shape(self) -> BatchShape:
+        """The fixed shape of every training micro-batch, from the input's manifest."""
+        cfg = self.cfg
+        if cfg.mode == "online":
+            manifest, mask_prob = self.train_source.manifest, cfg.mlm_probability
+            all_positions = False
+        else:
+            manifest = self.cache.manifest
+            mask_prob = float(manifest["masking"]["mask_prob"])
+            all_positions = self.cache.kd_positions == "all"
+        return BatchShape.for_masking(
+            cfg.batch_size,
+            int(manifest["seq_len"]),
+            mask_prob,
+            int(manifest["special_ids"]["pad"]),
+            all_positions,
+        )
 
     # ------------------------------------------------------------------ data
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -189,114 +253,89 @@ class DistilRecipe:
             **kw,
         )
 
-    def _micro_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless micro-batches from the saved (epoch, batch) position onwards."""
-        return iter(self.data)
+    def _micro_batches(self) -> DevicePrefetcher:
+        """Endless fixed-shape micro-batches on the device from the saved (epoch, batch)
+        position onwards, each with the position after it (what a checkpoint records)."""
+        return DevicePrefetcher(
+            iter(self.data),
+            self.device,
+            prepare=lambda b: fixed_shape(b, self.shape),
+            position_of=self.data.state,
+        )
 
-    def _all_reduce(self, values: list[float]) -> torch.Tensor:
+    def _all_reduce(self, values: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, on the training device (NCCL reduces only CUDA tensors)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        t = values.to(self.device, torch.float64)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(t)
         return t.cpu()
 
     # ------------------------------------------------------------------ loss
-    def _log_partition(self, batch: dict[str, torch.Tensor], t: float) -> torch.Tensor | None:
-        """The teacher's log-partition at ``t`` (``[N]``), None at T = 1 (which needs none);
-        setup checked that the cache serves the run's temperature."""
-        if t == 1.0:
-            return None
-        temps = self.cache.kd_temperatures
-        j = min(range(len(temps)), key=lambda i: abs(temps[i] - t))
-        return batch["target_logz"][:, j]
-
-    def _kd_cached(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], t: float):
-        logz = self._log_partition(batch, t)
-        if self.sparsity.get("mode") == "sampled":
-            return losses.kd_sampled(
-                logits,
-                batch["target_ids"],
-                batch["target_logprobs"],
-                batch["target_counts"],
-                t,
-                sample_temperature=self.sparsity.get("temperature"),
-                log_partition=logz,
-            )
-        return losses.kd_topk(logits, batch["target_ids"], batch["target_logprobs"], t, logz)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.cfg
-        labels = batch["labels"]
-        kd_pos = batch.get("kd_positions")  # a kd_positions=all cache: targets at every token
-        logits, hidden = self.model(batch["input_ids"], batch["attention_mask"], labels, kd_pos)
-        rows = mlm_rows(labels, kd_pos)
-        mlm_logits = logits if rows is None else logits[rows]
-        masked_labels = labels[labels != -100]
-        total = logits.sum() * 0.0
-        parts: dict[str, float] = {}
-        if cfg.alpha_mlm > 0:
-            mlm = losses.mlm_loss(mlm_logits, masked_labels)
-            total = total + cfg.alpha_mlm * mlm
-            parts["loss_mlm"] = mlm.item()
-        if cfg.mode == "online":
-            with torch.no_grad():
-                t_hidden = self.teacher.bert(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                )[0]
-                t_logits = self.teacher.cls(t_hidden[labels != -100]) if cfg.alpha_ce > 0 else None
-            if cfg.alpha_ce > 0:
-                kd = losses.kd_dense(logits, t_logits, cfg.temperature)
-                total = total + cfg.alpha_ce * kd
-                parts["loss_kd"] = kd.item()
-            if cfg.alpha_cos > 0:
-                cos = losses.cosine_loss(hidden, t_hidden, batch["attention_mask"])
-                total = total + cfg.alpha_cos * cos
-                parts["loss_cos"] = cos.item()
-        else:
-            if cfg.alpha_ce > 0:
-                kd = self._kd_cached(logits, batch, cfg.temperature)
-                total = total + cfg.alpha_ce * kd
-                parts["loss_kd"] = kd.item()
-            if cfg.alpha_cos > 0:  # setup refused a cache without a sketch
-                mask = batch["attention_mask"]
-                cos = losses.sketch_cosine_loss(hidden, mask, self.sketch, batch["hidden_sketch"])
-                total = total + cfg.alpha_cos * cos
-                parts["loss_cos"] = cos.item()
-        parts["loss"] = total.item()
-        return total, parts
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, detached parts ``[4]``, ``objective.PARTS`` order) of one fixed-shape
+        batch on the device; online mode runs the frozen teacher first."""
+        if self.cfg.mode != "online":
+            return self.model(batch)
+        with torch.no_grad():
+            t_hidden = self.teacher_encoder(
+                input_ids=batch["input_ids"],
+                attention_mask=encoder_mask(
+                    self.teacher, batch["attention_mask"], batch.get("unpadded", False)
+                ),
+            )[0]
+            t_logits = None
+            if self.cfg.alpha_ce > 0:
+                rows = t_hidden.reshape(-1, t_hidden.shape[-1]).index_select(
+                    0, batch["target_index"]
+                )
+                t_logits = self.teacher.cls(rows)
+        return self.model(batch, t_logits, t_hidden if self.cfg.alpha_cos > 0 else None)
 
     # ------------------------------------------------------------------ train
-    def train_step(self, micro_batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches (DDP syncs only on the last)."""
+    def train_step(self, micro_batches: DevicePrefetcher) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches (DDP syncs only on the last).
+
+        Nothing here waits for the GPU: the loss parts and the grad norm stay on the device
+        (``parts``, ``grad_norm``: tensors), the token count comes from the host batch, so the
+        CPU queues step n+1 while the GPU runs step n. The loop reads them at log steps."""
         cfg = self.cfg
         autocast = torch.autocast(
             "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
         )
         # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
         torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
-        sums: dict[str, float] = {}
+        parts = torch.zeros(len(PARTS), device=self.device)
         tokens = 0
         for i in range(cfg.grad_accum):
-            batch = to_device(next(micro_batches), self.device)
+            batch, self.data_position = next(micro_batches)
             sync = i == cfg.grad_accum - 1 or not isinstance(
                 self.model, torch.nn.parallel.DistributedDataParallel
             )
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, autocast:
-                loss, parts = self.loss(batch)
+                loss, p = self.loss(batch)
                 (loss / cfg.grad_accum).backward()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-            tokens += int(batch["attention_mask"].sum())
+            parts += p / cfg.grad_accum
+            tokens += batch["n_tokens"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += tokens
-        sums["grad_norm"] = float(grad_norm)
-        sums["tokens"] = tokens
-        return sums
+        return {"parts": parts, "grad_norm": grad_norm.detach(), "tokens": tokens}
+
+    def named_parts(self, parts: torch.Tensor) -> dict[str, float]:
+        """The enabled loss parts of a ``loss`` parts vector, by name (a device read)."""
+        values = parts.tolist()
+        return {name: values[PARTS.index(name)] for name in self.parts}
+
+    def step_metrics(self, last: dict[str, Any]) -> dict[str, float]:
+        """A step's loss parts and grad norm as floats (one device read: log steps only)."""
+        values = torch.cat([last["parts"], last["grad_norm"].reshape(1).float()])
+        out = self.named_parts(values[:-1])
+        out.update(grad_norm=float(values[-1]), tokens=last["tokens"])
+        return out
 
     def train(self, report: ReportFn | None = None) -> dict[str, Any]:
         """Run to ``max_steps``; calls ``report`` at every log step and evaluation (so Ray
@@ -311,33 +350,63 @@ class DistilRecipe:
             return final
         if self.rank == 0:
             log.info(
-                "training steps %d..%d on %d worker(s) (mode=%s)",
+                "training steps %d..%d on %d worker(s) (mode=%s, batch %s, %s)",
                 self.step,
                 cfg.max_steps,
                 self.world_size,
                 cfg.mode,
+                f"{self.shape.batch_size}x{self.shape.seq_len}, {self.shape.slots} target slots",
+                "torch.compile" if self.compiled else "eager",
             )
         batches = self._micro_batches()
-        window_t, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
-        last: dict[str, float] = {}
+        try:
+            return self._train(batches, report)
+        finally:
+            batches.close()
+
+    def _train(self, batches: DevicePrefetcher, report: ReportFn | None) -> dict[str, Any]:
+        cfg = self.cfg
+        window_t, window_tokens, window_n = time.perf_counter(), 0, 0
+        window_loss = torch.zeros((), device=self.device)
+        last: dict[str, Any] = {}
         while self.step < cfg.max_steps:
+            first = self.compiled and self.compile_seconds is None
+            t0 = time.perf_counter()
             last = self.train_step(batches)
+            if first:  # compile + one step; excluded from the first window's rate
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.compile_seconds = time.perf_counter() - t0
+                log.info(
+                    "rank %d: torch.compile + first step: %.1f s", self.rank, self.compile_seconds
+                )
+                window_t = time.perf_counter()
             window_tokens += last["tokens"]
-            window_loss += last["loss"]
+            window_loss += last["parts"][0]
             window_n += 1
             done = self.step >= cfg.max_steps
             ckpt = report is not None and self.step % cfg.checkpoint_every == 0
             evaluate = self.step % cfg.eval_every == 0 or done
             logged: dict[str, float] = {}
             if self.step % cfg.log_every == 0 or done or ckpt:  # every rank gets here together
-                agg = self._all_reduce([window_loss, window_n, window_tokens])
+                agg = self._all_reduce(
+                    torch.stack(
+                        [
+                            window_loss.double(),
+                            torch.tensor(float(window_n), dtype=torch.float64, device=self.device),
+                            torch.tensor(
+                                float(window_tokens), dtype=torch.float64, device=self.device
+                            ),
+                        ]
+                    )
+                )  # .cpu() waits for the window's steps: the rate below is the GPU's
                 secs = time.perf_counter() - window_t
                 self.tokens_seen_global += int(agg[2])
                 self.train_seconds += secs
                 # the window's mean loss over every rank; the parts and grad norm are this
                 # rank's last step
                 logged = {
-                    **last,
+                    **self.step_metrics(last),  # the one device read of the parts: log steps
                     "loss": float(agg[0] / agg[1]),
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_s": float(agg[2] / secs),
@@ -358,13 +427,20 @@ class DistilRecipe:
                         logged["tokens_per_s"],
                         logged["lr"],
                     )
-                window_t, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+                window_t, window_tokens, window_n = time.perf_counter(), 0, 0
+                window_loss = torch.zeros((), device=self.device)
             if evaluate and self.rank == 0:
                 ev = self.evaluate()
                 self.history.append({"step": self.step, **ev})
                 log.info("eval step %d: %s", self.step, json.dumps(ev))
+                window_t = time.perf_counter()  # the eval is not training time
             if report and (logged or evaluate):  # the same steps on every rank
-                metrics = {"step": self.step, "epoch": self.data.epoch, **logged}
+                metrics = {
+                    "step": self.step,
+                    "epoch": self.data_position["epoch"],
+                    "world_size": self.world_size,
+                    **logged,
+                }
                 if self.history:  # the latest evaluation, under its own step
                     ev = self.history[-1]
                     metrics.update({("eval_step" if k == "step" else k): v for k, v in ev.items()})
@@ -420,6 +496,7 @@ class DistilRecipe:
             "train_seconds": round(self.train_seconds, 3),
             "tokens_per_s_global": self.tokens_seen_global / max(self.train_seconds, 1e-9),
             "world_size": self.world_size,
+            "compile_seconds": self.compile_seconds,
             "mode": self.cfg.mode,
             "student_layers": self.student.config.num_hidden_layers,
             "alpha_ce": self.cfg.alpha_ce,
@@ -443,7 +520,9 @@ class DistilRecipe:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
-                **self.data.state(),  # epoch, batch_in_epoch: where the reader seeks
+                # epoch, batch_in_epoch of the last micro-batch trained on: where the reader seeks
+                **self.data_position,
+                "world_size": self.world_size,
                 "tokens_seen": self.tokens_seen,
                 "tokens_seen_global": self.tokens_seen_global,
                 "train_seconds": self.train_seconds,

@@ -17,10 +17,12 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
 
 
 def _rows() -> tuple[str, ...]:
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ROWS
+    return _module().ROWS
+
+
+def _table(text: str) -> dict[str, str]:
+    width = _module().ROW_WIDTH
+    return {line[:width].strip(): line[width:] for line in text.splitlines()}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -42,17 +44,23 @@ def test_dry_run_prints_every_row(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-4000:]
     table = out.stdout[out.stdout.index("GPU check on cpu (dry run") :]
-    lines = {line[:36].strip(): line[36:] for line in table.splitlines()}
-    for row in _rows():
+    lines = _table(table)
+    step_rows = [
+        f"distil step: {what}, batch {b}"
+        for b in (4, 8)
+        for what in ("cached", "online", "cached vs online")
+    ]
+    for row in [*_rows(), *step_rows, "distil step: profile, batch 8"]:
         assert row in lines, f"row {row!r} missing from:\n{table}"
     # every figure was measured, except the GPU-only ones
-    for row in _rows():
+    for row in [*_rows(), *step_rows]:
         figure = lines[row]
         if row == "distil: cached, all GPUs":
             assert figure.startswith("n/a"), figure
         else:
-            assert re.match(r"[\d,.]+ ?(tokens/s|ms/step|x|steps/s|rows/s)", figure), figure
+            assert re.match(r"[\d,.]+ ?(tokens/s|ms/step|x|steps/s|rows/s|%)", figure), figure
     assert "MFU n/a" in lines["teacher logits: forward (bf16)"]
+    assert lines["distil step: profile, batch 8"].startswith("n/a")  # CPU: no GPU kernels
     # the stages really ran: their outputs are in the scratch dir
     assert (tmp_path / "cache" / "latest.json").exists()
     assert (tmp_path / "sentiment" / "gpu-check" / "manifest.json").exists()
@@ -79,8 +87,9 @@ def test_unknown_skip_is_an_error_before_any_work(capsys):
 
 def test_a_failed_stage_is_reported_and_the_independent_ones_still_run(tmp_path, monkeypatch):
     """The stages' own runs are covered by the dry run above; this pins the control flow of a
-    short GPU lease: the logits stage breaks, so the cached rows cannot run, the online distil
-    row and the fine-tune (from the online student) still do, and the exit status is non-zero."""
+    short GPU lease: the logits stage breaks, so no distil row can run (they all read its
+    cache), the forward, the fine-tune (from the teacher) and scoring still do, and the exit
+    status is non-zero."""
     gc = _module()
     calls = []
 
@@ -103,16 +112,18 @@ def test_a_failed_stage_is_reported_and_the_independent_ones_still_run(tmp_path,
     monkeypatch.setattr(gc, "forward_rate", lambda teacher, s, cuda: (1000.0, None, "cpu"))
     monkeypatch.setattr(gc, "check_distil", distil)
     monkeypatch.setattr(gc, "check_finetune", finetune)
-    monkeypatch.setattr(gc, "check_score", lambda work, model, s, cuda: (10.0, 20.0))
+    scores = dict(beam_start=10.0, pipeline_start=20.0, beam_warm=30.0, pipeline_warm=10.0)
+    monkeypatch.setattr(gc, "check_score", lambda work, model, s, cuda: scores)
     out = tmp_path / "table.txt"
     args = ["--dry-run", "--work", str(tmp_path), "--out", str(out), "--distil-batches", "64"]
     with pytest.raises(SystemExit) as e:
         gc.main(args)
     assert "1 row(s) failed: teacher logits: Ray job (bf16)" in str(e.value.code)
-    assert calls == [("online", None), ("finetune", "online-1")]  # no cached run, no sweep
-    rows = {line[:36].strip(): line[36:] for line in out.read_text().splitlines()}
+    assert calls == [("finetune", "teacher")]  # no cached run, no sweep: from the teacher
+    rows = _table(out.read_text())
     assert rows["teacher logits: Ray job (bf16)"].startswith("FAILED")
     assert "RuntimeError: CUDA error: out of memory" in rows["teacher logits: Ray job (bf16)"]
+    assert rows["teacher logits: forward (bf16)"].startswith("1,000 tokens/s")
     assert rows["distil: cached teacher, 1 worker"].startswith("n/a")
-    assert rows["distil: online teacher, 1 worker"].startswith("12.5 ms/step")
-    assert rows["score: Beam vs pipeline"].startswith("0.50x")
+    assert rows["score: Beam vs pipeline, start-up"].startswith("0.50x")
+    assert rows["score: Beam vs pipeline, warm"].startswith("3.00x")

@@ -251,6 +251,9 @@ def test_scheduled_scoring_runs_its_sdk_workers_on_the_task_managers(monkeypatch
         pool["resources"]["limits"]["cpu"]
     )
     assert cfg.teacher_cache is None  # the cluster fine-tune writes none; see score/scheduled
+    # nightly = incremental: only files no committed run scored with this model, never all again
+    assert cfg.incremental is True and cfg.rescore is False
+    assert cfg.run_id is None  # a timestamp per night: one run (and ledger entry) per night
 
 
 def test_rayjobs_pass_no_credentials():
@@ -362,6 +365,19 @@ def _job_cfg(script: str, monkeypatch):
     monkeypatch.setenv("DISTIL_ROOT", "s3://bucket/prefix")
     words = shlex.split(_rayjobs()[script]["spec"]["entrypoint"])
     return parse_job_args(STAGE_CONFIGS[script], "", words[2:])
+
+
+def test_distil_workers_fit_one_gpu_pod_so_the_all_reduce_stays_on_nvlink(monkeypatch):
+    """The default GPU group has multi-GPU pods holding all of distil/cluster's workers: DDP's
+    per-step gradient all-reduce then runs inside one node (NVLink), not across pods."""
+    cfg = _job_cfg("distil.py", monkeypatch)
+    (cluster,) = _ray_clusters()
+    per_pod = [
+        sum(_gpu_limit(c) for c in g["template"]["spec"]["containers"])
+        for g in _gpu_groups(cluster)
+    ]
+    assert max(per_pod) >= cfg.num_workers > 1, (per_pod, cfg.num_workers)
+    assert cfg.placement_strategy in ("PACK", "STRICT_PACK")
 
 
 def test_teacher_logits_job_asks_for_gpus_the_cluster_can_have(monkeypatch):

@@ -228,12 +228,21 @@ def test_rerunning_a_run_id_leaves_one_copy_of_each_row(
     assert len(ids) == len(set(ids)) == second["scored"] == len(GOOD)
     dead = scored.read_run(output, "nightly", "dead_letter_files")
     assert dead.num_rows == len(BAD)
-    # the first attempt's parts are gone, not merely hidden (SeaweedFS may keep the empty
-    # folder, so look at the files)
+    # both attempts' parts are gone from the run folder, not merely hidden (SeaweedFS may keep
+    # the empty folder, so look at the files): the committed rows live in the dataset
     fs, path = storage.get_fs(scored.run_dir(output, "nightly"))
     fs.invalidate_cache()
     left = {p[len(path) + 1 :].split("/", 1)[0] for p in fs.find(path)}
-    assert left == {second["attempt"], "manifest.json", "summary.json"}
+    assert left == {"manifest.json", "summary.json"}
+    _, out_path = storage.get_fs(output)
+    published = {p[len(out_path) + 1 :] for p in fs.find(out_path) if p.endswith(".parquet")}
+    manifest = storage.read_manifest(scored.run_dir(output, "nightly"))
+    listed = {
+        e["name"].removeprefix("../") for k in scored.DATASETS for e in manifest[k]
+    }  # fmt: skip
+    assert published == listed and all(
+        n.startswith(("scored/dt=", "dead_letter/dt=")) for n in listed
+    )
 
 
 @pytest.mark.timeout(240)
@@ -263,8 +272,7 @@ def test_teacher_agreement_matches_independent_computation(
         return pq.read_table(path, filesystem=fs).to_pandas()
 
     run_url = scored.run_dir(output, "drift")
-    manifest = storage.read_manifest(run_url)
-    out = pd.concat(read(storage.join(run_url, f["name"])) for f in manifest["files"])
+    out = pd.concat(read(u) for u in storage.committed_files(run_url))
     cache = pd.concat(read(u) for u in storage.committed_files(cache_url))
     joined = out.merge(cache, on="text_sha256", how="inner")
     # 6 cached texts cover 7 rows: the duplicated review counts twice

@@ -5,6 +5,7 @@ SeaweedFS S3, the tiny real classifier."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import socket
@@ -222,3 +223,64 @@ def test_external_worker_pool_runs_the_scoring_on_loopback_only(
     assert worker_id() not in workers
     pids = {int(w.rsplit(":", 1)[1]) for w in workers}
     assert pids and pids <= _children(pool_pid), (pids, _children(pool_pid))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_launcher_killed_mid_run_then_rerun_leaves_one_copy_of_each_row(
+    big_file_url, tiny_classifier_url, s3_server, tmp_path
+):
+    """``kill -9`` of the launcher while its two SDK worker processes are writing parts, then
+    the same run id again: exactly one copy of each row, through the manifest and in the
+    dataset, and nothing of the killed attempt left."""
+    import os
+    import signal
+
+    import pyarrow.dataset as ds
+
+    output = f"s3://{s3_server.bucket}/killed-{uuid.uuid4().hex[:8]}"
+    multi = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    cmd = [
+        sys.executable, "-m", "distil.pipelines.score_reviews", "--input", big_file_url,
+        "--model", tiny_classifier_url, "--output", output, "--run-id", "k",
+        "--model-cache", str(tmp_path / "model-cache"), "--max-length", "64",
+        "--batch-size", "250", "--micro-batch-size", "50", "--rows-per-file", "250",
+        "--runner", "FnApiRunner", *multi,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    log = tmp_path / "launcher.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env, start_new_session=True)
+    run_url = scored.run_dir(output, "k")
+    fs, run_path = storage.get_fs(run_url)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "no part was written in time"
+            fs.invalidate_cache()
+            if fs.glob(f"{run_path}/attempt-*/scored/part-*.parquet"):
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:  # the SDK workers the launcher started are orphans now: end them too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    fs.invalidate_cache()
+    assert not storage.is_committed(run_url)  # killed mid-run: nothing committed
+    killed = {p.split("/attempt-", 1)[1].split("/", 1)[0] for p in fs.find(run_path)}
+    assert len(killed) == 1  # its parts are there, uncommitted
+
+    summary = _score(big_file_url, tiny_classifier_url, output, "k", tmp_path, multi)
+    assert summary["scored"] == summary["rows_in"] == N_ROWS and summary["accounted"]
+    assert len(summary["scored_by_worker"]) == 2
+    # counters from both SDK worker processes, summed by the runner
+    assert summary["beam_metrics"]["scored"] == summary["beam_metrics"]["rows_read"] == N_ROWS
+    ids = scored.read_run(output, "k").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == N_ROWS
+    afs, path = storage.arrow_filesystem(storage.join(output, "scored"))
+    table = ds.dataset(path, filesystem=afs, format="parquet", partitioning="hive").to_table()
+    assert sorted(table.column("id").to_pylist()) == [f"r{i:05d}" for i in range(N_ROWS)]
+    fs.invalidate_cache()
+    assert not [p for p in fs.find(run_path) if "/attempt-" in p]  # the killed attempt is gone

@@ -140,3 +140,18 @@ def cached_config(tmp_path, cache: str, **kw):
         log_every=2,
     )
     return DistilConfig(**{**base, **kw})
+
+
+def online_config(tmp_path, prepared: str, teacher, **kw):
+    """An online-mode ``DistilConfig`` (batch 8) on prepared shards, writing under ``tmp_path``."""
+    from distil.train.config import DistilConfig
+
+    base = dict(
+        mode="online",
+        data=prepared,
+        teacher=str(teacher),
+        output=str(tmp_path / "out"),
+        storage_path=str(tmp_path / "runs"),
+        batch_size=8,
+    )
+    return DistilConfig(**{**base, **kw})

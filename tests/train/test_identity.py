@@ -14,6 +14,7 @@ from distil.train.identity import (
     IDENTITY_FILE,
     RunMismatchError,
     check_resume,
+    check_worker_count,
     run_identity,
     teacher_fingerprint,
 )
@@ -105,3 +106,15 @@ def test_check_resume_names_the_differences_and_the_fix(caches, caplog):
     with caplog.at_level(logging.WARNING, logger="distil.train.identity"):
         check_resume(recorded, run_identity(_cfg(a, num_workers=4)), "of run 'r'")
     assert "num_workers=4 (checkpoint: 2)" in caplog.text
+
+
+def test_resume_on_another_worker_count_is_refused_with_the_fix(caches):
+    """A rank's position is in its share of the epoch: 2 -> 4 workers would repeat or skip
+    rows, so training on is refused, naming the checkpoint's worker count (the job calls this
+    only when the run is not finished: a finished run re-exports on any count)."""
+    a, _ = caches
+    recorded = run_identity(_cfg(a, num_workers=2)).to_json()
+    check_worker_count(recorded, run_identity(_cfg(a, num_workers=2)), "of run 'r'")
+    with pytest.raises(RunMismatchError) as e:
+        check_worker_count(recorded, run_identity(_cfg(a, num_workers=4)), "of run 'r'")
+    assert "trained on 2 worker(s)" in str(e.value) and "--num-workers 2" in str(e.value)

@@ -6,19 +6,15 @@ import json
 
 import pytest
 import torch
+from stage3_data import online_config
 
 from distil.train.config import DistilConfig
+from distil.train.data import fixed_shape, to_device
 from distil.train.recipe import DistilRecipe
 
 
 def _cfg(tmp_path, prepared_dir, teacher, **kw) -> DistilConfig:
     base = dict(
-        mode="online",
-        data=prepared_dir,
-        teacher=str(teacher),
-        output=str(tmp_path / "out"),
-        storage_path=str(tmp_path / "runs"),
-        batch_size=8,
         max_steps=6,
         warmup_steps=1,
         lr=1e-3,
@@ -27,14 +23,27 @@ def _cfg(tmp_path, prepared_dir, teacher, **kw) -> DistilConfig:
         log_every=2,
         heldout_fraction=0.1,
     )
-    base.update(kw)
-    return DistilConfig(**base)
+    return online_config(tmp_path, prepared_dir, teacher, **{**base, **kw})
 
 
 def _recipe(cfg, tmp_path, ckpt=None) -> DistilRecipe:
     r = DistilRecipe(cfg, work_dir=str(tmp_path / "work"))
     r.setup(ckpt)
     return r
+
+
+def _first_batch(r: DistilRecipe) -> dict:
+    """The first training micro-batch, fixed-shape and on the recipe's device."""
+    batches = r._micro_batches()
+    try:
+        return next(batches)[0]
+    finally:
+        batches.close()
+
+
+def _parts(r: DistilRecipe, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    total, parts = r.loss(batch)
+    return total, r.named_parts(parts)
 
 
 def test_config_requires_inputs_for_mode(tmp_path):
@@ -48,7 +57,7 @@ def test_online_training_lowers_loss_and_evaluates(tmp_path, prepared_dir, tiny_
     cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=20, eval_every=20, lr=3e-3)
     r = _recipe(cfg, tmp_path)
     batches = r._micro_batches()
-    fixed = next(r.eval_source.iter_batches(8))
+    fixed = to_device(fixed_shape(next(r.eval_source.iter_batches(8)), r.shape), r.device)
 
     def fixed_loss() -> float:
         r.module.eval()
@@ -71,14 +80,14 @@ def test_online_training_lowers_loss_and_evaluates(tmp_path, prepared_dir, tiny_
 
 def test_loss_terms_follow_the_alphas(tmp_path, prepared_dir, tiny_teacher_dir):
     r = _recipe(_cfg(tmp_path, prepared_dir, tiny_teacher_dir), tmp_path)
-    batch = next(r._micro_batches())
-    total, parts = r.loss(batch)
+    batch = _first_batch(r)
+    total, parts = _parts(r, batch)
     c = r.cfg
     expect = c.alpha_ce * parts["loss_kd"] + c.alpha_mlm * parts["loss_mlm"]
     expect += c.alpha_cos * parts["loss_cos"]
     assert total.item() == pytest.approx(expect, rel=1e-5)
     r0 = _recipe(_cfg(tmp_path, prepared_dir, tiny_teacher_dir, alpha_ce=0, alpha_cos=0), tmp_path)
-    _, parts0 = r0.loss(batch)
+    _, parts0 = _parts(r0, batch)
     assert set(parts0) == {"loss", "loss_mlm"}
 
 
@@ -170,8 +179,7 @@ def test_cached_mode_trains_from_a_real_teacher_cache(
         eval_batches=2,
     )
     r = _recipe(cfg, tmp_path)  # teacher found through the cache manifest
-    batch = next(r._micro_batches())
-    _, parts = r.loss(batch)
+    _, parts = _parts(r, _first_batch(r))
     assert 0 < parts["loss_cos"] < 2  # the cache's hidden-state sketch (alpha_cos 1.0)
     # top-k: an exact (K + 1)-bucket KL; sampled: an unbiased estimate of the KL (~0 here: the
     # tiny teacher is near-uniform), which one batch can put below 0
@@ -219,7 +227,25 @@ def test_grad_accumulation_consumes_micro_batches_and_steps_once(
     batches = r._micro_batches()
     before = {k: v.clone() for k, v in r.student.state_dict().items()}
     out = r.train_step(batches)
-    assert r.step == 1 and r.data.batch_in_epoch == 3
+    batches.close()
+    # the reader runs ahead on its thread: the position is that of the last batch trained on
+    assert r.step == 1 and r.data_position == {"epoch": 0, "batch_in_epoch": 3}
     assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
     changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # one optimizer update happened
+
+
+def test_a_checkpoint_resumes_only_on_its_own_worker_count(
+    tmp_path, prepared_dir, tiny_teacher_dir
+):
+    """The saved data position is a position in one rank's share of the epoch: a recipe on
+    another world size refuses it (the job refuses earlier, from the run identity)."""
+    cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=2)
+    r = _recipe(cfg, tmp_path)
+    r.train()
+    r.save_checkpoint(str(tmp_path / "ckpt"))
+    state = torch.load(tmp_path / "ckpt" / "trainer_state.pt", weights_only=True)
+    assert state["world_size"] == 1 and state["batch_in_epoch"] == 2
+    other = DistilRecipe(cfg, rank=0, world_size=2, work_dir=str(tmp_path / "w2"))
+    with pytest.raises(ValueError, match="for 1 worker"):
+        other.setup(str(tmp_path / "ckpt"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from bert_fixtures import save_tiny_bert
-from stage3_data import cached_config
+from stage3_data import cached_config, online_config
 
 from distil.teacher.load import MissingMLMHeadError
 from distil.train.config import DistilConfig
@@ -57,13 +57,7 @@ def test_online_mode_refuses_a_teacher_without_an_mlm_head(
     from transformers import BertModel
 
     headless = save_tiny_bert(tmp_path / "headless", BertModel, real_tokenizer_dir, layers=4)
-    cfg = DistilConfig(
-        mode="online",
-        data=prepared_dir,
-        teacher=str(headless),
-        output=str(tmp_path / "o"),
-        storage_path=str(tmp_path / "r"),
-    )
+    cfg = online_config(tmp_path, prepared_dir, headless)
     with pytest.raises(MissingMLMHeadError, match="distil teacher adapt"):
         DistilRecipe(cfg, work_dir=str(tmp_path / "w")).setup(None)
 

@@ -74,17 +74,26 @@ def test_cached_kd_of_the_teacher_itself_is_zero_and_matches_the_dense_reference
     )
     full.setup(None)
     full.module.eval()
-    batch = next(full._micro_batches())
+    batch = next(iter(full.data))
+
+    def kd_cached(logits, batch, t):
+        logz = batch["target_logz"][:, full.cache.kd_temperatures.index(t)]
+        ids, lp = batch["target_ids"], batch["target_logprobs"]
+        if full.sparsity["mode"] == "sampled":
+            counts, drawn_at = batch["target_counts"], full.sparsity.get("temperature")
+            return losses.kd_sampled(logits, ids, lp, counts, t, drawn_at, logz)
+        return losses.kd_topk(logits, ids, lp, t, logz)
+
     with torch.no_grad():
         logits, _ = full.module(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        kd = full._kd_cached(logits, batch, 2.0)
+        kd = kd_cached(logits, batch, 2.0)
     assert abs(float(kd)) < (1e-4 if cache_fixture == "topk_cache" else 5e-3), float(kd)
     if cache_fixture != "topk_cache":
         return
     g = torch.Generator().manual_seed(0)  # a student far from the teacher
     s_logits = logits + 3 * torch.randn(logits.shape, generator=g)
     with torch.no_grad():
-        got = full._kd_cached(s_logits, batch, 2.0)
+        got = kd_cached(s_logits, batch, 2.0)
         ids = batch["target_ids"]
         p = torch.softmax(logits.double() / 2.0, -1)  # the teacher's own dense logits
         q = torch.softmax(s_logits.double() / 2.0, -1)

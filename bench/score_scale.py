@@ -1,0 +1,185 @@
+"""Does ``distil score`` stay flat per worker as the input grows? One command:
+
+    PYTHONPATH=. python bench/score_scale.py [--base-rows 10000] [--scales 1,10,100]
+
+Scores 1×, 10× and 100× a base input of ``--base-rows`` synthetic reviews (3–60 words drawn
+from the tokenizer's vocabulary by a seeded RNG, so batches really differ in length), laid out as files of ``--base-rows``
+rows each (the base file copied with new ids), on the multi-process runner: FnApiRunner,
+``--direct_num_workers 2 --direct_running_mode multi_processing``, 1 torch thread per worker,
+incremental off, local files in and out. The model is a tiny random BERT classifier
+(``--hidden``, 2 layers) with the packaged real WordPiece tokenizer, so tokenization and the
+Beam plumbing weigh as much as they do with a small production model; ``--model`` takes a real
+fine-tuned model dir instead.
+
+Per scale: rows/s over the whole ``run()`` (launcher start-up, pipeline, commit and publish), and
+the peak RSS (``VmHWM`` from ``/proc``, polled) of each SDK worker process and of the launcher.
+The ratios are against the 1× run in this same process. Goals (issue 24): rows/s within ±15%,
+peak RSS per worker ≤ 1.25× as the input grows. The launcher's own peak is shown but not a
+goal: FnApiRunner keeps a stage's shuffled data in the launcher's memory, which a distributed
+runner (Flink, Dataflow) does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scale import WorkerSampler  # noqa: E402
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base-rows", type=int, default=10_000, help="rows of the 1x input")
+    p.add_argument("--scales", default="1,10,100", help="input sizes, in base inputs")
+    p.add_argument("--model", default=None, help="a fine-tuned model dir (default: tiny BERT)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny BERT")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--micro-batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="SDK worker processes")
+    p.add_argument(
+        "--rows-per-file", type=int, default=50_000, help="rows per output part (the default)"
+    )
+    p.add_argument("--work-dir", default=None, help="scratch dir (default: a new temp dir)")
+    return p.parse_args()
+
+
+def tiny_model(out: str, hidden: int) -> str:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from distil.packaged import resolve_model_ref
+    from distil.sentiment.classifier import export_classifier
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=512,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    tok = AutoTokenizer.from_pretrained(resolve_model_ref("packaged:all-minilm-l6-v2"))
+    export_classifier(BertForSequenceClassification(cfg).eval(), tok, out, {})
+    return out
+
+
+def vocabulary() -> list[str]:
+    """Whole English words of the packaged WordPiece vocabulary (seeded choice below), so the
+    reviews tokenize like text, with a realistic spread of lengths."""
+    from transformers import AutoTokenizer
+
+    from distil.packaged import resolve_model_ref
+
+    vocab = AutoTokenizer.from_pretrained(resolve_model_ref("packaged:all-minilm-l6-v2")).vocab
+    return sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2)
+
+
+def write_inputs(folder: Path, base_rows: int, copies: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    words = np.array(vocabulary())
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 61)))) for _ in range(base_rows)]
+    folder.mkdir(parents=True)
+    for c in range(copies):
+        with open(folder / f"part-{c:04d}.jsonl", "w") as f:
+            for i, t in enumerate(texts):
+                f.write(json.dumps({"id": f"{c}-{i}", "text": t}) + "\n")
+
+
+def main() -> None:
+    args = _parse()
+    from distil.pipelines.score_reviews import run
+    from distil.sentiment.config import ScoreConfig
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-score-scale-"))
+    model = args.model or tiny_model(str(work / "model"), args.hidden)
+    scales = [int(s) for s in args.scales.split(",")]
+    rows = []
+    for scale in scales:
+        inp = work / f"in-{scale}x"
+        write_inputs(inp, args.base_rows, scale)
+        n = args.base_rows * scale
+        cfg = ScoreConfig(
+            input=[str(inp)],
+            model=model,
+            output=str(work / f"out-{scale}x"),
+            run_id=f"bench-{scale}x",
+            model_cache=str(work / "model-cache"),
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            micro_batch_size=args.micro_batch_size,
+            torch_threads=1,
+            rows_per_file=args.rows_per_file,
+            runner="FnApiRunner",
+            beam_args=[
+                f"--direct_num_workers={args.workers}",
+                "--direct_running_mode=multi_processing",
+            ],
+        )
+        print(f"scoring {n:,} rows ({scale}x) ...", flush=True)
+        t0 = time.perf_counter()
+        # the SDK worker processes themselves, not the shells that start them
+        is_worker = lambda cmd: "sdk_worker_main" in cmd and "python" in cmd.split(" ", 1)[0]  # noqa: E731
+        with WorkerSampler(match=is_worker) as sampler:
+            summary = run(cfg)
+        wall = time.perf_counter() - t0
+        assert summary["scored"] == n and summary["accounted"], summary
+        workers = sorted(kb / 1024 for kb in sampler.peak_kb.values())
+        with open(f"/proc/{os.getpid()}/status") as f:
+            launcher = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
+        rows.append(
+            {
+                "scale": scale,
+                "rows": n,
+                "wall_s": wall,
+                "rows_s": n / wall,
+                "worker_peak_mb": workers,
+                "launcher_peak_mb": launcher,
+            }  # fmt: skip
+        )
+        print(json.dumps(rows[-1]), flush=True)
+
+    base = rows[0]
+    print(
+        f"\n{'input':>7}{'rows':>11}{'wall s':>9}{'rows/s':>9}{'x 1x':>7}{'steady rows/s':>15}"
+        f"{'worker peak RSS MB':>22}{'x 1x':>7}{'launcher MB*':>14}"
+    )
+    for r in rows:
+        peak = max(r["worker_peak_mb"])
+        # rows/s of the rows beyond the 1x run: the fixed start-up (workers importing torch,
+        # model load, commit) cancels out
+        steady = (
+            f"{(r['rows'] - base['rows']) / (r['wall_s'] - base['wall_s']):.0f}"
+            if r is not base and r["wall_s"] > base["wall_s"]
+            else "-"
+        )
+        print(
+            f"{r['scale']:>6}x{r['rows']:>11,}{r['wall_s']:>9.1f}{r['rows_s']:>9.0f}"
+            f"{r['rows_s'] / base['rows_s']:>7.2f}{steady:>15}"
+            f"{' / '.join(f'{m:.0f}' for m in r['worker_peak_mb']):>22}"
+            f"{peak / max(base['worker_peak_mb']):>7.2f}{r['launcher_peak_mb']:>14.0f}"
+        )
+    print("* the launcher's peak is cumulative over the runs of this process (VmHWM)")
+    worst_rate = max(abs(r["rows_s"] / base["rows_s"] - 1) for r in rows)
+    worst_rss = max(max(r["worker_peak_mb"]) / max(base["worker_peak_mb"]) for r in rows)
+    print(
+        f"RATIO vs the 1x run: rows/s within {worst_rate:.0%} (goal 15%), "
+        f"worker peak RSS up to {worst_rss:.2f}x (goal <= 1.25x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

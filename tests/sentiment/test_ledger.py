@@ -1,0 +1,79 @@
+"""The incremental plan of distil score (which files still need scoring), its date templates, and
+the --keep-columns conversions, on local files (the S3 runs are in tests/pipelines)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from distil.sentiment import ledger
+from distil.sentiment.review_files import convert_column, parse_keep_columns
+
+
+def test_dates_resolve_in_utc_and_fill_templates():
+    now = dt.datetime(2026, 3, 1, 1, 30, tzinfo=dt.UTC)
+    assert ledger.resolve_date("yesterday", now) == "2026-02-28"
+    assert ledger.resolve_date("today", now) == "2026-03-01"
+    assert ledger.resolve_date("2026-12-01") == "2026-12-01"
+    assert ledger.resolve_date(None) is None
+    with pytest.raises(ValueError, match="expected YYYY-MM-DD"):
+        ledger.resolve_date("12/01/2026")
+    assert ledger.fill_date(["s3://b/r/dt={date}/", "s3://b/x.jsonl"], "2026-12-01") == [
+        "s3://b/r/dt=2026-12-01/",
+        "s3://b/x.jsonl",
+    ]
+    with pytest.raises(ValueError, match="no --date"):
+        ledger.fill_date(["s3://b/r/dt={date}/"], None)
+
+
+def test_local_files_are_versioned_by_sha256(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"text": "x"}\n')
+    v1 = ledger.file_version(str(f))
+    assert v1["size"] == f.stat().st_size and len(v1["sha256"]) == 64 and "etag" not in v1
+    f.write_text('{"text": "y"}\n')  # same size, other content
+    v2 = ledger.file_version(str(f))
+    assert v2["size"] == v1["size"] and not ledger.same_content(v1, v2)
+
+
+def _manifest(run_id, entries):
+    return {"run_id": run_id, "ledger": [{**e, "run_id": run_id} for e in entries]}
+
+
+def test_plan_skips_what_another_run_scored_with_this_model_and_rescores_changes():
+    a = {"url": "s3://b/a", "size": 3, "etag": "e1"}
+    b = {"url": "s3://b/b", "size": 4, "etag": "e2"}
+    b_new = {"url": "s3://b/b", "size": 5, "etag": "e3"}
+    c = {"url": "s3://b/c", "size": 1, "etag": "e4"}
+    runs = {
+        "n1": _manifest("n1", [{**a, "model_fingerprint": "m"}, {**b, "model_fingerprint": "m"}]),
+        "n2": _manifest("n2", [{**c, "model_fingerprint": "other-model"}]),
+        "n3": _manifest("n3", [{**c, "model_fingerprint": "m"}]),
+    }
+    todo, skipped, changed = ledger.plan([a, b_new, c], runs, "n4", "m")
+    assert todo == [b_new]
+    assert [(s["url"], s["scored_by"]) for s in skipped] == [("s3://b/a", "n1"), ("s3://b/c", "n3")]
+    assert [(c["url"], c["previous"]["run_id"]) for c in changed] == [("s3://b/b", "n1")]
+    # another model: everything; a rerun of n3 does not skip what n3 itself scored
+    assert ledger.plan([a, b_new, c], runs, "n4", "new-model")[0] == [a, b_new, c]
+    assert ledger.plan([c], runs, "n3", "m")[0] == [c]
+
+
+def test_keep_columns_parse_and_convert():
+    assert parse_keep_columns(["product", "stars:int64", "ok:bool"]) == [
+        ("product", "string"),
+        ("stars", "int64"),
+        ("ok", "bool"),
+    ]
+    for bad, msg in ((["stars:decimal"], "expected name"), (["score"], "already have"),
+                     (["dt"], "already have"), (["a", "a:int64"], "twice")):  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            parse_keep_columns(bad)
+    assert convert_column(" 4 ", "int64") == 4 and convert_column(5.0, "int64") == 5
+    assert convert_column("", "int64") is None and convert_column(None, "string") is None
+    assert convert_column(4, "string") == "4" and convert_column({"a": 1}, "string") == '{"a": 1}'
+    assert convert_column("TRUE", "bool") is True and convert_column("2.5", "float64") == 2.5
+    for value, typ in (("4.5", "int64"), (True, "int64"), ("yes", "bool"), ([1], "float64")):
+        with pytest.raises(ValueError):
+            convert_column(value, typ)
