@@ -182,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    stack = sub.add_parser("stack", help="local Ray head + SeaweedFS S3 on 127.0.0.1")
+    stack = sub.add_parser("stack", help="local Ray head + SeaweedFS S3 + MLflow on 127.0.0.1")
     stack_sub = stack.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = stack_sub.add_parser("up", help="start Ray head and SeaweedFS (idempotent)")
+    up = stack_sub.add_parser("up", help="start Ray head, SeaweedFS and MLflow (idempotent)")
     up.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the Ray head")
-    stack_sub.add_parser("down", help="stop both (data dir is kept)")
-    stack_sub.add_parser("status", help="health of both services")
+    stack_sub.add_parser("down", help="stop every service (data dirs are kept)")
+    stack_sub.add_parser("status", help="health of every service, with the MLflow UI's URL")
     stack_sub.add_parser("env", help="print shell exports for the running stack")
 
     for name, spec in STAGES.items():
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "env":
             # Loopback-only credentials of the local stack, printed for `eval $(distil stack env)`.
             for k, v in stack.env_exports().items():
+                if k == "MLFLOW_TRACKING_PASSWORD":  # the secret stays in its 0600 file
+                    v = f'"$(cat {stack.mlflow_password_path()})"'
                 print(f"export {k}={v}")
             return 0
         else:
@@ -244,11 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(args._missing, file=sys.stderr)
         return 2
+    from distil import tracking
     from distil.config import ConfigError
     from distil.ops.cluster import RayAddressError
 
+    run = _load(args._run_ref)
     try:
-        result = _load(args._run_ref)(args.cfg)
+        if args._run_ref in tracking.STAGES:
+            result = tracking.tracked(tracking.STAGES[args._run_ref], run, args.cfg)
+        else:  # the demo tracks its own stages; eval and samples are not pipeline stages
+            result = run(args.cfg)
     except (ConfigError, RayAddressError) as e:
         print(f"distil {args.command}: error: {e}", file=sys.stderr)
         return 2

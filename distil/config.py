@@ -114,6 +114,19 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
         help="YAML file with defaults for this stage, or a packaged config by name "
         f"({', '.join(packaged_configs()) or 'none'})",
     )
+    track = parser.add_argument_group("MLflow tracking (off unless a tracking URI is set)")
+    track.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking server (default: $MLFLOW_TRACKING_URI); credentials come from "
+        "$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD",
+    )
+    track.add_argument(
+        "--run-group",
+        default=None,
+        help="nest this stage's MLflow run under the pipeline run NAME (default: "
+        "$DISTIL_RUN_GROUP)",
+    )
     group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
     for name, field in cls.model_fields.items():
         typ, _ = _scalar_type(field.annotation)
@@ -198,7 +211,12 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """The stage config from ``--config`` and flags; a ``ConfigError`` names what is wrong."""
+    """The stage config from ``--config`` and flags; a ``ConfigError`` names what is wrong.
+    ``--tracking-uri`` / ``--run-group`` go to the environment (``distil.tracking``), which the
+    stage's child processes inherit."""
+    from distil import tracking
+
+    tracking.apply_flags(getattr(args, "tracking_uri", None), getattr(args, "run_group", None))
     overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
     try:
         return load_config(cls, getattr(args, "config", None), **overrides)
@@ -271,8 +289,10 @@ def job_main(
     -> the summary as indented JSON on stdout and as the machine-readable result line."""
     import json
 
+    from distil import tracking
+
     cfg = parse_job_args(cls, (doc or "").splitlines()[0], argv)
-    summary = run(cfg)
+    summary = tracking.tracked(tracking.stage_name(run), run, cfg)
     print(json.dumps(summary, indent=2, default=str), flush=True)
     emit_result(summary)
     return summary

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from bert_fixtures import save_tiny_bert
+from mlflow_fixtures import start_test_mlflow
 
 from distil.ops import stack
 
@@ -74,6 +75,13 @@ def ray_local(s3_server):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_server):
+    server = start_test_mlflow(tmp_path_factory.mktemp("mlflow"), s3_server)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

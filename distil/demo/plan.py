@@ -192,6 +192,7 @@ class Demo:
 
         local = str(Path(self.cfg.report_dir, self.cfg.scale).resolve())
         report_url = build_report(self.run_url, local_copy=local)
+        track_report(run, os.path.join(local, "report.html"))
         return {
             "run_json": storage.join(self.run_url, "run.json"),
             "report": report_url,
@@ -213,6 +214,30 @@ class Demo:
         return {"summary": summary, "wall_s": round(time.perf_counter() - t0, 2), "reused": reused}
 
 
+def track_report(run: dict[str, Any], report_html: str) -> None:
+    """The demo's run.json and report on its pipeline run in MLflow (when tracked), next to the
+    stage runs nested under it."""
+    from distil import tracking
+
+    parent = tracking.group_tracker()
+    if parent.active:
+        parent.log_json(run, "run.json")
+        if os.path.exists(report_html):
+            parent.log_file(report_html)
+        parent.log_metrics({"wall_s": run.get("wall_s", 0)})
+        parent.finish()
+
+
+def tracked_group(cfg: DemoConfig) -> None:
+    """A tracked demo (a tracking URI set, or the local stack's MLflow) is one pipeline run:
+    its stages nest under the run group named here unless ``--run-group`` named one."""
+    from distil import tracking
+
+    if tracking.enabled() and not os.environ.get(tracking.GROUP_ENV):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        os.environ[tracking.GROUP_ENV] = f"demo-{cfg.scale}-{stamp}"
+
+
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """``distil demo``: start the stack if needed, run every stage, write run.json + report."""
     from distil.ops import stack
@@ -223,6 +248,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             print("[demo] starting the local stack (Ray head + SeaweedFS on 127.0.0.1)", flush=True)
             st = stack.up()
         os.environ.update({k: v for k, v in stack.env_exports().items() if k.startswith("AWS_")})
+        if not os.environ.get("MLFLOW_TRACKING_URI"):  # a team's server, when set, wins
+            os.environ.update(stack.mlflow_env())
+    tracked_group(cfg)
     t0 = time.perf_counter()
     out = Demo(cfg).run()
     print(

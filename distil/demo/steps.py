@@ -69,6 +69,14 @@ PASSED_ENV = (
     "AWS_DEFAULT_REGION",
     "DISTIL_ROOT",
     "DISTIL_HOME",
+    # MLflow tracking (``distil.tracking``): the server, experiment and run group, and the
+    # credentials (which a Ray job's runtime env never carries: ``ray_job_env``)
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "DISTIL_RUN_GROUP",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
 )
 
 

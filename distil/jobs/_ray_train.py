@@ -1,6 +1,7 @@
 """What the distil and fine-tune jobs share on Ray Train: the trainer (gloo on CPU, NCCL with one
 GPU per worker), the per-step report with rank 0's checkpoint, and finding a run's latest
-registered checkpoint (the one Ray Train itself restores from)."""
+registered checkpoint (the one Ray Train itself restores from), and the per-step tracking of rank
+0's metrics."""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from distil import storage
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2's run state under storage/name
+from distil import storage, tracking
 
 
 def torch_trainer(
@@ -63,10 +62,14 @@ def report_step(
     save: bool,
     save_checkpoint: Callable[[str], Any],
     extra_files: dict[str, Any] | None = None,
+    tracker: tracking.Tracker | None = None,
 ) -> None:
     """Every rank reports (Ray Train's sync point); when ``save``, rank 0 attaches a checkpoint
     written by ``save_checkpoint(dir)`` plus ``extra_files`` (name -> JSON-able). The pid and
-    Ray node id say where the rank ran (a multi-node run checks its placement with them)."""
+    Ray node id say where the rank ran (a multi-node run checks its placement with them).
+    ``tracker`` (rank 0's, ``tracking.worker_tracker``) gets the step's metrics too."""
+    if tracker is not None and tracker.active:
+        tracker.log_metrics(tracking.step_metrics(metrics, step), step)
     metrics = {**metrics, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
     if not (save and rank == 0):
         ray.train.report(metrics)
@@ -87,23 +90,22 @@ def latest_checkpoint(
     storage_path: str, run_name: str, identity_file: str | None = None
 ) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
     """The run's latest registered checkpoint, its reported metrics and (with ``identity_file``)
-    the run identity recorded in it (None if absent), from the snapshot Ray Train keeps under
-    ``storage_path/run_name``; None if there is no checkpoint."""
-    run_url = storage.join(storage_path, run_name)
+    the run identity recorded in it (None if absent), as Ray Train restores them
+    (``ray.train.Result.from_path`` on ``storage_path/run_name``); None if the run has no
+    checkpoint yet."""
+    fs, path = storage.arrow_filesystem(storage.join(storage_path, run_name))
     try:
-        snapshot = storage.read_json(storage.join(run_url, SNAPSHOT))
-    except FileNotFoundError:
+        result = ray.train.Result.from_path(path, storage_filesystem=fs)
+    except RuntimeError:  # no run folder, or a run that never registered a checkpoint
         return None
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    name = latest.get("checkpoint_dir_name")
-    if not name:
+    if result.checkpoint is None:
         return None
-    ckpt_url = storage.join(run_url, name)
     identity = None
     if identity_file:
+        ckpt_fs, ckpt_path = result.checkpoint.filesystem, result.checkpoint.path
         try:
-            identity = storage.read_json(storage.join(ckpt_url, identity_file))
+            with ckpt_fs.open_input_stream(f"{ckpt_path}/{identity_file}") as f:
+                identity = json.loads(f.read())
         except FileNotFoundError:
             identity = None
-    fs, path = storage.arrow_filesystem(ckpt_url)
-    return Checkpoint(path=path, filesystem=fs), latest.get("metrics", {}), identity
+    return result.checkpoint, dict(result.metrics or {}), identity

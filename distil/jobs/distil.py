@@ -28,7 +28,7 @@ import ray.train.torch
 from ray.train import Checkpoint
 from ray.train.torch import TorchTrainer
 
-from distil import storage
+from distil import storage, tracking
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
@@ -73,11 +73,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             recipe.setup(ckpt_dir)
         log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
 
+    tracker = tracking.worker_tracker(config.get("tracking"), rank)
+
     def report(step: int, metrics: dict[str, Any], save: bool) -> None:
         scalars = {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")}
         scalars.update(start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step)
         identity = {IDENTITY_FILE: config["identity"]}
-        report_step(rank, step, scalars, save, recipe.save_checkpoint, identity)
+        report_step(rank, step, scalars, save, recipe.save_checkpoint, identity, tracker)
 
     recipe.train(report)
 
@@ -85,7 +87,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def build_trainer(cfg: DistilConfig, identity: RunIdentity) -> TorchTrainer:
     return torch_trainer(
         train_loop_per_worker,
-        {"cfg": cfg.model_dump(), "identity": identity.to_json()},
+        {
+            "cfg": cfg.model_dump(),
+            "identity": identity.to_json(),
+            "tracking": tracking.worker_target(),
+        },
         run_name=cfg.run_name,
         storage_path=cfg.storage_path,
         num_workers=cfg.num_workers,

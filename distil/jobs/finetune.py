@@ -24,7 +24,7 @@ import ray.train
 import ray.train.torch
 from ray.train.torch import TorchTrainer
 
-from distil import storage
+from distil import storage, tracking
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
@@ -51,8 +51,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             recipe.setup(ckpt_dir)
         log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
 
+    tracker = tracking.worker_tracker(config.get("tracking"), rank)
+
     def report(step: int, metrics: dict[str, Any], save: bool) -> None:
-        report_step(rank, step, metrics, save, recipe.save_checkpoint)
+        report_step(rank, step, metrics, save, recipe.save_checkpoint, tracker=tracker)
 
     recipe.train(report)
     if rank == 0:
@@ -69,7 +71,7 @@ def storage_url(cfg: FinetuneConfig) -> str:
 def build_trainer(cfg: FinetuneConfig, model_url: str) -> TorchTrainer:
     return torch_trainer(
         train_loop_per_worker,
-        {"cfg": cfg.model_dump(), "model_url": model_url},
+        {"cfg": cfg.model_dump(), "model_url": model_url, "tracking": tracking.worker_target()},
         run_name=run_name_of(model_url),
         storage_path=storage_url(cfg),
         num_workers=cfg.num_workers,

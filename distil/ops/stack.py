@@ -1,4 +1,5 @@
-"""The local stack: a Ray head and a SeaweedFS S3 server, both on 127.0.0.1.
+"""The local stack: a Ray head, a SeaweedFS S3 server and an MLflow tracking server, all on
+127.0.0.1.
 
 ``distil stack up|down|status|env``. State (PID file, logs, S3 data, the Ray auth token) lives
 under ``$DISTIL_HOME/stack`` (default ``./.distil/stack``); the S3 data dir survives
@@ -10,6 +11,13 @@ token in ``$DISTIL_HOME/stack/ray-auth-token`` (mode 0600; ``distil stack env`` 
 path). Every Ray process of the stack carries ``DISTIL_STACK_SESSION`` in its environment and
 uses a temp dir of its own, so ``down`` stops exactly those processes — never ``ray stop``, which
 would end every Ray on the machine.
+
+MLflow (``distil.ops.mlflow_server``) keeps its runs in ``stack/mlflow/mlflow.db`` (SQLite) and its
+artifacts in the stack's bucket (``s3://distil/mlflow``), behind MLflow's basic auth: the admin
+password is generated into ``stack/mlflow/mlflow-password`` (mode 0600). ``distil stack env``
+exports the tracking URI and user, and reads the password from that file in the shell that
+evaluates it; the stack's Ray gets the credentials in its environment (never in a job's runtime
+env), so a job's Ray Train workers can log their curves.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from pathlib import Path
 
 from distil.config import distil_home
 from distil.ops import procs
+from distil.ops.mlflow_server import ADMIN, http_status, start_mlflow
 from distil.ops.seaweed import S3Server, s3_bucket_ready, start_seaweed
 
 RAY_PORT = 6379
 DASHBOARD_PORT = 8265
 S3_PORT = 8333
+MLFLOW_PORT = 5050
 DEFAULT_BUCKET = "distil"
 # Local-only credentials for the loopback S3 server; real deployments use their own.
 LOCAL_ACCESS_KEY = "distil-local"
@@ -65,6 +75,26 @@ def ensure_token() -> str:
             f.write(secrets.token_hex(32))
     path.chmod(0o600)
     return path.read_text().strip()
+
+
+def mlflow_dir() -> Path:
+    return stack_dir() / "mlflow"
+
+
+def mlflow_password_path() -> Path:
+    return mlflow_dir() / "mlflow-password"
+
+
+def mlflow_env(with_uri: bool = True) -> dict[str, str]:
+    """The stack's MLflow client settings ({} before the first ``up``); ``with_uri`` False: only
+    the credentials (what the stack's Ray holds, so a job is tracked only when it asks to be)."""
+    path = mlflow_password_path()
+    if not path.exists():
+        return {}
+    env = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": path.read_text().strip()}
+    if with_uri:
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{MLFLOW_PORT}"
+    return env
 
 
 def auth_headers() -> dict[str, str]:
@@ -127,10 +157,11 @@ def ray_env(session: str, s3_endpoint: str) -> dict[str, str]:
     runtime_env), token auth, and the session marker ``down`` finds the processes by. The venv's
     bin dir goes first on PATH so `ray job submit -- python ...` finds this venv's python even
     when the stack was started as `.venv/bin/distil stack up`."""
-    drop = ("AWS_", "RAY_AUTH_", "RAY_ADDRESS", SESSION_ENV)
+    drop = ("AWS_", "RAY_AUTH_", "RAY_ADDRESS", "MLFLOW_", SESSION_ENV)
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     env.update(s3_env(s3_endpoint))
+    env.update(mlflow_env(with_uri=False))
     env.update(
         {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path()), SESSION_ENV: session}
     )
@@ -163,6 +194,15 @@ def status() -> dict[str, dict]:
         )
     dash = f"http://127.0.0.1:{DASHBOARD_PORT}"
     ray_ok = _http_ok(f"{dash}/api/version", headers=auth_headers())
+    ml = state.get("mlflow", {})
+    ml_url = f"http://127.0.0.1:{MLFLOW_PORT}"
+    ml_env = mlflow_env()
+    ml_ok = bool(ml.get("pid")) and _pid_alive(ml["pid"]) and bool(ml_env)
+    if ml_ok:
+        creds = (ml_env["MLFLOW_TRACKING_USERNAME"], ml_env["MLFLOW_TRACKING_PASSWORD"])
+        ml_ok = (
+            http_status(f"{ml_url}/api/2.0/mlflow/experiments/search?max_results=1", creds) == 200
+        )
     return {
         "ray": {
             "healthy": ray_ok,
@@ -180,15 +220,27 @@ def status() -> dict[str, dict]:
             "pid": s3_pid,
             "data_dir": str(stack_dir() / "s3-data"),
         },
+        "mlflow": {
+            "healthy": ml_ok,
+            "url": ml_url,
+            "auth": "basic",
+            "user": ADMIN,
+            "password_path": str(mlflow_password_path()),
+            "backend_store": f"sqlite:///{mlflow_dir() / 'mlflow.db'}",
+            "artifacts": ml.get("artifacts"),
+            "pid": ml.get("pid"),
+        },
     }
 
 
 def env_exports() -> dict[str, str]:
-    """What a shell needs to use the stack (`eval $(distil stack env)`): its S3 and its Ray,
-    with the path of the token (not the token itself, which stays in its 0600 file)."""
+    """What a shell needs to use the stack (`eval $(distil stack env)`): its S3, its Ray, with
+    the path of the token (not the token itself, which stays in its 0600 file), and its MLflow
+    (the CLI prints the password as a read of its 0600 file, not the password)."""
     st = status()
     return {
         **s3_env(st["s3"]["endpoint"]),
+        **mlflow_env(),
         "RAY_ADDRESS": st["ray"]["dashboard"],
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path()),
@@ -220,6 +272,24 @@ def up(num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict[str, d
         )
         state["s3"] = {"pid": server.proc.pid, "endpoint": server.endpoint, "bucket": bucket}
         (stack_dir() / "seaweedfs.pid").write_text(str(server.proc.pid))
+        _state_file().write_text(json.dumps(state))
+
+    if not current["mlflow"]["healthy"]:
+        _stop_mlflow(state)
+        if not port_free(MLFLOW_PORT):
+            raise RuntimeError(
+                f"port 127.0.0.1:{MLFLOW_PORT} is taken by a process that is not this stack's "
+                "MLflow; free it before `distil stack up`"
+            )
+        artifacts = f"s3://{state['s3']['bucket']}/mlflow"
+        server = start_mlflow(
+            mlflow_dir(),
+            MLFLOW_PORT,
+            artifacts,
+            s3_env(state["s3"]["endpoint"]),
+            stack_dir() / "mlflow.log",
+        )
+        state["mlflow"] = {"pid": server.proc.pid, "artifacts": artifacts}
         _state_file().write_text(json.dumps(state))
 
     if not current["ray"]["healthy"]:
@@ -329,11 +399,9 @@ def _stop_ray(state: dict) -> None:
         raise RuntimeError(f"stack Ray processes survived SIGKILL: {sorted(left)}")
 
 
-def down() -> dict[str, dict]:
-    """Stop both services — only this stack's processes; keeps the S3 data dir. Safe to call
-    twice."""
-    state = _state()
-    pid = state.get("s3", {}).get("pid")
+def _stop_group(pid: int | None) -> None:
+    """SIGTERM the process group ``pid`` leads (a server started in its own session), then
+    SIGKILL after 5 s."""
     if pid and _pid_alive(pid):
         os.killpg(pid, signal.SIGTERM)
         for _ in range(50):
@@ -342,6 +410,18 @@ def down() -> dict[str, dict]:
             time.sleep(0.1)
         else:
             os.killpg(pid, signal.SIGKILL)
+
+
+def _stop_mlflow(state: dict) -> None:
+    _stop_group(state.get("mlflow", {}).get("pid"))
+
+
+def down() -> dict[str, dict]:
+    """Stop every service — only this stack's processes; keeps the S3 data dir and the MLflow
+    store. Safe to call twice."""
+    state = _state()
+    _stop_mlflow(state)
+    _stop_group(state.get("s3", {}).get("pid"))
     (stack_dir() / "seaweedfs.pid").unlink(missing_ok=True)
     _stop_ray(state)
     return status()

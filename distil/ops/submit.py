@@ -82,7 +82,14 @@ def submit_ray_job(
 
 # Credentials never go in a runtime env: Ray keeps it in the job record, which `ray job list`,
 # the dashboard and every job-API client show. Workers get them from their own environment.
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 
 
 def job_client(address: str):

@@ -463,9 +463,10 @@ def parse_args(argv: list[str] | None = None) -> ScoreConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     """Script entry (``python pipelines/score_reviews.py …``, the scheduled job's command)."""
+    from distil import tracking
     from distil.config import emit_result
 
-    summary = run(parse_args(argv))
+    summary = tracking.tracked("score", run, parse_args(argv))
     emit_result(summary)
     return summary
 

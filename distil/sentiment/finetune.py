@@ -54,7 +54,8 @@ log = logging.getLogger("distil.finetune")
 
 TRAIN_STATE = "finetune_state.pt"  # the checkpoint file in a Ray Train checkpoint dir
 
-# called at checkpoint steps with (step, metrics, save_checkpoint?): the Ray job reports there
+# called at log and checkpoint steps with (step, metrics, save_checkpoint?): the Ray job reports
+# there (and tracks), and checkpoints when asked
 ReportFn = Callable[[int, dict[str, Any], bool], None]
 
 
@@ -257,7 +258,9 @@ class FinetuneRecipe:
         return loss.item(), grad_norm
 
     def train(self, report: ReportFn | None = None) -> dict:
-        """Run to ``total_steps``; ``report`` is called at checkpoint steps and at the end."""
+        """Run to ``total_steps``; ``report`` is called at every log step (Ray Train's
+        ``metrics_dataframe`` and a tracker see the whole curve) and checkpoint step, asking for a
+        checkpoint only at checkpoint steps and at the end."""
         cfg = self.cfg
         if self.step >= self.total_steps:
             log.info("run already finished at step %d: nothing to do", self.step)
@@ -270,6 +273,8 @@ class FinetuneRecipe:
             loss, grad_norm = self.train_step()
             self.running.append(loss)
             done = self.step == self.total_steps
+            ckpt = self.step % cfg.checkpoint_every == 0 or done
+            rec: dict[str, Any] = {}
             if self.step % cfg.log_every == 0 or done:
                 rec = {
                     "step": self.step,
@@ -289,8 +294,8 @@ class FinetuneRecipe:
                         rec["lr"],
                         rec["steps_per_s"],
                     )
-            if report and (self.step % cfg.checkpoint_every == 0 or done):
-                report(self.step, self.progress(), True)
+            if report and (rec or ckpt):  # the same steps on every rank
+                report(self.step, {**self.progress(), **rec}, ckpt)
         self.train_seconds = time.time() - t0
         return self.history[-1] if self.history else {}
 

@@ -47,7 +47,8 @@ STUDENT_DIR = "student"
 TRAINER_STATE = "trainer_state.pt"
 METRICS = "metrics.json"
 
-# called every step with (step, metrics, save_checkpoint?) -> the Ray job reports/checkpoints
+# called at log steps and evaluations with (step, metrics, save_checkpoint?): the Ray job
+# reports there (and tracks), and checkpoints when asked
 ReportFn = Callable[[int, dict[str, Any], bool], None]
 
 
@@ -337,7 +338,9 @@ class DistilRecipe:
         return out
 
     def train(self, report: ReportFn | None = None) -> dict[str, Any]:
-        """Run to ``max_steps``; calls ``report`` at checkpoint steps and at the end."""
+        """Run to ``max_steps``; calls ``report`` at every log step and evaluation (so Ray
+        Train's ``metrics_dataframe`` and a tracker see the whole curve), asking for a checkpoint
+        only at checkpoint steps and at the end."""
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             log.info("run already finished at step %d: nothing to do", self.step)
@@ -383,6 +386,8 @@ class DistilRecipe:
             window_n += 1
             done = self.step >= cfg.max_steps
             ckpt = report is not None and self.step % cfg.checkpoint_every == 0
+            evaluate = self.step % cfg.eval_every == 0 or done
+            logged: dict[str, float] = {}
             if self.step % cfg.log_every == 0 or done or ckpt:  # every rank gets here together
                 agg = self._all_reduce(
                     torch.stack(
@@ -398,38 +403,48 @@ class DistilRecipe:
                 secs = time.perf_counter() - window_t
                 self.tokens_seen_global += int(agg[2])
                 self.train_seconds += secs
+                # the window's mean loss over every rank; the parts and grad norm are this
+                # rank's last step
+                logged = {
+                    **self.step_metrics(last),  # the one device read of the parts: log steps
+                    "loss": float(agg[0] / agg[1]),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": float(agg[2] / secs),
+                }
                 if self.rank == 0:
                     self.train_history.append(
                         {
                             "step": self.step,
-                            "loss": float(agg[0] / agg[1]),
-                            "tokens_per_s": float(agg[2] / secs),
+                            "loss": logged["loss"],
+                            "tokens_per_s": logged["tokens_per_s"],
                         }
                     )
                     log.info(
                         "step %d/%d loss %.4f tokens/s %.0f lr %.2e",
                         self.step,
                         cfg.max_steps,
-                        agg[0] / agg[1],
-                        agg[2] / secs,
-                        self.scheduler.get_last_lr()[0],
+                        logged["loss"],
+                        logged["tokens_per_s"],
+                        logged["lr"],
                     )
                 window_t, window_tokens, window_n = time.perf_counter(), 0, 0
                 window_loss = torch.zeros((), device=self.device)
-            if (self.step % cfg.eval_every == 0 or done) and self.rank == 0:
+            if evaluate and self.rank == 0:
                 ev = self.evaluate()
                 self.history.append({"step": self.step, **ev})
                 log.info("eval step %d: %s", self.step, json.dumps(ev))
                 window_t = time.perf_counter()  # the eval is not training time
-            if report and (ckpt or done):
+            if report and (logged or evaluate):  # the same steps on every rank
                 metrics = {
                     "step": self.step,
                     "epoch": self.data_position["epoch"],
                     "world_size": self.world_size,
-                    **self.step_metrics(last),
+                    **logged,
                 }
-                metrics.update(self.history[-1] if self.history else {})
-                report(self.step, metrics, True)
+                if self.history:  # the latest evaluation, under its own step
+                    ev = self.history[-1]
+                    metrics.update({("eval_step" if k == "step" else k): v for k, v in ev.items()})
+                report(self.step, metrics, ckpt or done)
         return self.final_metrics()
 
     # ------------------------------------------------------------------ eval

@@ -4,6 +4,7 @@ next step's flags, and a second run reuses every step — on an in-memory store,
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -208,3 +209,32 @@ def test_a_teacher_with_a_head_is_used_as_given(fake_run, tiny_teacher_dir, tmp_
     assert d2.steps["logits"].argv[d2.steps["logits"].argv.index("--teacher") + 1] == (
         d2.steps["adapt_teacher"].output
     )
+
+
+@pytest.mark.slow  # a real MLflow server
+def test_a_tracked_demo_is_one_pipeline_run_holding_its_report(
+    mlflow_server, monkeypatch, tmp_path
+):
+    from distil import tracking
+
+    for k, v in mlflow_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"demo-{uuid.uuid4().hex[:6]}")
+    monkeypatch.delenv(tracking.GROUP_ENV, raising=False)
+    plan.tracked_group(DemoConfig(scale="tiny"))
+    group = os.environ[tracking.GROUP_ENV]
+    assert group.startswith("demo-tiny-")
+    with tracking.stage_run("prepare", DemoConfig(scale="tiny")) as stage:
+        assert stage.active
+    (tmp_path / "report.html").write_text("<html>report</html>")
+    plan.track_report({"wall_s": 12.5, "stages": {}}, str(tmp_path / "report.html"))
+
+    client = tracking.make_client(mlflow_server.url)
+    parent = tracking.group_tracker()
+    assert parent.active
+    run = client.get_run(parent.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == group
+    assert run.data.metrics["wall_s"] == 12.5
+    assert {a.path for a in client.list_artifacts(parent.run_id)} == {"run.json", "report.html"}
+    child = client.get_run(stage.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.run_id

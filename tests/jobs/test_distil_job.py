@@ -118,3 +118,51 @@ def test_relative_local_paths_derived_name_and_resume_refusal(
     assert "temperature: checkpoint 2.0, now 1.0" in msg and "--run-name" in msg, msg
     assert checkpoint_steps(str(tmp_path / "runs" / name)) == [1, 2]  # nothing trained
     assert (tmp_path / "out" / "student" / "manifest.json").read_bytes() == manifest
+
+
+@pytest.mark.timeout(300)
+def test_ray_train_sees_every_log_step_and_checkpoints_at_their_cadence(
+    ray_local, s3_url, s3_cache, tmp_path
+):
+    """Ray Train receives a report at every log step (a callback and ``Result.metrics`` see the
+    curve while it trains), with a checkpoint only at checkpoint steps; the run's checkpoint is
+    then found through ``ray.train.Result.from_path``. Ray Train 2.60's
+    ``Result.metrics_dataframe`` holds only the reports that carried a kept checkpoint."""
+    import json
+
+    from train_workers import report_log_callback
+
+    from distil.jobs._ray_train import latest_checkpoint
+    from distil.train.identity import IDENTITY_FILE, run_identity
+
+    job = _job()
+    cfg = DistilConfig(
+        cache=s3_cache,
+        output=f"{s3_url}/student",
+        storage_path=f"{s3_url}/runs",
+        run_name="curve",
+        num_workers=1,
+        cpus_per_worker=0.5,
+        batch_size=8,
+        max_steps=12,
+        warmup_steps=2,
+        checkpoint_every=6,
+        eval_every=6,
+        eval_batches=1,
+        log_every=2,
+        keep_checkpoints=5,
+    )
+    assert latest_checkpoint(cfg.storage_path, cfg.run_name) is None  # no run yet
+    identity = run_identity(cfg)
+    trainer = job.build_trainer(cfg, identity)
+    log_path = tmp_path / "reports.jsonl"
+    trainer.run_config.callbacks = [report_log_callback(str(log_path))]
+    result = trainer.fit()
+    reports = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert reports == [{"step": s, "ckpt": s in (6, 12)} for s in (2, 4, 6, 8, 10, 12)]
+    assert result.metrics["step"] == 12 and result.metrics["loss"] > 0
+    assert list(result.metrics_dataframe["step"]) == [6, 12]
+
+    checkpoint, metrics, recorded = latest_checkpoint(cfg.storage_path, cfg.run_name, IDENTITY_FILE)
+    assert metrics["step"] == 12 and checkpoint.path.endswith("step-00000012")
+    assert recorded == identity.to_json()

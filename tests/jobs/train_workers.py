@@ -93,3 +93,20 @@ class KillAfterFirstCheckpoint:
 
     def __exit__(self, *exc) -> None:
         self.thread.join(5)
+
+
+def report_log_callback(path: str):
+    """A Ray Train ``UserCallback`` (run in Ray Train's controller, not in this process) that
+    appends one JSON line per report it receives: rank 0's step and whether a checkpoint came
+    with it. Built here so the class pickles by value (the controller cannot import tests/)."""
+    import json
+
+    from ray.train import UserCallback
+
+    class ReportLog(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": metrics[0]["step"], "ckpt": checkpoint is not None}))
+                f.write("\n")
+
+    return ReportLog()

@@ -34,7 +34,7 @@ def _distil(*args, env):
 
 @pytest.fixture
 def stack_env(tmp_path, monkeypatch):
-    for port in (stack.RAY_PORT, stack.DASHBOARD_PORT, stack.S3_PORT):
+    for port in (stack.RAY_PORT, stack.DASHBOARD_PORT, stack.S3_PORT, stack.MLFLOW_PORT):
         if not stack.port_free(port):
             pytest.fail(f"port {port} busy before the stack test: is a `distil stack` running?")
     monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "home"))  # this process's view of the stack
@@ -70,6 +70,7 @@ def test_stack_up_status_submit_down(
         for line in _distil("stack", "env", env=stack_env).stdout.splitlines()
     )
     assert exports["RAY_AUTH_MODE"] == "token" and exports["RAY_AUTH_TOKEN_PATH"] == str(token)
+    _mlflow_is_closed(status["mlflow"], exports)
     job_env = dict(stack_env, **exports)
 
     _every_socket_on_loopback()
@@ -224,12 +225,13 @@ def _every_socket_on_loopback():
     """Every TCP socket the stack's processes listen on (the head's whole process tree, found by
     session, and SeaweedFS) is bound to loopback, bar the documented allow-list."""
     state = json.loads((stack.stack_dir() / "state.json").read_text())
-    pids = stack.ray_pids() | procs.with_descendants({state["s3"]["pid"]})
+    servers = {state["s3"]["pid"], state["mlflow"]["pid"]}
+    pids = stack.ray_pids() | procs.with_descendants(servers)
     listeners = procs.listening(pids)
     table = "\n".join(f"{x.host}:{x.port} {x.command}" for x in listeners)
     ports = {x.port for x in listeners}
     # the listing sees the known servers (else an empty listing would pass)
-    assert {stack.RAY_PORT, stack.DASHBOARD_PORT, stack.S3_PORT} <= ports, table
+    assert {stack.RAY_PORT, stack.DASHBOARD_PORT, stack.S3_PORT, stack.MLFLOW_PORT} <= ports, table
     assert any("raylet" in x.command for x in listeners), table
     exposed = [
         x
@@ -237,6 +239,25 @@ def _every_socket_on_loopback():
         if not x.loopback and not any(name in x.command for name in NON_LOOPBACK_ALLOWED)
     ]
     assert not exposed, "non-loopback listeners:\n" + table
+
+
+def _mlflow_is_closed(status: dict, exports: dict[str, str]) -> None:
+    """The stack's MLflow answers its credentials only; the password stays in its 0600 file
+    (``stack env`` prints a read of it, not the password)."""
+    from distil.ops.mlflow_server import http_status
+
+    assert status["healthy"] and status["url"] == f"http://127.0.0.1:{stack.MLFLOW_PORT}"
+    secret = Path(status["password_path"])
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert secret.parent.stat().st_mode & 0o777 == 0o700
+    password = secret.read_text().strip()
+    assert exports["MLFLOW_TRACKING_URI"] == status["url"]
+    assert exports["MLFLOW_TRACKING_PASSWORD"] == f'"$(cat {secret})"'
+    assert password not in "".join(exports.values())
+    api = f"{status['url']}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http_status(api) == 401
+    assert http_status(api, ("admin", "wrong")) == 401
+    assert http_status(api, ("admin", password)) == 200
 
 
 def _http_status(url: str, headers: dict[str, str]) -> int:

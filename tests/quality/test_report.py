@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from distil import storage
-from distil.quality import report
+from distil.quality.ablation import report
 
 
 def _run(wall: float) -> dict:

@@ -122,6 +122,37 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, prepared_dir, tiny_t
     assert metrics["step"] == 2 and metrics["eval_history"][0]["step"] == 2
 
 
+def test_reports_every_log_step_and_evaluation_checkpoints_at_their_cadence(
+    tmp_path, prepared_dir, tiny_teacher_dir
+):
+    """What Ray Train and a tracker see: the curve at every log step (loss and its parts, lr,
+    tokens/s, grad norm), each evaluation at its own step, a checkpoint only when due."""
+    cfg = _cfg(
+        tmp_path, prepared_dir, tiny_teacher_dir,
+        max_steps=6, log_every=2, eval_every=3, checkpoint_every=4,
+    )  # fmt: skip
+    r = _recipe(cfg, tmp_path)
+    seen = []
+    r.train(lambda step, metrics, save: seen.append((step, dict(metrics), save)))
+    assert [(step, save) for step, _, save in seen] == [
+        (2, False),
+        (3, False),
+        (4, True),
+        (6, True),
+    ]
+    curve = {"loss", "loss_kd", "loss_mlm", "loss_cos", "lr", "tokens_per_s", "grad_norm"}
+    for step, metrics, _ in seen:
+        assert metrics["step"] == step
+        if step % 2 == 0:
+            assert curve <= set(metrics), step
+            assert metrics["loss"] > 0 and metrics["tokens_per_s"] > 0
+    by_step = {step: m for step, m, _ in seen}
+    assert not curve & set(by_step[3])  # an evaluation between log steps carries no loss
+    assert by_step[3]["eval_step"] == 3 and "eval_kl_to_teacher" in by_step[3]
+    assert by_step[4]["eval_step"] == 3  # the latest evaluation, under its own step
+    assert by_step[6]["eval_step"] == 6
+
+
 def test_finished_run_does_no_steps(tmp_path, prepared_dir, tiny_teacher_dir):
     cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=2)
     r = _recipe(cfg, tmp_path)
