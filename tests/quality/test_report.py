@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from distil import storage
-from distil.quality.ablation import report
+from distil.quality import report
 
 
 def _run(wall: float) -> dict:
