@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +71,21 @@ def http_status(url: str, auth: tuple[str, str] | None = None, timeout: float = 
         return 0
 
 
-def ensure_password(path: Path) -> str:
-    """The admin password in ``path``, created on first use: 192 random bits, mode 0600."""
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The secret in ``path``, written with ``make()`` on first use, readable by its owner
+    only (created 0600 in one call: never briefly readable by others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24))
+            f.write(make())
     path.chmod(0o600)
     return path.read_text().strip()
+
+
+def ensure_password(path: Path) -> str:
+    """The admin password in ``path``, created on first use: 192 random bits, mode 0600."""
+    return secret_file(path, lambda: secrets.token_urlsafe(24))
 
 
 def start_mlflow(

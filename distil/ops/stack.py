@@ -37,7 +37,7 @@ from pathlib import Path
 
 from distil.config import distil_home
 from distil.ops import procs
-from distil.ops.mlflow_server import ADMIN, http_status, start_mlflow
+from distil.ops.mlflow_server import ADMIN, http_status, secret_file, start_mlflow
 from distil.ops.seaweed import S3Server, s3_bucket_ready, start_seaweed
 
 RAY_PORT = 6379
@@ -67,14 +67,7 @@ def token_path() -> Path:
 
 def ensure_token() -> str:
     """The stack's Ray token, created on first use: 256 random bits, readable by its owner only."""
-    path = token_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    path.chmod(0o600)
-    return path.read_text().strip()
+    return secret_file(token_path(), lambda: secrets.token_hex(32))
 
 
 def mlflow_dir() -> Path:
