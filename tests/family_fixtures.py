@@ -74,25 +74,34 @@ def xlmr_tokenizer(texts: list[str], vocab_size: int = 600, first_id: int = UINT
 
 
 def save_family_teacher(
-    out: Path, family: str, texts: list[str], layers: int = 4, seed: int = 0, max_len: int = 128
+    out: Path,
+    family: str,
+    texts: list[str],
+    layers: int = 4,
+    seed: int = 0,
+    max_len: int = 128,
+    headless: bool = False,
 ) -> Path:
-    """A random-init ``RobertaForMaskedLM`` / ``XLMRobertaForMaskedLM`` (hidden 32) with its
-    tokenizer trained on ``texts``, saved (and the tokenizer re-saved through ``AutoTokenizer``,
-    as a user's checkpoint dir would be)."""
+    """A random-init ``RobertaForMaskedLM`` / ``XLMRobertaForMaskedLM`` (hidden 32; with
+    ``headless`` the bare ``…Model`` encoder) with its tokenizer trained on ``texts``, saved (and
+    the tokenizer re-saved through ``AutoTokenizer``, as a user's checkpoint dir would be)."""
     import torch
     from transformers import (
         AutoTokenizer,
         RobertaConfig,
         RobertaForMaskedLM,
+        RobertaModel,
         XLMRobertaConfig,
         XLMRobertaForMaskedLM,
+        XLMRobertaModel,
     )
 
     if family == "roberta":
-        tok, config_cls, model_cls = roberta_tokenizer(texts), RobertaConfig, RobertaForMaskedLM
+        tok, config_cls = roberta_tokenizer(texts), RobertaConfig
+        model_cls = RobertaModel if headless else RobertaForMaskedLM
     else:
         tok, config_cls = xlmr_tokenizer(texts), XLMRobertaConfig
-        model_cls = XLMRobertaForMaskedLM
+        model_cls = XLMRobertaModel if headless else XLMRobertaForMaskedLM
     torch.manual_seed(seed)
     cfg = config_cls(
         vocab_size=len(tok),
