@@ -123,6 +123,22 @@ def test_identity_covers_the_bpe_merges(tmp_path):
     assert tokenizer_identity(json.dumps(d)) != tokenizer_identity(text)
 
 
+def test_identity_covers_the_sentencepiece_model(tmp_path):
+    """An XLM-R Unigram: one piece's score decides how words split, so it is part of the identity;
+    a save/reload through transformers is not."""
+    from family_fixtures import xlmr_tokenizer
+
+    tok = xlmr_tokenizer(["the river rose in the night and the farmers moved"] * 20)
+    tok.save_pretrained(tmp_path / "x")
+    text = (tmp_path / "x" / "tokenizer.json").read_text()
+    info = load_tokenizer_info(str(tmp_path / "x"))
+    assert info.family == "roberta"  # no config.json: the RoBERTa specials name its roles
+    assert info.vocab_size > 65_536 and info.special_ids["mask"] == info.vocab_size - 1
+    d = json.loads(text)
+    d["model"]["vocab"][-2][1] -= 1.0  # one trained piece's log-probability
+    assert tokenizer_identity(json.dumps(d)) != info.identity
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "deberta-v2"])
 def test_prepare_refuses_another_family_before_any_work(
     tmp_path, good_corpus, monkeypatch, model_type
