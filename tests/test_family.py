@@ -157,6 +157,21 @@ def test_a_family_teacher_goes_through_every_stage(family, samples, ray_local, s
     preds = pipeline("fill-mask", model=local_student)(f"The minister said the {tok.mask_token}.")
     assert len(preds) == 5 and all(p["token"] not in specials for p in preds)
 
+    # eval: `distil eval`'s MLM metrics of the student against the cached teacher; the online
+    # teacher path (encoder + head of its family) agrees fully with a full-depth copy of itself
+    from distil.eval import evaluate_mlm, mlm_metrics
+    from distil.student.model import MaskedLMForDistillation
+    from distil.teacher.cache import TeacherCache
+
+    ev = evaluate_mlm(teacher, student, logits["cache_url"], heldout_fraction=0.5, batch_size=16)
+    assert ev["positions"] > 0 and 0 <= ev["top1_agreement"] <= 1
+    t_model = AutoModelForMaskedLM.from_pretrained(local_teacher).eval()
+    heldout = TeacherCache(logits["cache_url"]).iter_batches(
+        16, split="heldout", heldout_fraction=0.5, shuffle=False
+    )
+    same = mlm_metrics(MaskedLMForDistillation(t_model), heldout, max_batches=2, teacher=t_model)
+    assert same["positions"] > 0 and same["top1_agreement"] == 1.0 and same["kl"] < 1e-5
+
     # fine-tune the student on real labelled snippets: the family's …ForSequenceClassification
     train = storage.join(s3_url, "reviews.jsonl")
     storage.write_bytes(train, "".join(json.dumps(r) + "\n" for r in reviews[:400]).encode())
