@@ -1,4 +1,5 @@
-"""Pack token streams into fixed-length BERT sequences ``[CLS] … [SEP] [PAD]…`` (engine-free).
+"""Pack token streams into fixed-length sequences ``[CLS] … [SEP] [PAD]…`` (engine-free; the
+family's tokens: ``<s> … </s> <pad>…`` for RoBERTa and XLM-R).
 
 Two modes:
 

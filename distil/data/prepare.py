@@ -219,7 +219,12 @@ def build_manifest(
         "id_dtype": str(shards.id_type(tok.vocab_size)),
         "special_ids": tok.special_ids,
         "token_counts": counts.tolist(),
-        "tokenizer": {"path": tok.path, "fingerprint": tok.fingerprint, "identity": tok.identity},
+        "tokenizer": {
+            "path": tok.path,
+            "fingerprint": tok.fingerprint,
+            "identity": tok.identity,
+            "family": tok.family,
+        },
         "config": packing,
         "fingerprint": fingerprint,
         "records": {

@@ -3,9 +3,11 @@
 ``TokenizerInfo`` is what a Ray task is sent (the JSON text, not a live tokenizer); each worker
 builds the ``tokenizers.Tokenizer`` once (``get_tokenizer``) and reuses it across shards.
 
-Only BERT WordPiece tokenizers are supported (the packing, masking and the student all assume
-``[CLS] [SEP] [PAD] [MASK] [UNK]``). ``tokenizer_identity`` names what decides the token ids, so a
-later stage can tell whether a teacher reads the prepared ids the way they were written.
+The tokenizer's family (``distil.family``: BERT WordPiece, RoBERTa byte-level BPE, XLM-R
+SentencePiece Unigram) comes from the ``config.json`` next to it, or, for a bare tokenizer, from
+its special tokens; it decides the roles packing and masking use (``[CLS] … [SEP]`` or
+``<s> … </s>``, the pad and mask ids). ``tokenizer_identity`` names what decides the token ids, so
+a later stage can tell whether a teacher reads the prepared ids the way they were written.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distil import storage
+from distil.family import FAMILIES, Family, family_of, family_of_specials
 from distil.packaged import resolve_model_ref
-
-SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]", "unk": "[UNK]"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TokenizerInfo:
     identity: str  # tokenizer_identity(json_text): equal for every copy/re-save of the tokenizer
     vocab_size: int
     special_ids: dict[str, int]
+    family: str = "bert"  # ``distil.family`` model_type
 
 
 def load_tokenizer_info(ref: str) -> TokenizerInfo:
@@ -42,10 +44,11 @@ def load_tokenizer_info(ref: str) -> TokenizerInfo:
         ) from e
     text = data.decode()
     tok = _tokenizer_from_json(text)
-    special = {key: tok.token_to_id(token) for key, token in SPECIAL_TOKENS.items()}
-    missing = [SPECIAL_TOKENS[k] for k, tid in special.items() if tid is None]
+    family = _family(location, ref, set(_special_tokens(text)) | set(tok.get_vocab()))
+    special = {key: tok.token_to_id(token) for key, token in family.special_tokens.items()}
+    missing = [family.special_tokens[k] for k, tid in special.items() if tid is None]
     if missing:
-        raise UnsupportedTokenizerError(ref, missing, _special_tokens(text))
+        raise UnsupportedTokenizerError(ref, missing, _special_tokens(text), family)
     return TokenizerInfo(
         path=ref,
         json_text=text,
@@ -53,21 +56,35 @@ def load_tokenizer_info(ref: str) -> TokenizerInfo:
         identity=tokenizer_identity(text),
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
         special_ids=special,
+        family=family.model_type,
     )
 
 
-class UnsupportedTokenizerError(ValueError):
-    """The tokenizer is not a BERT WordPiece tokenizer (its special tokens are missing)."""
+def _family(location: str, ref: str, tokens: set[str]) -> Family:
+    """The family from the model dir's ``config.json`` (refused when unsupported), else the
+    one whose special tokens the tokenizer has (BERT when none: its error names what lacks)."""
+    if not location.endswith(".json"):
+        try:
+            config = storage.read_json(storage.join(location, "config.json"))
+        except FileNotFoundError:
+            config = None
+        if config is not None:
+            return family_of(config, ref)
+    return family_of_specials(tokens) or FAMILIES["bert"]
 
-    def __init__(self, ref: str, missing: list[str], found: list[str]):
-        roberta = "<s>" in found or "</s>" in found
+
+class UnsupportedTokenizerError(ValueError):
+    """The tokenizer lacks its family's special tokens."""
+
+    def __init__(self, ref: str, missing: list[str], found: list[str], family: Family):
+        kinds = "; ".join(
+            f"{f.name}: {f.tokenizer} with {' '.join(f.special_tokens.values())}"
+            for f in FAMILIES.values()
+        )
         super().__init__(
-            f"tokenizer {ref} lacks BERT's special tokens {' '.join(missing)} (its special "
-            f"tokens: {' '.join(found) or 'none'}). distil supports BERT-family WordPiece "
-            f"tokenizers only ({' '.join(SPECIAL_TOKENS.values())}); RoBERTa-style "
-            f"(<s>/</s>) tokenizers are not supported{' — this is one' if roberta else ''}. "
-            "Use a BERT checkpoint's folder, e.g. --tokenizer packaged:all-minilm-l6-v2 or a "
-            "bert-base-uncased directory."
+            f"tokenizer {ref} lacks {family.name}'s special tokens {' '.join(missing)} (its "
+            f"special tokens: {' '.join(found) or 'none'}). distil supports these tokenizers: "
+            f"{kinds}. Use the teacher checkpoint's folder as --tokenizer."
         )
 
 
@@ -103,7 +120,7 @@ def _tokenizer_from_json(text: str):
     # this every document would silently lose all but its first 128 tokens.
     tok.no_truncation()
     tok.no_padding()  # it pads to 128 too
-    # Text that happens to spell "[SEP]" or "[MASK]" is text: without this the tokenizer turns
+    # Text that happens to spell "[SEP]" or "<mask>" is text: without this the tokenizer turns
     # it into the real special ids, which would corrupt packing and masking downstream.
     tok.encode_special_tokens = True
     return tok

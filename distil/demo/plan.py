@@ -39,7 +39,8 @@ class TeacherPlan:
 def plan_teacher(adapt_budget: dict[str, Any], force: bool | None) -> TeacherPlan:
     """Whether the demo adapts its teacher. Adaptation exists to give a head-less encoder (the
     packaged MiniLM) an MLM head; a teacher whose head is trained is used as given, unless
-    ``force`` says otherwise. Loading it here also refuses a non-BERT or pickle-only teacher
+    ``force`` says otherwise. Loading it here also refuses a teacher of an unsupported family
+    (``distil.family``) or a pickle-only one
     before any stage runs."""
     from distil.teacher.load import load_teacher
 

@@ -4,7 +4,7 @@
     distil teacher adapt --config adapt/default --input ... --output ...
 
 Plain torch in one process (minutes on CPU for the default budget); reports held-out
-masked-token accuracy and perplexity before and after, and writes an HF BertForMaskedLM dir.
+masked-token accuracy and perplexity before and after, and writes an HF …ForMaskedLM dir of the teacher's family.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.teacher.cache import resolve_cache_url
-from distil.teacher.load import require_bert_checkpoint
+from distil.teacher.load import require_supported_checkpoint
 from distil.train.config import DistilConfig
 from distil.train.identity import (
     IDENTITY_FILE,
@@ -154,7 +154,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     cfg = absolute_paths(cfg)  # Ray Train workers run in their own directory
     if cfg.cache:  # a cache root's latest.json pointer resolves to the committed cache dir
         cfg = cfg.model_copy(update={"cache": resolve_cache_url(cfg.cache)})
-    require_bert_checkpoint(teacher_ref(cfg))  # before Ray: workers would only fail later
+    require_supported_checkpoint(teacher_ref(cfg))  # before Ray: workers would only fail later
     if cfg.mode == "cached":  # the teacher must be the one whose logits the cache holds
         ref = teacher_ref(cfg)
         manifest = storage.read_manifest(cfg.cache)

@@ -82,10 +82,15 @@ def run(cfg: LogitsConfig) -> dict[str, Any]:
     setup_logging()
     t0 = time.perf_counter()
     cfg = absolute_paths(cfg)
-    # Load once here: fail fast on a non-BERT or headless checkpoint or one whose tokenizer is
+    # Load once here: fail fast on an unsupported-family or headless checkpoint or one whose tokenizer is
     # not the prepared data's (before Ray starts); the weights hash is the cache key.
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle, require_mlm_head=True)
-    plan = plan_cache(cfg, teacher.weights_sha256, teacher.model.config.hidden_size)
+    plan = plan_cache(
+        cfg,
+        teacher.weights_sha256,
+        teacher.model.config.hidden_size,
+        teacher.model.config.model_type,
+    )
     check_teacher(teacher, cfg.teacher, plan.prepared, cfg.input)
     del teacher
     summary: dict[str, Any] = {"cache_url": plan.url, "key": plan.key}

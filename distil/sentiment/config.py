@@ -13,7 +13,7 @@ DEFAULT_LABELS = ["negative", "positive"]
 
 
 class FinetuneConfig(StageConfig):
-    """Fine-tune a BERT-family encoder with a sequence-classification head on labelled reviews."""
+    """Fine-tune an encoder (BERT, RoBERTa or XLM-RoBERTa family) with a sequence-classification head on labelled reviews."""
 
     PATH_FIELDS = (
         "model",
@@ -28,7 +28,7 @@ class FinetuneConfig(StageConfig):
 
     model: str = Field(
         "packaged:all-minilm-l6-v2",
-        description="model to fine-tune: a BERT-family HF directory as path/URL (the distilled "
+        description="model to fine-tune: an HF directory (BERT / RoBERTa / XLM-R family) as path/URL (the distilled "
         "student, a teacher) or packaged:all-minilm-l6-v2",
     )
     train: str | None = Field(

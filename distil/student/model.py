@@ -1,22 +1,25 @@
 """DistilBERT-recipe student: the teacher with every other layer removed.
 
-The student is a plain ``BertForMaskedLM`` with fewer encoder layers, not a
-``DistilBertForMaskedLM``: its module names are the teacher's, so initialising it is an exact
-state-dict copy (no renaming table to get wrong), it reads the teacher's tokenizer unchanged
-(including ``token_type_ids``), and every BERT-family loader downstream
-(``AutoModelForMaskedLM``, ``AutoModelForSequenceClassification``, ``pipeline("fill-mask")``)
-takes it as is. DistilBERT's architectural differences (no token-type embeddings, no pooler)
-save <1% of the parameters; the speed-up comes from halving the depth, which we keep.
+The student is the teacher's own class (``BertForMaskedLM``, ``RobertaForMaskedLM``,
+``XLMRobertaForMaskedLM``: ``distil.family``) with fewer encoder layers, not a
+``DistilBertForMaskedLM``, as DistilRoBERTa was made: its module names are the teacher's, so
+initialising it is an exact state-dict copy (no renaming table to get wrong), it reads the
+teacher's tokenizer unchanged, and every loader downstream (``AutoModelForMaskedLM``,
+``AutoModelForSequenceClassification``, ``pipeline("fill-mask")``) takes it as is.
+DistilBERT's architectural differences (no token-type embeddings, no pooler) save <1% of the
+parameters; the speed-up comes from halving the depth, which we keep.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import BertForMaskedLM
+
+from distil.family import mlm_attrs
 
 
 def layer_spread(teacher_layers: int, student_layers: int) -> list[int]:
@@ -35,25 +38,22 @@ def layer_spread(teacher_layers: int, student_layers: int) -> list[int]:
     return [math.floor(i * step + 0.5) for i in range(student_layers)]
 
 
-def build_student(teacher: BertForMaskedLM, student_layers: int | None = None) -> BertForMaskedLM:
-    """A ``BertForMaskedLM`` with ``student_layers`` (default: half the teacher's) copied from the
-    teacher's layers at ``layer_spread``; embeddings, pooler and MLM head copied unchanged."""
-    if not isinstance(teacher, BertForMaskedLM):
-        raise TypeError(
-            f"the student recipe copies BERT layers; got a {type(teacher).__name__} teacher "
-            "(use a BertForMaskedLM checkpoint)"
-        )
+def build_student(teacher: Any, student_layers: int | None = None) -> Any:
+    """A model of the teacher's class with ``student_layers`` (default: half the teacher's)
+    copied from the teacher's layers at ``layer_spread``; embeddings, pooler and MLM head copied
+    unchanged."""
+    mlm_attrs(teacher)  # refuses a model of another family, or one without a masked-LM head
     n_teacher = teacher.config.num_hidden_layers
     k = student_layers or max(1, n_teacher // 2)
     picked = layer_spread(n_teacher, k)
     cfg = copy.deepcopy(teacher.config)
     cfg.num_hidden_layers = k
-    student = BertForMaskedLM(cfg)
+    student = type(teacher)(cfg)
     t_state = teacher.state_dict()
     s_state = {}
+    prefix = f"{teacher.base_model_prefix}.encoder.layer."
     for name in student.state_dict():
         src = name
-        prefix = "bert.encoder.layer."
         if name.startswith(prefix):
             idx, rest = name[len(prefix) :].split(".", 1)
             src = f"{prefix}{picked[int(idx)]}.{rest}"
@@ -76,9 +76,10 @@ class MaskedLMForDistillation(nn.Module):
     masked ones among them (``mlm_rows``).
     """
 
-    def __init__(self, model: BertForMaskedLM):
+    def __init__(self, model: Any):
         super().__init__()
         self.model = model
+        self.encoder_attr, self.head_attr = mlm_attrs(model)  # names, so state-dict keys stay
 
     def forward(
         self,
@@ -93,20 +94,18 @@ class MaskedLMForDistillation(nn.Module):
         ``index`` (long [S]: flat ``b * L + l`` positions of a fixed-shape batch, gathered
         without a host sync), last hidden states ``[B, L, H]``). ``unpadded``: the caller knows
         every row is full, so no attention mask is built (SDPA then runs its flash kernel)."""
-        hidden = self.model.bert(
+        hidden = getattr(self.model, self.encoder_attr)(
             input_ids=input_ids, attention_mask=encoder_mask(self.model, attention_mask, unpadded)
         )[0]
         if index is not None:
             kept = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
         else:
             kept = hidden[labels != -100 if positions is None else positions]
-        return self.model.cls(kept), hidden
+        return getattr(self.model, self.head_attr)(kept), hidden
 
 
-def encoder_mask(
-    model: BertForMaskedLM, attention_mask: torch.Tensor, unpadded: bool
-) -> torch.Tensor | None:
-    """The attention mask to hand a BERT encoder without a host sync: none for a batch the host
+def encoder_mask(model: Any, attention_mask: torch.Tensor, unpadded: bool) -> torch.Tensor | None:
+    """The attention mask to hand the encoder without a host sync: none for a batch the host
     knows is unpadded; for SDPA an already expanded ``[B, 1, 1, L]`` boolean mask (transformers
     checks a 2-D mask with ``.all()`` on every forward, a device-to-host sync); else as is."""
     if unpadded:

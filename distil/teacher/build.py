@@ -42,13 +42,19 @@ class CachePlan:
     teacher_sha256: str
     units: list[dict[str, Any]]  # units.plan_units: name, input, start, stop, output
     hidden_size: int | None = None  # the teacher's (sizes the hidden-state sketch matrix)
+    family: str | None = None  # the teacher's ``distil.family`` model_type (recorded)
 
     @property
     def committed(self) -> bool:
         return storage.is_committed(self.url)
 
 
-def plan_cache(cfg: LogitsConfig, teacher_sha256: str, hidden_size: int | None = None) -> CachePlan:
+def plan_cache(
+    cfg: LogitsConfig,
+    teacher_sha256: str,
+    hidden_size: int | None = None,
+    family: str | None = None,
+) -> CachePlan:
     """Where the cache for ``cfg`` lives and which units it is made of. ``hidden_size`` (the
     teacher's) is needed with ``hidden_sketch_dims`` > 0, and checked against it here."""
     if cfg.hidden_sketch_dims:
@@ -61,7 +67,7 @@ def plan_cache(cfg: LogitsConfig, teacher_sha256: str, hidden_size: int | None =
     )
     url = storage.join(cfg.cache_root, key)
     units = plan_units(prepared, cfg.input, url, cfg.unit_rows)
-    return CachePlan(key, url, prepared, teacher_sha256, units, hidden_size)
+    return CachePlan(key, url, prepared, teacher_sha256, units, hidden_size, family)
 
 
 def target_bytes(parquet_bytes: bytes) -> int:
@@ -224,7 +230,11 @@ def build_manifest(plan: CachePlan, cfg: LogitsConfig, markers: list[dict[str, A
         "format_version": FORMAT_VERSION,
         "key": plan.key,
         "fingerprint": plan.key,
-        "teacher": {"ref": cfg.teacher, "weights_sha256": plan.teacher_sha256},
+        "teacher": {
+            "ref": cfg.teacher,
+            "weights_sha256": plan.teacher_sha256,
+            "family": plan.family,
+        },
         "data": {"url": cfg.input, "fingerprint": prepared["fingerprint"]},
         "masking": cfg.masking(),
         "sparsity": cfg.sparsity_spec(),

@@ -20,7 +20,8 @@ class LogitsConfig(StageConfig):
         description="URL under which caches live; this run's cache is <cache_root>/<key>/"
     )
     teacher: str = Field(
-        description="teacher checkpoint: HF BertForMaskedLM dir (path or fsspec URL) or "
+        description="teacher checkpoint: HF …ForMaskedLM dir of a supported family (bert, roberta, "
+        "xlm-roberta; path or fsspec URL) or "
         "packaged:NAME; must have an MLM head (see `distil teacher adapt`)"
     )
     allow_pickle: bool = Field(
@@ -164,7 +165,7 @@ class LogitsConfig(StageConfig):
 
 class AdaptConfig(StageConfig):
     input: str = Field(description="URL of a committed prepared dataset to train on")
-    output: str = Field(description="URL for the adapted HF BertForMaskedLM directory")
+    output: str = Field(description="URL for the adapted HF …ForMaskedLM directory")
     teacher: str = Field(
         PACKAGED_TEACHER, description="checkpoint to adapt (encoder; an MLM head is optional)"
     )

@@ -1,8 +1,7 @@
-"""Load a teacher checkpoint: an HF BERT checkpoint directory (config ``model_type`` "bert":
-``BertForMaskedLM`` or ``BertModel`` layouts), from a path, an fsspec URL or a ``packaged:``
-reference. Other families (RoBERTa, DistilBERT, …) are refused here, before their weights load:
-the tokenizer contract (``[CLS] [SEP] [PAD] [MASK] [UNK]``), the MLM head (``cls.``) and the
-student recipe (``BertForMaskedLM``) all assume BERT.
+"""Load a teacher checkpoint: an HF checkpoint directory of a supported family (``distil.family``:
+config ``model_type`` "bert", "roberta" or "xlm-roberta"; ``…ForMaskedLM`` or bare-encoder
+layouts), from a path, an fsspec URL or a ``packaged:`` reference. Other families (DistilBERT,
+DeBERTa, GPT-2, …) are refused here, before their weights load.
 
 Remote checkpoints are copied once into ``$DISTIL_HOME/cache/models/<hash of URL + listing>``.
 Only safetensors weights load by default: a pickle ``.bin`` can run arbitrary code when
@@ -28,26 +27,19 @@ import torch
 
 from distil import storage
 from distil.config import distil_home
+from distil.family import encoder_of, family_of, family_of_model, head_of
 from distil.packaged import resolve_model_ref
 
 log = logging.getLogger(__name__)
-
-# Parameter-name prefix of BERT's masked-LM head (``BertForMaskedLM.cls``).
-HEAD_PREFIX = "cls."
-SUPPORTED_MODEL_TYPE = "bert"
 
 
 class MissingMLMHeadError(ValueError):
     """The checkpoint has an encoder but no trained masked-LM head."""
 
 
-class UnsupportedTeacherError(ValueError):
-    """The checkpoint is not a BERT model (config ``model_type`` is not "bert")."""
-
-
 @dataclass
 class LoadedTeacher:
-    model: Any  # a *ForMaskedLM in eval mode (BertForMaskedLM for BERT checkpoints)
+    model: Any  # the family's …ForMaskedLM in eval mode
     tokenizer: Any
     local_dir: str
     weights_sha256: str
@@ -56,7 +48,8 @@ class LoadedTeacher:
     @property
     def has_mlm_head(self) -> bool:
         """False when the head's weights were not in the checkpoint (randomly initialised)."""
-        return not any(k.startswith(HEAD_PREFIX) for k in self.missing_keys)
+        prefix = head_prefix(self.model)
+        return not any(k.startswith(prefix) for k in self.missing_keys)
 
     @property
     def tokenizer_identity(self) -> str:
@@ -111,21 +104,13 @@ def weights_sha256(local_dir: str) -> str:
     return h.hexdigest()
 
 
-def require_bert(config: dict[str, Any], url: str) -> None:
-    """Refuse a non-BERT checkpoint from its ``config.json`` (cheap: no weights loaded)."""
-    mtype = config.get("model_type")
-    if mtype != SUPPORTED_MODEL_TYPE:
-        arch = ", ".join(config.get("architectures") or []) or "unknown architecture"
-        raise UnsupportedTeacherError(
-            f"{url} is a {mtype!r} checkpoint ({arch}); distil supports BERT-family checkpoints "
-            "only (config model_type 'bert': BertForMaskedLM / BertModel layouts, e.g. "
-            "bert-base-uncased or MiniLM-style BERT encoders). RoBERTa, DistilBERT and other "
-            "families are not supported: use a BERT checkpoint as --teacher."
-        )
+def head_prefix(model: Any) -> str:
+    """State-dict prefix of the model's masked-LM head (``cls.`` for BERT, ``lm_head.``)."""
+    return family_of_model(model).head + "."
 
 
-def require_bert_checkpoint(url: str) -> None:
-    """``require_bert`` from the checkpoint's ``config.json`` alone (one small read, no weights):
+def require_supported_checkpoint(url: str) -> None:
+    """``family_of`` from the checkpoint's ``config.json`` alone (one small read, no weights):
     for stages that load the teacher later, on workers, and should refuse it before they start."""
     ref = resolve_model_ref(url)
     try:
@@ -134,7 +119,7 @@ def require_bert_checkpoint(url: str) -> None:
         raise FileNotFoundError(
             f"no config.json in {storage.redact(url)}: not a Hugging Face checkpoint dir"
         ) from e
-    require_bert(config, url)
+    family_of(config, url)
 
 
 def load_teacher(
@@ -163,7 +148,7 @@ def load_teacher(
     config_path = Path(local_dir, "config.json")
     if not config_path.exists():
         raise FileNotFoundError(f"no config.json in {url}: not a Hugging Face checkpoint dir")
-    require_bert(json.loads(config_path.read_text()), url)
+    family_of(json.loads(config_path.read_text()), url)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we report missing keys ourselves, precisely
     try:
@@ -184,7 +169,7 @@ def load_teacher(
     if not teacher.has_mlm_head:
         msg = (
             f"{url} has no trained masked-LM head (missing: "
-            f"{', '.join(k for k in teacher.missing_keys if k.startswith(HEAD_PREFIX))}); its "
+            f"{', '.join(k for k in teacher.missing_keys if k.startswith(head_prefix(model)))}); its "
             "logits would be noise. Train one first: `distil teacher adapt --teacher "
             f"{url} --input <prepared> --output <url>`, then use --teacher <url>."
         )
@@ -197,8 +182,4 @@ def load_teacher(
 def mlm_parts(model: Any) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """(encoder, head) of a masked-LM model: ``encoder(input_ids, attention_mask)`` gives hidden
     states; ``head(hidden [N, H])`` gives vocab logits [N, V] for just those rows."""
-    if not hasattr(model, "cls"):
-        raise UnsupportedTeacherError(
-            f"{type(model).__name__} has no BERT MLM head (.cls); BertForMaskedLM expected"
-        )
-    return model.base_model, model.cls
+    return encoder_of(model), head_of(model)

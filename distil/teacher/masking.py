@@ -8,7 +8,8 @@ on the unit of work or on the machine — a rerun or a resumed run masks exactly
 positions, and the cache only has to store the result, not the random state.
 
 BERT recipe: 15% of the maskable tokens (``round``, at least one per non-empty sequence); of
-those 80% become ``[MASK]``, 10% a random token, 10% stay as they are. Positions are the
+those 80% become ``[MASK]``, 10% a random token (uniform over the vocabulary less its special
+tokens: a random ``<s>`` or ``[CLS]`` mid-sequence is no word), 10% stay as they are. Positions are the
 ``n_mask`` smallest keys ``-log(u) / w`` (an exponential race, Efraimidis & Spirakis 2006): with
 ``w = 1`` a uniform subset, with DistilBERT's smoothing ``w = count(token) ** -smoothing`` the
 same distribution as drawing one by one without replacement with probability ``∝ w``, so frequent
@@ -24,7 +25,8 @@ import numpy as np
 
 # Part of the cache key (LogitsConfig.masking()); bump when the algorithm changes.
 # 2: counter-based per-position streams (1 was one PCG64 generator per sequence).
-MASKING_VERSION = 2
+# 3: random replacements never draw a special token.
+MASKING_VERSION = 3
 
 # Uses of the random streams of one (seed, seq_id, copy); never share draws.
 SELECT, SAMPLE, ACTION, RANDOM_ID = 0, 1, 2, 3
@@ -146,9 +148,21 @@ def mask_batch(
     to_mask = action < mask_token_frac
     to_random = (action >= mask_token_frac) & (action < mask_token_frac + random_token_frac)
     masked[rows[to_mask], pos[to_mask]] = mask_id
-    random_ids = (rand[:, 0] * vocab_size).astype(np.int64)
+    random_ids = non_special_ids(rand[:, 0], special_ids, vocab_size)
     masked[rows[to_random], pos[to_random]] = random_ids[to_random]
     return MaskedBatch(masked, selected, ids[rows, pos])
+
+
+def non_special_ids(u: np.ndarray, special_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Uniforms ``u`` in [0, 1) -> ids uniform over ``range(vocab_size)`` less ``special_ids``:
+    an index among the non-special ids, shifted past each special id at or below it (ascending,
+    so every shift is seen), without building the (up to 250k-long) list of allowed ids."""
+    specials = np.unique(np.asarray(special_ids, dtype=np.int64))
+    specials = specials[(specials >= 0) & (specials < vocab_size)]
+    ids = (u * (vocab_size - len(specials))).astype(np.int64)
+    for s in specials:
+        ids += ids >= s
+    return ids
 
 
 def mask_sequence(

@@ -24,12 +24,13 @@ def mlm_metrics(
 
     ``student``: a ``MaskedLMForDistillation`` (logits at masked positions only). Teacher targets
     come from the batch (a cache's ``target_ids``/``target_logprobs``; KL coarsened to {cached
-    ids, rest}) or, when ``teacher`` (a ``BertForMaskedLM``) is given, from running it: full KL.
+    ids, rest}) or, when ``teacher`` (a ``…ForMaskedLM``) is given, from running it: full KL.
     A ``kd_positions: all`` cache's KL is over every position it has targets for (``kd_positions``
     of its batches); accuracy and agreement are over the masked positions either way.
     """
     from distil import losses
     from distil.student.model import mlm_rows
+    from distil.teacher.load import mlm_parts
     from distil.train.data import to_device
 
     n = correct = agree = n_kl = 0
@@ -49,10 +50,9 @@ def mlm_metrics(
             continue
         pred = logits.argmax(-1)
         if teacher is not None:
-            hidden = teacher.bert(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            )
-            t_logits = teacher.cls(hidden[0][labels != -100])
+            t_encoder, t_head = mlm_parts(teacher)
+            hidden = t_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            t_logits = t_head(hidden[0][labels != -100])
             t_top1 = t_logits.argmax(-1)
             kl = losses.kd_dense(logits, t_logits, 1.0)
         else:

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
+from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
 
 from distil.student.model import MaskedLMForDistillation, build_student, encoder_mask
-from distil.teacher.load import load_teacher
+from distil.teacher.load import load_teacher, mlm_parts
 from distil.train.config import DistilConfig
 from distil.train.data import BatchShape, DevicePrefetcher, PreparedBatches, fixed_shape
 from distil.train.identity import (
@@ -87,7 +87,7 @@ class DistilRecipe:
         self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
-        self.teacher: BertForMaskedLM | None = None
+        self.teacher: Any = None  # the teacher family's …ForMaskedLM (online mode)
         self.cache = None
         self.sketch: torch.Tensor | None = None  # cached mode: R of the cache's hidden sketch
 
@@ -121,7 +121,7 @@ class DistilRecipe:
             student = build_student(teacher, cfg.student_layers)
         else:
             student_dir = os.path.join(checkpoint_dir, STUDENT_DIR)
-            student = BertForMaskedLM.from_pretrained(student_dir, use_safetensors=True)
+            student = AutoModelForMaskedLM.from_pretrained(student_dir, use_safetensors=True)
             if not need_teacher:
                 self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
         cuda = self.device.type == "cuda"
@@ -165,9 +165,11 @@ class DistilRecipe:
             # fixed shapes (``BatchShape``): one graph, compiled on the first step
             self.model = torch.compile(self.model, dynamic=False)
         # the training step's teacher encoder (eval runs the eager one on its ragged batches)
-        self.teacher_encoder = self.teacher.bert if self.teacher is not None else None
+        self.teacher_encoder = self.teacher_head = None
+        if self.teacher is not None:
+            self.teacher_encoder, self.teacher_head = mlm_parts(self.teacher)
         if self.compiled and self.teacher is not None:
-            self.teacher_encoder = torch.compile(self.teacher.bert, dynamic=False)
+            self.teacher_encoder = torch.compile(self.teacher_encoder, dynamic=False)
         self.compile_seconds: float | None = None
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.student, cfg.weight_decay),
@@ -288,7 +290,7 @@ class DistilRecipe:
                 rows = t_hidden.reshape(-1, t_hidden.shape[-1]).index_select(
                     0, batch["target_index"]
                 )
-                t_logits = self.teacher.cls(rows)
+                t_logits = self.teacher_head(rows)
         return self.model(batch, t_logits, t_hidden if self.cfg.alpha_cos > 0 else None)
 
     # ------------------------------------------------------------------ train

@@ -1,5 +1,5 @@
-"""Tokenizer identity (what decides the ids, not file bytes or location) and the BERT-only
-tokenizer contract, enforced before stage 1 does any work."""
+"""Tokenizer identity (what decides the ids, not file bytes or location) and the tokenizer
+contract of each teacher family (``distil.family``), enforced before stage 1 does any work."""
 
 from __future__ import annotations
 
@@ -106,7 +106,44 @@ def bert_vocab_without_mask(real_tokenizer_dir: Path, out: Path) -> Path:
     return out
 
 
-def test_prepare_refuses_a_roberta_tokenizer_before_any_work(tmp_path, good_corpus, monkeypatch):
+def test_a_roberta_tokenizer_takes_its_family_specials(tmp_path):
+    """A bare BPE tokenizer with RoBERTa's special tokens (no config.json): its family comes
+    from them, and packing/masking get ``<s> </s> <pad> <mask> <unk>``."""
+    tok_dir = roberta_style_tokenizer(tmp_path / "roberta")
+    info = load_tokenizer_info(str(tok_dir))
+    assert info.family == "roberta"
+    assert info.special_ids == {"cls": 0, "sep": 2, "pad": 1, "mask": 4, "unk": 3}
+
+
+def test_identity_covers_the_bpe_merges(tmp_path):
+    tok_dir = roberta_style_tokenizer(tmp_path / "roberta")
+    text = (tok_dir / "tokenizer.json").read_text()
+    d = json.loads(text)
+    d["model"]["merges"] = d["model"]["merges"][:-1]  # one merge fewer: other ids for some words
+    assert tokenizer_identity(json.dumps(d)) != tokenizer_identity(text)
+
+
+def test_identity_covers_the_sentencepiece_model(tmp_path):
+    """An XLM-R Unigram: one piece's score decides how words split, so it is part of the identity;
+    a save/reload through transformers is not."""
+    from family_fixtures import xlmr_tokenizer
+
+    tok = xlmr_tokenizer(["the river rose in the night and the farmers moved"] * 20)
+    tok.save_pretrained(tmp_path / "x")
+    text = (tmp_path / "x" / "tokenizer.json").read_text()
+    info = load_tokenizer_info(str(tmp_path / "x"))
+    assert info.family == "roberta"  # no config.json: the RoBERTa specials name its roles
+    assert info.vocab_size > 65_536 and info.special_ids["mask"] == info.vocab_size - 1
+    d = json.loads(text)
+    d["model"]["vocab"][-2][1] -= 1.0  # one trained piece's log-probability
+    assert tokenizer_identity(json.dumps(d)) != info.identity
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "deberta-v2"])
+def test_prepare_refuses_another_family_before_any_work(
+    tmp_path, good_corpus, monkeypatch, model_type
+):
+    from distil.family import UnsupportedTeacherError
     from distil.jobs import prepare as prepare_job
 
     def no_ray():
@@ -114,23 +151,25 @@ def test_prepare_refuses_a_roberta_tokenizer_before_any_work(tmp_path, good_corp
 
     monkeypatch.setattr(prepare_job, "init_ray", no_ray)
 
-    tok_dir = roberta_style_tokenizer(tmp_path / "roberta")
+    tok_dir = roberta_style_tokenizer(tmp_path / "model")  # its tokens would pass as RoBERTa's
+    (tok_dir / "config.json").write_text(json.dumps({"model_type": model_type}))
     out = tmp_path / "out"
     cfg = PrepareConfig(input=str(good_corpus[0]), output=str(out), tokenizer=str(tok_dir))
-    with pytest.raises(UnsupportedTokenizerError) as e:
+    with pytest.raises(UnsupportedTeacherError) as e:
         prepare_job.run(cfg)  # the Ray job: refused before Ray starts or anything is written
     msg = str(e.value)
-    assert "lacks BERT's special tokens [CLS] [SEP] [PAD] [MASK] [UNK]" in msg  # all missing
-    assert "its special tokens: <s> <pad> </s> <unk> <mask>" in msg  # what it has instead
-    assert "RoBERTa-style (<s>/</s>) tokenizers are not supported" in msg
-    assert str(tok_dir) in msg
+    assert f"is a {model_type!r} checkpoint" in msg and str(tok_dir) in msg
+    assert "'bert' (BERT), 'roberta' (RoBERTa), 'xlm-roberta' (XLM-RoBERTa)" in msg
     assert not out.exists()
 
 
 def test_prepare_refuses_a_bert_vocab_without_mask(real_tokenizer_dir, tmp_path, good_corpus):
     tok_dir = bert_vocab_without_mask(real_tokenizer_dir, tmp_path / "nomask")
     out = tmp_path / "out"
-    with pytest.raises(UnsupportedTokenizerError, match=r"lacks BERT's special tokens \[MASK\] "):
+    with pytest.raises(
+        UnsupportedTokenizerError,
+        match=r"lacks BERT's special tokens \[MASK\] \(.*distil supports these tokenizers",
+    ):
         run_serial(
             PrepareConfig(input=str(good_corpus[0]), output=str(out), tokenizer=str(tok_dir))
         )

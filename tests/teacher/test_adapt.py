@@ -51,6 +51,38 @@ def test_adapt_gives_a_headless_encoder_a_working_head(
     assert again["skipped"] and "already adapted" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(300)
+def test_adapt_gives_a_headless_roberta_encoder_its_family_head(tmp_path):
+    """A bare ``RobertaModel`` (no ``lm_head.``) with its own byte-level BPE: adapted into a
+    ``RobertaForMaskedLM`` whose head learned."""
+    from family_fixtures import save_family_teacher
+    from teacher_helpers import TEXT
+
+    teacher = save_family_teacher(tmp_path / "enc", "roberta", [TEXT] * 4, layers=2, headless=True)
+    loaded = load_teacher(str(teacher))
+    assert not loaded.has_mlm_head and any(k.startswith("lm_head.") for k in loaded.missing_keys)
+    prepared = str(tmp_path / "prepared")
+    make_prepared(prepared, teacher, rows_per_shard=48)
+    out = str(tmp_path / "adapted")
+    result = adapt(
+        AdaptConfig(
+            input=prepared,
+            output=out,
+            teacher=str(teacher),
+            token_budget=8000,
+            batch_size=8,
+            lr=1e-2,
+            train_word_embeddings=True,
+            heldout_fraction=0.25,
+            eval_sequences=16,
+        )
+    )
+    assert result["heldout_perplexity_after"] < result["heldout_perplexity_before"] / 2
+    adapted = load_teacher(out, require_mlm_head=True)
+    assert type(adapted.model).__name__ == "RobertaForMaskedLM"
+    assert adapted.tokenizer_identity == loaded.tokenizer_identity
+
+
 def test_adapt_needs_both_a_training_and_a_held_out_split(
     real_tokenizer_dir, headless_teacher_dir, tmp_path
 ):

@@ -1,5 +1,6 @@
-"""A teacher must read the prepared ids as they were written: same tokenizer identity, and a BERT
-model. Both are refused before any work (no Ray, nothing written)."""
+"""A teacher must read the prepared ids as they were written: same tokenizer identity, and a model
+of a supported family (``distil.family``). Both are refused before any work (no Ray, nothing
+written)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from distil import storage
 from distil.data.config import PrepareConfig
 from distil.data.prepare_ranges import run_serial
 from distil.data.tokenizer import load_tokenizer_info
+from distil.family import UnsupportedTeacherError
 from distil.teacher.compat import TokenizerMismatchError, check_teacher
 from distil.teacher.config import LogitsConfig
-from distil.teacher.load import UnsupportedTeacherError, load_teacher
+from distil.teacher.load import load_teacher
 
 TEXT = (
     "The committee met on Tuesday to discuss the new budget for the city schools. "
@@ -136,13 +138,14 @@ def test_old_manifest_that_cannot_be_checked_warns(
 
 
 @pytest.fixture(scope="module")
-def roberta_teacher_dir(tmp_path_factory) -> Path:
-    """A tiny random ``RobertaForMaskedLM`` (the vocab size of BERT's, so only the type differs)."""
+def deberta_teacher_dir(tmp_path_factory) -> Path:
+    """A tiny random ``DebertaV2ForMaskedLM`` (the vocab size of BERT's, so only the type differs):
+    a masked LM of a family distil does not support."""
     import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM
 
     torch.manual_seed(0)
-    cfg = RobertaConfig(
+    cfg = DebertaV2Config(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -150,55 +153,56 @@ def roberta_teacher_dir(tmp_path_factory) -> Path:
         intermediate_size=64,
         max_position_embeddings=130,
     )
-    out = tmp_path_factory.mktemp("roberta")
-    RobertaForMaskedLM(cfg).save_pretrained(out, safe_serialization=True)
+    out = tmp_path_factory.mktemp("deberta")
+    DebertaV2ForMaskedLM(cfg).save_pretrained(out, safe_serialization=True)
     return out
 
 
-def test_a_roberta_teacher_is_refused_by_the_logits_stage(
-    real_prepared, roberta_teacher_dir, tmp_path, monkeypatch
+def test_a_deberta_teacher_is_refused_by_the_logits_stage(
+    real_prepared, deberta_teacher_dir, tmp_path, monkeypatch
 ):
     from distil.jobs import teacher_logits
 
     monkeypatch.setattr(teacher_logits, "init_ray", no_ray)
 
     cfg = LogitsConfig(
-        input=real_prepared, cache_root=str(tmp_path / "cache"), teacher=str(roberta_teacher_dir)
+        input=real_prepared, cache_root=str(tmp_path / "cache"), teacher=str(deberta_teacher_dir)
     )
     with pytest.raises(UnsupportedTeacherError) as e:
         teacher_logits.run(cfg)
     msg = str(e.value)
-    assert "'roberta' checkpoint (RobertaForMaskedLM)" in msg
-    assert "BERT-family checkpoints only" in msg and str(roberta_teacher_dir) in msg
+    assert "'deberta-v2' checkpoint (DebertaV2ForMaskedLM)" in msg
+    assert "'bert' (BERT), 'roberta' (RoBERTa), 'xlm-roberta' (XLM-RoBERTa)" in msg
+    assert str(deberta_teacher_dir) in msg
     assert not (tmp_path / "cache").exists()
 
 
-def test_a_roberta_teacher_is_refused_by_adapt_and_the_distil_recipe(
-    real_prepared, roberta_teacher_dir, tmp_path
+def test_a_deberta_teacher_is_refused_by_adapt_and_the_distil_recipe(
+    real_prepared, deberta_teacher_dir, tmp_path
 ):
     from distil.teacher.adapt import adapt
     from distil.teacher.config import AdaptConfig
     from distil.train.config import DistilConfig
     from distil.train.recipe import DistilRecipe
 
-    with pytest.raises(UnsupportedTeacherError, match="BERT-family checkpoints only"):
+    with pytest.raises(UnsupportedTeacherError, match="distil supports the teacher families"):
         adapt(AdaptConfig(input=real_prepared, output=str(tmp_path / "a"),
-                          teacher=str(roberta_teacher_dir)))  # fmt: skip
-    cfg = DistilConfig(mode="online", data=real_prepared, teacher=str(roberta_teacher_dir),
+                          teacher=str(deberta_teacher_dir)))  # fmt: skip
+    cfg = DistilConfig(mode="online", data=real_prepared, teacher=str(deberta_teacher_dir),
                        output=str(tmp_path / "o"), storage_path=str(tmp_path / "s"))  # fmt: skip
-    with pytest.raises(UnsupportedTeacherError, match="BERT-family checkpoints only"):
+    with pytest.raises(UnsupportedTeacherError, match="distil supports the teacher families"):
         DistilRecipe(cfg, work_dir=str(tmp_path / "w")).setup(None)
 
 
-def test_a_roberta_teacher_is_refused_by_the_distil_job_before_ray(
-    real_prepared, roberta_teacher_dir, tmp_path, monkeypatch
+def test_a_deberta_teacher_is_refused_by_the_distil_job_before_ray(
+    real_prepared, deberta_teacher_dir, tmp_path, monkeypatch
 ):
     from distil.jobs import distil as distil_job
     from distil.train.config import DistilConfig
 
     monkeypatch.setattr(distil_job, "init_ray", no_ray)
-    cfg = DistilConfig(mode="online", data=real_prepared, teacher=str(roberta_teacher_dir),
+    cfg = DistilConfig(mode="online", data=real_prepared, teacher=str(deberta_teacher_dir),
                        output=str(tmp_path / "o"), storage_path=str(tmp_path / "s"))  # fmt: skip
-    with pytest.raises(UnsupportedTeacherError, match="BERT-family checkpoints only"):
+    with pytest.raises(UnsupportedTeacherError, match="distil supports the teacher families"):
         distil_job.run(cfg)
     assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
