@@ -36,10 +36,15 @@ log = logging.getLogger("distil.quality")
 ROW_KIND = "quality_row"
 
 
-def demo_budgets(threads: int = 0) -> dict[str, dict[str, Any]]:
-    """The demo's sample scale: what ``--prepared``/``--teacher`` default to is built with it
-    (``threads`` > 0 replaces its torch thread counts: 2 threads on 2 busy cores crawl)."""
-    budgets = yaml.safe_load(resolve_config_path("demo/sample").read_text())
+# one budgets file per ``--budget``, shared with ``distil demo --scale``: the GPU ablation and the
+# GPU demo adapt, prepare and cache with the same settings, so their figures are comparable
+BUDGET_SCALES = {"cpu": "demo/sample", "gpu": "demo/full"}
+
+
+def demo_budgets(threads: int = 0, budget: str = "cpu") -> dict[str, Any]:
+    """The demo's scale for ``budget``: what ``--prepared``/``--teacher`` default to is built
+    with it (``threads`` > 0 replaces its torch thread counts: 2 threads on 2 busy cores crawl)."""
+    budgets = yaml.safe_load(resolve_config_path(BUDGET_SCALES[budget]).read_text())
     if threads:
         for stage in ("adapt", "logits"):
             budgets[stage]["torch_threads"] = threads
@@ -54,7 +59,7 @@ def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     from distil.data.prepare import run_serial
     from distil.data.samples import run as build_samples
 
-    budgets = demo_budgets(cfg.threads)
+    budgets = demo_budgets(cfg.threads, cfg.budget)
     reviews = storage.join(cfg.samples, "reviews")
     if cfg.prepared is None or not storage.is_committed(reviews):
         build_samples(SamplesConfig(output=cfg.samples))  # reuses what is committed
@@ -88,7 +93,7 @@ def build_cache(
     from distil.teacher.config import LogitsConfig
 
     fields = LogitsConfig.model_fields
-    args = {k: v for k, v in demo_budgets(cfg.threads)["logits"].items() if k in fields}
+    args = {k: v for k, v in demo_budgets(cfg.threads, cfg.budget)["logits"].items() if k in fields}
     args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, 2.0, cfg.temperature}))
     args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
     lc = LogitsConfig(
@@ -293,8 +298,20 @@ def shared_inputs(cfg: QualityConfig) -> dict[str, str]:
     }
 
 
+def apply_budget(cfg: QualityConfig) -> QualityConfig:
+    """``cfg`` with its budget file's ``quality`` section filled in under what the user set
+    explicitly (a flag beats the file, the file beats the CPU defaults)."""
+    section = demo_budgets(budget=cfg.budget).get("quality") or {}
+    unknown = sorted(set(section) - set(QualityConfig.model_fields))
+    if unknown:
+        raise ValueError(f"{BUDGET_SCALES[cfg.budget]}: unknown quality keys {unknown}")
+    update = {k: v for k, v in section.items() if k not in cfg.model_fields_set}
+    return QualityConfig(**{**cfg.model_dump(exclude_unset=True), **update})
+
+
 def run(cfg: QualityConfig) -> dict[str, Any]:
     """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
+    cfg = apply_budget(cfg)
     from distil.eval import review_sets
 
     t0 = time.perf_counter()

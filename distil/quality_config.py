@@ -67,6 +67,11 @@ class QualityConfig(StageConfig):
         default_factory=lambda: list(ROWS),
         description=f"rows to run (the teacher always runs: shares need it): {', '.join(ROWS)}",
     )
+    budget: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="budgets file shared with `distil demo --scale`: cpu = demo/sample (2 cores), "
+        "gpu = demo/full (one H200; its `quality` section sets this script's budgets)",
+    )
     seed: int = Field(0, description="one seed for masking, distillation, init and fine-tuning")
     # --- distillation (every distilled row) ---------------------------------------------------
     steps: int = Field(150, ge=1, description="distillation optimizer steps per student")
