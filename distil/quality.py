@@ -154,7 +154,7 @@ def distil_student(
             num_workers=1,
             **(spec.alphas or {}),
         )
-        recipe = DistilRecipe(dc, work_dir=tmp)
+        recipe = DistilRecipe(dc, work_dir=tmp, device=cfg.device)
         recipe.setup(None)
         if spec.init == "random":
             randomize(recipe.student, cfg.seed)
@@ -198,7 +198,7 @@ def finetune(cfg: QualityConfig, model: str, train: str, row_url: str) -> str:
         seed=cfg.seed,
         torch_threads=cfg.threads or None,
     )
-    return run_local(fc)["model_url"]
+    return run_local(fc, device=cfg.device)["model_url"]
 
 
 def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> str:

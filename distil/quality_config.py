@@ -95,6 +95,9 @@ class QualityConfig(StageConfig):
     in_domain: str = Field("movie_snippets.jsonl", description="fine-tune set (its validation)")
     out_of_domain: str = Field("amazon_snippets.jsonl", description="set no model trained on")
     eval_batch_size: int = Field(64, ge=1, description="held-out MLM rows per batch")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where the in-process distillation and fine-tuning run"
+    )
     threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
     out: str | None = Field(None, description="JSON result path (default: WORK/quality.json)")
 
