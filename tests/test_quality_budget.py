@@ -34,7 +34,7 @@ def test_gpu_budget_is_the_demo_full_file() -> None:
     cfg = apply_budget(parse(["--budget", "gpu"]))
     q = full["quality"]
     assert (cfg.steps, cfg.batch_size) == (q["steps"], q["batch_size"])
-    assert cfg.device == "cuda"
+    assert cfg.device == "cuda" and full["adapt"]["device"] == "cuda"
     # issue 22's floor: >= 20M distillation tokens seen, cached copies > 1, whole corpus
     assert cfg.steps * cfg.batch_size * full["prepare"]["seq_len"] >= 20_000_000
     assert full["logits"]["copies"] > 1
