@@ -126,6 +126,15 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
     model.load_state_dict(fresh.state_dict())
 
 
+def row_alphas(cfg: QualityConfig, spec: RowSpec) -> dict[str, float]:
+    """The row's loss weights; ``--cos-weight`` (issue 22's cosine experiment) replaces the
+    cosine weight only in rows that use the cosine loss, so no-cos and mlm-only stay as they are."""
+    alphas = dict(spec.alphas or {})
+    if cfg.cos_weight is not None and alphas.get("alpha_cos", 0.0) > 0:
+        alphas["alpha_cos"] = cfg.cos_weight
+    return alphas
+
+
 def distil_student(
     cfg: QualityConfig, spec: RowSpec, cache: str, teacher: str, url: str
 ) -> dict[str, Any]:
@@ -152,7 +161,7 @@ def distil_student(
             eval_batches=1,
             log_every=max(1, cfg.steps // 10),
             num_workers=1,
-            **(spec.alphas or {}),
+            **row_alphas(cfg, spec),
         )
         recipe = DistilRecipe(dc, work_dir=tmp, device=cfg.device)
         recipe.setup(None)
@@ -212,6 +221,9 @@ def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> st
         keys += ["steps", "batch_size", "lr", "warmup_fraction"]
         if spec.alphas.get("alpha_ce", 0.0) > 0:  # T only enters through the KD term
             keys.append("temperature")
+    # only when set, so rows committed before the flag existed keep their fingerprints
+    if cfg.cos_weight is not None and (spec.alphas or {}).get("alpha_cos", 0.0) > 0:
+        keys.append("cos_weight")
     settings = cfg.model_dump(include=set(keys))
     return storage.fingerprint({"row": name, "spec": repr(spec), "cfg": settings, **inputs})
 

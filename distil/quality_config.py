@@ -82,6 +82,9 @@ class QualityConfig(StageConfig):
         1.0, gt=0, description="KD temperature (the demo's: why T = 1, see demo/sample.yaml)"
     )
     student_layers: int | None = Field(None, description="student depth (default: half)")
+    cos_weight: float | None = Field(
+        None, ge=0, description="cosine loss weight in the rows that use it (default: 1.0)"
+    )
     heldout_fraction: float = Field(0.05, gt=0, lt=1, description="held-out split by seq_id")
     sketch_dims: int = Field(
         32, ge=1, description="hidden-state sketch dims the cache stores (cosine loss rows)"

@@ -46,3 +46,16 @@ def test_flag_beats_the_budget_file() -> None:
     cfg = apply_budget(parse(["--budget", "gpu", "--steps", "7"]))
     assert cfg.steps == 7
     assert cfg.batch_size == demo_budgets(budget="gpu")["quality"]["batch_size"]
+
+
+def test_cos_weight_changes_only_the_cosine_rows() -> None:
+    from distil.quality import row_alphas
+    from distil.quality_config import ROWS
+
+    base, exp = parse([]), parse(["--cos-weight", "0.25"])
+    for name, spec in ROWS.items():
+        before, after = row_alphas(base, spec), row_alphas(exp, spec)
+        if before.get("alpha_cos", 0.0) > 0:
+            assert after == {**before, "alpha_cos": 0.25}, name
+        else:
+            assert after == before, name
