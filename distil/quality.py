@@ -90,20 +90,28 @@ def build_cache(
     ``cfg.seed``, with the hidden-state sketch the cosine rows need); it serves T = 1 and 2 (the
     logits default) whatever ``cfg.temperature`` is, so every temperature shares one cache."""
     from distil.teacher.build import build_in_process, plan_cache
-    from distil.teacher.config import LogitsConfig
 
-    fields = LogitsConfig.model_fields
-    args = {k: v for k, v in demo_budgets(cfg.threads, cfg.budget)["logits"].items() if k in fields}
-    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, 2.0, cfg.temperature}))
-    args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
-    lc = LogitsConfig(
-        **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
-    )
+    lc = logits_config(cfg, prepared, teacher)
     plan = plan_cache(lc, sha256, hidden_size)
     if not plan.committed:
         log.info("building the teacher cache %s", plan.url)
         build_in_process(plan, lc)
     return plan.url
+
+
+def logits_config(cfg: QualityConfig, prepared: str, teacher: str) -> Any:
+    """The cache's ``LogitsConfig``: the budget file's logits section, this run's seed, sketch and
+    KD positions (``--kd-positions all``: issue 22's experiment; the plan fingerprints it, so the
+    rows distilled from it get their own cache and results)."""
+    from distil.teacher.config import LogitsConfig
+
+    fields = LogitsConfig.model_fields
+    args = {k: v for k, v in demo_budgets(cfg.threads, cfg.budget)["logits"].items() if k in fields}
+    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, 2.0, cfg.temperature}))
+    args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions=cfg.kd_positions)
+    return LogitsConfig(
+        **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
+    )
 
 
 # ------------------------------------------------------------------------------------- rows

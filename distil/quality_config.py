@@ -82,6 +82,9 @@ class QualityConfig(StageConfig):
         1.0, gt=0, description="KD temperature (the demo's: why T = 1, see demo/sample.yaml)"
     )
     student_layers: int | None = Field(None, description="student depth (default: half)")
+    kd_positions: Literal["masked", "all"] = Field(
+        "masked", description="positions the cache holds KD targets for (all: DistilBERT's)"
+    )
     cos_weight: float | None = Field(
         None, ge=0, description="cosine loss weight in the rows that use it (default: 1.0)"
     )

@@ -59,3 +59,14 @@ def test_cos_weight_changes_only_the_cosine_rows() -> None:
             assert after == {**before, "alpha_cos": 0.25}, name
         else:
             assert after == before, name
+
+
+def test_kd_positions_changes_only_the_cache_positions() -> None:
+    from distil.quality import logits_config
+
+    base = logits_config(parse([]), "p", "t").model_dump()
+    exp = logits_config(parse(["--kd-positions", "all"]), "p", "t").model_dump()
+    assert base["kd_positions"] == "masked" and exp["kd_positions"] == "all"
+    assert {k: v for k, v in exp.items() if k != "kd_positions"} == {
+        k: v for k, v in base.items() if k != "kd_positions"
+    }
