@@ -36,10 +36,15 @@ log = logging.getLogger("distil.quality.ablation")
 ROW_KIND = "quality_row"
 
 
-def demo_budgets(threads: int = 0) -> dict[str, dict[str, Any]]:
-    """The demo's sample scale: what ``--prepared``/``--teacher`` default to is built with it
-    (``threads`` > 0 replaces its torch thread counts: 2 threads on 2 busy cores crawl)."""
-    budgets = yaml.safe_load(resolve_config_path("demo/sample").read_text())
+# one budgets file per ``--budget``, shared with ``distil demo --scale``: the GPU ablation and the
+# GPU demo adapt, prepare and cache with the same settings, so their figures are comparable
+BUDGET_SCALES = {"cpu": "demo/sample", "gpu": "demo/full"}
+
+
+def demo_budgets(threads: int = 0, budget: str = "cpu") -> dict[str, Any]:
+    """The demo's scale for ``budget``: what ``--prepared``/``--teacher`` default to is built
+    with it (``threads`` > 0 replaces its torch thread counts: 2 threads on 2 busy cores crawl)."""
+    budgets = yaml.safe_load(resolve_config_path(BUDGET_SCALES[budget]).read_text())
     if threads:
         for stage in ("adapt", "logits"):
             budgets[stage]["torch_threads"] = threads
@@ -54,7 +59,7 @@ def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     from distil.data.prepare_ranges import run_serial
     from distil.data.samples import run as build_samples
 
-    budgets = demo_budgets(cfg.threads)
+    budgets = demo_budgets(cfg.threads, cfg.budget)
     reviews = storage.join(cfg.samples, "reviews")
     if cfg.prepared is None or not storage.is_committed(reviews):
         build_samples(SamplesConfig(output=cfg.samples))  # reuses what is committed
@@ -85,20 +90,28 @@ def build_cache(
     ``cfg.seed``, with the hidden-state sketch the cosine rows need); it serves T = 1 and 2 (the
     logits default) whatever ``cfg.temperature`` is, so every temperature shares one cache."""
     from distil.teacher.build import build_in_process, plan_cache
-    from distil.teacher.config import LogitsConfig
 
-    fields = LogitsConfig.model_fields
-    args = {k: v for k, v in demo_budgets(cfg.threads)["logits"].items() if k in fields}
-    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, 2.0, cfg.temperature}))
-    args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions="masked")
-    lc = LogitsConfig(
-        **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
-    )
+    lc = logits_config(cfg, prepared, teacher)
     plan = plan_cache(lc, sha256, hidden_size)
     if not plan.committed:
         log.info("building the teacher cache %s", plan.url)
         build_in_process(plan, lc)
     return plan.url
+
+
+def logits_config(cfg: QualityConfig, prepared: str, teacher: str) -> Any:
+    """The cache's ``LogitsConfig``: the budget file's logits section, this run's seed, sketch and
+    KD positions (``--kd-positions all``: issue 22's experiment; the plan fingerprints it, so the
+    rows distilled from it get their own cache and results)."""
+    from distil.teacher.config import LogitsConfig
+
+    fields = LogitsConfig.model_fields
+    args = {k: v for k, v in demo_budgets(cfg.threads, cfg.budget)["logits"].items() if k in fields}
+    args.update(seed=cfg.seed, kd_temperatures=sorted({1.0, 2.0, cfg.temperature}))
+    args.update(hidden_sketch_dims=cfg.sketch_dims, kd_positions=cfg.kd_positions)
+    return LogitsConfig(
+        **args, input=prepared, teacher=teacher, cache_root=storage.join(cfg.work, "cache")
+    )
 
 
 # ------------------------------------------------------------------------------------- rows
@@ -119,6 +132,15 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
     torch.manual_seed(seed)
     fresh = type(model)(model.config)
     model.load_state_dict(fresh.state_dict())
+
+
+def row_alphas(cfg: QualityConfig, spec: RowSpec) -> dict[str, float]:
+    """The row's loss weights; ``--cos-weight`` (issue 22's cosine experiment) replaces the
+    cosine weight only in rows that use the cosine loss, so no-cos and mlm-only stay as they are."""
+    alphas = dict(spec.alphas or {})
+    if cfg.cos_weight is not None and alphas.get("alpha_cos", 0.0) > 0:
+        alphas["alpha_cos"] = cfg.cos_weight
+    return alphas
 
 
 def distil_student(
@@ -147,9 +169,9 @@ def distil_student(
             eval_batches=1,
             log_every=max(1, cfg.steps // 10),
             num_workers=1,
-            **(spec.alphas or {}),
+            **row_alphas(cfg, spec),
         )
-        recipe = DistilRecipe(dc, work_dir=tmp)
+        recipe = DistilRecipe(dc, work_dir=tmp, device=cfg.device)
         recipe.setup(None)
         if spec.init == "random":
             randomize(recipe.student, cfg.seed)
@@ -193,7 +215,7 @@ def finetune(cfg: QualityConfig, model: str, train: str, row_url: str) -> str:
         seed=cfg.seed,
         torch_threads=cfg.threads or None,
     )
-    return run_local(fc)["model_url"]
+    return run_local(fc, device=cfg.device)["model_url"]
 
 
 def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> str:
@@ -207,6 +229,9 @@ def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> st
         keys += ["steps", "batch_size", "lr", "warmup_fraction"]
         if spec.alphas.get("alpha_ce", 0.0) > 0:  # T only enters through the KD term
             keys.append("temperature")
+    # only when set, so rows committed before the flag existed keep their fingerprints
+    if cfg.cos_weight is not None and (spec.alphas or {}).get("alpha_cos", 0.0) > 0:
+        keys.append("cos_weight")
     settings = cfg.model_dump(include=set(keys))
     return storage.fingerprint({"row": name, "spec": repr(spec), "cfg": settings, **inputs})
 
@@ -293,8 +318,20 @@ def shared_inputs(cfg: QualityConfig) -> dict[str, str]:
     }
 
 
+def apply_budget(cfg: QualityConfig) -> QualityConfig:
+    """``cfg`` with its budget file's ``quality`` section filled in under what the user set
+    explicitly (a flag beats the file, the file beats the CPU defaults)."""
+    section = demo_budgets(budget=cfg.budget).get("quality") or {}
+    unknown = sorted(set(section) - set(QualityConfig.model_fields))
+    if unknown:
+        raise ValueError(f"{BUDGET_SCALES[cfg.budget]}: unknown quality keys {unknown}")
+    update = {k: v for k, v in section.items() if k not in cfg.model_fields_set}
+    return QualityConfig(**{**cfg.model_dump(exclude_unset=True), **update})
+
+
 def run(cfg: QualityConfig) -> dict[str, Any]:
     """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
+    cfg = apply_budget(cfg)
     from distil.quality.eval import review_sets
 
     t0 = time.perf_counter()

@@ -67,6 +67,11 @@ class QualityConfig(StageConfig):
         default_factory=lambda: list(ROWS),
         description=f"rows to run (the teacher always runs: shares need it): {', '.join(ROWS)}",
     )
+    budget: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="budgets file shared with `distil demo --scale`: cpu = demo/sample (2 cores), "
+        "gpu = demo/full (one H200; its `quality` section sets this script's budgets)",
+    )
     seed: int = Field(0, description="one seed for masking, distillation, init and fine-tuning")
     # --- distillation (every distilled row) ---------------------------------------------------
     steps: int = Field(150, ge=1, description="distillation optimizer steps per student")
@@ -77,6 +82,12 @@ class QualityConfig(StageConfig):
         1.0, gt=0, description="KD temperature (the demo's: why T = 1, see demo/sample.yaml)"
     )
     student_layers: int | None = Field(None, description="student depth (default: half)")
+    kd_positions: Literal["masked", "all"] = Field(
+        "masked", description="positions the cache holds KD targets for (all: DistilBERT's)"
+    )
+    cos_weight: float | None = Field(
+        None, ge=0, description="cosine loss weight in the rows that use it (default: 1.0)"
+    )
     heldout_fraction: float = Field(0.05, gt=0, lt=1, description="held-out split by seq_id")
     sketch_dims: int = Field(
         32, ge=1, description="hidden-state sketch dims the cache stores (cosine loss rows)"
@@ -90,6 +101,9 @@ class QualityConfig(StageConfig):
     in_domain: str = Field("movie_snippets.jsonl", description="fine-tune set (its validation)")
     out_of_domain: str = Field("amazon_snippets.jsonl", description="set no model trained on")
     eval_batch_size: int = Field(64, ge=1, description="held-out MLM rows per batch")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where the in-process distillation and fine-tuning run"
+    )
     threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
     out: str | None = Field(None, description="JSON result path (default: WORK/quality.json)")
 

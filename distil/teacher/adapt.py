@@ -88,6 +88,8 @@ def make_batch(rows: Rows, idx: np.ndarray, masking: MaskingParams, copy: int, p
 def masked_lm_loss(model: Any, x: torch.Tensor, am: torch.Tensor, labels: torch.Tensor):
     """(mean cross-entropy, #correct, #positions), with the head run on masked positions only."""
     encoder, head = mlm_parts(model)
+    dev = next(model.parameters()).device
+    x, am, labels = x.to(dev), am.to(dev), labels.to(dev)
     hidden = encoder(input_ids=x, attention_mask=am).last_hidden_state
     sel = labels != -100
     logits = head(hidden[sel])
@@ -126,7 +128,9 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
         {
             "teacher": teacher.weights_sha256,
             "data": manifest["fingerprint"],
-            "cfg": cfg.model_dump(exclude={"input", "output", "torch_threads", "log_every"}),
+            "cfg": cfg.model_dump(
+                exclude={"input", "output", "torch_threads", "log_every", "device"}
+            ),
         }
     )
     if storage.is_committed(cfg.output):
@@ -134,7 +138,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
         if done.get("kind") == ADAPTED_KIND and done.get("fingerprint") == fingerprint:
             print(f"already adapted: {storage.redact(cfg.output)} (nothing to do)")
             return {"output": cfg.output, "skipped": True, **done["metrics"]}
-    model = teacher.model
+    model = teacher.model.to(cfg.device)
     plan = plan_trainable(model, cfg.train_layers, cfg.train_word_embeddings)  # checks first
     pad = int(manifest["special_ids"]["pad"])
     masking_cfg = {

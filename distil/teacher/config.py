@@ -222,4 +222,7 @@ class AdaptConfig(StageConfig):
         description="torch intra-op threads (0: torch default). 1 is safest on a shared machine: "
         "2 threads on 2 busy cores measured 12x slower per step; use 2 on an idle 2-core box",
     )
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where the teacher trains (this process; cuda: its first GPU)"
+    )
     log_every: int = Field(10, ge=1, description="log loss every N steps")
