@@ -7,6 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+# the special-token roles of RoBERTa and XLM-R tokenizers (the same strings for both)
+ROBERTA_ROLES = dict(
+    bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+    pad_token="<pad>", mask_token="<mask>",
+)  # fmt: skip
 UINT16_IDS = 65_536
 
 
@@ -22,16 +27,7 @@ def roberta_tokenizer(texts: list[str], vocab_size: int = 800):
     tok.post_processor = processors.RobertaProcessing(
         ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>"))
     )
-    return RobertaTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
+    return RobertaTokenizerFast(tokenizer_object=tok, **ROBERTA_ROLES)
 
 
 def xlmr_tokenizer(texts: list[str], vocab_size: int = 600, first_id: int = UINT16_IDS + 64):
@@ -61,16 +57,7 @@ def xlmr_tokenizer(texts: list[str], vocab_size: int = 600, first_id: int = UINT
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
-    return XLMRobertaTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
+    return XLMRobertaTokenizerFast(tokenizer_object=tok, **ROBERTA_ROLES)
 
 
 def save_family_teacher(
