@@ -30,7 +30,7 @@ from ray.train.torch import TorchTrainer
 
 from distil import storage, tracking
 from distil.config import absolute_paths, job_main, setup_logging
-from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
+from distil.jobs._ray_train import fit, latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_supported_checkpoint
@@ -197,7 +197,7 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
                 wait_s=cfg.gpu_wait_s,
                 cpu_fix="use_gpu: false, or --no-use-gpu",
             )
-        result = build_trainer(cfg, identity).fit()
+        result = fit(build_trainer(cfg, identity))
         if result.checkpoint is None:
             raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
         checkpoint, last_report = result.checkpoint, result.metrics

@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from distil import storage, tracking
 from distil.config import absolute_paths, job_main, setup_logging
-from distil.jobs._ray_train import latest_checkpoint, report_step, torch_trainer
+from distil.jobs._ray_train import fit, latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
@@ -115,7 +115,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
             wait_s=cfg.gpu_wait_s,
             cpu_fix="use_gpu: false, or --no-use-gpu",
         )
-    result = build_trainer(cfg, model_url).fit()
+    result = fit(build_trainer(cfg, model_url))
     if result.error:
         raise result.error
     # The committed export is the record of the run: the summary is read back from it, plus

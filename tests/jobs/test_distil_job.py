@@ -49,6 +49,10 @@ def test_kill_a_worker_resume_resubmit_and_export(ray_local, s3_url, s3_cache, t
     assert last["steps_run"] == 40 - last["start_step"]
     assert first["metrics"]["step"] == 40 and 0 <= first["metrics"]["eval_teacher_agreement"] <= 1
     assert checkpoint_steps(run_url)[-1] == 40
+    # the killed attempt's steps were reported again by the restart: the curve has each once
+    from distil.jobs._ray_train import report_history
+
+    assert list(report_history(cfg.storage_path, cfg.run_name)["step"]) == list(range(5, 41, 5))
 
     # resubmit the finished run's name: no step is redone, the export is kept
     manifest_before = storage.read_bytes(storage.join(cfg.output, "manifest.json"))
@@ -124,15 +128,15 @@ def test_relative_local_paths_derived_name_and_resume_refusal(
 def test_ray_train_sees_every_log_step_and_checkpoints_at_their_cadence(
     ray_local, s3_url, s3_cache, tmp_path
 ):
-    """Ray Train receives a report at every log step (a callback and ``Result.metrics`` see the
-    curve while it trains), with a checkpoint only at checkpoint steps; the run's checkpoint is
-    then found through ``ray.train.Result.from_path``. Ray Train 2.60's
-    ``Result.metrics_dataframe`` holds only the reports that carried a kept checkpoint."""
+    """Ray Train receives a report at every log step (a callback sees the curve while it trains),
+    with a checkpoint only at checkpoint steps; ``Result.metrics_dataframe`` of the job's ``fit``
+    has a row per log step (Ray Train 2.60's own holds only the checkpointed reports); the run's
+    checkpoint is then found through ``ray.train.Result.from_path``."""
     import json
 
     from train_workers import report_log_callback
 
-    from distil.jobs._ray_train import latest_checkpoint
+    from distil.jobs._ray_train import fit, latest_checkpoint
     from distil.train.identity import IDENTITY_FILE, run_identity
 
     job = _job()
@@ -156,12 +160,15 @@ def test_ray_train_sees_every_log_step_and_checkpoints_at_their_cadence(
     identity = run_identity(cfg)
     trainer = job.build_trainer(cfg, identity)
     log_path = tmp_path / "reports.jsonl"
-    trainer.run_config.callbacks = [report_log_callback(str(log_path))]
-    result = trainer.fit()
+    trainer.run_config.callbacks.append(report_log_callback(str(log_path)))
+    result = fit(trainer)
     reports = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert reports == [{"step": s, "ckpt": s in (6, 12)} for s in (2, 4, 6, 8, 10, 12)]
     assert result.metrics["step"] == 12 and result.metrics["loss"] > 0
-    assert list(result.metrics_dataframe["step"]) == [6, 12]
+    curve = result.metrics_dataframe
+    assert list(curve["step"]) == [2, 4, 6, 8, 10, 12]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(curve.columns)
+    assert curve["loss"].notna().all() and (curve["loss"] > 0).all()
 
     checkpoint, metrics, recorded = latest_checkpoint(cfg.storage_path, cfg.run_name, IDENTITY_FILE)
     assert metrics["step"] == 12 and checkpoint.path.endswith("step-00000012")

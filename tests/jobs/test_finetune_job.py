@@ -62,6 +62,12 @@ def test_ray_finetune_survives_a_killed_worker_learns_exports_and_resubmits(
     assert out["start_step"] % 5 == 0 or out["start_step"] == total
     assert out["steps_run"] == total - out["start_step"]
     assert checkpoint_steps(run_url)[-1] == total
+    # Ray Train's curve: every log step once, the killed attempt's re-reported steps included
+    from distil.jobs._ray_train import report_history
+
+    curve = report_history(storage.join(s3_url, "runs"), run_name_of(model_url_for(cfg)))
+    assert list(curve["step"]) == sorted({*range(5, total + 1, 5), total})
+    assert curve["loss"].notna().all()
 
     model_url = storage.join(s3_url, "models", "ddp")
     assert out["model_url"] == model_url
