@@ -11,12 +11,17 @@ incremental off, local files in and out. The model is a tiny random BERT classif
 Beam plumbing weigh as much as they do with a small production model; ``--model`` takes a real
 fine-tuned model dir instead.
 
-Per scale: rows/s over the whole ``run()`` (launcher start-up, pipeline, commit and publish), and
-the peak RSS (``VmHWM`` from ``/proc``, polled) of each SDK worker process and of the launcher.
-The ratios are against the 1× run in this same process. Goals (issue 24): rows/s within ±15%,
-peak RSS per worker ≤ 1.25× as the input grows. The launcher's own peak is shown but not a
-goal: FnApiRunner keeps a stage's shuffled data in the launcher's memory, which a distributed
-runner (Flink, Dataflow) does not.
+Per scale: rows/s over the whole ``run()`` (launcher start-up, pipeline, commit and publish);
+the steady rows/s while rows are being scored: all rows over the scoring phase, the span of the
+rows' ``scored_at`` times (when their batch came out of the model) plus one mean batch latency
+(Beam's ``batch_latency_ms``) for the first batches, which end at the span's start; the fixed
+start-up of worker processes importing torch and loading the model is outside it; and the peak RSS
+(``VmHWM`` from ``/proc``, polled) of each SDK worker process and of the launcher. The ratios
+are against the 1× run in this same process. Goals (issue 24): steady rows/s within ±15%, peak
+RSS per worker ≤ 1.25× as the input grows. Whole-run rows/s cannot be flat while a fixed
+start-up of ~20 s is most of a 10,000-row run; it is shown for what a user waits. The
+launcher's own peak is shown but not a goal: FnApiRunner keeps a stage's shuffled data (here
+only the file ranges and the parts' manifests) in the launcher's memory.
 """
 
 from __future__ import annotations
@@ -138,6 +143,9 @@ def main() -> None:
         wall = time.perf_counter() - t0
         assert summary["scored"] == n and summary["accounted"], summary
         workers = sorted(kb / 1024 for kb in sampler.peak_kb.values())
+        steady = steady_rows_per_s(
+            cfg.output, cfg.run_id, summary["beam_metrics"]["batch_latency_ms"]["mean"] / 1e3
+        )
         with open(f"/proc/{os.getpid()}/status") as f:
             launcher = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
         rows.append(
@@ -146,6 +154,8 @@ def main() -> None:
                 "rows": n,
                 "wall_s": wall,
                 "rows_s": n / wall,
+                "steady_rows_s": steady,
+                "split_bytes": summary["split_bytes"],
                 "worker_peak_mb": workers,
                 "launcher_peak_mb": launcher,
             }  # fmt: skip
@@ -154,31 +164,33 @@ def main() -> None:
 
     base = rows[0]
     print(
-        f"\n{'input':>7}{'rows':>11}{'wall s':>9}{'rows/s':>9}{'x 1x':>7}{'steady rows/s':>15}"
+        f"\n{'input':>7}{'rows':>11}{'wall s':>9}{'rows/s':>9}{'steady rows/s':>15}{'x 1x':>7}"
         f"{'worker peak RSS MB':>22}{'x 1x':>7}{'launcher MB*':>14}"
     )
     for r in rows:
         peak = max(r["worker_peak_mb"])
-        # rows/s of the rows beyond the 1x run: the fixed start-up (workers importing torch,
-        # model load, commit) cancels out
-        steady = (
-            f"{(r['rows'] - base['rows']) / (r['wall_s'] - base['wall_s']):.0f}"
-            if r is not base and r["wall_s"] > base["wall_s"]
-            else "-"
-        )
         print(
             f"{r['scale']:>6}x{r['rows']:>11,}{r['wall_s']:>9.1f}{r['rows_s']:>9.0f}"
-            f"{r['rows_s'] / base['rows_s']:>7.2f}{steady:>15}"
+            f"{r['steady_rows_s']:>15.0f}{r['steady_rows_s'] / base['steady_rows_s']:>7.2f}"
             f"{' / '.join(f'{m:.0f}' for m in r['worker_peak_mb']):>22}"
             f"{peak / max(base['worker_peak_mb']):>7.2f}{r['launcher_peak_mb']:>14.0f}"
         )
     print("* the launcher's peak is cumulative over the runs of this process (VmHWM)")
-    worst_rate = max(abs(r["rows_s"] / base["rows_s"] - 1) for r in rows)
+    worst_rate = max(abs(r["steady_rows_s"] / base["steady_rows_s"] - 1) for r in rows)
     worst_rss = max(max(r["worker_peak_mb"]) / max(base["worker_peak_mb"]) for r in rows)
     print(
-        f"RATIO vs the 1x run: rows/s within {worst_rate:.0%} (goal 15%), "
+        f"RATIO vs the 1x run: steady rows/s within {worst_rate:.0%} (goal 15%), "
         f"worker peak RSS up to {worst_rss:.2f}x (goal <= 1.25x)"
     )
+
+
+def steady_rows_per_s(output: str, run_id: str, batch_s: float) -> float:
+    """Rows per second of the scoring phase: from the start of the first batches (the earliest
+    ``scored_at`` less one batch latency) to the last row's ``scored_at``."""
+    from distil.sentiment.scored import read_run
+
+    times = read_run(output, run_id).column("scored_at").cast("int64").to_numpy() / 1e6
+    return float(len(times) / (times.max() - times.min() + batch_s))
 
 
 if __name__ == "__main__":

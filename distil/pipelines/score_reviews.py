@@ -7,13 +7,16 @@
 
 Graph::
 
-    file URLs ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ Reshuffle ─ RunInference(keyed) ─ ToRow ─┬─ WriteParts(scored)
-                                         ├─ dead letters ──────────────── WriteParts(dead_letter)
-                                         └─ per-file record counts       (CoGroupByKey with the
-                                                                         teacher cache → agreement)
+    files ─ Reshuffle ─ PlanRanges ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ RunInference(keyed) ─ ToRow ─┬─ WriteParts(scored)
+                                                              ├─ dead letters ────────── WriteParts(dead_letter)
+                                                              └─ per-range record counts (CoGroupByKey with the
+                                                                                teacher cache → agreement)
     Finalize (side inputs: part lists, counts, agreement): accounting check, summary, manifest.
 
-The second Reshuffle spreads one big file's rows over every worker (a file is read by one).
+A big file is cut into ranges (``review_files.plan_ranges``: byte ranges at record boundaries,
+Parquet row groups) that different workers read, so one file's rows are scored by every worker
+while only the small range descriptions go through a shuffle: reading, inference and writing
+are one fused stage, and a worker's memory does not grow with the input.
 The model handler is in ``distil.pipelines.inference`` (torch threads per SDK worker process).
 
 Files are read and Parquet is written with fsspec/pyarrow inside DoFns (``distil.storage``), so
@@ -69,7 +72,7 @@ def _count_dead(reason: str) -> None:
 
 
 class ReadReviews(beam.DoFn):
-    """One file URL in; every record out once: a Review (main), a DeadLetter, and the count."""
+    """One file range in; every record out once: a Review (main), a DeadLetter, and the count."""
 
     def __init__(
         self,
@@ -82,10 +85,10 @@ class ReadReviews(beam.DoFn):
         self.keep = tuple(keep or ())
         self.rows_read = Metrics.counter(METRICS, "rows_read")
 
-    def process(self, url: str) -> Iterable[Any]:
+    def process(self, part: review_files.FileRange) -> Iterable[Any]:
         n = 0
         for item in review_files.iter_reviews(
-            url, self.text_column, self.id_column, self.input_format, self.keep
+            part, self.text_column, self.id_column, self.input_format, self.keep
         ):
             n += 1
             self.rows_read.inc()
@@ -94,8 +97,9 @@ class ReadReviews(beam.DoFn):
             else:
                 _count_dead(item.reason)
                 yield beam.pvalue.TaggedOutput(DEAD, asdict(item))
-        log.info("read %s: %d records", storage.redact(url), n)
-        yield beam.pvalue.TaggedOutput(COUNTS, {"file": url, "records": n})
+        where = "" if part.end is None and not part.start else f" [{part.start}, {part.end})"
+        log.info("read %s%s: %d records", storage.redact(part.url), where, n)
+        yield beam.pvalue.TaggedOutput(COUNTS, {"file": part.url, "records": n})
 
 
 class ToScoredRow(beam.DoFn):
@@ -229,14 +233,26 @@ def _finalize(_: Any, scored_parts, dead_parts, counts, agreement, ctx: dict) ->
     )
 
 
+def _plan(file: tuple[str, int], split_bytes: int, input_format: str) -> list:
+    return review_files.plan_ranges(file[0], file[1], split_bytes, input_format)
+
+
 def build(
-    p: beam.Pipeline, cfg: ScoreConfig, files: list[str], ctx: dict, id2label: dict[int, str]
+    p: beam.Pipeline,
+    cfg: ScoreConfig,
+    files: list[tuple[str, int]],
+    ctx: dict,
+    id2label: dict[int, str],
 ) -> None:
-    """Add the scoring graph to ``p`` (``ctx``: run_url, run_id, attempt, model_url, meta)."""
+    """Add the scoring graph to ``p`` for ``files`` ((url, size) pairs; ``ctx``: run_url, run_id,
+    attempt, model_url, split_bytes, meta)."""
     read = (
         p
         | "Files" >> beam.Create(files)
         | "SpreadFiles" >> beam.Reshuffle()
+        # a big file becomes ranges (scanned for record boundaries by the worker that got it)
+        | "PlanRanges" >> beam.FlatMap(_plan, ctx["split_bytes"], cfg.input_format)
+        | "SpreadRanges" >> beam.Reshuffle()
         | "Read"
         >> beam.ParDo(
             ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format, ctx["keep"])
@@ -247,10 +263,8 @@ def build(
     )
     classified = (
         read[OK]
-        # One big file is read by one worker; its rows are spread over all workers here, so
-        # inference (the expensive part) does not stay with the reader. Each row carries its
-        # lineage (source_file, source_row), so the order it arrives in does not matter.
-        | "SpreadRows" >> beam.Reshuffle()
+        # no shuffle of the rows: the ranges spread the work (a row carries its lineage,
+        # source_file and source_row, whichever worker reads it)
         | "Classify" >> RunInference(handler)
         | "ToRow"
         >> beam.ParDo(ToScoredRow(ctx["run_id"], id2label, ctx["fingerprint"])).with_outputs(
@@ -375,7 +389,8 @@ def run(cfg: ScoreConfig) -> dict:
         todo, skipped, changed = ledger.plan(versions, runs, run_id, fingerprint)
     else:
         todo, skipped, changed = versions, [], []
-    files = [v["url"] for v in todo]
+    files = [(v["url"], v["size"]) for v in todo]
+    split_bytes = cfg.split_bytes or review_files.default_split_bytes(sum(v["size"] for v in todo))
     run_url = scored.run_dir(cfg.output, run_id)
     options = PipelineOptions(_pipeline_args(cfg))
     threads = default_torch_threads(cfg, options)
@@ -388,6 +403,7 @@ def run(cfg: ScoreConfig) -> dict:
         "model_url": model_url,
         "fingerprint": fingerprint,
         "torch_threads": threads,
+        "split_bytes": split_bytes,
         "keep": keep,
         "max_inference_error_rate": cfg.max_inference_error_rate,
         "ledger": [
@@ -401,6 +417,7 @@ def run(cfg: ScoreConfig) -> dict:
             "bf16": cfg.bf16,
             "runner": cfg.runner,
             "torch_threads": threads,
+            "split_bytes": split_bytes,
             "teacher_cache": storage.redact(cfg.teacher_cache) if cfg.teacher_cache else None,
             scored.PARTITION: dt,
             "incremental": cfg.incremental and not cfg.rescore,

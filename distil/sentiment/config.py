@@ -166,6 +166,14 @@ class ScoreConfig(StageConfig):
     micro_batch_size: int = Field(
         64, description="rows per forward pass after sorting a batch by length"
     )
+    split_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="read input files in ranges of about this many bytes (JSONL/CSV byte "
+        "ranges cut at record boundaries, Parquet row groups), so one big file is scored by "
+        "every worker; compressed files are read whole. Default: the run's input bytes / 64, "
+        "between 64 KiB and 64 MiB",
+    )
     rows_per_file: int = Field(
         50_000,
         ge=1,

@@ -5,11 +5,15 @@ Every input record comes out exactly once, either as a ``Review`` or a ``DeadLet
 what lets ``distil score`` prove ``rows_in == scored + dead_letter``. A "record" is a non-blank
 JSONL line, a CSV data row, a Parquet row, or, for a file that cannot be read at all (or stops
 being readable part-way), one ``unreadable_file`` record.
+
+A big file is read as several ``FileRange``s (``plan_ranges``: byte ranges cut at record
+boundaries for JSONL/CSV, runs of row groups for Parquet), each by whichever worker gets it, with
+the same rows, row numbers and dead letters as reading it whole: so a file's rows are spread over
+the workers by reading, not by shuffling the rows themselves.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
@@ -67,6 +71,18 @@ class DeadLetter:
     reason: str
     detail: str
     raw: str
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A part of one input file a worker reads on its own: bytes ``[start, end)`` of a JSONL or
+    CSV file, cut at record boundaries, or row groups ``[start, end)`` of a Parquet file.
+    ``first_row`` is the ``source_row`` of its first record; ``end=None`` reads to the end."""
+
+    url: str
+    start: int = 0
+    end: int | None = None
+    first_row: int = 0
 
 
 def format_of(url: str, input_format: str = "auto") -> str:
@@ -214,13 +230,36 @@ def _preview(raw: bytes | str) -> str:
     return raw[:RAW_PREVIEW]
 
 
+def _open_range(fs: Any, path: str, part: FileRange) -> Any:
+    """The file positioned at the range's start. Only a whole file may be compressed (a
+    compressed stream has no byte offsets to cut at: ``plan_ranges`` never splits one)."""
+    f = fs.open(path, "rb", compression="infer" if part.start == 0 else None)
+    if part.start:
+        f.seek(part.start)
+    return f
+
+
+def _lines(f: Any, start: int, end: int | None) -> Iterator[bytes]:
+    """Lines (with their endings) from byte ``start`` until byte ``end``."""
+    pos = start
+    for line in f:
+        if end is not None and pos >= end:
+            return
+        pos += len(line)
+        yield line
+
+
 def iter_jsonl(
-    url: str, text_column: str, id_column: str | None, keep: tuple[tuple[str, str], ...] = ()
+    part: FileRange,
+    text_column: str,
+    id_column: str | None,
+    keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
+    url = part.url
     fs, path = storage.get_fs(url)
-    with fs.open(path, "rb", compression="infer") as f:
-        row = -1
-        for line in f:
+    with _open_range(fs, path, part) as f:
+        row = part.first_row - 1
+        for line in _lines(f, part.start, part.end):
             if not line.strip():
                 continue
             row += 1
@@ -242,24 +281,37 @@ def iter_jsonl(
             yield _check(rec, url, row, text_column, id_column, raw, keep)
 
 
+def _csv_text(lines: Iterator[bytes]) -> Iterator[str]:
+    # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is caught by
+    # _check (-> "undecodable") instead of failing the whole file. Lines are split on b"\n"
+    # only, with their endings (as csv wants them: open(newline="")).
+    for line in lines:
+        yield line.decode("utf-8", errors="surrogateescape")
+
+
+def _csv_header(fs: Any, path: str, delimiter: str) -> list[str] | None:
+    with fs.open(path, "rb", compression="infer") as f:
+        header = next(csv.reader(_csv_text(iter(f)), delimiter=delimiter), None)
+    return None if header is None else [h.strip().lstrip("\ufeff") for h in header]
+
+
 def iter_csv(
-    url: str,
+    part: FileRange,
     text_column: str,
     id_column: str | None,
     delimiter: str = ",",
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
+    url = part.url
     fs, path = storage.get_fs(url)
-    with fs.open(path, "rb", compression="infer") as fb:
-        # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is caught by
-        # _check (-> "undecodable") instead of failing the whole file.
-        f = codecs.getreader("utf-8")(fb, errors="surrogateescape")
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        for row, fields in enumerate(reader):
+    header = _csv_header(fs, path, delimiter)
+    if header is None:
+        return
+    with _open_range(fs, path, part) as fb:
+        reader = csv.reader(_csv_text(_lines(fb, part.start, part.end)), delimiter=delimiter)
+        if part.start == 0:
+            next(reader)  # the header, read above
+        for row, fields in enumerate(reader, start=part.first_row):
             raw = _preview(delimiter.join(fields))
             if len(fields) != len(header):
                 detail = f"{len(fields)} fields, header has {len(header)}"
@@ -270,7 +322,7 @@ def iter_csv(
 
 
 def iter_parquet(
-    url: str,
+    part: FileRange,
     text_column: str,
     id_column: str | None,
     batch_rows: int = 8192,
@@ -278,14 +330,19 @@ def iter_parquet(
 ) -> Iterator[Review | DeadLetter]:
     import pyarrow.parquet as pq
 
+    url = part.url
     fs, path = storage.arrow_filesystem(url)
     with fs.open_input_file(path) as fh:
         pf = pq.ParquetFile(fh)
         names = set(pf.schema_arrow.names)
         wanted = dict.fromkeys([text_column, id_column, *(n for n, _ in keep)])
         cols = [c for c in wanted if c and c in names]
-        row = 0
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=cols or None):
+        end = pf.num_row_groups if part.end is None else part.end
+        row = part.first_row
+        batches = pf.iter_batches(
+            batch_size=batch_rows, row_groups=range(part.start, end), columns=cols or None
+        )
+        for batch in batches:
             recs = batch.to_pylist() if cols else [{}] * batch.num_rows
             for rec in recs:
                 raw = _preview(json.dumps(rec, default=repr, ensure_ascii=False))
@@ -294,23 +351,26 @@ def iter_parquet(
 
 
 def iter_reviews(
-    url: str,
+    source: str | FileRange,
     text_column: str,
     id_column: str | None,
     input_format: str = "auto",
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
-    """Every record of one file, good or bad. Never raises for bad data: a file that cannot be
-    read (corrupt, truncated archive, wrong format) ends with one ``unreadable_file`` record."""
+    """Every record of one file (a URL) or of one range of it, good or bad. Never raises for bad
+    data: a file that cannot be read (corrupt, truncated archive, wrong format) ends with one
+    ``unreadable_file`` record."""
+    part = FileRange(source) if isinstance(source, str) else source
+    url = part.url
     fmt = format_of(url, input_format)
     n = 0
     try:
         if fmt == "jsonl":
-            gen = iter_jsonl(url, text_column, id_column, keep)
+            gen = iter_jsonl(part, text_column, id_column, keep)
         elif fmt in ("csv", "tsv"):
-            gen = iter_csv(url, text_column, id_column, "\t" if fmt == "tsv" else ",", keep)
+            gen = iter_csv(part, text_column, id_column, "\t" if fmt == "tsv" else ",", keep)
         else:
-            gen = iter_parquet(url, text_column, id_column, keep=keep)
+            gen = iter_parquet(part, text_column, id_column, keep=keep)
         for item in gen:
             n += 1
             yield item
@@ -319,3 +379,83 @@ def iter_reviews(
             raise
         detail = f"{type(e).__name__} after {n} records: {e}"[:RAW_PREVIEW]
         yield DeadLetter(None, url, -1, UNREADABLE_FILE, detail, "")
+
+
+def default_split_bytes(total_bytes: int) -> int:
+    """Ranges of 1/64 of a run's input: enough that one file alone keeps dozens of workers busy
+    and ranges of unequal length even out; never so small that opening a range costs more than
+    reading it (64 KiB), nor so big that a straggler range holds up the run (64 MiB)."""
+    return min(max(total_bytes // 64, 64 << 10), 64 << 20)
+
+
+def plan_ranges(
+    url: str, size: int, split_bytes: int, input_format: str = "auto"
+) -> list[FileRange]:
+    """``url`` as ranges of about ``split_bytes`` each, which together read exactly the records
+    of the whole file (same rows, same ``source_row``s). A file of at most ``split_bytes``, a
+    compressed one, a Parquet file of one row group, or one whose layout cannot be read here is
+    one range (reading it then says what is wrong). JSONL and CSV are scanned once for record
+    boundaries (a quoted CSV field may span lines); Parquet cuts between row groups from the
+    footer alone."""
+    whole = [FileRange(url)]
+    if size <= split_bytes or url.lower().endswith(COMPRESSIONS):
+        return whole
+    try:
+        fmt = format_of(url, input_format)
+        if fmt == "parquet":
+            return _plan_parquet(url, split_bytes)
+        return _plan_lines(url, split_bytes, {"csv": ",", "tsv": "\t"}.get(fmt))
+    except (OSError, ValueError, EOFError, csv.Error) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        return whole
+
+
+def _plan_parquet(url: str, split_bytes: int) -> list[FileRange]:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_filesystem(url)
+    with fs.open_input_file(path) as fh:
+        meta = pq.ParquetFile(fh).metadata
+    out: list[FileRange] = []
+    start = first = rows = nbytes = 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        stored = sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+        rows, nbytes = rows + rg.num_rows, nbytes + stored
+        if nbytes >= split_bytes and g + 1 < meta.num_row_groups:
+            out.append(FileRange(url, start, g + 1, first))
+            start, first, nbytes = g + 1, rows, 0
+    return [*out, FileRange(url, start, None, first)]
+
+
+def _plan_lines(url: str, split_bytes: int, delimiter: str | None) -> list[FileRange]:
+    """One pass over the bytes: a cut after every record that ends ``split_bytes`` past the
+    last cut. ``delimiter`` None: JSONL (a record is a non-blank line); else CSV, whose header
+    is record zero and whose records csv itself delimits."""
+    fs, path = storage.get_fs(url)
+    pos = 0
+
+    def lines(f: Any) -> Iterator[bytes]:
+        nonlocal pos
+        for line in f:
+            pos += len(line)
+            yield line
+
+    out: list[FileRange] = []
+    with fs.open(path, "rb") as f:
+        if delimiter is None:
+            records: Iterator[Any] = (line for line in lines(f) if line.strip())
+        else:
+            records = csv.reader(_csv_text(lines(f)), delimiter=delimiter)
+            if next(records, None) is None:  # no header: nothing to cut
+                return [FileRange(url)]
+        start, first = pos, 0
+        for row, _ in enumerate(records, start=1):
+            # csv pulls a line only when its record needs it: ``pos`` is this record's end
+            if pos - start >= split_bytes:
+                out.append(FileRange(url, start, pos, first))
+                start, first = pos, row
+    if not out:
+        return [FileRange(url)]
+    return [*out, FileRange(url, start, None, first)]

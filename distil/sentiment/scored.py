@@ -198,7 +198,11 @@ def finalize_run(
     from distil.sentiment.review_files import INFERENCE_ERROR
 
     run_url = run_dir(output, run_id)
-    rows_in = sum(c["records"] for c in file_counts)
+    per_file: Counter = Counter()  # a file read in ranges has one count per range
+    for c in file_counts:
+        per_file[c["file"]] += c["records"]
+    file_counts = [{"file": f, "records": n} for f, n in per_file.items()]
+    rows_in = sum(per_file.values())
     scored = sum(p["rows"] for p in scored_parts)
     dead = sum(p["rows"] for p in dead_parts)
     by_reason: Counter = Counter()
