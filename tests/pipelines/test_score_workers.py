@@ -1,6 +1,6 @@
 """distil score with several SDK worker processes: one big review file is spread over the workers
-(Reshuffle between reading and inference), each worker runs its own torch threads, and the scored
-rows are the same as a single-process run's. Real Beam (FnApiRunner multi_processing), real
+(read as byte ranges that different workers read), each worker runs its own torch threads, and
+the scored rows (lineage included) are the same as a single-process run's. Real Beam (FnApiRunner multi_processing), real
 SeaweedFS S3, the tiny real classifier."""
 
 from __future__ import annotations
@@ -107,9 +107,13 @@ def test_one_big_file_is_scored_by_several_worker_processes_with_identical_outpu
         tmp_path,
         ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
     )
+    size = storage.get_fs(big_file_url)[0].size(big_file_url.split("://", 1)[1])
     for s in (single, multi):
         assert s["rows_in"] == s["scored"] == N_ROWS and s["accounted"] is True
         assert sum(s["scored_by_worker"].values()) == N_ROWS
+        # read in ranges (the default split of a one-file run), counted once per file
+        assert s["split_bytes"] < size
+        assert s["files_in"] == [{"file": big_file_url, "records": N_ROWS}]
 
     # in_memory: everything runs in this (the launcher's) process, with all its CPUs for torch
     assert single["scored_by_worker"] == {worker_id(): N_ROWS}
