@@ -88,10 +88,12 @@ class ReportHistory(UserCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         row = {k: v for k, v in metrics[0].items() if _scalar(v)}
         step = row.get("step")
-        if step is not None:  # a restart re-reports from its checkpoint: drop what it replaces
-            self.pending = [r for r in self.pending if r.get("step", -1) < step]
+        if step is None:  # not a training step's report (every report of ours has one)
+            return
+        # a restart re-reports from its checkpoint: drop what it replaces
+        self.pending = [r for r in self.pending if r["step"] < step]
         self.pending.append(row)
-        if checkpoint is not None and step is not None:
+        if checkpoint is not None:
             self.fs.create_dir(self.dir, recursive=True)
             with self.fs.open_output_stream(f"{self.dir}/step-{int(step):08d}.jsonl") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in self.pending).encode())
