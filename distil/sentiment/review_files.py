@@ -239,14 +239,19 @@ def _open_range(fs: Any, path: str, part: FileRange) -> Any:
     return f
 
 
-def _lines(f: Any, start: int, end: int | None) -> Iterator[bytes]:
-    """Lines (with their endings) from byte ``start`` until byte ``end``."""
-    pos = start
-    for line in f:
-        if end is not None and pos >= end:
-            return
-        pos += len(line)
-        yield line
+class _Lines:
+    """Lines (with their endings) of ``f`` from byte ``start`` until byte ``end``; ``pos`` is
+    the byte offset after the last line handed out (the planner cuts there)."""
+
+    def __init__(self, f: Any, start: int = 0, end: int | None = None):
+        self.f, self.pos, self.end = f, start, end
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.f:
+            if self.end is not None and self.pos >= self.end:
+                return
+            self.pos += len(line)
+            yield line
 
 
 def iter_jsonl(
@@ -259,7 +264,7 @@ def iter_jsonl(
     fs, path = storage.get_fs(url)
     with _open_range(fs, path, part) as f:
         row = part.first_row - 1
-        for line in _lines(f, part.start, part.end):
+        for line in _Lines(f, part.start, part.end):
             if not line.strip():
                 continue
             row += 1
@@ -308,7 +313,7 @@ def iter_csv(
     if header is None:
         return
     with _open_range(fs, path, part) as fb:
-        reader = csv.reader(_csv_text(_lines(fb, part.start, part.end)), delimiter=delimiter)
+        reader = csv.reader(_csv_text(iter(_Lines(fb, part.start, part.end))), delimiter=delimiter)
         if part.start == 0:
             next(reader)  # the header, read above
         for row, fields in enumerate(reader, start=part.first_row):
@@ -434,28 +439,21 @@ def _plan_lines(url: str, split_bytes: int, delimiter: str | None) -> list[FileR
     last cut. ``delimiter`` None: JSONL (a record is a non-blank line); else CSV, whose header
     is record zero and whose records csv itself delimits."""
     fs, path = storage.get_fs(url)
-    pos = 0
-
-    def lines(f: Any) -> Iterator[bytes]:
-        nonlocal pos
-        for line in f:
-            pos += len(line)
-            yield line
-
     out: list[FileRange] = []
     with fs.open(path, "rb") as f:
+        lines = _Lines(f)
         if delimiter is None:
-            records: Iterator[Any] = (line for line in lines(f) if line.strip())
+            records: Iterator[Any] = (line for line in lines if line.strip())
         else:
-            records = csv.reader(_csv_text(lines(f)), delimiter=delimiter)
+            records = csv.reader(_csv_text(iter(lines)), delimiter=delimiter)
             if next(records, None) is None:  # no header: nothing to cut
                 return [FileRange(url)]
-        start, first = pos, 0
+        start, first = lines.pos, 0
         for row, _ in enumerate(records, start=1):
             # csv pulls a line only when its record needs it: ``pos`` is this record's end
-            if pos - start >= split_bytes:
-                out.append(FileRange(url, start, pos, first))
-                start, first = pos, row
+            if lines.pos - start >= split_bytes:
+                out.append(FileRange(url, start, lines.pos, first))
+                start, first = lines.pos, row
     if not out:
         return [FileRange(url)]
     return [*out, FileRange(url, start, None, first)]
