@@ -59,6 +59,7 @@ from distil.pipelines.inference import (  # noqa: E402
 )
 from distil.sentiment import classifier, ledger, review_files, scored  # noqa: E402
 from distil.sentiment.config import ScoreConfig  # noqa: E402
+from distil.sentiment.lease import Lease, LeaseKeeper, acquire, check_output, describe  # noqa: E402
 
 log = logging.getLogger("distil.score")
 
@@ -86,7 +87,8 @@ class ReadReviews(beam.DoFn):
         self.rows_read = Metrics.counter(METRICS, "rows_read")
 
     def process(self, part: review_files.FileRange) -> Iterable[Any]:
-        n = 0
+        n = unreadable = 0
+        error = None
         for item in review_files.iter_reviews(
             part, self.text_column, self.id_column, self.input_format, self.keep
         ):
@@ -95,11 +97,15 @@ class ReadReviews(beam.DoFn):
             if isinstance(item, review_files.Review):
                 yield (item.id, asdict(item))
             else:
+                if item.reason == review_files.UNREADABLE_FILE:
+                    unreadable, error = unreadable + 1, item.detail
                 _count_dead(item.reason)
                 yield beam.pvalue.TaggedOutput(DEAD, asdict(item))
+        name = review_files.escape_text(part.url)
         where = "" if part.end is None and not part.start else f" [{part.start}, {part.end})"
-        log.info("read %s%s: %d records", storage.redact(part.url), where, n)
-        yield beam.pvalue.TaggedOutput(COUNTS, {"file": part.url, "records": n})
+        log.info("read %s%s: %d records", storage.redact(name), where, n)
+        counts = {"file": name, "records": n, "unreadable": unreadable, "error": error}
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
 
 class ToScoredRow(beam.DoFn):
@@ -120,7 +126,7 @@ class ToScoredRow(beam.DoFn):
                 row["source_file"],
                 row["source_row"],
                 review_files.INFERENCE_ERROR,
-                inf[ERROR][: review_files.RAW_PREVIEW],
+                review_files.escape_text(inf[ERROR])[: review_files.RAW_PREVIEW],
                 row["text"][: review_files.RAW_PREVIEW],
             )
             yield beam.pvalue.TaggedOutput(DEAD, asdict(dead))
@@ -230,11 +236,16 @@ def _finalize(_: Any, scored_parts, dead_parts, counts, agreement, ctx: dict) ->
         ctx["meta"],
         ctx["ledger"],
         ctx["max_inference_error_rate"],
+        ctx["lease"],
+        ctx["failed_before"],
     )
 
 
-def _plan(file: tuple[str, int], split_bytes: int, input_format: str) -> list:
-    return review_files.plan_ranges(file[0], file[1], split_bytes, input_format)
+def _plan(file: tuple[bytes, int], split_bytes: int, input_format: str) -> list:
+    # The URL travels as bytes: a local file name that is not UTF-8 (a str with surrogates,
+    # as Python lists it) would crash Beam's string coder; FileRange goes by pickle.
+    url = file[0].decode("utf-8", "surrogateescape")
+    return review_files.plan_ranges(url, file[1], split_bytes, input_format)
 
 
 def build(
@@ -245,10 +256,11 @@ def build(
     id2label: dict[int, str],
 ) -> None:
     """Add the scoring graph to ``p`` for ``files`` ((url, size) pairs; ``ctx``: run_url, run_id,
-    attempt, model_url, split_bytes, meta)."""
+    attempt, model_url, split_bytes, meta, the lease handle)."""
+    encoded = [(url.encode("utf-8", "surrogateescape"), size) for url, size in files]
     read = (
         p
-        | "Files" >> beam.Create(files)
+        | "Files" >> beam.Create(encoded)
         | "SpreadFiles" >> beam.Reshuffle()
         # a big file becomes ranges (scanned for record boundaries by the worker that got it)
         | "PlanRanges" >> beam.FlatMap(_plan, ctx["split_bytes"], cfg.input_format)
@@ -350,16 +362,81 @@ def pipeline_metrics(result: PipelineResult) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+class FileErrors(RuntimeError):
+    """Input files failed as a whole; the run committed the others (``summary``)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 def run(cfg: ScoreConfig) -> dict:
     """Run the pipeline to completion; returns the run summary (also at RUN/summary.json), with
-    the Beam metrics read from the pipeline result (``beam_metrics``)."""
+    the Beam metrics read from the pipeline result (``beam_metrics``) and the time the output
+    checks and the lease took (``guards``).
+
+    Order: the options are checked; the output is checked writable and its lease taken (nothing
+    read yet: a busy, read-only or wrong output is refused in seconds); then the model is
+    verified, the inputs listed and planned, and the pipeline run, all under the lease, which a
+    thread renews until the end."""
     t0 = time.time()
     cfg = absolute_paths(cfg)  # local runners keep the cwd; recorded lineage names files fully
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     date = ledger.resolve_date(cfg.date)
-    dt = date or time.strftime("%Y-%m-%d", time.gmtime(t0))
     inputs = ledger.fill_date(cfg.input, date)
     keep = scored.parse_keep_columns(cfg.keep_columns)
+    if cfg.quantize and cfg.bf16:
+        raise ValueError("--quantize and --bf16 are exclusive: choose one")
+    if cfg.bf16 is None:  # bf16 by default where it is the fast path: a GPU's tensor cores
+        cfg = cfg.model_copy(update={"bf16": cfg.device.startswith("cuda") and not cfg.quantize})
+    if cfg.quantize and cfg.device != "cpu":
+        raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
+    attempt = scored.new_attempt()
+    probe_s = check_output(cfg.output)
+    held = acquire(cfg.output, run_id, attempt, cfg.lease_seconds, cfg.break_lease)
+    try:
+        with LeaseKeeper(held) as keeper:
+            summary = _run_leased(cfg, t0, run_id, date, inputs, keep, attempt, held)
+        if keeper.lost:
+            raise keeper.lost
+    finally:
+        t_release = time.perf_counter()
+        try:
+            held.release()
+        except Exception as e:  # the run's outcome stands; the lease expires on its own
+            log.warning("could not release the lease %s: %s", held.url, e)
+        release_s = time.perf_counter() - t_release
+    summary["guards"] = {
+        "output_check_s": round(probe_s, 4),
+        "lease_s": round(held.store_s + release_s, 4),  # take, renewals, release
+        "lease_commit_check_s": summary.get("lease_commit_check_s", 0.0),
+        "lease_renewals": held.renewals,
+        "lease_took_over": describe(held.took_over) if held.took_over else None,
+    }
+    summary["wall_s"] = round(time.time() - t0, 2)
+    if summary["files_failed"] and not cfg.allow_file_errors:
+        failed = "; ".join(f"{storage.redact(f['file'])} (try {f['tries']}): {f['error']}"
+                           for f in summary["files_failed"])  # fmt: skip
+        raise FileErrors(
+            f"{len(summary['files_failed'])} input file(s) could not be read at all: {failed}. "
+            "The run committed every other file; these are not marked scored, so the next "
+            "run tries them again. --allow-file-errors makes this exit 0.",
+            summary,
+        )
+    return summary
+
+
+def _run_leased(
+    cfg: ScoreConfig,
+    t0: float,
+    run_id: str,
+    date: str | None,
+    inputs: list[str],
+    keep: list[tuple[str, str]],
+    attempt: str,
+    held: Lease,
+) -> dict:
+    dt = date or time.strftime("%Y-%m-%d", time.gmtime(t0))
     model_url = classifier.resolve_model_url(cfg.model)
     # Every model file against its sha256 here, on the launcher: a tampered or half-copied model
     # is refused before a worker starts (the workers check again as they load it).
@@ -367,12 +444,6 @@ def run(cfg: ScoreConfig) -> dict:
     if manifest.get("kind") != classifier.MODEL_KIND:
         raise ValueError(f"{model_url} is not a fine-tuned model dir (distil finetune output)")
     id2label = {int(k): v for k, v in manifest["id2label"].items()}
-    if cfg.quantize and cfg.bf16:
-        raise ValueError("--quantize and --bf16 are exclusive: choose one")
-    if cfg.bf16 is None:  # bf16 by default where it is the fast path: a GPU's tensor cores
-        cfg = cfg.model_copy(update={"bf16": cfg.device.startswith("cuda") and not cfg.quantize})
-    if cfg.quantize and cfg.device != "cpu":
-        raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
     if cfg.teacher_cache:
         from distil.sentiment.teacher_cache import check_labels, open_teacher_cache
 
@@ -383,12 +454,17 @@ def run(cfg: ScoreConfig) -> dict:
         if not m.get("published", True):  # its launcher died between commit and publish
             log.warning("run %s was committed but not published: publishing it now", rid)
             scored.publish(cfg.output, rid)
+    for name in scored.remove_stale_attempts(cfg.output, run_id, attempt):
+        log.warning("removed %s of run %s: an attempt that died before its commit", name, run_id)
     versions = [ledger.file_version(u) for u in all_files]
     fingerprint = manifest["fingerprint"]
     if cfg.incremental and not cfg.rescore:
         todo, skipped, changed = ledger.plan(versions, runs, run_id, fingerprint)
     else:
         todo, skipped, changed = versions, [], []
+    failed_before = ledger.previous_tries(todo, runs, run_id, fingerprint)
+    for url, tries in failed_before.items():
+        log.warning("%s could not be read by %d earlier run(s): trying again", url, tries)
     files = [(v["url"], v["size"]) for v in todo]
     split_bytes = cfg.split_bytes or review_files.default_split_bytes(sum(v["size"] for v in todo))
     run_url = scored.run_dir(cfg.output, run_id)
@@ -399,13 +475,15 @@ def run(cfg: ScoreConfig) -> dict:
         "output": cfg.output,
         "run_url": run_url,
         "run_id": run_id,
-        "attempt": scored.new_attempt(),
+        "attempt": attempt,
         "model_url": model_url,
         "fingerprint": fingerprint,
         "torch_threads": threads,
         "split_bytes": split_bytes,
         "keep": keep,
         "max_inference_error_rate": cfg.max_inference_error_rate,
+        "lease": held.handle(),
+        "failed_before": failed_before,
         "ledger": [
             {**v, "model_fingerprint": fingerprint, "run_id": run_id, "scored_at": now}
             for v in todo
@@ -447,15 +525,16 @@ def run(cfg: ScoreConfig) -> dict:
     # ledger listed OUTPUT above) or s3fs answers from them that the file does not exist.
     storage.get_fs(run_url)[0].invalidate_cache()
     summary = storage.read_json(storage.join(run_url, scored.SUMMARY))
-    if summary.get("attempt") != ctx["attempt"]:
+    if summary.get("attempt") != attempt:
         raise RuntimeError("the pipeline finished but did not commit this attempt's summary")
-    summary["wall_s"] = round(time.time() - t0, 2)
     summary["beam_metrics"] = pipeline_metrics(result)
+    failed = len(summary["files_failed"])
     print(
         f"rows in {summary['rows_in']} = scored {summary['scored']} + dead-letter "
         f"{summary['dead_letter']} ({summary['dead_letter_by_reason']}); "
-        f"truncated {summary['truncated']}; files scored {len(files)}, skipped "
-        f"{len(skipped)} (scored before), changed {len(changed)}; dataset "
+        f"truncated {summary['truncated']}; files scored {len(files) - failed}, failed "
+        f"{failed} (tried again next run), skipped {len(skipped)} (scored before), changed "
+        f"{len(changed)}; dataset "
         f"{storage.redact(storage.join(cfg.output, scored.DATASETS['files']))}/"
         f"{scored.PARTITION}={dt}/",
         file=sys.stderr,
