@@ -570,9 +570,15 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     import json
 
+    from distil.config import ConfigError
+
     logging.basicConfig(level=logging.INFO)
     # Run the importable module's main so the DoFns pickle by reference to distil.pipelines.score_reviews
     # (importable on remote workers), not as __main__ classes.
     from distil.pipelines.score_reviews import main as _main
 
-    print(json.dumps(_main(), indent=2, default=str))
+    try:
+        print(json.dumps(_main(), indent=2, default=str))
+    except ConfigError as e:  # an option that cannot be used, a busy or unwritable output
+        print(f"score_reviews: error: {e}", file=sys.stderr)
+        sys.exit(2)
