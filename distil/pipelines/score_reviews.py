@@ -11,7 +11,12 @@ Graph::
                                                               ├─ dead letters ────────── WriteParts(dead_letter)
                                                               └─ per-range record counts (CoGroupByKey with the
                                                                                 teacher cache → agreement)
-    Finalize (side inputs: part lists, counts, agreement): accounting check, summary, manifest.
+    Finalize (side inputs: part lists, counts, agreement): accounting check, lease renewed,
+    summary, manifest (the ledger), publish.
+
+Before the graph runs, the launcher checks the output writable and takes its lease (one run per
+output: ``distil.sentiment.lease``), renewed by a thread until the run ends; only then does it
+verify the model and list the inputs.
 
 A big file is cut into ranges (``review_files.plan_ranges``: byte ranges at record boundaries,
 Parquet row groups) that different workers read, so one file's rows are scored by every worker

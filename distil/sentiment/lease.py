@@ -67,8 +67,8 @@ def lease_url(output: str) -> str:
 
 def check_output(output: str) -> float:
     """Refuse an output that is a file or cannot be written (a probe object written, read back
-    and removed: ``distil storage check``), in seconds, before any work. Returns the time it
-    took."""
+    and removed: ``distil storage check``), in seconds, before any work; warn if its store
+    ignores conditional creates. Returns the time it took."""
     from distil.ops.storage_check import check
 
     t0 = time.perf_counter()
@@ -86,7 +86,31 @@ def check_output(output: str) -> float:
     res = check(output, identity=False)
     if not res["ok"]:
         raise OutputNotWritableError(f"--output {shown} cannot be written: {res['reason']}")
+    if storage.conditional_writes(output) and not _conditional_create_honoured(output):
+        log.warning(
+            "%s: the store accepted a second conditional create of the same object (it ignores "
+            "If-None-Match), so the lease is only a read-check-write here: two runs started "
+            "within the same second could both take it. Keep one scheduler for this output",
+            shown,
+        )
     return time.perf_counter() - t0
+
+
+def _conditional_create_honoured(output: str) -> bool:
+    """Whether the store refuses a second exclusive create of one object (S3-compatible stores
+    that ignore ``If-None-Match`` overwrite instead); local paths always do."""
+    if storage.protocol_of(output) != "s3":
+        return True
+    probe = storage.join(output, f"_lease-probe-{uuid.uuid4().hex}")
+    try:
+        storage.create_exclusive(probe, b"")
+        try:
+            storage.create_exclusive(probe, b"")
+            return False
+        except storage.WriteConflict:
+            return True
+    finally:
+        storage.remove(probe)
 
 
 def _now() -> float:

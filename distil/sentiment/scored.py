@@ -13,11 +13,13 @@ Layout under ``OUTPUT/``::
 DuckDB and Spark read as tables. Every attempt writes its parts into a fresh ``attempt-<token>/``
 (invisible to dataset readers). Commit = the manifest PUT listing that attempt's parts; then
 :func:`publish` copies the parts into the dataset, deletes the dataset files of earlier attempts
-of the same run id, rewrites the manifest to list the published copies and deletes the attempt
-folders. A publish that dies is finished by the next run on the same output (the manifest says
-whether it was published), so a crashed run never shows half its output, and a rerun of a
-``run_id`` never shows a row twice once it has committed. :func:`read_run` reads one run through
-its manifest.
+of the same run id, rewrites the manifest to list the published copies and deletes its own
+attempt folder (never another's: :func:`remove_stale_attempts` clears those of dead attempts,
+called by the next run of the run id). A publish that dies is finished by the next run on the
+same output (the manifest says whether it was published), so a crashed run never shows half
+its output, and a rerun of a ``run_id`` never shows a row twice once it has committed. All of
+it happens under the output's lease (``distil.sentiment.lease``): one run at a time.
+:func:`read_run` reads one run through its manifest.
 """
 
 from __future__ import annotations

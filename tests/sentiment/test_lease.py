@@ -141,5 +141,7 @@ def test_output_checks_refuse_a_file_an_object_and_an_unwritable_folder(
         check_output(out)
         fs, path = storage.get_fs(out)
         fs.invalidate_cache()
-        # (SeaweedFS may keep the emptied folder as an entry: look for the probe itself)
-        assert not [p for p in fs.find(path, withdirs=True) if "distil-check" in p]
+        # (SeaweedFS may keep the emptied folder as an entry: look for the probes themselves)
+        found = fs.find(path, withdirs=True)
+        assert not [p for p in found if "distil-check" in p or "_lease-probe" in p]
+        assert lease._conditional_create_honoured(out)  # SeaweedFS refuses a second create
