@@ -162,16 +162,21 @@ def write_bytes(url: str, data: bytes) -> None:
     parent = posixpath.dirname(path)
     if protocol_of(url) == "file":
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(_local_tmp(path, data), path)
         return
     make_parent_dirs(fs, url, path)
     with fs.open(path, "wb") as f:
         f.write(data)
+
+
+def _local_tmp(path: str, data: bytes) -> str:
+    """``data`` written and synced to a new temporary file next to ``path``; its path."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 def make_parent_dirs(fs: fsspec.AbstractFileSystem, url: str, path: str) -> None:
@@ -506,26 +511,25 @@ def read_versioned(url: str) -> tuple[bytes, str] | None:
     return data, sha256_bytes(data)
 
 
+def _s3_put_if(url: str, data: bytes, conflict: str, **condition: str) -> str:
+    """A PUT with an ``If-…`` condition; the new ETag, or ``WriteConflict`` (``conflict``)."""
+    bucket, key = _s3_key(url)
+    try:
+        return s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+    except Exception as e:
+        if _s3_conflict(e):
+            raise WriteConflict(f"{redact(url)} {conflict}") from e
+        raise
+
+
 def create_exclusive(url: str, data: bytes) -> str:
     """Write ``url`` only if no object is there; its version, or ``WriteConflict``."""
     if protocol_of(url) == "s3":
-        bucket, key = _s3_key(url)
-        try:
-            return s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")[
-                "ETag"
-            ]
-        except Exception as e:
-            if _s3_conflict(e):
-                raise WriteConflict(f"{redact(url)} exists") from e
-            raise
+        return _s3_put_if(url, data, "exists", IfNoneMatch="*")
     if protocol_of(url) == "file":
         path = get_fs(url)[1]
         with _local_lock(path):
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = _local_tmp(path, data)
             try:
                 os.link(tmp, path)  # fails if the name exists: an exclusive create, whole
             except FileExistsError as e:
@@ -543,15 +547,7 @@ def replace_versioned(url: str, data: bytes, version: str) -> str:
     """Overwrite ``url`` only if it is still at ``version``; the new version, or
     ``WriteConflict``."""
     if protocol_of(url) == "s3":
-        bucket, key = _s3_key(url)
-        try:
-            return s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)[
-                "ETag"
-            ]
-        except Exception as e:
-            if _s3_conflict(e):
-                raise WriteConflict(f"{redact(url)} changed") from e
-            raise
+        return _s3_put_if(url, data, "changed", IfMatch=version)
     if protocol_of(url) == "file":
         path = get_fs(url)[1]
         with _local_lock(path):

@@ -56,6 +56,18 @@ def s3_url(s3_server):
 
 
 @pytest.fixture
+def files_not_folders(tmp_path, s3_url) -> list[str]:
+    """Two outputs that are not folders: a local file and an S3 object at the very key."""
+    a_file = tmp_path / "scored.txt"
+    a_file.write_text("not a folder")
+    an_object = f"{s3_url}/scored"
+    from distil import storage
+
+    storage.write_bytes(an_object, b"an object where the output prefix should be")
+    return [str(a_file), an_object]
+
+
+@pytest.fixture
 def read_only_dir(tmp_path):
     """A folder this process cannot write to. As root (who writes through permission bits)
     that takes a read-only mount, which needs CAP_SYS_ADMIN: without it the test is skipped,

@@ -134,6 +134,16 @@ def _alive_here(holder: dict[str, Any]) -> bool | None:
     return True
 
 
+def _parse(data: bytes) -> dict[str, Any] | None:
+    """A lease object's holder, or None for bytes that are not a lease this code wrote."""
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        return None
+    keys = ("run_id", "attempt", "token", "host", "pid", "expires_unix", "released")
+    return holder if isinstance(holder, dict) and all(k in holder for k in keys) else None
+
+
 def describe(holder: dict[str, Any]) -> str:
     """The holder of a lease, for messages: run, attempt, host, pid and expiry."""
     left = holder["expires_unix"] - _now()
@@ -203,8 +213,8 @@ class Lease:
                     current = storage.read_versioned(self.url)
                     if current is None:
                         return False
-                    holder = json.loads(current[0])
-                    if holder.get("token") != self.token or holder.get("released"):
+                    holder = _parse(current[0])
+                    if not holder or holder["token"] != self.token or holder["released"]:
                         return False
                     self.version = current[1]
                 try:
@@ -222,8 +232,12 @@ class Lease:
         with self._lock:
             if not self._swap():
                 current = storage.read_versioned(self.url)
-                holder = json.loads(current[0]) if current else None
-                who = describe(holder) if holder else "nobody (the lease object is gone)"
+                holder = _parse(current[0]) if current else None
+                who = (
+                    describe(holder)
+                    if holder
+                    else "nobody (the lease object is gone or unreadable)"
+                )
                 raise LeaseLostError(
                     f"run {self.run_id} lost the lease on {storage.redact(self.url)}: it is "
                     f"held by {who}; this run must not commit"
@@ -263,8 +277,13 @@ def acquire(
             current = storage.read_versioned(url)
             if current is None:  # released and gone between the two calls: create again
                 continue
-            holder = json.loads(current[0])
-            expired = holder.get("released") or holder["expires_unix"] <= _now()
+            holder = _parse(current[0])
+            if holder is None and not break_lease:
+                raise OutputBusyError(
+                    f"{storage.redact(url)} is not a lease this program wrote ({current[0][:80]!r}"
+                    "): if no run is writing the output, rerun with --break-lease to replace it"
+                )
+            expired = holder is None or holder["released"] or holder["expires_unix"] <= _now()
             if not (expired or break_lease):
                 alive = _alive_here(holder)
                 hint = (
@@ -283,7 +302,7 @@ def acquire(
                 lease.version = storage.replace_versioned(url, lease.body(), current[1])
             except storage.WriteConflict:
                 continue  # another run moved first: look again
-            if not holder.get("released"):
+            if holder is not None and not holder["released"]:
                 lease.took_over = holder
                 log.warning(
                     "%s the lease of %s on %s",
@@ -325,4 +344,4 @@ class LeaseKeeper:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self.lease.ttl_s)  # a renewal stuck on the store: move on

@@ -284,16 +284,11 @@ def test_launcher_killed_during_publish_then_rerun_leaves_each_row_once(
 
 @pytest.mark.timeout(180)
 def test_an_output_that_is_a_file_or_read_only_is_refused_in_seconds(
-    tmp_path, s3_url, read_only_dir
+    tmp_path, read_only_dir, files_not_folders
 ):
-    a_file = tmp_path / "scored.txt"
-    a_file.write_text("not a folder")
-    an_object = f"{s3_url}/scored"
-    storage.write_bytes(an_object, b"an object")
     # the model and the input do not exist: a refusal that looked at them would say so
     for out, why in (
-        (str(a_file), "is a file, not a folder"),
-        (an_object, "is a file, not a folder"),
+        *((f, "is a file, not a folder") for f in files_not_folders),
         (str(read_only_dir / "scored"), "cannot be written"),
     ):
         t0 = time.time()

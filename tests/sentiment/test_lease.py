@@ -123,19 +123,15 @@ def test_holder_that_is_gone_from_this_host_is_named_in_the_refusal(tmp_path):
 
 
 def test_output_checks_refuse_a_file_an_object_and_an_unwritable_folder(
-    tmp_path, s3_url, read_only_dir
+    tmp_path, s3_url, read_only_dir, files_not_folders
 ):
-    a_file = tmp_path / "out.txt"
-    a_file.write_text("not a folder")
-    an_object = f"{s3_url}/out"
-    storage.write_bytes(an_object, b"an object where the output prefix should be")
-    for out in (str(a_file), an_object):
+    for out in files_not_folders:
         with pytest.raises(OutputNotWritableError, match="is a file, not a folder"):
             check_output(out)
     with pytest.raises(OutputNotWritableError, match="cannot be written"):
         check_output(str(read_only_dir / "out"))
     with pytest.raises(OutputNotWritableError, match="cannot be written"):
-        check_output(str(a_file / "below"))
+        check_output(f"{files_not_folders[0]}/below")
     # a writable one passes and keeps nothing of the probe
     for out in (str(tmp_path / "fresh"), f"{s3_url}/fresh"):
         check_output(out)
@@ -145,3 +141,11 @@ def test_output_checks_refuse_a_file_an_object_and_an_unwritable_folder(
         found = fs.find(path, withdirs=True)
         assert not [p for p in found if "distil-check" in p or "_lease-probe" in p]
         assert lease._conditional_create_honoured(out)  # SeaweedFS refuses a second create
+
+
+def test_a_lease_object_this_code_did_not_write_is_refused_until_broken(output):
+    storage.write_bytes(lease.lease_url(output), b"someone's notes")
+    with pytest.raises(OutputBusyError, match="is not a lease this program wrote"):
+        acquire(output, "r", "attempt-r", 60)
+    taken = acquire(output, "r", "attempt-r", 60, break_lease=True)
+    assert taken.took_over is None and _holder(output)["run_id"] == "r"
