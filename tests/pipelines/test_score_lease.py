@@ -34,7 +34,9 @@ FILES, ROWS = 4, 400  # per file
 
 @pytest.fixture(params=["local", "s3"])
 def where(request, tmp_path):
-    """(input folder, output) on local disk or on the test S3 server, the inputs written."""
+    """(input folder, output) on local disk or on the test S3 server, the inputs written. The
+    lease itself is tested on both stores in tests/sentiment/test_lease.py; here the runs that
+    take a test's time are spread over the two."""
     if request.param == "local":
         base = str(tmp_path / "data")
     else:
@@ -205,6 +207,7 @@ def _kill_when_scoring(args, log, out, env=None) -> dict:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("where", ["local"], indirect=True)
 def test_a_killed_runs_lease_expires_and_the_next_run_takes_over(
     where, tiny_classifier_url, tmp_path
 ):
@@ -254,6 +257,7 @@ def test_break_lease_takes_a_live_lease_and_without_it_nothing_is_read(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("where", ["s3"], indirect=True)
 def test_launcher_killed_during_publish_then_rerun_leaves_each_row_once(
     where, tiny_classifier_url, tmp_path
 ):
