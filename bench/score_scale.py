@@ -21,7 +21,10 @@ model load, the first batch's warm-up) is outside it; and the peak RSS
 (``VmHWM`` from ``/proc``, polled) of each SDK worker process and of the launcher. The ratios
 are against the 1× run in this same process. Scales of up to 100,000 rows run ``--repeats``
 times (median rates, largest peaks): a 1× run scores for about a second. Goals (issue 24): steady rows/s within ±15%, peak
-RSS per worker ≤ 1.25× as the input grows. Whole-run rows/s cannot be flat while a fixed
+RSS per worker ≤ 1.25× as the input grows. Also per scale: the time the run spent on its guards
+(issue 35), measured where they run and reported in the summary's ``guards``: the output check
+(probe object written, read back, removed), the lease (taken, renewed by its thread, renewed by
+the commit step, released), as a share of the run's wall time; goal ≤ 2% at 100×. Whole-run rows/s cannot be flat while a fixed
 start-up of ~8 s is most of a 10,000-row run; it is shown for what a user waits. The
 launcher's own peak is shown but not a goal: FnApiRunner keeps a stage's shuffled data (here
 only the file ranges and the parts' manifests) in the launcher's memory.
@@ -169,6 +172,8 @@ def main() -> None:
                     for r in runs
                 ),
                 "split_bytes": runs[0]["split_bytes"],
+                "guards_s": median(guards_seconds(r) for r in runs),
+                "lease_renewals": max(r["guards"]["lease_renewals"] for r in runs),
                 "worker_peak_mb": workers,
                 "launcher_peak_mb": max(r["launcher_mb"] for r in runs),
             }  # fmt: skip
@@ -189,12 +194,30 @@ def main() -> None:
             f"{peak / max(base['worker_peak_mb']):>7.2f}{r['launcher_peak_mb']:>14.0f}"
         )
     print("* the launcher's peak is cumulative over the runs of this process (VmHWM)")
+    print(f"\n{'input':>7}{'wall s':>9}{'guards s':>10}{'share of wall':>15}{'renewals':>10}")
+    for r in rows:
+        print(
+            f"{r['scale']:>6}x{r['wall_s']:>9.1f}{r['guards_s']:>10.3f}"
+            f"{r['guards_s'] / r['wall_s']:>15.3%}{r['lease_renewals']:>10}"
+        )
     worst_rate = max(abs(r["steady_rows_s"] / base["steady_rows_s"] - 1) for r in rows)
     worst_rss = max(max(r["worker_peak_mb"]) / max(base["worker_peak_mb"]) for r in rows)
     print(
         f"RATIO vs the 1x run: steady rows/s within {worst_rate:.0%} (goal 15%), "
         f"worker peak RSS up to {worst_rss:.2f}x (goal <= 1.25x)"
     )
+    top = rows[-1]
+    print(
+        f"RATIO guards (output check + lease) / wall time at {top['scale']}x: "
+        f"{top['guards_s'] / top['wall_s']:.3%} (goal <= 2% at 100x)"
+    )
+
+
+def guards_seconds(summary: dict) -> float:
+    """Seconds a run spent on its guards: the output check, the lease (take, renewals, release)
+    and the commit step's lease renewal (``summary["guards"]``, measured as they ran)."""
+    g = summary["guards"]
+    return g["output_check_s"] + g["lease_s"] + g["lease_commit_check_s"]
 
 
 def score_once(run, cfg) -> dict:

@@ -20,6 +20,7 @@ instance or pod role). Secrets are never logged. Writers never create a bucket (
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -161,16 +162,21 @@ def write_bytes(url: str, data: bytes) -> None:
     parent = posixpath.dirname(path)
     if protocol_of(url) == "file":
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(_local_tmp(path, data), path)
         return
     make_parent_dirs(fs, url, path)
     with fs.open(path, "wb") as f:
         f.write(data)
+
+
+def _local_tmp(path: str, data: bytes) -> str:
+    """``data`` written and synced to a new temporary file next to ``path``; its path."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 def make_parent_dirs(fs: fsspec.AbstractFileSystem, url: str, path: str) -> None:
@@ -419,3 +425,139 @@ def open_for_ranges(url: str, fs: Any = None) -> IO:
     ``fs`` (e.g. a ``CountingFileSystem``) replaces the URL's own filesystem."""
     own, path = get_fs(url)
     return (fs or own).open(path, "rb", cache_type="none")
+
+
+# --- Conditional writes: the one-writer lease of an output (distil.sentiment.lease) ----------
+#
+# ``create_exclusive`` writes an object only if there is none; ``replace_versioned`` only if it
+# is still the version read. S3 does both in the store itself (``If-None-Match: *`` and
+# ``If-Match: <ETag>`` on PutObject, through botocore: s3fs and pyarrow cannot send them); a
+# local (or NFS) path does them under an ``flock`` on a lock file next to the object, which the
+# kernel releases when its holder dies, so a killed process never leaves it locked. Any other
+# store (gs://, az:// …) gets a read-check-write that is not atomic: ``conditional_writes`` says
+# which, so callers can warn.
+
+
+class WriteConflict(Exception):
+    """A conditional write lost: the object exists (create), or changed or vanished (replace)."""
+
+
+def conditional_writes(url: str) -> bool:
+    """Whether ``create_exclusive`` / ``replace_versioned`` are atomic on ``url``'s store."""
+    return protocol_of(url) in ("s3", "file")
+
+
+def s3_client():
+    """A botocore S3 client with the settings s3fs gets from ``storage_options`` (endpoint,
+    keys, region; otherwise botocore's own chain), cached per setting."""
+    creds = env_credentials() or {}
+    return _s3_client(s3_endpoint(), s3_region(), creds.get("key"), creds.get("secret"),
+                      creds.get("token"))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client(endpoint, region, key, secret, token):
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+    )
+
+
+def _s3_key(url: str) -> tuple[str, str]:
+    bucket, _, key = get_fs(url)[1].partition("/")
+    return bucket, key
+
+
+def _s3_conflict(e: Exception) -> bool:
+    # 412: the condition failed; 409: AWS's answer to two conditional writes racing on one key
+    code = getattr(e, "response", {}).get("Error", {}).get("Code")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    import fcntl
+
+    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def read_versioned(url: str) -> tuple[bytes, str] | None:
+    """The object's bytes and version (S3: its ETag; elsewhere the sha256 of the bytes), or
+    None when there is none."""
+    if protocol_of(url) == "s3":
+        bucket, key = _s3_key(url)
+        client = s3_client()
+        try:
+            got = client.get_object(Bucket=bucket, Key=key)
+        except client.exceptions.NoSuchKey:
+            return None
+        return got["Body"].read(), got["ETag"]
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        return None
+    return data, sha256_bytes(data)
+
+
+def _s3_put_if(url: str, data: bytes, conflict: str, **condition: str) -> str:
+    """A PUT with an ``If-…`` condition; the new ETag, or ``WriteConflict`` (``conflict``)."""
+    bucket, key = _s3_key(url)
+    try:
+        return s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+    except Exception as e:
+        if _s3_conflict(e):
+            raise WriteConflict(f"{redact(url)} {conflict}") from e
+        raise
+
+
+def create_exclusive(url: str, data: bytes) -> str:
+    """Write ``url`` only if no object is there; its version, or ``WriteConflict``."""
+    if protocol_of(url) == "s3":
+        return _s3_put_if(url, data, "exists", IfNoneMatch="*")
+    if protocol_of(url) == "file":
+        path = get_fs(url)[1]
+        with _local_lock(path):
+            tmp = _local_tmp(path, data)
+            try:
+                os.link(tmp, path)  # fails if the name exists: an exclusive create, whole
+            except FileExistsError as e:
+                raise WriteConflict(f"{path} exists") from e
+            finally:
+                os.unlink(tmp)
+        return sha256_bytes(data)
+    if exists(url):
+        raise WriteConflict(f"{redact(url)} exists")
+    write_bytes(url, data)
+    return sha256_bytes(data)
+
+
+def replace_versioned(url: str, data: bytes, version: str) -> str:
+    """Overwrite ``url`` only if it is still at ``version``; the new version, or
+    ``WriteConflict``."""
+    if protocol_of(url) == "s3":
+        return _s3_put_if(url, data, "changed", IfMatch=version)
+    if protocol_of(url) == "file":
+        path = get_fs(url)[1]
+        with _local_lock(path):
+            current = read_versioned(url)
+            if current is None or current[1] != version:
+                raise WriteConflict(f"{path} changed")
+            write_bytes(url, data)  # tmp + rename: readers see the old or the new bytes
+        return sha256_bytes(data)
+    current = read_versioned(url)
+    if current is None or current[1] != version:
+        raise WriteConflict(f"{redact(url)} changed")
+    write_bytes(url, data)
+    return sha256_bytes(data)

@@ -55,6 +55,48 @@ def s3_url(s3_server):
     return f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+def files_not_folders(tmp_path, s3_url) -> list[str]:
+    """Two outputs that are not folders: a local file and an S3 object at the very key."""
+    a_file = tmp_path / "scored.txt"
+    a_file.write_text("not a folder")
+    an_object = f"{s3_url}/scored"
+    from distil import storage
+
+    storage.write_bytes(an_object, b"an object where the output prefix should be")
+    return [str(a_file), an_object]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder this process cannot write to. As root (who writes through permission bits)
+    that takes a read-only mount, which needs CAP_SYS_ADMIN: without it the test is skipped,
+    with the reason."""
+    path = tmp_path / "read-only"
+    path.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "distil-test-ro", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            pytest.skip(f"root without a read-only mount (mount: {out.stderr.strip()})")
+        mounted = True
+    else:
+        path.chmod(0o555)
+    try:
+        with pytest.raises(OSError):  # really read-only, or the tests using it prove nothing
+            (path / "probe").write_bytes(b"x")
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        else:
+            path.chmod(0o755)
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """A local Ray instance (started after S3 so workers inherit the AWS_* variables).

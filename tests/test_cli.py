@@ -57,6 +57,8 @@ def _stage_parser():
 
 
 def test_readme_scoring_commands_parse_and_keep_beam_options_unchanged(monkeypatch):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from distil.pipelines import score_reviews
 
     # the scheduled config names its URLs under ${DISTIL_ROOT}, as the README says to export
@@ -78,7 +80,7 @@ def test_readme_scoring_commands_parse_and_keep_beam_options_unchanged(monkeypat
         passed = expected_beam_args(argv, stage)
         assert cfg.beam_args == passed, shlex.join(cmd)
         runners.add(cfg.runner)
-        options = score_reviews.PipelineOptions(score_reviews._pipeline_args(cfg))
+        options = PipelineOptions(score_reviews._pipeline_args(cfg))
         assert options.get_all_options()["runner"] == cfg.runner
     # the runner examples the README promises are all there (and each carries its own options)
     assert {"FlinkRunner", "SparkRunner", "DataflowRunner", "FnApiRunner"} <= runners

@@ -206,3 +206,41 @@ def test_counting_filesystem_counts_the_bytes_read(tmp_path):
         assert f.read(24) == (bytes(range(256)) * 40)[1000:1024]
     assert counter.bytes_read == 24 and counter.reads == 1
     assert counter.exists(str(tmp_path / "f.bin"))  # everything else is the wrapped fs
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_conditional_writes_create_once_and_swap_only_the_version_read(kind, tmp_path, request):
+    url = (str(tmp_path) if kind == "local" else request.getfixturevalue("s3_url")) + "/x.json"
+    assert storage.conditional_writes(url)
+    assert storage.read_versioned(url) is None
+    v1 = storage.create_exclusive(url, b"one")
+    with pytest.raises(storage.WriteConflict):
+        storage.create_exclusive(url, b"two")
+    assert storage.read_versioned(url) == (b"one", v1)
+    v2 = storage.replace_versioned(url, b"three", v1)
+    with pytest.raises(storage.WriteConflict):  # a stale version loses, the object unchanged
+        storage.replace_versioned(url, b"four", v1)
+    assert storage.read_versioned(url) == (b"three", v2) and v2 != v1
+    with pytest.raises(storage.WriteConflict):  # nothing there: nothing to swap
+        storage.replace_versioned(url + ".missing", b"x", v2)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_racing_exclusive_creates_have_one_winner(kind, tmp_path, request):
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = str(tmp_path) if kind == "local" else request.getfixturevalue("s3_url")
+    for trial in range(5):
+        url = f"{base}/race-{trial}.json"
+
+        def create(i: int, url: str = url) -> int | None:
+            try:
+                storage.create_exclusive(url, f"writer {i}".encode())
+                return i
+            except storage.WriteConflict:
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            winners = [w for w in pool.map(create, range(8)) if w is not None]
+        assert len(winners) == 1
+        assert storage.read_bytes(url) == f"writer {winners[0]}".encode()

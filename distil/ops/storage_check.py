@@ -77,12 +77,14 @@ def _bucket(url: str) -> str | None:
     return url.split("://", 1)[1].split("/", 1)[0]
 
 
-def check(url: str, create_bucket: bool = False) -> dict[str, Any]:
+def check(url: str, create_bucket: bool = False, identity: bool = True) -> dict[str, Any]:
     """Can this process list and write under ``url``? Lists it, then writes, reads back and
     deletes one small probe object there, so problems show up before a long job starts.
-    ``ok`` is True only when both work; ``reason`` says what failed and the likely fix."""
+    ``ok`` is True only when both work; ``reason`` says what failed and the likely fix.
+    ``identity=False`` skips the S3 endpoint/identity lookup (an STS call on AWS), for a job
+    that only needs the answer."""
     out: dict[str, Any] = {"url": redact(url)}
-    if protocol_of(url) == "s3":
+    if protocol_of(url) == "s3" and identity:
         out.update(endpoint=s3_endpoint() or "AWS (default)", region=_region())
         try:
             out["identity"] = s3_identity()

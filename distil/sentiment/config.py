@@ -266,7 +266,7 @@ class ScoreConfig(StageConfig):
     input: list[str] = Field(
         ...,
         description="review files: a URL, or a YAML list of URLs, directories or globs (JSONL .jsonl/.json, CSV .csv/.tsv, "
-        "Parquet .parquet; gz/bz2 compression by extension)",
+        "Parquet .parquet; .gz/.bz2/.zst/.xz compression by extension)",
     )
     model: str = Field(
         ...,
@@ -374,6 +374,26 @@ class ScoreConfig(StageConfig):
         description="most rows (share of those reaching the model) that may raise in the model "
         "and become inference_error dead letters; above it the run fails uncommitted, since a "
         "model that raises on most rows is broken, not the rows",
+    )
+    allow_file_errors: bool = Field(
+        False,
+        description="exit 0 even if an input file failed as a whole (unreadable from its first "
+        "record: corrupt, wrong format, no permission). The run commits the other files either "
+        "way; a failed file is not marked scored, so the next incremental run tries it again "
+        "(summary files_failed, with the number of tries)",
+    )
+    lease_seconds: float = Field(
+        300,
+        ge=10,
+        description="life of the output's lease (OUTPUT/_lease.json: one run writes an output "
+        "at a time; another run on it stops before reading anything). The run renews it every "
+        "third of this; a crashed run's lease blocks the output this long at most, then the "
+        "next run takes it over",
+    )
+    break_lease: bool = Field(
+        False,
+        description="take the output's lease even though another run holds it: for an operator "
+        "who knows that run is dead (a killed launcher, a cancelled cluster job)",
     )
     runner: str = Field(
         "FnApiRunner",

@@ -6,7 +6,10 @@ version (the object store's ETag, or the sha256 of the bytes where there is none
 fingerprint. Keeping it in the manifest makes it exactly as committed as the rows: a run that dies
 before its commit leaves no entry (its files are scored again), and a committed run always has
 one (its files are not scored twice). A rerun of a run id replaces that run, so its own earlier
-entries do not count.
+entries do not count. A file the run could not read at all is not in its ledger but in its
+``failed_files`` (with the number of tries so far), so the next incremental run tries it again.
+Runs plan and commit under the output's lease (``distil.sentiment.lease``): two runs never plan
+from the same ledger.
 """
 
 from __future__ import annotations
@@ -114,3 +117,30 @@ def plan(
                 v["size"],
             )
     return to_score, skipped, changed
+
+
+def previous_tries(
+    versions: list[dict[str, Any]],
+    runs: dict[str, dict[str, Any]],
+    run_id: str,
+    fingerprint: str,
+) -> dict[str, int]:
+    """``{url: tries}`` for the input files that committed runs (other than ``run_id``) could
+    not read at all with this model, content unchanged: the latest such run's count
+    (``failed_files`` in its manifest). A file with new content starts again from zero."""
+    latest: dict[str, dict[str, Any]] = {}
+    for rid, manifest in runs.items():
+        if rid == run_id:
+            continue
+        for entry in manifest.get("failed_files", []):
+            if entry["model_fingerprint"] != fingerprint:
+                continue
+            seen = latest.get(entry["url"])
+            if seen is None or entry.get("scored_at", "") > seen.get("scored_at", ""):
+                latest[entry["url"]] = entry
+    out = {}
+    for v in versions:
+        entry = latest.get(v["url"])
+        if entry is not None and same_content(entry, v):
+            out[v["url"]] = int(entry.get("tries", 1))
+    return out

@@ -14,17 +14,21 @@ the workers by reading, not by shuffling the rows themselves.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
 import posixpath
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from distil import storage
+from distil.data.readers.compression import SUFFIXES as COMPRESSIONS
+from distil.data.readers.compression import open_stream
 
 FORMATS = {
     ".jsonl": "jsonl",
@@ -34,7 +38,6 @@ FORMATS = {
     ".tsv": "tsv",
     ".parquet": "parquet",
 }
-COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
 
 # Dead-letter reasons (the ``reason`` column); docs/stages/finetune-and-score.md explains each.
 MISSING_TEXT = "missing_text"
@@ -43,6 +46,7 @@ WRONG_TYPE = "wrong_type"
 UNDECODABLE = "undecodable"
 MALFORMED_LINE = "malformed_line"
 MALFORMED_ROW = "malformed_row"
+UNCLOSED_QUOTE = "unclosed_quote"  # a CSV line whose quoted field is never closed
 BAD_ID = "bad_id"
 UNREADABLE_FILE = "unreadable_file"
 BAD_COLUMN = "bad_column"  # a --keep-columns value that does not convert to its declared type
@@ -51,6 +55,12 @@ INFERENCE_ERROR = (
 )
 
 RAW_PREVIEW = 500  # characters of the raw record kept in the dead-letter row
+INT64 = (-(2**63), 2**63 - 1)
+# A quoted CSV field may span lines, but not more bytes than this: a quote that is never closed
+# would otherwise make the rest of the file one field, held in memory.
+MAX_CSV_RECORD_BYTES = 8 << 20
+# csv's own limit (128 KiB a field) would make one long review end the whole file
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,9 @@ def format_of(url: str, input_format: str = "auto") -> str:
 
 
 def convert_column(value: Any, typ: str) -> Any:
-    """One kept value as ``typ``; ``ValueError`` when it does not convert. Missing, null and (for
-    the typed columns) an empty CSV field are null."""
+    """One kept value as ``typ``; ``ValueError`` when it does not convert (an int64 out of range
+    included: it would fail only when the Parquet part is written, after the inference). Missing,
+    null and (for the typed columns) an empty CSV field are null."""
     if value is None:
         return None
     if typ == "string":
@@ -116,20 +127,46 @@ def convert_column(value: Any, typ: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
     elif typ == "int64" and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            return int(value)  # ValueError for "4.5", "four"
+            value = int(value)
+        elif isinstance(value, str):
+            value = int(value)  # ValueError for "4.5", "four"
+        if isinstance(value, int):
+            if not INT64[0] <= value <= INT64[1]:
+                raise ValueError(f"{value} is out of the int64 range")
+            return value
     elif typ == "float64" and isinstance(value, int | float | str) and not isinstance(value, bool):
         return float(value)
     raise ValueError(f"{value!r} is not {typ}")
 
 
+def escape_text(s: str) -> str:
+    """``s`` as valid UTF-8 text: bytes that were not UTF-8 (kept by ``surrogateescape``, as
+    non-UTF-8 file names are) as ``\\xNN``, other lone surrogates as ``\\udNNN``. Anything that
+    goes through a Beam coder or into Parquet goes through here first; valid text is unchanged."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _invalid_at(s: str) -> int | None:
+    """Where ``s`` has a code point UTF-8 cannot hold (a lone surrogate), or None."""
+    try:
+        s.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
 def generated_id(source_file: str, row: int) -> str:
     """Stable id for a row without one: the same file URL and row number give the same id."""
-    return hashlib.sha256(f"{source_file}\x00{row}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{escape_text(source_file)}\x00{row}".encode()).hexdigest()[:24]
 
 
 def text_sha256(text: str) -> str:
@@ -184,7 +221,8 @@ def _check(
     raw: str,
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Review | DeadLetter:
-    """One parsed record → a Review, or a DeadLetter saying what is wrong with it."""
+    """One parsed record → a Review, or a DeadLetter saying what is wrong with it. Every string
+    a Review carries is valid UTF-8 (Beam's coders and Parquet refuse anything else)."""
     rid: Any = rec.get(id_column) if id_column else None
     id_generated = rid is None or (isinstance(rid, str) and not rid.strip())
     if id_generated:
@@ -194,6 +232,10 @@ def _check(
     elif isinstance(rid, float):
         rid = str(int(rid)) if rid.is_integer() else repr(rid)
     rid = str(rid)
+    bad = _invalid_at(rid)
+    if bad is not None:  # "\ud800" in JSON, undecodable CSV bytes: shown escaped, not scored
+        detail = f"id is not valid Unicode (a lone surrogate at character {bad}); shown escaped"
+        return DeadLetter(escape_text(rid), source, row, BAD_ID, detail, raw)
 
     def dead(reason: str, detail: str) -> DeadLetter:
         return DeadLetter(rid, source, row, reason, detail, raw)
@@ -208,35 +250,35 @@ def _check(
             return dead(UNDECODABLE, f"text bytes are not UTF-8: {e.reason} at {e.start}")
     if not isinstance(text, str):
         return dead(WRONG_TYPE, f"text is {type(text).__name__}, expected a string")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # lone surrogates from JSON "\ud800" or undecodable CSV bytes
-        return dead(UNDECODABLE, f"text has an invalid code point at {e.start}")
+    bad = _invalid_at(text)
+    if bad is not None:  # lone surrogates from JSON "\ud800" or undecodable CSV bytes
+        return dead(UNDECODABLE, f"text has an invalid code point at {bad}")
     if not text.strip():
         return dead(EMPTY_TEXT, "text is empty or whitespace only")
     columns = {}
     for name, typ in keep:
         try:
-            columns[name] = convert_column(rec.get(name), typ)
-        except (ValueError, OverflowError) as e:
-            return dead(BAD_COLUMN, f"column {name!r}: {e}"[:RAW_PREVIEW])
+            value = convert_column(rec.get(name), typ)
+        except (ValueError, OverflowError, RecursionError) as e:
+            return dead(BAD_COLUMN, escape_text(f"column {name!r}: {e}")[:RAW_PREVIEW])
+        if isinstance(value, str) and (bad := _invalid_at(value)) is not None:
+            detail = f"column {name!r}: not valid Unicode (a lone surrogate at character {bad})"
+            return dead(BAD_COLUMN, detail)
+        columns[name] = value
     return Review(rid, text, source, row, id_generated, columns)
 
 
 def _preview(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="backslashreplace")
-    raw = raw.encode("utf-8", errors="backslashreplace").decode("utf-8")
-    return raw[:RAW_PREVIEW]
+    return escape_text(raw)[:RAW_PREVIEW]
 
 
-def _open_range(fs: Any, path: str, part: FileRange) -> Any:
-    """The file positioned at the range's start. Only a whole file may be compressed (a
-    compressed stream has no byte offsets to cut at: ``plan_ranges`` never splits one)."""
-    f = fs.open(path, "rb", compression="infer" if part.start == 0 else None)
-    if part.start:
-        f.seek(part.start)
-    return f
+def _record_preview(rec: dict[str, Any]) -> str:
+    try:
+        return _preview(json.dumps(rec, default=repr, ensure_ascii=False))
+    except (RecursionError, ValueError) as e:  # nested too deeply, an int too long to print
+        return f"<record not shown: {type(e).__name__}>"
 
 
 class _Lines:
@@ -254,15 +296,29 @@ class _Lines:
             yield line
 
 
+@contextlib.contextmanager
+def _open_range(part: FileRange) -> Iterator[Any]:
+    """The file (decompressed: ``distil.data.readers.compression``) positioned at the range's
+    start. Only a whole file may be compressed (a compressed stream has no byte offsets to cut
+    at: ``plan_ranges`` never splits one)."""
+    if not part.start:
+        with open_stream(part.url) as f:
+            yield f
+        return
+    fs, path = storage.get_fs(part.url)
+    with fs.open(path, "rb") as f:
+        f.seek(part.start)
+        yield f
+
+
 def iter_jsonl(
     part: FileRange,
     text_column: str,
     id_column: str | None,
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
-    url = part.url
-    fs, path = storage.get_fs(url)
-    with _open_range(fs, path, part) as f:
+    source = escape_text(part.url)
+    with _open_range(part) as f:
         row = part.first_row - 1
         for line in _Lines(f, part.start, part.end):
             if not line.strip():
@@ -272,32 +328,110 @@ def iter_jsonl(
             try:
                 decoded = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield DeadLetter(None, url, row, UNDECODABLE, f"line is not UTF-8: {e.reason}", raw)
+                detail = f"line is not UTF-8: {e.reason}"
+                yield DeadLetter(None, source, row, UNDECODABLE, detail, raw)
                 continue
             try:
                 rec = json.loads(decoded)
             except json.JSONDecodeError as e:
-                yield DeadLetter(None, url, row, MALFORMED_LINE, f"invalid JSON: {e.msg}", raw)
+                yield DeadLetter(None, source, row, MALFORMED_LINE, f"invalid JSON: {e.msg}", raw)
+                continue
+            except ValueError as e:  # e.g. an integer of more digits than Python converts
+                detail = _preview(f"invalid JSON: {e}")
+                yield DeadLetter(None, source, row, MALFORMED_LINE, detail, raw)
+                continue
+            except RecursionError:
+                detail = "invalid JSON: nested too deeply to parse"
+                yield DeadLetter(None, source, row, MALFORMED_LINE, detail, raw)
                 continue
             if not isinstance(rec, dict):
                 detail = f"JSON {type(rec).__name__}, expected an object"
-                yield DeadLetter(None, url, row, MALFORMED_LINE, detail, raw)
+                yield DeadLetter(None, source, row, MALFORMED_LINE, detail, raw)
                 continue
-            yield _check(rec, url, row, text_column, id_column, raw, keep)
+            yield _check(rec, source, row, text_column, id_column, raw, keep)
 
 
-def _csv_text(lines: Iterator[bytes]) -> Iterator[str]:
-    # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is caught by
-    # _check (-> "undecodable") instead of failing the whole file. Lines are split on b"\n"
-    # only, with their endings (as csv wants them: open(newline="")).
-    for line in lines:
-        yield line.decode("utf-8", errors="surrogateescape")
+@dataclass(frozen=True)
+class _CsvRecord:
+    """One CSV record and the bytes it spans; ``fields`` None: its first line opens a quoted
+    field that does not close into a well-formed row, and the record is that line alone."""
+
+    fields: list[str] | None
+    start: int
+    end: int
+    first_line: bytes
 
 
-def _csv_header(fs: Any, path: str, delimiter: str) -> list[str] | None:
-    with fs.open(path, "rb", compression="infer") as f:
-        header = next(csv.reader(_csv_text(iter(f)), delimiter=delimiter), None)
-    return None if header is None else [h.strip().lstrip("\ufeff") for h in header]
+def _csv_records(lines: Iterator[bytes], delimiter: str, start: int = 0) -> Iterator[_CsvRecord]:
+    """The CSV records of ``lines`` (bytes, with their endings; the first at byte ``start``).
+
+    csv itself, left alone, reads an unclosed quote to the end of the file, merging every row
+    after it into one field. Here csv runs strict, and a record that fails after spanning
+    several lines (a quote closed by a later row's quote, the end of the input, or more than
+    ``MAX_CSV_RECORD_BYTES``) becomes its first line alone, with ``fields`` None; parsing starts
+    again on the next line. A one-line record that fails strict parsing (``a,"b" c``: text
+    after a closing quote) is read the lenient way, as before. The same function cuts ranges
+    and reads them, so a range starts exactly where whole-file reading starts a record."""
+    pending: deque[bytes] = deque()  # lines taken by a failed record, read again
+    taken: list[bytes] = []
+    state = {"size": 0, "ended": None}  # ended: None, "end" of the input or "cap"
+
+    def feed() -> Iterator[str]:
+        while True:
+            line = pending.popleft() if pending else next(lines, None)
+            if line is None:
+                state["ended"] = "end"
+                return
+            if taken and state["size"] + len(line) > MAX_CSV_RECORD_BYTES:
+                pending.appendleft(line)
+                state["ended"] = "cap"
+                return
+            taken.append(line)
+            state["size"] += len(line)
+            # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is
+            # caught by _check (-> "undecodable") instead of failing the whole file
+            yield line.decode("utf-8", errors="surrogateescape")
+
+    pos = start
+    while True:
+        state["ended"] = None
+        reader = csv.reader(feed(), delimiter=delimiter, strict=True)
+        while True:
+            taken.clear()
+            state["size"] = 0
+            try:
+                fields = next(reader)
+            except StopIteration:
+                if not pending:
+                    return
+                break  # cannot happen (csv asks for a line only inside a record); be safe
+            except csv.Error:
+                if not taken:
+                    raise
+                first = taken[0]
+                if len(taken) == 1 and state["ended"] is None:
+                    text = first.decode("utf-8", errors="surrogateescape")
+                    lenient = next(csv.reader([text], delimiter=delimiter), [])
+                    yield _CsvRecord(lenient, pos, pos + len(first), first)
+                    pos += len(first)
+                    continue
+                yield _CsvRecord(None, pos, pos + len(first), first)
+                pos += len(first)
+                pending.extendleft(reversed(taken[1:]))
+                break  # a fresh reader over the lines after this one
+            end = pos + state["size"]
+            yield _CsvRecord(fields, pos, end, taken[0])
+            pos = end
+
+
+def _csv_header(url: str, delimiter: str) -> list[str] | None:
+    with open_stream(url) as f:
+        first = next(_csv_records(iter(f), delimiter), None)
+    if first is None:
+        return None
+    if first.fields is None:
+        raise ValueError("the header opens a quoted field that does not close into a row")
+    return [h.strip().lstrip("\ufeff") for h in first.fields]
 
 
 def iter_csv(
@@ -307,23 +441,33 @@ def iter_csv(
     delimiter: str = ",",
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
-    url = part.url
-    fs, path = storage.get_fs(url)
-    header = _csv_header(fs, path, delimiter)
+    source = escape_text(part.url)
+    header = _csv_header(part.url, delimiter)
     if header is None:
         return
-    with _open_range(fs, path, part) as fb:
-        reader = csv.reader(_csv_text(iter(_Lines(fb, part.start, part.end))), delimiter=delimiter)
+    with _open_range(part) as fb:
+        records = _csv_records(iter(_Lines(fb, part.start, part.end)), delimiter, part.start)
         if part.start == 0:
-            next(reader)  # the header, read above
-        for row, fields in enumerate(reader, start=part.first_row):
+            next(records)  # the header, read above
+        for row, rec in enumerate(records, start=part.first_row):
+            raw = _preview(rec.first_line.rstrip(b"\r\n"))
+            if rec.fields is None:
+                # the same words whichever range reads it (where the scan stopped differs)
+                detail = (
+                    "unclosed quote: the quoted field opened on this line does not close into a "
+                    f"well-formed row; bytes [{rec.start}, {rec.end}) of the file are this row "
+                    "alone, and the next line is read as a row of its own"
+                )
+                yield DeadLetter(None, source, row, UNCLOSED_QUOTE, _preview(detail), raw)
+                continue
+            fields = rec.fields
             raw = _preview(delimiter.join(fields))
             if len(fields) != len(header):
                 detail = f"{len(fields)} fields, header has {len(header)}"
-                yield DeadLetter(None, url, row, MALFORMED_ROW, detail, raw)
+                yield DeadLetter(None, source, row, MALFORMED_ROW, detail, raw)
                 continue
-            rec = dict(zip(header, fields, strict=True))
-            yield _check(rec, url, row, text_column, id_column, raw, keep)
+            yield _check(dict(zip(header, fields, strict=True)), source, row, text_column,
+                         id_column, raw, keep)  # fmt: skip
 
 
 def iter_parquet(
@@ -335,8 +479,8 @@ def iter_parquet(
 ) -> Iterator[Review | DeadLetter]:
     import pyarrow.parquet as pq
 
-    url = part.url
-    fs, path = storage.arrow_filesystem(url)
+    source = escape_text(part.url)
+    fs, path = storage.arrow_filesystem(part.url)
     with fs.open_input_file(path) as fh:
         pf = pq.ParquetFile(fh)
         names = set(pf.schema_arrow.names)
@@ -350,8 +494,8 @@ def iter_parquet(
         for batch in batches:
             recs = batch.to_pylist() if cols else [{}] * batch.num_rows
             for rec in recs:
-                raw = _preview(json.dumps(rec, default=repr, ensure_ascii=False))
-                yield _check(rec, url, row, text_column, id_column, raw, keep)
+                raw = _record_preview(rec)
+                yield _check(rec, source, row, text_column, id_column, raw, keep)
                 row += 1
 
 
@@ -364,7 +508,7 @@ def iter_reviews(
 ) -> Iterator[Review | DeadLetter]:
     """Every record of one file (a URL) or of one range of it, good or bad. Never raises for bad
     data: a file that cannot be read (corrupt, truncated archive, wrong format) ends with one
-    ``unreadable_file`` record."""
+    ``unreadable_file`` record. ``source_file`` is the URL as valid UTF-8 (``escape_text``)."""
     part = FileRange(source) if isinstance(source, str) else source
     url = part.url
     fmt = format_of(url, input_format)
@@ -379,11 +523,11 @@ def iter_reviews(
         for item in gen:
             n += 1
             yield item
-    except (OSError, ValueError, EOFError, csv.Error, io.UnsupportedOperation) as e:
+    except (OSError, ValueError, EOFError, csv.Error, io.UnsupportedOperation, RecursionError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        detail = f"{type(e).__name__} after {n} records: {e}"[:RAW_PREVIEW]
-        yield DeadLetter(None, url, -1, UNREADABLE_FILE, detail, "")
+        detail = _preview(f"{type(e).__name__} after {n} records: {e}")
+        yield DeadLetter(None, escape_text(url), -1, UNREADABLE_FILE, detail, "")
 
 
 def default_split_bytes(total_bytes: int) -> int:
@@ -437,23 +581,24 @@ def _plan_parquet(url: str, split_bytes: int) -> list[FileRange]:
 def _plan_lines(url: str, split_bytes: int, delimiter: str | None) -> list[FileRange]:
     """One pass over the bytes: a cut after every record that ends ``split_bytes`` past the
     last cut. ``delimiter`` None: JSONL (a record is a non-blank line); else CSV, whose header
-    is record zero and whose records csv itself delimits."""
+    is record zero and whose records ``_csv_records`` delimits, as the reader does."""
     fs, path = storage.get_fs(url)
     out: list[FileRange] = []
     with fs.open(path, "rb") as f:
         lines = _Lines(f)
         if delimiter is None:
-            records: Iterator[Any] = (line for line in lines if line.strip())
+            ends: Iterator[int] = (lines.pos for line in lines if line.strip())
         else:
-            records = csv.reader(_csv_text(iter(lines)), delimiter=delimiter)
-            if next(records, None) is None:  # no header: nothing to cut
+            records = _csv_records(iter(lines), delimiter)
+            header = next(records, None)
+            if header is None or header.fields is None:  # nothing to cut, or refused whole
                 return [FileRange(url)]
-        start, first = lines.pos, 0
-        for row, _ in enumerate(records, start=1):
-            # csv pulls a line only when its record needs it: ``pos`` is this record's end
-            if lines.pos - start >= split_bytes:
-                out.append(FileRange(url, start, lines.pos, first))
-                start, first = lines.pos, row
+            ends = (r.end for r in records)
+        start, first = (0, 0) if delimiter is None else (header.end, 0)
+        for row, end in enumerate(ends, start=1):
+            if end - start >= split_bytes:
+                out.append(FileRange(url, start, end, first))
+                start, first = end, row
     if not out:
         return [FileRange(url)]
     return [*out, FileRange(url, start, None, first)]

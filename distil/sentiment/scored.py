@@ -13,19 +13,23 @@ Layout under ``OUTPUT/``::
 DuckDB and Spark read as tables. Every attempt writes its parts into a fresh ``attempt-<token>/``
 (invisible to dataset readers). Commit = the manifest PUT listing that attempt's parts; then
 :func:`publish` copies the parts into the dataset, deletes the dataset files of earlier attempts
-of the same run id, rewrites the manifest to list the published copies and deletes the attempt
-folders. A publish that dies is finished by the next run on the same output (the manifest says
-whether it was published), so a crashed run never shows half its output, and a rerun of a
-``run_id`` never shows a row twice once it has committed. :func:`read_run` reads one run through
-its manifest.
+of the same run id, rewrites the manifest to list the published copies and deletes its own
+attempt folder (never another's: :func:`remove_stale_attempts` clears those of dead attempts,
+called by the next run of the run id). A publish that dies is finished by the next run on the
+same output (the manifest says whether it was published), so a crashed run never shows half
+its output, and a rerun of a ``run_id`` never shows a row twice once it has committed. All of
+it happens under the output's lease (``distil.sentiment.lease``): one run at a time.
+:func:`read_run` reads one run through its manifest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import posixpath
 import re
+import signal
 import uuid
 from collections import Counter
 from typing import Any
@@ -192,17 +196,42 @@ def finalize_run(
     meta: dict[str, Any],
     ledger: list[dict],
     max_inference_error_rate: float = 1.0,
+    lease: dict[str, Any] | None = None,
+    failed_before: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Check the accounting, write summary.json, commit the manifest (with the ``ledger`` of the
-    input file versions this run scored), publish into the dataset."""
-    from distil.sentiment.review_files import INFERENCE_ERROR
+    """Check the accounting, renew the output's ``lease`` (a handle: ``Lease.handle``; a run
+    that lost it stops here, uncommitted), write summary.json, commit the manifest (with the
+    ``ledger`` of the input file versions this run scored, less the files that failed as a
+    whole: those go to ``failed_files``, their try counted on from ``failed_before``, url ->
+    tries), publish into the dataset."""
+    from distil.sentiment.review_files import INFERENCE_ERROR, escape_text
 
     run_url = run_dir(output, run_id)
     per_file: Counter = Counter()  # a file read in ranges has one count per range
+    unreadable: Counter = Counter()  # its unreadable_file records, one per range that failed
+    errors: dict[str, str] = {}
     for c in file_counts:
         per_file[c["file"]] += c["records"]
+        unreadable[c["file"]] += c.get("unreadable", 0)
+        if c.get("error"):
+            errors.setdefault(c["file"], c["error"])
     file_counts = [{"file": f, "records": n} for f, n in per_file.items()]
     rows_in = sum(per_file.values())
+    # A file that failed as a whole gave nothing but unreadable_file records: none of its rows
+    # is in this commit, so it is not marked scored and the next run tries it again. A file that
+    # failed part-way keeps its rows and its ledger entry (its dead letter says what was lost):
+    # scoring it again would score the rows before the failure twice.
+    whole = {f for f, n in per_file.items() if n and unreadable[f] == n}
+    done = [e for e in ledger if escape_text(e["url"]) not in whole]
+    failed_files = [
+        {
+            **e,
+            "tries": (failed_before or {}).get(e["url"], 0) + 1,
+            "error": errors.get(escape_text(e["url"]), ""),
+        }
+        for e in ledger
+        if escape_text(e["url"]) in whole
+    ]
     scored = sum(p["rows"] for p in scored_parts)
     dead = sum(p["rows"] for p in dead_parts)
     by_reason: Counter = Counter()
@@ -222,6 +251,10 @@ def finalize_run(
         "scored_by_worker": dict(sorted(by_worker.items())),
         "accounted": rows_in == scored + dead,
         "files_in": sorted(file_counts, key=lambda c: c["file"]),
+        "files_failed": [
+            {"file": escape_text(f["url"]), "tries": f["tries"], "error": f["error"]}
+            for f in failed_files
+        ],
         "finished_at": now_utc().isoformat(),
         **meta,
     }
@@ -250,6 +283,12 @@ def finalize_run(
     if error:
         storage.write_json(storage.join(run_url, attempt, SUMMARY), summary)
         raise RuntimeError(error)
+    if lease is not None:  # the commit, the ledger and the publish happen under the lease
+        from distil.sentiment.lease import Lease
+
+        held = Lease.from_handle(lease)
+        held.renew()
+        summary["lease_commit_check_s"] = round(held.store_s, 4)
     storage.write_json(storage.join(run_url, SUMMARY), summary)
     manifest = {
         "kind": KIND,
@@ -258,7 +297,8 @@ def finalize_run(
         PARTITION: meta[PARTITION],
         "files": sorted(scored_parts, key=lambda p: p["name"]),
         "dead_letter_files": sorted(dead_parts, key=lambda p: p["name"]),
-        "ledger": ledger,
+        "ledger": done,
+        "failed_files": failed_files,
         "published": False,
         "summary": summary,
         "fingerprint": storage.fingerprint([run_id, attempt]),
@@ -295,6 +335,7 @@ def publish(output: str, run_id: str) -> dict[str, Any]:
         for entry in manifest[key]:
             dest = dataset_part(table, manifest[PARTITION], run_id, entry["name"])
             storage.copy_file(storage.join(run_url, entry["name"]), storage.join(output, dest))
+            _crash_point("publish")
             entries.append({**entry, "name": f"../{dest}"})
             keep.add(dest)
         published[key] = entries
@@ -306,11 +347,35 @@ def publish(output: str, run_id: str) -> dict[str, Any]:
             if run_of_dataset_file(path) == run_id and rel not in keep:
                 fs.rm(path)  # an earlier attempt of this run id
     storage.commit(run_url, published, cleanup=False)
-    _, run_path = storage.get_fs(run_url)
-    for entry in fs.ls(run_path, detail=False):
-        if posixpath.basename(entry.rstrip("/")).startswith("attempt-"):
-            storage.remove(storage.join(run_url, posixpath.basename(entry.rstrip("/"))))
+    # only this commit's own attempt: the folder of an attempt still running is not ours to
+    # delete (stale ones are swept by the next run of this run id, under the lease)
+    storage.remove(storage.join(run_url, manifest["attempt"]))
     return published
+
+
+def remove_stale_attempts(output: str, run_id: str, current: str) -> list[str]:
+    """Delete the ``attempt-*`` folders of ``run_id`` other than ``current``: what runs of
+    this run id that died before their commit left. Only a run holding the output's lease may
+    call this (then no other attempt can be running), after publishing any committed run."""
+    run_url = run_dir(output, run_id)
+    fs, run_path = storage.get_fs(run_url)
+    fs.invalidate_cache()
+    if not fs.exists(run_path):
+        return []
+    stale = []
+    for entry in fs.ls(run_path, detail=False):
+        name = posixpath.basename(entry.rstrip("/"))
+        if name.startswith("attempt-") and name != current:
+            storage.remove(storage.join(run_url, name))
+            stale.append(name)
+    return stale
+
+
+def _crash_point(where: str) -> None:
+    """Tests make the process die here as ``kill -9`` would (no cleanup, no ``finally``), to
+    show that the next run repairs what it leaves (tests/pipelines/test_score_lease.py)."""
+    if os.environ.get("DISTIL_SCORE_CRASH_AT") == where:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_run(output: str, run_id: str, which: str = "files") -> pa.Table:

@@ -254,4 +254,8 @@ def test_a_model_whose_files_do_not_match_its_manifest_is_refused_before_scoring
     with pytest.raises(ValueError, match=r"config.json: sha256 .* does not match the manifest"):
         _score([f"{base}/in"], model, f"{base}/out", "t", tmp_path)
     fs.invalidate_cache()
-    assert not fs.exists(storage.get_fs(f"{base}/out")[1])  # nothing written, nothing scored
+    # nothing scored or committed: the output holds only the lease this run took and released
+    # before it looked at the model
+    out = storage.get_fs(f"{base}/out")[1]
+    assert [p.rsplit("/", 1)[1] for p in fs.find(out)] == ["_lease.json"]
+    assert json.loads(storage.read_bytes(f"{base}/out/_lease.json"))["released"] is True

@@ -134,7 +134,8 @@ def _score(reviews_url, model_url, output, run_id, tmp_path, **kw) -> dict:
         micro_batch_size=4,
         rows_per_file=4,
         runner="FnApiRunner",
-        **kw,
+        # d.parquet cannot be read at all: the run commits without it
+        **{"allow_file_errors": True, **kw},
     )
     return run(cfg)
 
@@ -164,6 +165,14 @@ def test_every_row_is_scored_or_dead_lettered_with_its_reason(base_run, reviews_
         want_reasons[reason] = want_reasons.get(reason, 0) + 1
     assert summary["dead_letter_by_reason"] == want_reasons
     assert len(want_reasons) >= 6
+    # the one file that could not be read at all is not marked scored: the next run retries it
+    failed = storage.join(reviews_url, "d.parquet")
+    assert [(f["file"], f["tries"]) for f in summary["files_failed"]] == [(failed, 1)]
+    assert "ArrowInvalid" in summary["files_failed"][0]["error"]
+    ledger = storage.read_manifest(scored.run_dir(output, "base"))["ledger"]
+    assert sorted(e["url"].rsplit("/", 1)[1] for e in ledger) == [
+        "a.jsonl", "b.csv", "c.parquet", "e.jsonl.gz"
+    ]  # fmt: skip
 
     dead = scored.read_run(output, "base", "dead_letter_files").to_pylist()
     got = {(r["source_file"].rsplit("/", 1)[1], r["source_row"]): r["reason"] for r in dead}
@@ -314,3 +323,100 @@ def test_unknown_flags_pass_through_to_beam():
         "--flink_master=jm:8081",
         "--environment_type=LOOPBACK",
     ]
+
+
+def _poison_inputs(folder) -> dict[str, int]:
+    """Files that used to stop a run or lose rows; returns file name -> records in it."""
+    import lzma
+
+    import zstandard
+
+    rows = lambda prefix: "".join(  # noqa: E731
+        json.dumps({"id": f"{prefix}{i}", "text": f"review {i} from {prefix}"}) + "\n"
+        for i in range(5)
+    ).encode()
+    zstd = zstandard.ZstdCompressor()
+    files = {
+        "a.jsonl.zst": zstd.compress(rows("z")),
+        "b.jsonl.xz": lzma.compress(rows("x")),
+        "c.csv.zst": zstd.compress(b"id,text\nc0,csv in zstd\nc1,another\nc2,and a third\n"),
+        # 7 rows; the second opens a quote it never closes
+        "d.csv": b'id,text\nd0,fine\nd1,"never closed\nd2,after it\nd3,"quoted, ok"\n'
+        b"d4,more\nd5,still more\nd6,last\n",
+        "e.jsonl": "\n".join(
+            [
+                '{"id": "deep", "text": "t", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                '{"id": "sur\\ud800", "text": "a lone surrogate in the id"}',
+                '{"id": "big", "text": "an overflow", "stars": 99999999999999999999999}',
+                '{"id": "e-ok", "text": "a fine row", "stars": 3}',
+            ]
+        ).encode()
+        + b"\n",
+        b"f-caf\xe9.jsonl".decode(
+            "utf-8", "surrogateescape"
+        ): b'{"id": "f0", "text": "odd name"}\n',
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {"a.jsonl.zst": 5, "b.jsonl.xz": 5, "c.csv.zst": 3, "d.csv": 7, "e.jsonl": 4,
+            "f-caf\\xe9.jsonl": 1}  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_compressed_files_an_unclosed_quote_and_poison_rows_end_in_exit_0(
+    tiny_classifier_url, s3_server, tmp_path
+):
+    from distil.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    records = _poison_inputs(folder)
+    output = f"s3://{s3_server.bucket}/poison-{uuid.uuid4().hex[:8]}"
+    argv = ["score", "--input", str(folder), "--model", tiny_classifier_url, "--output", output,
+            "--run-id", "p", "--model-cache", str(tmp_path / "cache"), "--max-length", "64",
+            "--keep-columns", "stars:int64", "--runner", "FnApiRunner"]  # fmt: skip
+    assert main(argv) == 0
+    summary = storage.read_json(storage.join(scored.run_dir(output, "p"), scored.SUMMARY))
+    got = {f["file"].rsplit("/", 1)[1]: f["records"] for f in summary["files_in"]}
+    assert got == records and summary["files_failed"] == []
+    assert summary["rows_in"] == sum(records.values()) == summary["scored"] + summary["dead_letter"]
+    assert summary["dead_letter_by_reason"] == {
+        "unclosed_quote": 1, "malformed_line": 1, "bad_id": 1, "bad_column": 1
+    }  # fmt: skip
+    dead = {r["reason"]: r for r in scored.read_run(output, "p", "dead_letter_files").to_pylist()}
+    assert (
+        dead["unclosed_quote"]["source_row"] == 1 and "bytes [" in dead["unclosed_quote"]["detail"]
+    )
+    assert "nested too deeply" in dead["malformed_line"]["detail"]
+    assert dead["bad_id"]["id"] == "sur\\ud800" and "int64 range" in dead["bad_column"]["detail"]
+    rows = scored.read_run(output, "p").to_pylist()
+    ids = {r["id"] for r in rows}
+    assert {f"z{i}" for i in range(5)} | {f"x{i}" for i in range(5)} <= ids
+    assert {"c0", "c1", "c2", "d0", "d2", "d3", "d4", "d5", "d6", "e-ok", "f0"} <= ids
+    assert next(r for r in rows if r["id"] == "d2")["source_row"] == 2  # not merged into d1
+    assert next(r for r in rows if r["id"] == "f0")["source_file"] == f"{folder}/f-caf\\xe9.jsonl"
+
+
+@pytest.mark.timeout(240)
+def test_a_file_that_failed_as_a_whole_is_retried_and_fails_the_run_unless_allowed(
+    tiny_classifier_url, s3_server, tmp_path
+):
+    from distil.pipelines.score_reviews import FileErrors
+
+    base = f"s3://{s3_server.bucket}/failed-{uuid.uuid4().hex[:8]}"
+    inp, output = f"{base}/in", f"{base}/out"
+    storage.write_bytes(f"{inp}/good.jsonl", b'{"id": "g", "text": "fine"}\n')
+    storage.write_bytes(f"{inp}/bad.jsonl.gz", b'{"id": "b", "text": "not gzip"}\n')
+    first = _score(inp, tiny_classifier_url, output, "n1", tmp_path, incremental=True)
+    assert [(f["file"], f["tries"]) for f in first["files_failed"]] == [(f"{inp}/bad.jsonl.gz", 1)]
+    assert "is named .gz but is not gzip data" in first["files_failed"][0]["error"]
+    # without --allow-file-errors: the run commits what it could and then fails
+    with pytest.raises(FileErrors, match=r"could not be read at all: .*bad.jsonl.gz \(try 2\)"):
+        _score(inp, tiny_classifier_url, output, "n2", tmp_path, incremental=True,
+               allow_file_errors=False)  # fmt: skip
+    manifest = storage.read_manifest(scored.run_dir(output, "n2"))
+    assert manifest["ledger"] == [] and [f["tries"] for f in manifest["failed_files"]] == [2]
+    # the file is fixed: the next incremental run scores it, and only it
+    storage.write_bytes(f"{inp}/bad.jsonl.gz", gzip.compress(b'{"id": "b", "text": "now ok"}\n'))
+    third = _score(inp, tiny_classifier_url, output, "n3", tmp_path, incremental=True)
+    assert (third["scored"], third["files_failed"], third["files_skipped"]) == (1, [], 1)

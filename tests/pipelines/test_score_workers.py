@@ -67,7 +67,7 @@ def big_file_url(s3_server):
     return url
 
 
-def _score(url, model_url, output, run_id, tmp_path, beam_args) -> dict:
+def _score(url, model_url, output, run_id, tmp_path, beam_args, **kw) -> dict:
     from distil.pipelines.score_reviews import run
 
     cfg = ScoreConfig(
@@ -82,6 +82,7 @@ def _score(url, model_url, output, run_id, tmp_path, beam_args) -> dict:
         rows_per_file=1_000,
         runner="FnApiRunner",
         beam_args=beam_args,
+        **kw,
     )
     return run(cfg)
 
@@ -276,7 +277,12 @@ def test_launcher_killed_mid_run_then_rerun_leaves_one_copy_of_each_row(
     killed = {p.split("/attempt-", 1)[1].split("/", 1)[0] for p in fs.find(run_path)}
     assert len(killed) == 1  # its parts are there, uncommitted
 
-    summary = _score(big_file_url, tiny_classifier_url, output, "k", tmp_path, multi)
+    # the killed launcher still holds the output's lease: the operator who killed it breaks it
+    # (otherwise the next run waits for it to expire: tests/pipelines/test_score_lease.py)
+    summary = _score(
+        big_file_url, tiny_classifier_url, output, "k", tmp_path, multi, break_lease=True
+    )
+    assert summary["guards"]["lease_took_over"].startswith("run k ")
     assert summary["scored"] == summary["rows_in"] == N_ROWS and summary["accounted"]
     assert len(summary["scored_by_worker"]) == 2
     # counters from both SDK worker processes, summed by the runner

@@ -78,3 +78,22 @@ def test_keep_columns_parse_and_convert():
     for value, typ in (("4.5", "int64"), (True, "int64"), ("yes", "bool"), ([1], "float64")):
         with pytest.raises(ValueError):
             convert_column(value, typ)
+
+
+def test_tries_of_a_file_that_could_not_be_read_count_on_until_its_content_changes():
+    bad = {"url": "s3://b/bad.gz", "size": 9, "etag": "e1"}
+    fixed = {**bad, "size": 12, "etag": "e2"}
+    fail = lambda rid, tries, when, fp="m": {  # noqa: E731
+        **bad, "model_fingerprint": fp, "run_id": rid, "tries": tries, "scored_at": when
+    }  # fmt: skip
+    runs = {
+        "n1": {"run_id": "n1", "ledger": [], "failed_files": [fail("n1", 1, "2026-12-01")]},
+        "n2": {"run_id": "n2", "ledger": [], "failed_files": [fail("n2", 2, "2026-12-02")]},
+        "x": {"run_id": "x", "ledger": [], "failed_files": [fail("x", 7, "2026-12-03", "old")]},
+    }
+    # a failed file is not in any ledger: planned again
+    assert ledger.plan([bad], runs, "n3", "m")[0] == [bad]
+    assert ledger.previous_tries([bad], runs, "n3", "m") == {"s3://b/bad.gz": 2}
+    assert ledger.previous_tries([bad], runs, "n2", "m") == {"s3://b/bad.gz": 1}  # a rerun of n2
+    assert ledger.previous_tries([fixed], runs, "n3", "m") == {}  # new content: from zero
+    assert ledger.previous_tries([bad], runs, "n3", "new-model") == {}
