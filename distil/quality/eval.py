@@ -318,13 +318,25 @@ def format_table(result: dict[str, Any]) -> str:
         ]
     sent = result.get("sentiment")
     if sent:
+        sets = ((sent["in_domain"], "in-domain"), (sent["out_of_domain"], "out-of-domain"))
         lines.append(f"{'sentiment accuracy':42} {'teacher':>9} {'student':>9} {'share':>7} rows")
-        for s, kind in ((sent["in_domain"], "in-domain"), (sent["out_of_domain"], "out-of-domain")):
+        for s, kind in sets:
             t, st = sent["accuracy"]["teacher"][s], sent["accuracy"]["student"][s]
             lines.append(
                 f"  {s + ' (' + kind + ')':40} {t['accuracy']:9.4f} {st['accuracy']:9.4f} "
                 f"{sent['student_share'][s]:7.3f} {t['rows']}"
             )
+        lines.append(
+            f"{'macro precision / recall / F1, confusion [gold][pred]':42} "
+            f"{'P':>7} {'R':>7} {'F1':>7}  confusion"
+        )
+        for s, _ in sets:
+            for who in ("teacher", "student"):
+                m = sent["accuracy"][who][s]
+                lines.append(
+                    f"  {s + ' ' + who:40} {m['precision_macro']:7.4f} {m['recall_macro']:7.4f} "
+                    f"{m['f1_macro']:7.4f}  {m['confusion']}"
+                )
     return "\n".join(lines)
 
 
