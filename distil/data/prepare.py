@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from distil import storage
-from distil.data import shards
+from distil.data import dedup, shards
 from distil.data.config import PrepareConfig
 from distil.data.readers import (
     EXTRACTOR_VERSION,
@@ -40,8 +40,11 @@ DEAD_LETTER_PATTERN = "dead_letter/shard-{index:05d}.jsonl"
 
 
 def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
-    """The config fields that change output bytes (and nothing else: not workers, not paths)."""
-    return {
+    """The config fields that change output bytes (and nothing else: not workers, not paths).
+
+    With ``--no-dedup`` there is no ``dedup`` entry, so such outputs keep the fingerprints
+    (and teacher caches) they had before deduplication existed."""
+    out = {
         "seq_len": cfg.seq_len,
         "cross_document": cfg.cross_document,
         "format": cfg.format,
@@ -52,6 +55,9 @@ def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
         "row_group_rows": shards.ROW_GROUP_ROWS,
         "wiki_extractor": EXTRACTOR_VERSION,  # new extraction rules = new bytes: no reuse
     }
+    if cfg.dedup:
+        out["dedup"] = dedup.settings(cfg.dedup_threshold)
+    return out
 
 
 def shard_key(cfg: PrepareConfig, tok: TokenizerInfo) -> str:
@@ -83,8 +89,10 @@ def finish_shard(
     identity: dict[str, Any],
     sha: str,
     seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Dead letters, statistics and, last, the completion marker of one output shard."""
+    """Dead letters, statistics and, last, the completion marker of one output shard
+    (``extra``: more fields for the marker, e.g. what deduplication removed from it)."""
     cfg, index = w.cfg, w.index
     dead_name = None
     if tally.dead:
@@ -108,6 +116,7 @@ def finish_shard(
         "dead_letter_file": dead_name,
         "token_counts": {str(int(i)): int(w.counts[i]) for i in nonzero},
         "seconds": round(seconds, 3),
+        **(extra or {}),
     }
     log.info(
         "%s -> %s: %d docs, %d rows, %d tokens, %d dead letters in %.1fs (%.0f tokens/s)",
@@ -125,11 +134,17 @@ def finish_shard(
 
 
 def reusable_marker(
-    cfg: PrepareConfig, tok: TokenizerInfo, unit: str, identity: dict[str, Any]
+    cfg: PrepareConfig,
+    tok: TokenizerInfo,
+    unit: str,
+    identity: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The unit's marker if it was written for the same input, config and tokenizer."""
+    """The unit's marker if it was written for the same input, config and tokenizer (and has
+    the ``extra`` fields' values)."""
     done = storage.read_marker(cfg.output, unit)
-    if done and done.get("key") == shard_key(cfg, tok) and done.get("input_identity") == identity:
+    wanted = {"key": shard_key(cfg, tok), "input_identity": identity, **(extra or {})}
+    if done and all(done.get(k) == v for k, v in wanted.items()):
         return {**done, "reused": True}
     return None
 
@@ -180,9 +195,13 @@ def input_names(urls: list[str]) -> list[str]:
 
 
 def build_manifest(
-    cfg: PrepareConfig, tok: TokenizerInfo, infos: list[dict[str, Any]]
+    cfg: PrepareConfig,
+    tok: TokenizerInfo,
+    infos: list[dict[str, Any]],
+    dedup_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The committed manifest (``docs/CONTRACTS.md``) from the per-shard markers."""
+    """The committed manifest (``docs/CONTRACTS.md``) from the per-shard markers and, with
+    ``--dedup``, the deduplication's summary (``distil.data.dedup.resolve``)."""
     infos = sorted(infos, key=lambda i: i["index"])
     counts = np.zeros(tok.vocab_size, dtype=np.int64)
     for info in infos:
@@ -243,6 +262,9 @@ def build_manifest(
             "by_reason": dict(sorted(by_reason.items())),
             "files": [i["dead_letter_file"] for i in infos if i["dead_letter_file"]],
         },
+        "dedup": dedup.manifest_entry(cfg.dedup_threshold, dedup_summary)
+        if cfg.dedup
+        else {"enabled": False},
     }
 
 
