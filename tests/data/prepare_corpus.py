@@ -3,7 +3,9 @@
 ``write_good_corpus`` writes one input shard of each format (wiki XML .bz2 with redirects and
 other namespaces, two plain-text books, JSONL, Parquet) and returns what a correct reader must
 yield from each. ``write_bad_corpus`` writes the bad inputs of issue 3 with the dead letters
-they must produce.
+they must produce. ``write_dup_corpus`` adds duplicates (exact, re-wrapped, near, a whole book)
+to the good corpus; ``write_planted`` and ``score_planted`` are issue 32's planted set of copies
+of real prose (``sample_texts``) and its scoring, shared with ``bench/prepare.py``.
 """
 
 from __future__ import annotations
@@ -152,6 +154,28 @@ def write_good_corpus(root: Path, seed: int = 0, scale: int = 1) -> dict[str, li
     )
     expected["reviews.parquet"] = pdocs
     return expected
+
+
+def write_dup_corpus(root: Path, scale: int = 1) -> dict[str, str]:
+    """The good corpus plus duplicates across and within files and formats: returns, per
+    duplicate, ``"file:ordinal"`` of the document it copies (the one that must be kept)."""
+    write_good_corpus(root, scale=scale)
+    rng = random.Random(9)
+    news = [json.loads(x)["text"] for x in (root / "news.jsonl").read_text().splitlines()]
+    long = [paragraph(rng, 12) for _ in range(3)]
+    near = long[1].split()
+    near[10] = "zebra"
+    rows = [long[0], news[3], rewrap(long[0], rng), " ".join(near), long[1], long[2], news[3]]
+    (root / "zz-more.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    book = (root / "books" / "book-0.txt").read_text()
+    (root / "books" / "book-2.txt").write_text(book.replace("\n", " ").replace(". ", ".\n\n"))
+    return {
+        "zz-more.jsonl:2": "zz-more.jsonl:0",  # re-wrapped, exact
+        "zz-more.jsonl:1": "news.jsonl:3",  # exact, in another file
+        "zz-more.jsonl:6": "news.jsonl:3",
+        "zz-more.jsonl:4": "zz-more.jsonl:3",  # the near copy comes first: the original goes
+        "books/book-2.txt:0": "books/book-0.txt:0",  # a book re-wrapped into other paragraphs
+    }
 
 
 def _wrap(text: str, width: int) -> list[str]:

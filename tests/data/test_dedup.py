@@ -14,13 +14,11 @@ import pytest
 from prepare_corpus import (
     distinct,
     jaccard,
-    paragraph,
-    rewrap,
     sample_texts,
     score_planted,
     shingle_set,
     word_windows,
-    write_good_corpus,
+    write_dup_corpus,
     write_planted,
 )
 from test_prepare import check_prepared, kept_texts
@@ -156,31 +154,9 @@ def test_planted_set_acceptance(tmp_path):
     assert d["documents_kept"] == d["documents_in"] - d["exact_removed"] - d["near_removed"]
 
 
-def dup_corpus(root: Path) -> dict[str, str]:
-    """The good corpus plus duplicates across and within files and formats: returns, per
-    duplicate, ``"file:ordinal"`` of the document it copies (the one that must be kept)."""
-    write_good_corpus(root)
-    rng = random.Random(9)
-    news = [json.loads(x)["text"] for x in (root / "news.jsonl").read_text().splitlines()]
-    long = [paragraph(rng, 12) for _ in range(3)]
-    near = long[1].split()
-    near[10] = "zebra"
-    rows = [long[0], news[3], rewrap(long[0], rng), " ".join(near), long[1], long[2], news[3]]
-    (root / "zz-more.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-    book = (root / "books" / "book-0.txt").read_text()
-    (root / "books" / "book-2.txt").write_text(book.replace("\n", " ").replace(". ", ".\n\n"))
-    return {
-        "zz-more.jsonl:2": "zz-more.jsonl:0",  # re-wrapped, exact
-        "zz-more.jsonl:1": "news.jsonl:3",  # exact, in another file
-        "zz-more.jsonl:6": "news.jsonl:3",
-        "zz-more.jsonl:4": "zz-more.jsonl:3",  # the near copy comes first: the original goes
-        "books/book-2.txt:0": "books/book-0.txt:0",  # a book re-wrapped into other paragraphs
-    }
-
-
 def test_deduplicated_output_is_counted_and_audited(tmp_path, real_tokenizer_dir):
     root = tmp_path / "corpus"
-    want = dup_corpus(root)
+    want = write_dup_corpus(root)
     out = str(tmp_path / "out")
     manifest = run_serial(PrepareConfig(input=str(root), output=out))
     audit = shards.read_table(storage.join(out, dedup.REMOVED_FILE)).to_pylist()
@@ -206,7 +182,7 @@ def test_deduplicated_output_is_counted_and_audited(tmp_path, real_tokenizer_dir
 
 def test_dedup_off_keeps_every_document_and_the_old_fingerprint(tmp_path, real_tokenizer_dir):
     root = tmp_path / "corpus"
-    dup_corpus(root)
+    write_dup_corpus(root)
     off = run_serial(PrepareConfig(input=str(root), output=str(tmp_path / "off"), dedup=False))
     assert off["dedup"] == {"enabled": False} and "dedup" not in off["config"]
     check_prepared(
@@ -239,7 +215,7 @@ def test_without_duplicates_dedup_writes_the_same_shards(good_corpus, tmp_path):
 
 def test_rerun_reuses_everything_and_an_edited_input_redoes_the_dedup(tmp_path):
     root = tmp_path / "corpus"
-    dup_corpus(root)
+    write_dup_corpus(root)
     out = tmp_path / "out"
     cfg = PrepareConfig(input=str(root), output=str(out))
     first = run_serial(cfg)
