@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from distil.data.config import PrepareConfig
 from distil.data.readers import (
     EXTRACTOR_VERSION,
     HashingReader,
+    Record,
     detect_format,
     read_records,
 )
@@ -149,6 +151,23 @@ def reusable_marker(
     return None
 
 
+def file_records(
+    url: str, name: str, cfg: PrepareConfig, hasher: list[HashingReader]
+) -> Iterator[Record]:
+    """The records of one whole input file, read as the config says (``hasher``: see
+    ``read_records``)."""
+    fmt = cfg.format if cfg.format != "auto" else (detect_format(url) or "auto")
+    return read_records(
+        url,
+        name,
+        fmt,
+        text_column=cfg.text_column,
+        id_column=cfg.id_column,
+        max_line_bytes=cfg.max_line_bytes,
+        hasher=hasher,
+    )
+
+
 def prepare_shard(
     index: int, input_url: str, input_name: str, cfg: PrepareConfig, tok: TokenizerInfo
 ) -> dict[str, Any]:
@@ -163,16 +182,7 @@ def prepare_shard(
         return done
     t0 = time.monotonic()
     hasher: list[HashingReader] = []
-    fmt = cfg.format if cfg.format != "auto" else (detect_format(input_url) or "auto")
-    records = read_records(
-        input_url,
-        input_name,
-        fmt,
-        text_column=cfg.text_column,
-        id_column=cfg.id_column,
-        max_line_bytes=cfg.max_line_bytes,
-        hasher=hasher,
-    )
+    records = file_records(input_url, input_name, cfg, hasher)
     with (
         Progress(input_name, unit="docs", every_s=cfg.log_every_s, log=log) as progress,
         ShardWriter(index, cfg, tok) as w,

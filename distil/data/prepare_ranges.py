@@ -34,6 +34,7 @@ from distil.data import dedup
 from distil.data.config import PrepareConfig
 from distil.data.prepare import (
     build_manifest,
+    file_records,
     finish_shard,
     input_identity,
     plan_inputs,
@@ -41,9 +42,16 @@ from distil.data.prepare import (
     reusable_marker,
     shard_key,
 )
-from distil.data.readers import detect_format, read_records
+from distil.data.readers import detect_format
 from distil.data.readers.wiki_ranges import plan_ranges, read_wiki_range
-from distil.data.tokenize_pack import PartWriter, ShardWriter, Tally, iter_part, tokenize_records
+from distil.data.tokenize_pack import (
+    PartWriter,
+    ShardWriter,
+    Tally,
+    iter_part,
+    release_arrow_memory,
+    tokenize_records,
+)
 from distil.data.tokenizer import TokenizerInfo, load_tokenizer_info
 from distil.progress import Progress
 
@@ -52,8 +60,8 @@ log = logging.getLogger("distil.prepare")
 PARTS = "_parts"
 
 # (phase, function, items) -> the function's results, in any order: how a run spreads its work
-# ("read": read units, "dedup": bands, "pack": input files). Results are small dicts
-# (``brief``), so they cross process boundaries cheaply.
+# ("read": read units, "dedup": bands, "resolve": one item, "pack": input files). Results are
+# small dicts (``brief``), so they cross process boundaries cheaply.
 Mapper = Callable[[str, Callable[[dict[str, Any]], dict[str, Any]], list[dict[str, Any]]], list]
 
 
@@ -114,16 +122,7 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
     t0 = time.monotonic()
     hasher: list = []
     if whole:
-        fmt = cfg.format if cfg.format != "auto" else (detect_format(item["url"]) or "auto")
-        records = read_records(
-            item["url"],
-            item["name"],
-            fmt,
-            text_column=cfg.text_column,
-            id_column=cfg.id_column,
-            max_line_bytes=cfg.max_line_bytes,
-            hasher=hasher,
-        )
+        records = file_records(item["url"], item["name"], cfg, hasher)
         label = item["name"]
     else:
         records = read_wiki_range(item["url"], item["name"], start, end)
@@ -156,6 +155,7 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
         "seconds": round(time.monotonic() - t0, 3),
     }
     storage.mark_done(cfg.output, unit, info)
+    release_arrow_memory()
     return {**info, "range": k, "reused": False}
 
 
@@ -209,6 +209,7 @@ def pack_parts(unit: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) -> 
         extra = {"dedup_removed": _removed_key(removed), "documents_removed": len(removed)}
     info = finish_shard(w, tally, unit["name"], identity, sha, time.monotonic() - t0, extra)
     storage.remove(storage.join(cfg.output, PARTS, f"shard-{index:05d}"))
+    release_arrow_memory()
     return info
 
 
@@ -291,7 +292,9 @@ def run_units(
                 bands,
             )
             names = {u["index"]: u["name"] for u in units}
-            summary = dedup.resolve(cfg.output, sources, names, key)
+            # a task of its own, like the bands: its memory (the edges) is not the driver's
+            mapper("resolve", lambda _: brief(dedup.resolve(cfg.output, sources, names, key)), [{}])
+            summary = storage.read_marker(cfg.output, "dedup")
         reused += sum(
             r["reused"] for r in mapper("pack", lambda u: brief(pack_parts(u, cfg, tok)), units)
         )
@@ -319,8 +322,7 @@ def run_stage(cfg: PrepareConfig, tok: TokenizerInfo, mapper: Mapper) -> tuple[d
     manifest = build_manifest(cfg, tok, infos, summary)
     storage.commit(cfg.output, manifest)
     storage.remove(storage.join(cfg.output, PARTS))  # every part was removed once packed
-    if cfg.dedup:
-        dedup.cleanup(cfg.output)
+    dedup.cleanup(cfg.output, cfg.dedup)
     return manifest, reused
 
 

@@ -232,8 +232,15 @@ def iter_part(url: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     with fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
         for i in range(pf.num_row_groups):
-            t = pf.read_row_group(i)
+            t = pf.read_row_group(i, use_threads=False)
             ids = t.column("ids").combine_chunks()
             flat = ids.flatten().to_numpy(zero_copy_only=False)
             lengths = np.diff(ids.offsets.to_numpy())
             yield flat, lengths, t.column("new_doc").to_numpy()
+
+
+def release_arrow_memory() -> None:
+    """Hand Arrow's freed buffers back to the OS. Its allocator keeps them for reuse, and a
+    worker that reads and writes one Parquet file after another grew by ~1 MB a file without it
+    (measured on the dedup path: a task's RSS would follow the corpus size, not its unit's)."""
+    pa.default_memory_pool().release_unused()

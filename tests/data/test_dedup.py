@@ -197,6 +197,11 @@ def test_dedup_off_keeps_every_document_and_the_old_fingerprint(tmp_path, real_t
         PrepareConfig(input=str(root), output=str(tmp_path / "t9"), dedup_threshold=0.9)
     )
     assert other["fingerprint"] != on["fingerprint"]
+    # the same folder again with --no-dedup: the earlier run's audit list does not stay behind
+    again = run_serial(PrepareConfig(input=str(root), output=str(tmp_path / "on"), dedup=False))
+    assert again["fingerprint"] == off["fingerprint"]
+    assert not (tmp_path / "on" / dedup.REMOVED_FILE).exists()
+    assert storage.read_marker(str(tmp_path / "on"), "dedup") is None
 
 
 def test_without_duplicates_dedup_writes_the_same_shards(good_corpus, tmp_path):

@@ -117,6 +117,47 @@ def _big_corpus(root: Path, shards: int = 6, docs: int = 400) -> None:
         (root / f"part-{s:02d}.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def kill_9_when(root: Path, out: Path, ready, *flags: str) -> Path:
+    """Run ``python jobs/prepare.py`` on one worker in its own process group, ``kill -9`` the
+    group as soon as ``ready(markers folder)`` holds; returns the markers folder."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "prepare.py"),
+            "--input",
+            str(root),
+            "--output",
+            str(out),
+            "--num-workers",
+            "1",
+            "--cpus-per-worker",
+            "1",
+            *flags,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches its Ray workers too
+    )
+    markers = out / "_markers"
+    try:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and proc.poll() is None:
+            if markers.exists() and ready(markers):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    return markers
+
+
 @pytest.mark.timeout(300)
 def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
     from distil.jobs.prepare import run
@@ -125,43 +166,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
     _big_corpus(root)
     write_multistream(real_wiki_xml(), root / "wiki")  # split into byte ranges: the range path
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for k in ("RAY_ADDRESS",):
-        env.pop(k, None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "jobs" / "prepare.py"),
-            "--input",
-            str(root),
-            "--output",
-            str(killed),
-            "--num-workers",
-            "1",
-            "--cpus-per-worker",
-            "1",
-            "--wiki-range-bytes",
-            "100000",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill reaches its Ray workers too
-    )
-    markers = killed / "_markers"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if markers.exists() and any(markers.iterdir()):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the job ended before it could be killed mid-run"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
+    markers = kill_9_when(root, killed, lambda m: any(m.iterdir()), "--wiki-range-bytes", "100000")
     done = [m.name for m in markers.iterdir()]
     done_whole = [n for n in done if "-range-" not in n]  # whole input files finished
     assert done and not storage.is_committed(str(killed))
@@ -185,40 +190,7 @@ def test_kill_9_mid_dedup_then_rerun_gives_identical_bytes(ray_local, tmp_path):
     _big_corpus(root, shards=24, docs=150)
     write_dup_corpus(root / "dups")
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "jobs" / "prepare.py"),
-            "--input",
-            str(root),
-            "--output",
-            str(killed),
-            "--num-workers",
-            "1",
-            "--cpus-per-worker",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    markers = killed / "_markers"
-    try:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and proc.poll() is None:
-            if markers.exists() and any(markers.glob("dedup-*.json")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the job ended before it could be killed mid-dedup"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
+    markers = kill_9_when(root, killed, lambda m: any(m.glob("dedup-*.json")))
     bands = sorted(m.name for m in markers.glob("dedup-*.json"))
     assert bands and len(bands) < 15, bands  # some bands done, not all
     assert not (markers / "dedup.json").exists() and not storage.is_committed(str(killed))
