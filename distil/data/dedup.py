@@ -63,8 +63,9 @@ _BLOCK = 2048
 EXACT = BANDS
 SIG_DIR = "_dedup/sig"
 EDGE_DIR = "_dedup/edges"
-# Audit list of the removed documents, committed next to the shards.
-REMOVED_FILE = "dedup_removed.parquet"
+# Audit list of the removed documents, committed next to the shards. The "_" keeps folder-level
+# readers (pyarrow.dataset, Spark) that skip "_" files from taking it for a shard.
+REMOVED_FILE = "_dedup_removed.parquet"
 # Rows per signature-file row group: a document's row is found from its ordinal alone.
 SIG_GROUP_ROWS = 4096
 AUDIT_GROUP_ROWS = 65536

@@ -59,7 +59,7 @@ def test_multistream_dump_gives_the_same_bytes_for_any_range_size(xml, tmp_path)
         assert not (tmp_path / f"o{target}" / "_parts" / "shard-00000").exists()
     assert sorted(outputs)[0] == 1 and sorted(outputs)[-1] >= 10
     one = outputs[1]
-    assert set(one) == {"manifest.json", "shard-00000.parquet", "dedup_removed.parquet"}
+    assert set(one) == {"manifest.json", "shard-00000.parquet"}
     for n, files in outputs.items():
         assert files == one, f"{n} ranges wrote other bytes than 1 range"
 
