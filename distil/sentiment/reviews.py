@@ -210,6 +210,23 @@ def unseen_reviews(source: str, seen: str, output_dir: str, name: str) -> dict[s
     }
 
 
+def evaluation_sets(reviews_url: str, output_dir: str) -> dict[str, str]:
+    """``{name: URL}`` of the sample review sets no model trains on in any form — not as
+    training rows, not as pool rows or their sources, not for early stopping or tuning: the
+    Amazon snippets, and the Rotten Tomatoes reviews that are not movie snippets (written to
+    ``output_dir`` once, :func:`unseen_reviews`). Fine-tunes get them as ``--exclude``."""
+    unseen = unseen_reviews(
+        storage.join(reviews_url, ROTTEN_TOMATOES),
+        storage.join(reviews_url, MOVIE_SNIPPETS),
+        output_dir,
+        ROTTEN_TOMATOES_UNSEEN,
+    )
+    return {
+        AMAZON_SNIPPETS: storage.join(reviews_url, AMAZON_SNIPPETS),
+        ROTTEN_TOMATOES_UNSEEN: unseen["url"],
+    }
+
+
 def _read_jsonl(url: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in storage.read_bytes(url).splitlines() if line.strip()]
 
