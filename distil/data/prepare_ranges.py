@@ -161,8 +161,8 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
         records = read_wiki_range(item["url"], item["name"], start, end)
         label = f"{item['name']}[{k + 1}/{len(item['ranges'])}]"
     else:
-        part = FileRange(item["url"], start, end, bounds[2])
-        records = file_records(item["url"], item["name"], cfg, hasher, part)
+        piece = FileRange(item["url"], start, end, bounds[2])
+        records = file_records(item["url"], item["name"], cfg, hasher, piece)
         label = f"{item['name']}[{k + 1}/{len(item['ranges'])}]"
     documents = None
     with contextlib.ExitStack() as stack:

@@ -115,6 +115,22 @@ ARTICLE_1_KEEP = ["Ada Lovelace", "mathematician", "writer", "Early life", "born
 ARTICLE_1_DROP = ["Infobox", "citation", "portrait caption", "tablecell", "Mathematicians", "{{"]
 
 
+def output_bytes(out: str) -> dict[str, bytes]:
+    """Every committed byte of a prepared output: shards, dead-letter files, the dedup audit
+    list and the manifest."""
+    from distil import storage
+
+    m = storage.read_manifest(out)
+    files = {Path(u).name: storage.read_bytes(u) for u in storage.committed_files(out)}
+    for name in m["dead_letter"]["files"]:
+        files[name] = storage.read_bytes(storage.join(out, name))
+    if m["dedup"]["enabled"]:
+        name = m["dedup"]["removed_file"]
+        files[name] = storage.read_bytes(storage.join(out, name))
+    files["manifest.json"] = storage.read_bytes(storage.join(out, "manifest.json"))
+    return files
+
+
 def write_good_corpus(root: Path, seed: int = 0, scale: int = 1) -> dict[str, list[str]]:
     """Write the corpus; returns, per file name, the document texts a reader must yield (for the
     wiki file only the prose of article 1 is checked by keyword, so it maps to titles)."""

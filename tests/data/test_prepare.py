@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prepare_corpus import write_formats_corpus
 
 from distil import storage
 from distil.data import shards
 from distil.data.config import PrepareConfig
 from distil.data.prepare_ranges import run_serial
-from distil.data.readers import BadInputError, Document, read_records
+from distil.data.readers import BadInputError, Document, UnreadableInputsError, read_records
 
 
 def read_rows(out: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,3 +232,60 @@ def test_progress_lines_honour_log_every_s(good_corpus, tmp_path, caplog):
     # the last progress line has the shard's final counts and both rates
     assert lines[-1].startswith(f"news.jsonl: 40 docs, {manifest['tokens']} tokens [")
     assert "docs/s" in lines[-1] and "tokens/s" in lines[-1]
+
+
+def test_every_format_is_read_once_and_a_file_no_reader_takes_stops_the_run_first(
+    tmp_path, real_tokenizer_dir
+):
+    """Issue 32's acceptance: .json.gz (one array), .ndjson.bz2, .jsonl.zst, .txt.xz, .csv,
+    .tsv.gz, .parquet, a save_to_disk folder and a .docx; duplicates planted across formats."""
+    root = tmp_path / "corpus"
+    texts, duplicates = write_formats_corpus(root)
+    out = tmp_path / "out"
+    with pytest.raises(UnreadableInputsError) as e:
+        run_serial(PrepareConfig(input=str(root), output=str(out)))
+    assert f"{root / 'report.docx'}: no reader for this file type (.docx)" in str(e.value)
+    assert "--skip-unknown" in str(e.value)
+    assert not out.exists()  # stopped before any work
+
+    cfg = PrepareConfig(input=str(root), output=str(out), skip_unknown=True, id_column="id")
+    manifest = run_serial(cfg)
+    assert manifest["skipped_inputs"] == [
+        {"url": str(root / "report.docx"), "reason": "no reader for this file type (.docx)"}
+    ]
+    names = sorted(n for n in texts if n != "report.docx")
+    assert [i["name"] for i in manifest["inputs"]] == names
+    # every document of every file read exactly once (the book is one document)
+    for index, name in enumerate(names):
+        marker = storage.read_marker(str(out), f"shard-{index:05d}")
+        assert marker["documents"] == len(texts[name]), name
+        assert marker["dead_letter"] == 0 and marker["input"] == name
+    assert manifest["records"]["documents"] == sum(len(t) for t in texts.values())
+    # deduplication across formats: the planted copies, and only those, are removed
+    assert manifest["dedup"]["exact_removed"] == 2 and manifest["dedup"]["near_removed"] == 1
+    audit = shards.read_table(str(out / manifest["dedup"]["removed_file"])).to_pylist()
+    assert {f"{r['input']}:{r['ordinal']}": f"{r['kept_input']}:{r['kept_ordinal']}"
+            for r in audit} == duplicates  # fmt: skip
+    kept = [
+        t
+        for name in names
+        for ordinal, t in enumerate(texts[name])
+        if f"{name}:{ordinal}" not in duplicates
+    ]
+    check_prepared(str(out), real_tokenizer_dir, kept)
+
+
+def test_a_file_named_gz_that_is_not_gzip_is_an_error_naming_it(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.jsonl").write_text(json.dumps({"text": "a good line"}) + "\n")
+    lie = tmp_path / "in" / "part-0001.jsonl.gz"
+    lie.write_text(json.dumps({"text": "plain text under a .gz name"}) + "\n")
+    out = str(tmp_path / "out")
+    for given in (tmp_path / "in", lie):
+        with pytest.raises(UnreadableInputsError) as e:
+            run_serial(PrepareConfig(input=str(given), output=out))
+        assert f"{lie}: named .gz but is not gzip data (it starts with b'{{\"text')" in str(e.value)
+    assert not Path(out).exists()
+    manifest = run_serial(PrepareConfig(input=str(tmp_path / "in"), output=out, skip_unknown=True))
+    assert [s["url"] for s in manifest["skipped_inputs"]] == [str(lie)]
+    assert manifest["records"]["documents"] == 1

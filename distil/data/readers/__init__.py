@@ -172,11 +172,11 @@ def _read_range(
         return
     if fmt not in DELIMITERS:
         raise ValueError(f"{part.url}: {fmt} files are not read in ranges")
-    # the range that starts the file reads the header as its first record
+    # a range starting at byte 0 reads the header as its first record
     header = csv_header(part.url, DELIMITERS[fmt]) if part.start else None
     with fs.open(path, "rb") as f:
         f.seek(part.start)
         lines = iter(Lines(f, part.start, part.end))
         yield from read_csv(lines, source, DELIMITERS[fmt], **columns,
                             max_record_bytes=max_line_bytes, header=header,
-                            start=part.start)  # fmt: skip
+                            start=part.start, first_range=part.first_row == 0)  # fmt: skip

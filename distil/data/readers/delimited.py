@@ -104,7 +104,12 @@ def csv_header(url: str, delimiter: str) -> list[str] | None:
         return None
     if first.fields is None:
         raise ValueError("the header opens a quoted field that does not close into a row")
-    return [h.strip().lstrip("\ufeff") for h in first.fields]
+    return header_names(first.fields)
+
+
+def header_names(fields: list[str]) -> list[str]:
+    """Column names as written, less a byte-order mark and the spaces around each."""
+    return [h.lstrip("\ufeff").strip() for h in fields]
 
 
 def unclosed_quote_detail(rec: CsvRecord) -> str:
@@ -126,14 +131,14 @@ def read_csv(
     max_record_bytes: int,
     header: list[str] | None = None,
     start: int = 0,
+    first_range: bool = True,
 ) -> Iterator[Record]:
     """Corpus records of a CSV/TSV file: one a data row, ``text_column``/``id_column`` named by
     the header, the offset the byte where the row starts. ``lines`` start at byte ``start``;
     ``header`` None: its first record is the header (a whole file), else the file's header read
     apart (a range). A header without ``text_column`` is one ``missing_text_column`` record for
-    the whole file (given by the range that starts it)."""
+    the whole file, given by its ``first_range``."""
     records = csv_records(lines, delimiter, start)
-    first_range = header is None
     if header is None:
         first = next(records, None)
         if first is None:
@@ -142,7 +147,7 @@ def read_csv(
             detail = "the header opens a quoted field that does not close into a row"
             yield DeadLetter(source, 0, "malformed_row", detail)
             return
-        header = [h.strip().lstrip("\ufeff") for h in first.fields]
+        header = header_names(first.fields)
     if text_column not in header:
         if first_range:
             yield DeadLetter(source, 0, "missing_text_column", f"columns: {header[:20]}")

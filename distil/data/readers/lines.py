@@ -247,7 +247,7 @@ def read_json_array(
                     in_str = True
                 elif c in b"[{":
                     depth += 1
-                elif depth > 0:  # "]" or "}" closing a nested value
+                elif c != 0x2C and depth > 0:  # "]" or "}" closing a nested value
                     depth -= 1
                 i = m.end()
         pos += n
