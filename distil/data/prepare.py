@@ -74,7 +74,8 @@ def input_identity(url: str) -> dict[str, Any]:
     fs, path = storage.get_fs(url)
     info = fs.info(path)
     ident = {"size": int(info.get("size") or 0)}
-    for key in ("ETag", "etag", "mtime", "LastModified"):
+    # blob_id: the git blob hash of a file on the Hugging Face Hub (hf://), which has no mtime
+    for key in ("ETag", "etag", "mtime", "LastModified", "blob_id"):
         if info.get(key) is not None:
             ident[key.lower()] = str(info[key])
             break

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_stub import hub
 from prepare_corpus import write_formats_corpus
 
 from distil import storage
@@ -289,3 +293,60 @@ def test_a_file_named_gz_that_is_not_gzip_is_an_error_naming_it(tmp_path):
     manifest = run_serial(PrepareConfig(input=str(tmp_path / "in"), output=out, skip_unknown=True))
     assert [s["url"] for s in manifest["skipped_inputs"]] == [str(lie)]
     assert manifest["records"]["documents"] == 1
+
+
+HF_RUN = """
+import json, sys
+from distil.data.config import PrepareConfig
+from distil.data.prepare_ranges import run_serial
+m = run_serial(PrepareConfig(input=sys.argv[1], output=sys.argv[2], skip_unknown=True))
+print(json.dumps({k: m[k] for k in ("skipped_inputs", "inputs", "records", "fingerprint")}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_hf_datasets_urls_are_read_through_fsspec(tmp_path):
+    """``hf://datasets/…`` against a stand-in for the Hub's HTTP API (tests/data/hub_stub.py):
+    listed, refused, checked and read like any fsspec URL; a file edited to the same size is
+    read again (its blob id is its identity). The real Hub is not reachable here."""
+    import gzip
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a parquet row", "another parquet row"]}), buf)
+    files = {
+        "README.md": b"# dataset card, outside the input folder",
+        "data/a.jsonl": b'{"text": "one line"}\n{"text": "two lines"}\n',
+        "data/sub/b.jsonl.gz": gzip.compress(b'{"text": "three"}\n'),
+        "data/c.parquet": buf.getvalue(),
+        "data/d.docx": b"PK",
+        "data/e.json.gz": b'{"text": "not gzip"}\n',
+    }
+    url, out = "hf://datasets/org/corpus/data", str(tmp_path / "out")
+
+    def run() -> dict:
+        env = {**os.environ, "HF_ENDPOINT": endpoint}
+        env.pop("HF_HUB_OFFLINE", None)
+        proc = subprocess.run(
+            [sys.executable, "-c", HF_RUN, url, out], env=env, capture_output=True, timeout=240
+        )
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        return json.loads(proc.stdout.decode().splitlines()[-1])
+
+    with hub(files) as (endpoint, requests):
+        first = run()
+        assert [(s["url"].rsplit("/", 1)[1], s["reason"].split(" (")[0]) for s in
+                first["skipped_inputs"]] == [
+            ("d.docx", "no reader for this file type"),
+            ("e.json.gz", "named .gz but is not gzip data"),
+        ]  # fmt: skip
+        assert [i["name"] for i in first["inputs"]] == ["a.jsonl", "c.parquet", "sub/b.jsonl.gz"]
+        assert first["records"]["documents"] == 5
+        assert any(r.startswith("GET /datasets/org/corpus/resolve/main/data/") for r in requests)
+        files["data/a.jsonl"] = files["data/a.jsonl"].replace(b"one line", b"1 line!!")
+        second = run()
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["inputs"][0]["sha256"] != first["inputs"][0]["sha256"]
