@@ -64,6 +64,7 @@ def detect_format(name: str) -> str | None:
 def describe_formats() -> str:
     """The readable names, for messages."""
     names = ", ".join(f"{fmt} ({' '.join(SUFFIXES[fmt])})" for fmt in FORMATS)
+    names = names.replace("(.arrow)", "(.arrow, datasets save_to_disk folders)")
     packed = " ".join(compression.SUFFIXES)
     return f"{names}; all but parquet and arrow also compressed ({packed})"
 
