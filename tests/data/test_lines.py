@@ -7,8 +7,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import random
 
 import pytest
+from prepare_corpus import paragraph
 
 from distil.data.readers import DeadLetter, Document, lines, read_json_array, read_records
 
@@ -111,3 +113,25 @@ def test_json_lines_named_json_stay_json_lines_and_jsonl_never_sniffs(tmp_path):
     (tmp_path / "b.jsonl").write_bytes(b'[{"text": "one"}]\n')
     (rec,) = read_records(str(tmp_path / "b.jsonl"), "b.jsonl", "auto")
     assert isinstance(rec, DeadLetter) and rec.reason == "not_an_object"
+
+
+def test_a_truncated_compressed_file_ends_with_one_dead_letter_after_its_records(tmp_path):
+    import lzma
+
+    import zstandard
+
+    rng = random.Random(4)
+    rows = [{"text": f"document {i} " + paragraph(rng, 3)} for i in range(3000)]
+    array = json.dumps(rows).encode()
+    lines_ = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    cases = {
+        "a.json.gz": gzip.compress(array),
+        "b.jsonl.zst": zstandard.ZstdCompressor().compress(lines_),
+        "c.ndjson.xz": lzma.compress(lines_),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data[: len(data) * 2 // 3])
+        recs = list(read_records(str(tmp_path / name), name, "auto"))
+        assert 1000 < len(recs) - 1 < 3000, (name, len(recs))
+        assert all(isinstance(r, Document) for r in recs[:-1]), name
+        assert recs[-1].reason == "truncated_compressed_stream", name

@@ -136,7 +136,10 @@ class Prefixed(io.RawIOBase):
             buf[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        data = self._raw.read(len(buf))
+        # read1 where there is one: a buffered decompressor's read of a whole buffer would drop
+        # the bytes before a truncation along with the error
+        read = getattr(self._raw, "read1", self._raw.read)
+        data = read(len(buf))
         buf[: len(data)] = data
         return len(data)
 

@@ -188,13 +188,9 @@ def read_json_array(
     elem: _Element | None = None
     elements = 0
     while True:
-        try:
-            chunk = f.read(_READ)
-        except (EOFError, OSError) as e:
-            reason = _truncation_reason(e)
-            if reason is None:
-                raise
-            yield DeadLetter(source, elem.offset if elem else pos, reason[0], reason[1])
+        chunk = _read_chunk(f, source, elem.offset if elem else pos)
+        if isinstance(chunk, DeadLetter):
+            yield chunk
             return
         if not chunk:
             break
@@ -259,6 +255,20 @@ def read_json_array(
     yield DeadLetter(source, elem.offset, "malformed_json", detail)
 
 
+def _read_chunk(f: IO[bytes], source: str, offset: int) -> bytes | DeadLetter:
+    """The next bytes of ``f``, or the dead letter (at ``offset``) of a compressed stream that
+    ends early or is corrupt."""
+    try:
+        # read1: what one decompression step gives, so the bytes before a truncation are
+        # handed out before the error (a plain read of a big chunk would drop them with it)
+        return f.read1(_READ)  # type: ignore[attr-defined]
+    except (EOFError, OSError) as e:
+        reason = _truncation_reason(e)
+        if reason is None:
+            raise
+        return DeadLetter(source, offset, reason[0], reason[1])
+
+
 def _array_element(elem: _Element, source: str, text_column: str, id_column: str | None) -> Record:
     offset = elem.offset
     if elem.size > elem.limit:
@@ -287,13 +297,10 @@ def _after_array(f: IO[bytes], rest: bytes, offset: int, source: str) -> Iterato
             yield DeadLetter(source, at, "malformed_json", detail)
             return
         offset += len(rest)
-        try:
-            rest = f.read(_READ)
-        except (EOFError, OSError) as e:
-            reason = _truncation_reason(e)
-            if reason is None:
-                raise
-            yield DeadLetter(source, offset, reason[0], reason[1])
+        more = _read_chunk(f, source, offset)
+        if isinstance(more, DeadLetter):
+            yield more
             return
-        if not rest:
+        if not more:
             return
+        rest = more
