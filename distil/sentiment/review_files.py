@@ -9,7 +9,9 @@ being readable part-way), one ``unreadable_file`` record.
 A big file is read as several ``FileRange``s (``plan_ranges``: byte ranges cut at record
 boundaries for JSONL/CSV, runs of row groups for Parquet), each by whichever worker gets it, with
 the same rows, row numbers and dead letters as reading it whole: so a file's rows are spread over
-the workers by reading, not by shuffling the rows themselves.
+the workers by reading, not by shuffling the rows themselves. The format table, the range
+planner and the CSV record splitter are ``distil prepare``'s (``distil.data.readers.files``,
+``.ranges``, ``.delimited``): one implementation for both stages.
 """
 
 from __future__ import annotations
