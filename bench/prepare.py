@@ -350,7 +350,7 @@ def main() -> None:
         print("building the sample corpus ...", flush=True)
         samples(SamplesConfig(output=args.samples))
     tok_dir = resolve_model_ref(PACKAGED_TEACHER)
-    files = list_inputs([corpus])
+    files = list_inputs([corpus]).urls
     tmp = tempfile.mkdtemp(prefix="bench-prepare-")
     try:
         print(

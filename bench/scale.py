@@ -73,7 +73,7 @@ def sample_documents(samples: str) -> list[str]:
         build_samples(SamplesConfig(output=samples))
     return [
         r.text
-        for url in list_inputs([corpus])
+        for url in list_inputs([corpus]).urls
         for r in read_records(url, url, "auto")
         if isinstance(r, Document) and r.text.strip()
     ]

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from distil.config import StageConfig
 from distil.packaged import PACKAGED_TEACHER
 
-InputFormat = Literal["auto", "wiki", "text", "jsonl", "parquet"]
+InputFormat = Literal["auto", "wiki", "text", "jsonl", "csv", "tsv", "parquet", "arrow"]
 
 
 class PrepareConfig(StageConfig):
@@ -18,8 +18,11 @@ class PrepareConfig(StageConfig):
 
     input: str | list[str] = Field(
         ...,
-        description="input URL(s): a folder (every .xml.bz2/.txt/.jsonl/.parquet file under it), "
-        "one file, or a glob; each file is one input shard. Several: a YAML list '[url1, url2]'",
+        description="input URL(s): a folder (every file under it: .xml dumps, .txt books, "
+        ".jsonl/.json/.ndjson, .csv/.tsv, .parquet, datasets save_to_disk folders; any but "
+        "Parquet/Arrow also .gz/.bz2/.zst/.xz), one file, or a glob (any fsspec URL: s3://, "
+        "hf://datasets/…); each file is one input shard. A file no reader takes stops the run "
+        "before any work (see --skip-unknown). Several: a YAML list '[url1, url2]'",
     )
     output: str = Field(..., description="output folder URL for the packed Parquet shards")
     tokenizer: str = Field(
@@ -33,11 +36,22 @@ class PrepareConfig(StageConfig):
         "--no-cross-document never mixes documents in a sequence (short tails padded)",
     )
     format: InputFormat = Field(
-        "auto", description="input format; auto picks it from each file's extension"
+        "auto",
+        description="input format of every file; auto picks it from each file's name "
+        "(compression from the last suffix, checked against the file's first bytes)",
     )
-    text_column: str = Field("text", description="JSONL/Parquet field holding the text")
+    skip_unknown: bool = Field(
+        False,
+        description="go on without the input files no reader takes (unknown type, a compressed "
+        "file whose bytes are not its suffix's format, …) instead of stopping before any "
+        "work; each is listed with its reason in the manifest's skipped_inputs",
+    )
+    text_column: str = Field(
+        "text", description="JSON/CSV/TSV/Parquet/Arrow field (CSV/TSV: header name) of the text"
+    )
     id_column: str | None = Field(
-        None, description="JSONL/Parquet field holding a document id (default: file:offset)"
+        None,
+        description="JSON/CSV/TSV/Parquet/Arrow field holding a document id (default: file:offset)",
     )
     max_line_bytes: int = Field(
         4 * 1024 * 1024,
@@ -67,6 +81,13 @@ class PrepareConfig(StageConfig):
         ge=1,
         description="a bz2 wiki dump bigger than this is split into ranges of whole bz2 streams "
         "of about this size, read by all workers (never changes the output)",
+    )
+    range_bytes: int = Field(
+        256 << 20,
+        ge=1,
+        description="an uncompressed JSON lines, CSV/TSV or Parquet file bigger than this is "
+        "split into ranges of about this size at record boundaries (Parquet: between row "
+        "groups), read by all workers (never changes the output)",
     )
     num_workers: int = Field(
         2, ge=1, description="input shards processed in parallel (never changes the output)"

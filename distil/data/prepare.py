@@ -27,9 +27,11 @@ from distil.data import dedup, shards
 from distil.data.config import PrepareConfig
 from distil.data.readers import (
     EXTRACTOR_VERSION,
+    FileRange,
     HashingReader,
     Record,
     detect_format,
+    list_inputs,
     read_records,
 )
 from distil.data.tokenize_pack import ShardWriter, Tally, tokenize_records
@@ -72,7 +74,8 @@ def input_identity(url: str) -> dict[str, Any]:
     fs, path = storage.get_fs(url)
     info = fs.info(path)
     ident = {"size": int(info.get("size") or 0)}
-    for key in ("ETag", "etag", "mtime", "LastModified"):
+    # blob_id: the git blob hash of a file on the Hugging Face Hub (hf://), which has no mtime
+    for key in ("ETag", "etag", "mtime", "LastModified", "blob_id"):
         if info.get(key) is not None:
             ident[key.lower()] = str(info[key])
             break
@@ -151,20 +154,29 @@ def reusable_marker(
     return None
 
 
+def input_format(url: str, cfg: PrepareConfig) -> str:
+    """The format ``url`` is read in: ``--format``, or told by its name."""
+    return cfg.format if cfg.format != "auto" else (detect_format(url) or "auto")
+
+
 def file_records(
-    url: str, name: str, cfg: PrepareConfig, hasher: list[HashingReader]
+    url: str,
+    name: str,
+    cfg: PrepareConfig,
+    hasher: list[HashingReader],
+    part: FileRange | None = None,
 ) -> Iterator[Record]:
-    """The records of one whole input file, read as the config says (``hasher``: see
-    ``read_records``)."""
-    fmt = cfg.format if cfg.format != "auto" else (detect_format(url) or "auto")
+    """The records of one input file (or of its range ``part``), read as the config says
+    (``hasher``: see ``read_records``)."""
     return read_records(
         url,
         name,
-        fmt,
+        input_format(url, cfg),
         text_column=cfg.text_column,
         id_column=cfg.id_column,
         max_line_bytes=cfg.max_line_bytes,
         hasher=hasher,
+        part=part,
     )
 
 
@@ -209,9 +221,11 @@ def build_manifest(
     tok: TokenizerInfo,
     infos: list[dict[str, Any]],
     dedup_summary: dict[str, Any] | None = None,
+    skipped_inputs: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The committed manifest (``docs/CONTRACTS.md``) from the per-shard markers and, with
-    ``--dedup``, the deduplication's summary (``distil.data.dedup.resolve``)."""
+    """The committed manifest (``docs/CONTRACTS.md``) from the per-shard markers, with
+    ``--dedup`` the deduplication's summary (``distil.data.dedup.resolve``), and the input files
+    ``--skip-unknown`` left out (``plan_inputs``)."""
     infos = sorted(infos, key=lambda i: i["index"])
     counts = np.zeros(tok.vocab_size, dtype=np.int64)
     for info in infos:
@@ -267,6 +281,7 @@ def build_manifest(
         "inputs": [
             {"index": i["index"], "name": i["input"], "sha256": i["input_sha256"]} for i in infos
         ],
+        "skipped_inputs": list(skipped_inputs or []),
         "dead_letter": {
             "count": sum(i["dead_letter"] for i in infos),
             "by_reason": dict(sorted(by_reason.items())),
@@ -278,9 +293,17 @@ def build_manifest(
     }
 
 
-def plan_inputs(cfg: PrepareConfig) -> list[tuple[int, str, str]]:
-    """(index, url, name) per input shard, in the order that fixes shard indices and seq_ids."""
-    from distil.data.readers import list_inputs
-
-    urls = list_inputs(cfg.input, cfg.format)
-    return [(i, u, n) for i, (u, n) in enumerate(zip(urls, input_names(urls), strict=True))]
+def plan_inputs(cfg: PrepareConfig) -> tuple[list[tuple[int, str, str]], list[dict[str, str]]]:
+    """``(index, url, name)`` per readable input, in the order that fixes shard indices and
+    seq_ids, and the files no reader takes (``{"url", "reason"}``). Those stop the stage here,
+    before any work, unless ``--skip-unknown``."""
+    listing = list_inputs(cfg.input, cfg.format)
+    listing.check(cfg.skip_unknown)
+    skipped = [r.to_dict() for r in listing.refused]
+    for r in skipped[:20]:
+        log.warning("prepare: skipped %s: %s (--skip-unknown)", r["url"], r["reason"])
+    if len(skipped) > 20:
+        log.warning("prepare: skipped %d more input files (--skip-unknown)", len(skipped) - 20)
+    urls = listing.urls
+    inputs = [(i, u, n) for i, (u, n) in enumerate(zip(urls, input_names(urls), strict=True))]
+    return inputs, skipped

@@ -1,13 +1,17 @@
 """Input files as read units, their parts, deduplication, and the whole stage's order of work.
 
-``plan_units`` turns the input list into units: a whole file, or, for a bz2 wiki dump bigger
-than ``wiki_range_bytes``, its ranges (``distil.data.readers.wiki_ranges``). A range unit
-(``prepare_range``) reads, extracts and tokenizes its pages and stores the token pieces as a
-part (``_parts/shard-NNNNN/range-KKKKK.parquet``) with a marker; ``pack_parts`` then feeds the
-parts in range order to one ``ShardWriter``, renumbers dead-letter offsets to page ordinals of
-the whole dump and writes the shard's marker. Reading, extraction and tokenization (nearly all
-the CPU) run on every worker; packing a whole dump's tokens is the only serial tail, and the
-bytes are those of a single unit whatever the range size or worker count.
+``plan_units`` turns the input list into units: a whole file, or its ranges: a bz2 wiki dump
+bigger than ``wiki_range_bytes`` as byte ranges of whole bz2 streams
+(``distil.data.readers.wiki_ranges``), an uncompressed JSON lines, CSV/TSV or Parquet file
+bigger than ``range_bytes`` as ranges cut at record boundaries (``distil.data.readers.ranges``,
+the planner the scoring stage uses too). A range unit (``prepare_range``) reads and tokenizes
+its records and stores the token pieces as a part (``_parts/shard-NNNNN/range-KKKKK.parquet``)
+with a marker; ``pack_parts`` then feeds the parts in range order to one ``ShardWriter``
+(renumbering a dump's dead-letter offsets to page ordinals of the whole dump; the other
+readers give offsets in the whole file already) and writes the shard's marker. Reading,
+extraction and tokenization (nearly all the CPU) run on every worker; packing a file's tokens
+is the only serial tail, and the bytes are those of a single unit whatever the range size or
+worker count.
 
 With ``--dedup`` (the default) every input is read that way, a whole file being its one range,
 and each read unit also writes its documents' signatures (``distil.data.dedup``). Between
@@ -25,6 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,14 +41,18 @@ from distil.data.prepare import (
     build_manifest,
     file_records,
     finish_shard,
+    input_format,
     input_identity,
+    input_size,
     plan_inputs,
     prepare_shard,
     reusable_marker,
     shard_key,
 )
-from distil.data.readers import detect_format
-from distil.data.readers.wiki_ranges import plan_ranges, read_wiki_range
+from distil.data.readers import FileRange, is_json_array, ranges
+from distil.data.readers.compression import compression_of
+from distil.data.readers.wiki_ranges import plan_ranges as plan_dump_ranges
+from distil.data.readers.wiki_ranges import read_wiki_range
 from distil.data.tokenize_pack import (
     PartWriter,
     ShardWriter,
@@ -65,17 +74,40 @@ PARTS = "_parts"
 Mapper = Callable[[str, Callable[[dict[str, Any]], dict[str, Any]], list[dict[str, Any]]], list]
 
 
-def plan_units(cfg: PrepareConfig) -> list[dict[str, Any]]:
-    """One dict per input file (``index``, ``url``, ``name``, ``ranges``: ``[[start, end], …]``,
-    more than one only for a split wiki dump), in input order."""
+@dataclass(frozen=True)
+class Plan:
+    """The stage's units of work (``plan_units``) and the input files left out of it."""
+
+    units: list[dict[str, Any]]
+    skipped_inputs: list[dict[str, str]]
+
+
+def splittable(url: str, fmt: str, range_bytes: int) -> bool:
+    """Whether ``url`` is a record file worth planning ranges for: bigger than ``range_bytes``
+    and neither compressed nor a ``.json`` holding one array (read whole)."""
+    if fmt not in ranges.SPLITTABLE or compression_of(url):
+        return False
+    return input_size(url) > range_bytes and not is_json_array(url)
+
+
+def plan_units(cfg: PrepareConfig) -> Plan:
+    """One dict per input file (``index``, ``url``, ``name``, ``format``, ``ranges``: more than
+    one only for a split file: ``[start, end]`` bytes of a wiki dump, ``[start, end, first
+    record]`` of a record file, ``end`` None for its last range), in input order. Unreadable
+    inputs stop the stage here (``plan_inputs``)."""
+    inputs, skipped = plan_inputs(cfg)
     units = []
-    for index, url, name in plan_inputs(cfg):
-        fmt = cfg.format if cfg.format != "auto" else detect_format(url)
-        ranges = [[0, 0]]
+    for index, url, name in inputs:
+        fmt = input_format(url, cfg)
+        bounds: list[list[Any]] = [[0, 0]]
         if fmt == "wiki" and url.lower().endswith(".bz2"):
-            ranges = [list(r) for r in plan_ranges(url, cfg.wiki_range_bytes)]
-        units.append({"index": index, "url": url, "name": name, "ranges": ranges})
-    return units
+            bounds = [list(r) for r in plan_dump_ranges(url, cfg.wiki_range_bytes)]
+        elif splittable(url, fmt, cfg.range_bytes):
+            parts = ranges.plan_ranges(url, input_size(url), cfg.range_bytes, fmt)
+            if len(parts) > 1:
+                bounds = [[p.start, p.end, p.first_row] for p in parts]
+        units.append({"index": index, "url": url, "name": name, "format": fmt, "ranges": bounds})
+    return Plan(units, skipped)
 
 
 def range_items(unit: dict[str, Any], parts: bool = False) -> list[dict[str, Any]]:
@@ -101,7 +133,8 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
     """Read one range (or, in a deduplicated run, a whole file) into a part, plus its
     signatures with ``--dedup``; the marker records the range's tally and document count."""
     index, k = item["index"], item["range"]
-    start, end = item["ranges"][k]
+    bounds = item["ranges"][k]
+    start, end = bounds[:2]
     whole = len(item["ranges"]) == 1
     identity = input_identity(item["url"])
     unit = range_unit(index, k)
@@ -114,7 +147,7 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
     done = reusable_marker(cfg, tok, unit, identity)
     if (
         done
-        and done.get("bounds") == [start, end]
+        and done.get("bounds") == bounds
         and (not cfg.dedup or storage.exists(storage.join(cfg.output, part)))
         and (not cfg.dedup or storage.exists(storage.join(cfg.output, sig)))
     ):
@@ -124,8 +157,12 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
     if whole:
         records = file_records(item["url"], item["name"], cfg, hasher)
         label = item["name"]
-    else:
+    elif item["format"] == "wiki":
         records = read_wiki_range(item["url"], item["name"], start, end)
+        label = f"{item['name']}[{k + 1}/{len(item['ranges'])}]"
+    else:
+        piece = FileRange(item["url"], start, end, bounds[2])
+        records = file_records(item["url"], item["name"], cfg, hasher, piece)
         label = f"{item['name']}[{k + 1}/{len(item['ranges'])}]"
     documents = None
     with contextlib.ExitStack() as stack:
@@ -145,7 +182,7 @@ def prepare_range(item: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) 
     info = {
         "key": shard_key(cfg, tok),
         "input_identity": identity,
-        "bounds": [start, end],
+        "bounds": bounds,
         "part": part,
         "signatures": sig if cfg.dedup else None,
         "input_sha256": hasher[0].hexdigest() if hasher else None,
@@ -191,8 +228,10 @@ def pack_parts(unit: dict[str, Any], cfg: PrepareConfig, tok: TokenizerInfo) -> 
             marker = storage.read_marker(cfg.output, range_unit(index, k))
             if marker is None or marker.get("bounds") != bounds:
                 raise RuntimeError(f"{unit['name']}: range {k} {bounds} finished without a part")
-            # dead-letter offsets become page ordinals of the whole dump
-            tally.merge(marker["tally"], offset_shift=tally.stats["records"])
+            # a dump's dead-letter offsets become page ordinals of the whole dump (the other
+            # readers' offsets are bytes or rows of the whole file already)
+            shift = tally.stats["records"] if unit["format"] == "wiki" else 0
+            tally.merge(marker["tally"], offset_shift=shift)
             sha = marker.get("input_sha256")
             for flat, lengths, new_doc in iter_part(storage.join(cfg.output, marker["part"])):
                 ordinal = last + np.cumsum(new_doc)
@@ -308,10 +347,13 @@ def run_units(
     return infos, summary, reused
 
 
-def run_stage(cfg: PrepareConfig, tok: TokenizerInfo, mapper: Mapper) -> tuple[dict[str, Any], int]:
-    """Plan, run every unit over ``mapper``, commit the manifest (last), then drop what only
-    the run needed. Returns ``(manifest, shards reused)``."""
-    units = plan_units(cfg)
+def run_stage(
+    cfg: PrepareConfig, tok: TokenizerInfo, mapper: Mapper, plan: Plan | None = None
+) -> tuple[dict[str, Any], int]:
+    """Plan (unless given ``plan``), run every unit over ``mapper``, commit the manifest
+    (last), then drop what only the run needed. Returns ``(manifest, shards reused)``."""
+    plan = plan or plan_units(cfg)
+    units = plan.units
     log.info(
         "prepare: %d input files, %d read units%s",
         len(units),
@@ -319,7 +361,7 @@ def run_stage(cfg: PrepareConfig, tok: TokenizerInfo, mapper: Mapper) -> tuple[d
         ", deduplicated" if cfg.dedup else "",
     )
     infos, summary, reused = run_units(cfg, tok, units, mapper)
-    manifest = build_manifest(cfg, tok, infos, summary)
+    manifest = build_manifest(cfg, tok, infos, summary, plan.skipped_inputs)
     storage.commit(cfg.output, manifest)
     storage.remove(storage.join(cfg.output, PARTS))  # every part was removed once packed
     dedup.cleanup(cfg.output, cfg.dedup)

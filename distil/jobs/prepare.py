@@ -5,9 +5,11 @@
 
 Each input file is one unit of work (``distil.data.prepare.prepare_shard``): it writes its own
 output shard and then its completion marker, so a rerun after a crash redoes only the shards
-without a marker. A bz2 wiki dump bigger than ``wiki_range_bytes`` is read as many byte-range
-units spread over all workers, then packed into its one shard
-(``distil.data.prepare_ranges``). With ``--dedup`` (the default) every unit also writes its
+without a marker. A bz2 wiki dump bigger than ``wiki_range_bytes``, or an uncompressed JSON
+lines, CSV/TSV or Parquet file bigger than ``range_bytes``, is read as many range units spread
+over all workers, then packed into its one shard (``distil.data.prepare_ranges``). The inputs
+are listed first: a file no reader takes stops the job there, before Ray starts, unless
+``--skip-unknown``. With ``--dedup`` (the default) every unit also writes its
 documents' signatures; one task per MinHash band (and one for the exact hash) groups buckets,
 the driver resolves clusters, then one task per input packs its shard without the removed
 documents (``distil.data.dedup``). The manifest is written last, from the markers.
@@ -26,7 +28,7 @@ from distil import storage
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.data.config import PrepareConfig
 from distil.data.prepare import input_size
-from distil.data.prepare_ranges import run_stage
+from distil.data.prepare_ranges import plan_units, run_stage
 from distil.data.tokenizer import load_tokenizer_info
 from distil.ops.cluster import init_ray
 from distil.progress import Progress
@@ -48,6 +50,8 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         cfg.dedup,
         cfg.num_workers,
     )
+    # the inputs are listed (and unreadable ones refused) before Ray starts
+    plan = plan_units(cfg)
     init_ray()
 
     def mapper(phase: str, fn: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,8 +66,10 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
             def size(item: dict[str, Any]) -> int:
                 if item["range"] is None or len(item["ranges"]) == 1:
                     return sizes[item["url"]]
-                start, end = item["ranges"][item["range"]]
-                return end - start
+                if item["format"] == "wiki":  # bytes [start, end) of the dump
+                    start, end = item["ranges"][item["range"]][:2]
+                    return end - start
+                return sizes[item["url"]] // len(item["ranges"])  # ranges of about equal size
 
             items = sorted(items, key=lambda it: (-size(it), it["index"], it["range"] or 0))
         out = []
@@ -77,7 +83,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
                 out.append(r)
         return out
 
-    manifest, reused = run_stage(cfg, tok, mapper)
+    manifest, reused = run_stage(cfg, tok, mapper, plan)
     elapsed = time.monotonic() - t0
     summary = {
         "output": storage.redact(cfg.output),
@@ -88,6 +94,7 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         "documents": manifest["records"]["documents"],
         "padding_fraction": round(manifest["padding_fraction"], 4),
         "dead_letter": manifest["dead_letter"]["count"],
+        "skipped_inputs": len(manifest["skipped_inputs"]),
         "fingerprint": manifest["fingerprint"],
         "seconds": round(elapsed, 1),
         "tokens_per_s": round(manifest["tokens"] / max(elapsed, 1e-9)),

@@ -9,35 +9,36 @@ being readable part-way), one ``unreadable_file`` record.
 A big file is read as several ``FileRange``s (``plan_ranges``: byte ranges cut at record
 boundaries for JSONL/CSV, runs of row groups for Parquet), each by whichever worker gets it, with
 the same rows, row numbers and dead letters as reading it whole: so a file's rows are spread over
-the workers by reading, not by shuffling the rows themselves.
+the workers by reading, not by shuffling the rows themselves. The format table, the range
+planner and the CSV record splitter are ``distil prepare``'s (``distil.data.readers.files``,
+``.ranges``, ``.delimited``): one implementation for both stages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
 import posixpath
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from distil import storage
-from distil.data.readers.compression import SUFFIXES as COMPRESSIONS
-from distil.data.readers.compression import open_stream
+from distil.data.readers import ranges
+from distil.data.readers.delimited import (
+    DELIMITERS,
+    csv_header,
+    csv_records,
+    unclosed_quote_detail,
+)
+from distil.data.readers.files import detect_format
+from distil.data.readers.ranges import FileRange, Lines, open_range
 
-FORMATS = {
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".parquet": "parquet",
-}
+# The formats reviews are read in (names of ``distil.data.readers.files.detect_format``).
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
 
 # Dead-letter reasons (the ``reason`` column); docs/stages/finetune-and-score.md explains each.
 MISSING_TEXT = "missing_text"
@@ -56,11 +57,6 @@ INFERENCE_ERROR = (
 
 RAW_PREVIEW = 500  # characters of the raw record kept in the dead-letter row
 INT64 = (-(2**63), 2**63 - 1)
-# A quoted CSV field may span lines, but not more bytes than this: a quote that is never closed
-# would otherwise make the rest of the file one field, held in memory.
-MAX_CSV_RECORD_BYTES = 8 << 20
-# csv's own limit (128 KiB a field) would make one long review end the whole file
-csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 
 
 @dataclass(frozen=True)
@@ -83,26 +79,11 @@ class DeadLetter:
     raw: str
 
 
-@dataclass(frozen=True)
-class FileRange:
-    """A part of one input file a worker reads on its own: bytes ``[start, end)`` of a JSONL or
-    CSV file, cut at record boundaries, or row groups ``[start, end)`` of a Parquet file.
-    ``first_row`` is the ``source_row`` of its first record; ``end=None`` reads to the end."""
-
-    url: str
-    start: int = 0
-    end: int | None = None
-    first_row: int = 0
-
-
 def format_of(url: str, input_format: str = "auto") -> str:
     if input_format != "auto":
         return input_format
-    name = url.lower()
-    for ext in COMPRESSIONS:
-        name = name.removesuffix(ext)
-    fmt = FORMATS.get(posixpath.splitext(name)[1])
-    if fmt is None:
+    fmt = detect_format(url)
+    if fmt not in FORMATS:
         raise ValueError(f"{url}: cannot tell the format from the extension; pass --input-format")
     return fmt
 
@@ -281,36 +262,6 @@ def _record_preview(rec: dict[str, Any]) -> str:
         return f"<record not shown: {type(e).__name__}>"
 
 
-class _Lines:
-    """Lines (with their endings) of ``f`` from byte ``start`` until byte ``end``; ``pos`` is
-    the byte offset after the last line handed out (the planner cuts there)."""
-
-    def __init__(self, f: Any, start: int = 0, end: int | None = None):
-        self.f, self.pos, self.end = f, start, end
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self.f:
-            if self.end is not None and self.pos >= self.end:
-                return
-            self.pos += len(line)
-            yield line
-
-
-@contextlib.contextmanager
-def _open_range(part: FileRange) -> Iterator[Any]:
-    """The file (decompressed: ``distil.data.readers.compression``) positioned at the range's
-    start. Only a whole file may be compressed (a compressed stream has no byte offsets to cut
-    at: ``plan_ranges`` never splits one)."""
-    if not part.start:
-        with open_stream(part.url) as f:
-            yield f
-        return
-    fs, path = storage.get_fs(part.url)
-    with fs.open(path, "rb") as f:
-        f.seek(part.start)
-        yield f
-
-
 def iter_jsonl(
     part: FileRange,
     text_column: str,
@@ -318,9 +269,9 @@ def iter_jsonl(
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
     source = escape_text(part.url)
-    with _open_range(part) as f:
+    with open_range(part) as f:
         row = part.first_row - 1
-        for line in _Lines(f, part.start, part.end):
+        for line in Lines(f, part.start, part.end):
             if not line.strip():
                 continue
             row += 1
@@ -351,89 +302,6 @@ def iter_jsonl(
             yield _check(rec, source, row, text_column, id_column, raw, keep)
 
 
-@dataclass(frozen=True)
-class _CsvRecord:
-    """One CSV record and the bytes it spans; ``fields`` None: its first line opens a quoted
-    field that does not close into a well-formed row, and the record is that line alone."""
-
-    fields: list[str] | None
-    start: int
-    end: int
-    first_line: bytes
-
-
-def _csv_records(lines: Iterator[bytes], delimiter: str, start: int = 0) -> Iterator[_CsvRecord]:
-    """The CSV records of ``lines`` (bytes, with their endings; the first at byte ``start``).
-
-    csv itself, left alone, reads an unclosed quote to the end of the file, merging every row
-    after it into one field. Here csv runs strict, and a record that fails after spanning
-    several lines (a quote closed by a later row's quote, the end of the input, or more than
-    ``MAX_CSV_RECORD_BYTES``) becomes its first line alone, with ``fields`` None; parsing starts
-    again on the next line. A one-line record that fails strict parsing (``a,"b" c``: text
-    after a closing quote) is read the lenient way, as before. The same function cuts ranges
-    and reads them, so a range starts exactly where whole-file reading starts a record."""
-    pending: deque[bytes] = deque()  # lines taken by a failed record, read again
-    taken: list[bytes] = []
-    state = {"size": 0, "ended": None}  # ended: None, "end" of the input or "cap"
-
-    def feed() -> Iterator[str]:
-        while True:
-            line = pending.popleft() if pending else next(lines, None)
-            if line is None:
-                state["ended"] = "end"
-                return
-            if taken and state["size"] + len(line) > MAX_CSV_RECORD_BYTES:
-                pending.appendleft(line)
-                state["ended"] = "cap"
-                return
-            taken.append(line)
-            state["size"] += len(line)
-            # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is
-            # caught by _check (-> "undecodable") instead of failing the whole file
-            yield line.decode("utf-8", errors="surrogateescape")
-
-    pos = start
-    while True:
-        state["ended"] = None
-        reader = csv.reader(feed(), delimiter=delimiter, strict=True)
-        while True:
-            taken.clear()
-            state["size"] = 0
-            try:
-                fields = next(reader)
-            except StopIteration:
-                if not pending:
-                    return
-                break  # cannot happen (csv asks for a line only inside a record); be safe
-            except csv.Error:
-                if not taken:
-                    raise
-                first = taken[0]
-                if len(taken) == 1 and state["ended"] is None:
-                    text = first.decode("utf-8", errors="surrogateescape")
-                    lenient = next(csv.reader([text], delimiter=delimiter), [])
-                    yield _CsvRecord(lenient, pos, pos + len(first), first)
-                    pos += len(first)
-                    continue
-                yield _CsvRecord(None, pos, pos + len(first), first)
-                pos += len(first)
-                pending.extendleft(reversed(taken[1:]))
-                break  # a fresh reader over the lines after this one
-            end = pos + state["size"]
-            yield _CsvRecord(fields, pos, end, taken[0])
-            pos = end
-
-
-def _csv_header(url: str, delimiter: str) -> list[str] | None:
-    with open_stream(url) as f:
-        first = next(_csv_records(iter(f), delimiter), None)
-    if first is None:
-        return None
-    if first.fields is None:
-        raise ValueError("the header opens a quoted field that does not close into a row")
-    return [h.strip().lstrip("\ufeff") for h in first.fields]
-
-
 def iter_csv(
     part: FileRange,
     text_column: str,
@@ -442,23 +310,18 @@ def iter_csv(
     keep: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[Review | DeadLetter]:
     source = escape_text(part.url)
-    header = _csv_header(part.url, delimiter)
+    header = csv_header(part.url, delimiter)
     if header is None:
         return
-    with _open_range(part) as fb:
-        records = _csv_records(iter(_Lines(fb, part.start, part.end)), delimiter, part.start)
+    with open_range(part) as fb:
+        records = csv_records(iter(Lines(fb, part.start, part.end)), delimiter, part.start)
         if part.start == 0:
             next(records)  # the header, read above
         for row, rec in enumerate(records, start=part.first_row):
             raw = _preview(rec.first_line.rstrip(b"\r\n"))
             if rec.fields is None:
-                # the same words whichever range reads it (where the scan stopped differs)
-                detail = (
-                    "unclosed quote: the quoted field opened on this line does not close into a "
-                    f"well-formed row; bytes [{rec.start}, {rec.end}) of the file are this row "
-                    "alone, and the next line is read as a row of its own"
-                )
-                yield DeadLetter(None, source, row, UNCLOSED_QUOTE, _preview(detail), raw)
+                detail = _preview(unclosed_quote_detail(rec))
+                yield DeadLetter(None, source, row, UNCLOSED_QUOTE, detail, raw)
                 continue
             fields = rec.fields
             raw = _preview(delimiter.join(fields))
@@ -517,7 +380,7 @@ def iter_reviews(
         if fmt == "jsonl":
             gen = iter_jsonl(part, text_column, id_column, keep)
         elif fmt in ("csv", "tsv"):
-            gen = iter_csv(part, text_column, id_column, "\t" if fmt == "tsv" else ",", keep)
+            gen = iter_csv(part, text_column, id_column, DELIMITERS[fmt], keep)
         else:
             gen = iter_parquet(part, text_column, id_column, keep=keep)
         for item in gen:
@@ -540,65 +403,13 @@ def default_split_bytes(total_bytes: int) -> int:
 def plan_ranges(
     url: str, size: int, split_bytes: int, input_format: str = "auto"
 ) -> list[FileRange]:
-    """``url`` as ranges of about ``split_bytes`` each, which together read exactly the records
-    of the whole file (same rows, same ``source_row``s). A file of at most ``split_bytes``, a
-    compressed one, a Parquet file of one row group, or one whose layout cannot be read here is
-    one range (reading it then says what is wrong). JSONL and CSV are scanned once for record
-    boundaries (a quoted CSV field may span lines); Parquet cuts between row groups from the
-    footer alone."""
-    whole = [FileRange(url)]
-    if size <= split_bytes or url.lower().endswith(COMPRESSIONS):
-        return whole
+    """``url`` as ranges of about ``split_bytes`` each (``distil.data.readers.ranges``), which
+    together read exactly the records of the whole file (same rows, same ``source_row``s). A
+    file whose format or layout cannot be read here is one range (reading it then says what is
+    wrong)."""
     try:
-        fmt = format_of(url, input_format)
-        if fmt == "parquet":
-            return _plan_parquet(url, split_bytes)
-        return _plan_lines(url, split_bytes, {"csv": ",", "tsv": "\t"}.get(fmt))
+        return ranges.plan_ranges(url, size, split_bytes, format_of(url, input_format))
     except (OSError, ValueError, EOFError, csv.Error) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        return whole
-
-
-def _plan_parquet(url: str, split_bytes: int) -> list[FileRange]:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_filesystem(url)
-    with fs.open_input_file(path) as fh:
-        meta = pq.ParquetFile(fh).metadata
-    out: list[FileRange] = []
-    start = first = rows = nbytes = 0
-    for g in range(meta.num_row_groups):
-        rg = meta.row_group(g)
-        stored = sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
-        rows, nbytes = rows + rg.num_rows, nbytes + stored
-        if nbytes >= split_bytes and g + 1 < meta.num_row_groups:
-            out.append(FileRange(url, start, g + 1, first))
-            start, first, nbytes = g + 1, rows, 0
-    return [*out, FileRange(url, start, None, first)]
-
-
-def _plan_lines(url: str, split_bytes: int, delimiter: str | None) -> list[FileRange]:
-    """One pass over the bytes: a cut after every record that ends ``split_bytes`` past the
-    last cut. ``delimiter`` None: JSONL (a record is a non-blank line); else CSV, whose header
-    is record zero and whose records ``_csv_records`` delimits, as the reader does."""
-    fs, path = storage.get_fs(url)
-    out: list[FileRange] = []
-    with fs.open(path, "rb") as f:
-        lines = _Lines(f)
-        if delimiter is None:
-            ends: Iterator[int] = (lines.pos for line in lines if line.strip())
-        else:
-            records = _csv_records(iter(lines), delimiter)
-            header = next(records, None)
-            if header is None or header.fields is None:  # nothing to cut, or refused whole
-                return [FileRange(url)]
-            ends = (r.end for r in records)
-        start, first = (0, 0) if delimiter is None else (header.end, 0)
-        for row, end in enumerate(ends, start=1):
-            if end - start >= split_bytes:
-                out.append(FileRange(url, start, end, first))
-                start, first = end, row
-    if not out:
         return [FileRange(url)]
-    return [*out, FileRange(url, start, None, first)]

@@ -2,7 +2,9 @@
 
 ``write_good_corpus`` writes one input shard of each format (wiki XML .bz2 with redirects and
 other namespaces, two plain-text books, JSONL, Parquet) and returns what a correct reader must
-yield from each. ``write_bad_corpus`` writes the bad inputs of issue 3 with the dead letters
+yield from each. ``write_formats_corpus`` is issue 32's folder of every other input format and
+compression (a JSON array, NDJSON, zstd, xz, CSV with quoted fields over several lines, TSV, a
+``datasets`` save_to_disk folder) plus a ``.docx`` no reader takes. ``write_bad_corpus`` writes the bad inputs of issue 3 with the dead letters
 they must produce. ``write_dup_corpus`` adds duplicates (exact, re-wrapped, near, a whole book)
 to the good corpus; ``write_planted`` and ``score_planted`` are issue 32's planted set of copies
 of real prose (``sample_texts``) and its scoring, shared with ``bench/prepare.py``.
@@ -11,7 +13,11 @@ of real prose (``sample_texts``) and its scoring, shared with ``bench/prepare.py
 from __future__ import annotations
 
 import bz2
+import csv
+import gzip
+import io
 import json
+import lzma
 import random
 from pathlib import Path
 from typing import Any
@@ -109,6 +115,22 @@ ARTICLE_1_KEEP = ["Ada Lovelace", "mathematician", "writer", "Early life", "born
 ARTICLE_1_DROP = ["Infobox", "citation", "portrait caption", "tablecell", "Mathematicians", "{{"]
 
 
+def output_bytes(out: str) -> dict[str, bytes]:
+    """Every committed byte of a prepared output: shards, dead-letter files, the dedup audit
+    list and the manifest."""
+    from distil import storage
+
+    m = storage.read_manifest(out)
+    files = {Path(u).name: storage.read_bytes(u) for u in storage.committed_files(out)}
+    for name in m["dead_letter"]["files"]:
+        files[name] = storage.read_bytes(storage.join(out, name))
+    if m["dedup"]["enabled"]:
+        name = m["dedup"]["removed_file"]
+        files[name] = storage.read_bytes(storage.join(out, name))
+    files["manifest.json"] = storage.read_bytes(storage.join(out, "manifest.json"))
+    return files
+
+
 def write_good_corpus(root: Path, seed: int = 0, scale: int = 1) -> dict[str, list[str]]:
     """Write the corpus; returns, per file name, the document texts a reader must yield (for the
     wiki file only the prose of article 1 is checked by keyword, so it maps to titles)."""
@@ -176,6 +198,78 @@ def write_dup_corpus(root: Path, scale: int = 1) -> dict[str, str]:
         "zz-more.jsonl:4": "zz-more.jsonl:3",  # the near copy comes first: the original goes
         "books/book-2.txt:0": "books/book-0.txt:0",  # a book re-wrapped into other paragraphs
     }
+
+
+def write_formats_corpus(root: Path, seed: int = 5) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Every input format and compression but the good corpus's, in one folder, plus
+    ``report.docx``. Returns, per file name (a save_to_disk folder's Arrow files under their
+    folder), the texts a reader must yield, in order (``report.docx``: []); and the duplicates
+    planted across formats (``"file:ordinal"`` of the copy that goes -> of the one kept): an
+    exact copy, a re-wrapped one (exact after normalisation) and one with a word changed."""
+    import datasets
+    import zstandard
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[str]] = {}
+
+    def docs(n: int) -> list[str]:
+        return [paragraph(rng, rng.randint(1, 4)) for _ in range(n)]
+
+    long = paragraph(rng, 14)
+    near = long.split()
+    near[20] = "zebra"
+    # one JSON array (pretty-printed: elements span lines), gzip
+    texts = docs(12)
+    array = json.dumps([{"id": f"a{i}", "text": t} for i, t in enumerate(texts)], indent=2)
+    (root / "part-0001.json.gz").write_bytes(gzip.compress(array.encode()))
+    out["part-0001.json.gz"] = texts
+    texts = [*docs(14), long]
+    ndjson = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    (root / "x.ndjson.bz2").write_bytes(bz2.compress(ndjson.encode()))
+    out["x.ndjson.bz2"] = texts
+    texts = docs(14)
+    lines = "".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(texts))
+    (root / "books.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    out["books.jsonl.zst"] = texts
+    paras = docs(6)
+    book = "\n\n".join("\n".join(_wrap(p, 50)) for p in paras) + "\n"
+    (root / "a.txt.xz").write_bytes(lzma.compress(book.encode()))
+    out["a.txt.xz"] = [" ".join(paras)]
+    # CSV whose text fields hold commas, quotes and line breaks (quoted over several lines)
+    texts = docs(16)
+    texts = [t.replace(". ", '.\n"Said," she wrote, ', 1) if i % 3 == 0 else t for i, t in
+             enumerate(texts)]  # fmt: skip
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(["id", "stars", "text"])
+    w.writerows([f"c{i}", i % 5, t] for i, t in enumerate(texts))
+    (root / "reviews.csv").write_text(buf.getvalue())
+    out["reviews.csv"] = texts
+    texts = [*docs(8), " ".join(near)]
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["text"])
+    w.writerows([t] for t in texts)
+    (root / "more.tsv.gz").write_bytes(gzip.compress(buf.getvalue().encode()))
+    out["more.tsv.gz"] = texts
+    texts = [*docs(10), out["part-0001.json.gz"][3]]
+    pq.write_table(pa.table({"text": texts}), root / "table.parquet", row_group_size=4)
+    out["table.parquet"] = texts
+    texts = [*docs(12), "\n".join(_wrap(out["reviews.csv"][1].upper(), 30))]
+    ds = datasets.Dataset.from_dict({"id": [f"d{i}" for i in range(13)], "text": texts})
+    ds.save_to_disk(str(root / "saved"), num_shards=2)
+    out["saved/data-00000-of-00002.arrow"] = texts[:7]
+    out["saved/data-00001-of-00002.arrow"] = texts[7:]
+    # a Word file: a zip archive no reader takes
+    (root / "report.docx").write_bytes(b"PK\x03\x04" + rng.randbytes(200))
+    out["report.docx"] = []
+    duplicates = {
+        "table.parquet:10": "part-0001.json.gz:3",
+        "saved/data-00001-of-00002.arrow:5": "reviews.csv:1",
+        "x.ndjson.bz2:14": "more.tsv.gz:8",
+    }
+    return out, duplicates
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -172,7 +172,7 @@ def test_deduplicated_output_is_counted_and_audited(tmp_path, real_tokenizer_dir
     assert d["documents_in"] == manifest["records"]["documents"] == 4 + 3 + 40 + 30 + 7
     assert d["settings"] == dedup.settings(0.8) == manifest["config"]["dedup"]
     # the shards hold exactly the kept documents' tokens
-    check_prepared(out, real_tokenizer_dir, kept_texts(list_inputs([str(root)]), out))
+    check_prepared(out, real_tokenizer_dir, kept_texts(list_inputs([str(root)]).urls, out))
     more = next(f for f in manifest["files"] if f["input"] == "zz-more.jsonl")
     marker = storage.read_marker(out, f"shard-{manifest['files'].index(more):05d}")
     assert marker["documents_removed"] == 4 and marker["documents"] == 7
@@ -188,7 +188,7 @@ def test_dedup_off_keeps_every_document_and_the_old_fingerprint(tmp_path, real_t
     check_prepared(
         str(tmp_path / "off"),
         real_tokenizer_dir,
-        kept_texts(list_inputs([str(root)]), str(tmp_path / "off")),
+        kept_texts(list_inputs([str(root)]).urls, str(tmp_path / "off")),
     )
     assert not (tmp_path / "off" / dedup.REMOVED_FILE).exists()
     on = run_serial(PrepareConfig(input=str(root), output=str(tmp_path / "on")))

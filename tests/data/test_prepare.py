@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_stub import hub
+from prepare_corpus import write_formats_corpus
 
 from distil import storage
 from distil.data import shards
 from distil.data.config import PrepareConfig
 from distil.data.prepare_ranges import run_serial
-from distil.data.readers import BadInputError, Document, read_records
+from distil.data.readers import BadInputError, Document, UnreadableInputsError, read_records
 
 
 def read_rows(out: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,3 +236,117 @@ def test_progress_lines_honour_log_every_s(good_corpus, tmp_path, caplog):
     # the last progress line has the shard's final counts and both rates
     assert lines[-1].startswith(f"news.jsonl: 40 docs, {manifest['tokens']} tokens [")
     assert "docs/s" in lines[-1] and "tokens/s" in lines[-1]
+
+
+def test_every_format_is_read_once_and_a_file_no_reader_takes_stops_the_run_first(
+    tmp_path, real_tokenizer_dir
+):
+    """Issue 32's acceptance: .json.gz (one array), .ndjson.bz2, .jsonl.zst, .txt.xz, .csv,
+    .tsv.gz, .parquet, a save_to_disk folder and a .docx; duplicates planted across formats."""
+    root = tmp_path / "corpus"
+    texts, duplicates = write_formats_corpus(root)
+    out = tmp_path / "out"
+    with pytest.raises(UnreadableInputsError) as e:
+        run_serial(PrepareConfig(input=str(root), output=str(out)))
+    assert f"{root / 'report.docx'}: no reader for this file type (.docx)" in str(e.value)
+    assert "--skip-unknown" in str(e.value)
+    assert not out.exists()  # stopped before any work
+
+    cfg = PrepareConfig(input=str(root), output=str(out), skip_unknown=True, id_column="id")
+    manifest = run_serial(cfg)
+    assert manifest["skipped_inputs"] == [
+        {"url": str(root / "report.docx"), "reason": "no reader for this file type (.docx)"}
+    ]
+    names = sorted(n for n in texts if n != "report.docx")
+    assert [i["name"] for i in manifest["inputs"]] == names
+    # every document of every file read exactly once (the book is one document)
+    for index, name in enumerate(names):
+        marker = storage.read_marker(str(out), f"shard-{index:05d}")
+        assert marker["documents"] == len(texts[name]), name
+        assert marker["dead_letter"] == 0 and marker["input"] == name
+    assert manifest["records"]["documents"] == sum(len(t) for t in texts.values())
+    # deduplication across formats: the planted copies, and only those, are removed
+    assert manifest["dedup"]["exact_removed"] == 2 and manifest["dedup"]["near_removed"] == 1
+    audit = shards.read_table(str(out / manifest["dedup"]["removed_file"])).to_pylist()
+    assert {f"{r['input']}:{r['ordinal']}": f"{r['kept_input']}:{r['kept_ordinal']}"
+            for r in audit} == duplicates  # fmt: skip
+    kept = [
+        t
+        for name in names
+        for ordinal, t in enumerate(texts[name])
+        if f"{name}:{ordinal}" not in duplicates
+    ]
+    check_prepared(str(out), real_tokenizer_dir, kept)
+
+
+def test_a_file_named_gz_that_is_not_gzip_is_an_error_naming_it(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.jsonl").write_text(json.dumps({"text": "a good line"}) + "\n")
+    lie = tmp_path / "in" / "part-0001.jsonl.gz"
+    lie.write_text(json.dumps({"text": "plain text under a .gz name"}) + "\n")
+    out = str(tmp_path / "out")
+    for given in (tmp_path / "in", lie):
+        with pytest.raises(UnreadableInputsError) as e:
+            run_serial(PrepareConfig(input=str(given), output=out))
+        assert f"{lie}: named .gz but is not gzip data (it starts with b'{{\"text')" in str(e.value)
+    assert not Path(out).exists()
+    manifest = run_serial(PrepareConfig(input=str(tmp_path / "in"), output=out, skip_unknown=True))
+    assert [s["url"] for s in manifest["skipped_inputs"]] == [str(lie)]
+    assert manifest["records"]["documents"] == 1
+
+
+HF_RUN = """
+import json, sys
+from distil.data.config import PrepareConfig
+from distil.data.prepare_ranges import run_serial
+m = run_serial(PrepareConfig(input=sys.argv[1], output=sys.argv[2], skip_unknown=True))
+print(json.dumps({k: m[k] for k in ("skipped_inputs", "inputs", "records", "fingerprint")}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_hf_datasets_urls_are_read_through_fsspec(tmp_path):
+    """``hf://datasets/…`` against a stand-in for the Hub's HTTP API (tests/data/hub_stub.py):
+    listed, refused, checked and read like any fsspec URL; a file edited to the same size is
+    read again (its blob id is its identity). The real Hub is not reachable here."""
+    import gzip
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a parquet row", "another parquet row"]}), buf)
+    files = {
+        "README.md": b"# dataset card, outside the input folder",
+        "data/a.jsonl": b'{"text": "one line"}\n{"text": "two lines"}\n',
+        "data/sub/b.jsonl.gz": gzip.compress(b'{"text": "three"}\n'),
+        "data/c.parquet": buf.getvalue(),
+        "data/d.docx": b"PK",
+        "data/e.json.gz": b'{"text": "not gzip"}\n',
+    }
+    url, out = "hf://datasets/org/corpus/data", str(tmp_path / "out")
+
+    def run() -> dict:
+        env = {**os.environ, "HF_ENDPOINT": endpoint}
+        env.pop("HF_HUB_OFFLINE", None)
+        proc = subprocess.run(
+            [sys.executable, "-c", HF_RUN, url, out], env=env, capture_output=True, timeout=240
+        )
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        return json.loads(proc.stdout.decode().splitlines()[-1])
+
+    with hub(files) as (endpoint, requests):
+        first = run()
+        assert [(s["url"].rsplit("/", 1)[1], s["reason"].split(" (")[0]) for s in
+                first["skipped_inputs"]] == [
+            ("d.docx", "no reader for this file type"),
+            ("e.json.gz", "named .gz but is not gzip data"),
+        ]  # fmt: skip
+        assert [i["name"] for i in first["inputs"]] == ["a.jsonl", "c.parquet", "sub/b.jsonl.gz"]
+        assert first["records"]["documents"] == 5
+        assert any(r.startswith("GET /datasets/org/corpus/resolve/main/data/") for r in requests)
+        files["data/a.jsonl"] = files["data/a.jsonl"].replace(b"one line", b"1 line!!")
+        second = run()
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["inputs"][0]["sha256"] != first["inputs"][0]["sha256"]

@@ -123,8 +123,12 @@ def test_list_inputs_walks_folders_and_globs(good_corpus, tmp_path):
     (root / "manifest.json").write_text("{}")
     (root / "README.md").write_text("not data")
     found = list_inputs([str(root)])
-    assert [f.split("corpus/", 1)[1] for f in found] == sorted(expected)
-    assert list_inputs([str(root / "books" / "*.txt")]) == sorted(
+    assert [f.split("corpus/", 1)[1] for f in found.urls] == sorted(expected)
+    # markers and the manifest are not inputs; a file no reader takes is refused, not dropped
+    assert [(r.url, r.reason) for r in found.refused] == [
+        (str(root / "README.md"), "no reader for this file type (.md)")
+    ]
+    assert list_inputs([str(root / "books" / "*.txt")]).urls == sorted(
         str(p) for p in (root / "books").glob("*.txt")
     )
     with pytest.raises(FileNotFoundError):

@@ -56,7 +56,7 @@ def test_prepare_sample_corpus_on_s3(samples_dir, ray_local, s3_url, real_tokeni
     assert result["shards"] == 23 and result["dead_letter"] == 0
     # the Lee news set repeats 7 of its documents word for word and one nearly (Jaccard 0.90)
     assert result["dedup"] == {"exact_removed": 7, "near_removed": 1, "documents_kept": 904}
-    inputs = list_inputs([storage.join(out, "corpus")])
+    inputs = list_inputs([storage.join(out, "corpus")]).urls
     manifest = check_prepared(
         f"{s3_url}/prepared", real_tokenizer_dir, kept_texts(inputs, f"{s3_url}/prepared")
     )

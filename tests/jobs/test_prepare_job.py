@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from prepare_corpus import (
+    output_bytes,
     paragraph,
     real_wiki_xml,
     write_bad_corpus,
     write_dup_corpus,
+    write_formats_corpus,
     write_good_corpus,
     write_multistream,
 )
@@ -27,19 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def shard_bytes(out: str) -> dict[str, bytes]:
     return {Path(u).name: storage.read_bytes(u) for u in storage.committed_files(out)}
-
-
-def output_bytes(out: str) -> dict[str, bytes]:
-    """Every committed byte: shards, dead-letter files, the dedup audit list and the manifest."""
-    m = storage.read_manifest(out)
-    files = {Path(u).name: storage.read_bytes(u) for u in storage.committed_files(out)}
-    for name in m["dead_letter"]["files"]:
-        files[name] = storage.read_bytes(storage.join(out, name))
-    if m["dedup"]["enabled"]:
-        name = m["dedup"]["removed_file"]
-        files[name] = storage.read_bytes(storage.join(out, name))
-    files["manifest.json"] = storage.read_bytes(storage.join(out, "manifest.json"))
-    return files
 
 
 @pytest.mark.timeout(240)
@@ -59,6 +48,46 @@ def test_one_worker_and_two_workers_write_identical_bytes(ray_local, tmp_path):
     # a rerun of a committed output reuses every shard
     again = run(PrepareConfig(input=str(root), output=str(tmp_path / "w2"), num_workers=2))
     assert again["shards_reused"] == again["shards"]
+
+
+@pytest.mark.timeout(240)
+def test_every_format_split_in_ranges_on_two_workers_matches_one_worker(ray_local, tmp_path):
+    """Issue 32's formats folder (a .docx skipped, duplicates across formats) next to record
+    files big enough to be split into ranges: 1 and 2 workers write the same bytes, and the
+    ranges change nothing."""
+    from distil.data.prepare_ranges import run_serial
+    from distil.jobs.prepare import run
+
+    root = tmp_path / "corpus"
+    write_formats_corpus(root / "formats")
+    write_good_corpus(root / "good", scale=2)
+    kw = {"input": str(root), "skip_unknown": True, "range_bytes": 1_500}
+    one = run(PrepareConfig(**kw, output=str(tmp_path / "w1"), num_workers=1))
+    two = run(PrepareConfig(**kw, output=str(tmp_path / "w2"), num_workers=2))
+    split = len(list((tmp_path / "w2" / "_markers").glob("shard-*-range-00001.json")))
+    assert split == 3  # good/news.jsonl, formats/reviews.csv and formats/table.parquet
+    assert one["skipped_inputs"] == 1 and one["dedup"]["exact_removed"] == 2
+    assert one["dedup"]["near_removed"] == 1 and one["fingerprint"] == two["fingerprint"]
+    assert output_bytes(str(tmp_path / "w1")) == output_bytes(str(tmp_path / "w2"))
+    whole = tmp_path / "whole"
+    run_serial(PrepareConfig(input=str(root), output=str(whole), skip_unknown=True))
+    assert output_bytes(str(whole)) == output_bytes(str(tmp_path / "w1"))
+
+
+def test_the_command_refuses_unreadable_inputs_before_ray_starts(tmp_path, capsys):
+    from distil.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "in" / "slides.pptx").write_bytes(b"PK")
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    assert main(["prepare", "--input", str(tmp_path / "in"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distil prepare: error: 1 input file cannot be read")
+    assert f"{tmp_path / 'in' / 'slides.pptx'}: no reader for this file type (.pptx)" in err
+    assert "--skip-unknown" in err and not out.exists()
+    assert time.monotonic() - t0 < 20  # no Ray was started for it
 
 
 @pytest.mark.timeout(240)

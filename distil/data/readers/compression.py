@@ -30,7 +30,9 @@ _MAGIC = {
     ".xz": ("xz", b"\xfd7zXZ\x00"),
 }
 SUFFIXES = tuple(_MAGIC)
-_HEAD = max(len(m) for _, m in _MAGIC.values())
+NAMES = {suffix: kind for suffix, (kind, _) in _MAGIC.items()}
+# bytes of a file's start that tell whether it is what its suffix says (``mismatch``)
+HEAD_BYTES = max(len(m) for _, m in _MAGIC.values())
 # compressed bytes fed to the zstd decoder at a time: bounds what one call can expand to
 _ZSTD_CHUNK = 1 << 16
 
@@ -52,16 +54,13 @@ def decompressed(raw: IO[bytes], name: str) -> IO[bytes]:
     suffix = compression_of(name)
     if suffix is None:
         return io.BufferedReader(raw) if isinstance(raw, io.RawIOBase) else raw  # type: ignore[arg-type]
-    kind, magic = _MAGIC[suffix]
-    head = _read_head(raw, _HEAD)
+    head = _read_head(raw, HEAD_BYTES)
     if not head:
         return io.BytesIO(b"")
-    if not _starts(head, suffix, magic):
-        shown = storage.redact(name)
-        raise NotCompressedError(
-            f"{shown} is named {suffix} but is not {kind} data (it starts with {head[:8]!r})"
-        )
-    stream = _Prefixed(head, raw)
+    problem = mismatch(name, head)
+    if problem:
+        raise NotCompressedError(f"{storage.redact(name)} is {problem}")
+    stream = Prefixed(head, raw)
     if suffix == ".gz":
         return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
     if suffix == ".bz2":
@@ -82,6 +81,20 @@ def open_stream(url: str) -> Iterator[IO[bytes]]:
         finally:
             if stream is not raw:
                 stream.close()
+
+
+def mismatch(name: str, head: bytes) -> str | None:
+    """Why a file called ``name`` whose first bytes are ``head`` (``HEAD_BYTES`` of them, fewer
+    for a shorter file) is not what its compression suffix says ("named .gz but is not gzip
+    data …"); None when it is, or has no such suffix. A zero-byte file is an empty stream, never
+    a mismatch."""
+    suffix = compression_of(name)
+    if suffix is None or not head:
+        return None
+    kind, magic = _MAGIC[suffix]
+    if _starts(head, suffix, magic):
+        return None
+    return f"named {suffix} but is not {kind} data (it starts with {head[:8]!r})"
 
 
 def _read_head(raw: IO[bytes], n: int) -> bytes:
@@ -106,7 +119,7 @@ def _starts(head: bytes, suffix: str, magic: bytes) -> bool:
     )
 
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """``head`` (bytes already read from ``raw`` to check the format) followed by ``raw``: works
     on streams that cannot seek back (a hashing reader, a socket)."""
 
@@ -123,7 +136,10 @@ class _Prefixed(io.RawIOBase):
             buf[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        data = self._raw.read(len(buf))
+        # read1 where there is one: a buffered decompressor's read of a whole buffer would drop
+        # the bytes before a truncation along with the error
+        read = getattr(self._raw, "read1", self._raw.read)
+        data = read(len(buf))
         buf[: len(data)] = data
         return len(data)
 
