@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = run(cfg, Stages(pool=task_pool.run, score=score_reviews.run))
     print(out["table"])
+    if "curve" in out:
+        print(f"\ncurve: {out['png']}")
+        return out
     print()
     print(out["comparisons_table"])
     print()

@@ -492,30 +492,46 @@ def apply_budget(cfg: QualityConfig) -> QualityConfig:
     return QualityConfig(**{**cfg.model_dump(exclude_unset=True), **update})
 
 
-def run(cfg: QualityConfig, stages: Stages | None = None) -> dict[str, Any]:
-    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
+def _context(cfg: QualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What every row shares (inputs, evaluation sets, what is kept out of training) and the
+    notes on how the evaluation sets were built."""
     from distil.sentiment.config import FinetuneConfig
     from distil.sentiment.labelled_data import assemble
 
-    cfg = apply_budget(cfg)
-    stages = stages or Stages()
-    t0 = time.perf_counter()
     shared = shared_inputs(cfg)
-    prepared, teacher, cache, reviews = (
-        shared[k] for k in ("prepared", "teacher", "cache", "reviews")
-    )
-    files, eval_notes = evaluation_sets(cfg, reviews)
+    files, eval_notes = evaluation_sets(cfg, shared["reviews"])
     # every set but the in-domain one is kept out of every training, validation and pool row
     excluded = [url for name, url in files.items() if name != cfg.in_domain]
-    ctx: dict[str, Any] = {**shared, "files": files, "excluded": excluded}
+    data = assemble(FinetuneConfig(model="-", output="-", exclude=excluded), files[cfg.in_domain])
+    ctx = {**shared, "files": files, "excluded": excluded, "train_rows": len(data.train)}
+    return ctx, eval_notes
+
+
+def _with_task(cfg: QualityConfig, ctx: dict[str, Any], teacher_clf: str, stages: Stages) -> dict:
+    """``ctx`` with the task pool of ``cfg.pool_multiple`` and the students' most steps."""
+    task = None
+    if any(ROWS[r].task for r in cfg.rows):
+        task = task_inputs(cfg, ctx, teacher_clf, stages)
+    n_pool = task["pool_rows"] if task else 0
+    return {**ctx, "task": task, "max_steps": student_budget(cfg, ctx["train_rows"], n_pool)}
+
+
+def run(cfg: QualityConfig, stages: Stages | None = None) -> dict[str, Any]:
+    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals.
+    With ``cfg.curve``, the curve instead (:func:`run_curve`)."""
+    cfg = apply_budget(cfg)
+    stages = stages or Stages()
+    if cfg.curve:
+        return run_curve(cfg, stages)
+    t0 = time.perf_counter()
+    ctx, eval_notes = _context(cfg)
+    prepared, teacher, cache, reviews = (
+        ctx[k] for k in ("prepared", "teacher", "cache", "reviews")
+    )
+    files, excluded = ctx["files"], ctx["excluded"]
     t_inputs = time.perf_counter() - t0
     results = {"teacher": run_row(cfg, "teacher", ctx)}
-    ctx["task"] = None
-    if any(ROWS[r].task for r in cfg.rows):
-        ctx["task"] = task_inputs(cfg, ctx, results["teacher"]["classifier"], stages)
-    n_pool = ctx["task"]["pool_rows"] if ctx["task"] else 0
-    data = assemble(FinetuneConfig(model="-", output="-", exclude=excluded), files[cfg.in_domain])
-    ctx["max_steps"] = student_budget(cfg, len(data.train), n_pool)
+    ctx = _with_task(cfg, ctx, results["teacher"]["classifier"], stages)
     results |= {name: run_row(cfg, name, ctx) for name in cfg.rows if name != "teacher"}
     int8 = None
     if stages.score is not None and "full" in results:
@@ -538,3 +554,89 @@ def run(cfg: QualityConfig, stages: Stages | None = None) -> dict[str, Any]:
     )
     storage.write_json(cfg.out or storage.join(cfg.work, "quality.json"), out)
     return out
+
+
+def run_curve(cfg: QualityConfig, stages: Stages) -> dict[str, Any]:
+    """The full recipe's share of the teacher against the task pool's size: one ``full`` row per
+    ``cfg.curve`` multiple (0: the labelled rows alone), each with the table's settings (the same
+    rows, teacher and budget rule, so the table's own pool size reuses its row). Writes
+    ``WORK/curve.json`` and ``WORK/curve.png`` (shares with ±1 standard error bars)."""
+    t0 = time.perf_counter()
+    cfg = cfg.model_copy(update={"rows": ["teacher", "full"]})
+    ctx, _ = _context(cfg)
+    teacher = run_row(cfg, "teacher", ctx)
+    points = []
+    for multiple in cfg.curve:
+        cm = cfg.model_copy(update={"pool_multiple": multiple, "curve": []})
+        cx = _with_task(cm, ctx, teacher["classifier"], stages)
+        row = run_row(cm, "full", cx)
+        point: dict[str, Any] = {
+            "multiple": multiple,
+            "pool_rows": cx["task"]["pool_rows"],
+            "max_steps": cx["max_steps"],
+            "steps_trained": row["finetune"]["selection"]["steps_trained"],
+            "seconds": row["seconds"]["total"],
+        }
+        for name, m in row["sets"].items():
+            t = teacher["sets"][name]["accuracy"]
+            point[name] = {
+                "accuracy": m["accuracy"],
+                "share": m["accuracy"] / t,
+                "share_se": m["accuracy_se"] / t,  # the teacher's accuracy taken as fixed
+            }
+        points.append(point)
+    sets = list(ctx["files"])
+    out = {
+        "curve": points,
+        "teacher": {s: teacher["sets"][s]["accuracy"] for s in sets},
+        "table": curve_markdown(points, sets),
+        "config": cfg.model_dump(),
+        "seconds": {"total": round(time.perf_counter() - t0, 1)},
+    }
+    png = curve_png(points, [cfg.in_domain, cfg.out_of_domain])
+    storage.write_bytes(storage.join(cfg.work, "curve.png"), png)
+    out["png"] = storage.join(cfg.work, "curve.png")
+    storage.write_json(cfg.out or storage.join(cfg.work, "curve.json"), out)
+    return out
+
+
+def curve_markdown(points: list[dict[str, Any]], sets: list[str]) -> str:
+    head = ["pool (× training rows)", "pool rows", "steps"]
+    head += [f"{s.removesuffix('.jsonl')} share ± SE" for s in sets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        cells = [f"{p['multiple']:g}", f"{p['pool_rows']:,}", f"{p['steps_trained']}"]
+        cells += [f"{p[s]['share']:.3f} ± {p[s]['share_se']:.3f}" for s in sets]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve_png(points: list[dict[str, Any]], sets: list[str]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    xs = list(range(len(points)))
+    for s in sets:
+        ax.errorbar(
+            xs,
+            [p[s]["share"] for p in points],
+            yerr=[p[s]["share_se"] for p in points],
+            marker="o",
+            capsize=3,
+            label=s.removesuffix(".jsonl").replace("_", " "),
+        )
+    ax.set_xticks(xs, [f"{p['multiple']:g}×" for p in points])
+    ax.set_xlabel("task pool size (multiples of the training split)")
+    ax.set_ylabel("student accuracy / teacher's")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

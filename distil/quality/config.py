@@ -159,6 +159,11 @@ class QualityConfig(StageConfig):
         2.0, gt=0, description="epochs over labelled + pool rows for the task-distilled rows"
     )
     kd_alpha: float = Field(0.5, ge=0, le=1, description="KD weight on labelled rows")
+    curve: list[float] = Field(
+        default_factory=list,
+        description="instead of the table: the full row at each of these pool sizes (multiples "
+        "of the training split, e.g. 0,1,4,16), written as WORK/curve.json and curve.png",
+    )
     kd_temperature: float = Field(2.0, gt=0, description="task KD temperature")
     # --- evaluation ---------------------------------------------------------------------------
     in_domain: str = Field("movie_snippets.jsonl", description="fine-tune set (its validation)")
@@ -174,6 +179,11 @@ class QualityConfig(StageConfig):
     )
     threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
     out: str | None = Field(None, description="JSON result path (default: WORK/quality.json)")
+
+    @field_validator("curve", mode="before")
+    @classmethod
+    def _number_list(cls, v: Any) -> Any:
+        return [float(x) for x in v.split(",") if x.strip()] if isinstance(v, str) else v
 
     @field_validator("pool_methods", mode="before")
     @classmethod

@@ -134,6 +134,25 @@ def test_quality_rows_shares_and_data_discipline(tiny_setup):
     assert sorted(p.name for p in Path(tiny_setup["work"], "rows").iterdir()) == row_dirs
 
 
+@pytest.mark.timeout(900)
+def test_curve_runs_the_full_row_at_each_pool_size(tiny_setup):
+    """After the table (pool 1x): the curve at 0x and 1x; the 1x point is the table's row."""
+    rows_before = {p.name for p in Path(tiny_setup["work"], "rows").iterdir()}
+    out = run(QualityConfig(**tiny_setup, curve="0,1"), STAGES)
+    points = out["curve"]
+    assert [p["multiple"] for p in points] == [0, 1]
+    assert points[0]["pool_rows"] == 0 < points[1]["pool_rows"]
+    for p in points:
+        for s in (IN, OOD):
+            assert p[s]["share"] == pytest.approx(p[s]["accuracy"] / out["teacher"][s])
+            assert p[s]["share_se"] > 0
+    new = {p.name for p in Path(tiny_setup["work"], "rows").iterdir()} - rows_before
+    assert len(new) == 1 and next(iter(new)).startswith("full-")  # only the 0x point is new
+    png = Path(tiny_setup["work"], "curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out["table"].count("\n") == 3  # head, rule, two points
+
+
 def test_training_rows_that_are_evaluation_texts_are_excluded(tiny_setup, tmp_path):
     """Planted sets share no text; here the unseen set holds a copy of an in-domain training
     review, the normalised match finds it, and the fine-tune drops it."""
