@@ -8,7 +8,7 @@ docs/quality.md, "The teacher").
 
 Each run is one in-process ``distil.sentiment.finetune.run_local`` (the stage's own recipe) on
 the movie snippets with the quality table's fine-tune settings: batch 32, 64 tokens, length
-buckets, evaluation every ``--eval-every`` steps, patience 3, best weights kept, the evaluation
+buckets, evaluation every ``--eval-every`` steps, ``--patience`` 10, best weights kept, the evaluation
 sets (Amazon, unseen Rotten Tomatoes) excluded from the training rows. Only the validation split
 of the movie snippets is looked at: it is what the choice is made on. One JSON line per run goes
 to ``WORK/results.jsonl`` (a rerun skips finished runs) and the table is printed.
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--lrs", default="3e-5,5e-5,1e-4")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--patience", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     max_length=64,
                     length_buckets=True,
                     eval_every=args.eval_every,
-                    early_stopping_patience=3,
+                    early_stopping_patience=args.patience,
                     torch_threads=args.threads or None,
                 )
             )
