@@ -257,6 +257,18 @@ def student_budget(cfg: QualityConfig, train_rows: int, pool_rows: int) -> int:
     return min(steps, cfg.finetune_steps) if cfg.finetune_steps else steps
 
 
+def student_fingerprint(cfg: QualityConfig, spec: RowSpec, inputs: dict[str, Any]) -> str:
+    """What a row's student (before fine-tuning) depends on: its init, losses and the
+    distillation budget. Rows whose students agree share one (``full`` and ``general-only``
+    share their general distillation; ``task-only`` and ``no-distil`` their undistilled start)."""
+    keys = ["seed", "student_layers", "heldout_fraction"]
+    if spec.alphas is not None:
+        keys += ["steps", "batch_size", "lr", "warmup_fraction", "temperature"]
+    what = {"init": spec.init, "alphas": row_alphas(cfg, spec) if spec.alphas else None}
+    teacher = {k: inputs[k] for k in ("teacher", "cache")}
+    return storage.fingerprint({**what, "cfg": cfg.model_dump(include=set(keys)), **teacher})
+
+
 def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, Any]) -> str:
     """What a row's result depends on: its spec, the shared budgets it uses and its inputs."""
     spec = ROWS[name]
@@ -298,7 +310,10 @@ def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any
         torch.set_num_threads(cfg.threads)
     model, distil_metrics = cfg.sentiment_teacher or ctx["teacher"], None
     if spec.init != "teacher":
-        model = storage.join(url, "student")
+        kind = "distilled" if spec.alphas is not None else "undistilled"
+        model = storage.join(
+            cfg.work, "students", f"{kind}-{student_fingerprint(cfg, spec, inputs)}"
+        )
         if not storage.is_committed(model):
             if spec.alphas is None:
                 undistilled_student(cfg, ctx["teacher"], model)
@@ -429,6 +444,7 @@ def task_inputs(
 def int8_check(cfg: QualityConfig, ctx: dict[str, Any], clf: str, stages: Stages) -> dict[str, Any]:
     """The classifier scored by ``distil score`` on the in-domain validation split, fp32 and
     ``--quantize`` (int8): the two accuracies and their difference."""
+    from distil.sentiment.classifier import INT8_SCHEME
     from distil.sentiment.config import ScoreConfig
     from distil.sentiment.scored import read_run
 
@@ -444,7 +460,8 @@ def int8_check(cfg: QualityConfig, ctx: dict[str, Any], clf: str, stages: Stages
     )
     out: dict[str, Any] = {}
     for mode, quantize in (("fp32", False), ("int8", True)):
-        output = storage.join(cfg.work, "score", storage.fingerprint([clf, mode]))
+        scheme = INT8_SCHEME if quantize else None
+        output = storage.join(cfg.work, "score", storage.fingerprint([clf, mode, scheme]))
         stages.score(
             ScoreConfig(
                 input=[val],

@@ -159,7 +159,7 @@ class QualityConfig(StageConfig):
     )
     replace_prob: float = Field(0.3, gt=0, le=1, description="synonym replacement share")
     pool_epochs: float = Field(
-        2.0, gt=0, description="epochs over labelled + pool rows for the task-distilled rows"
+        1.0, gt=0, description="epochs over labelled + pool rows for the task-distilled rows"
     )
     kd_alpha: float = Field(0.5, ge=0, le=1, description="KD weight on labelled rows")
     curve: list[float] = Field(
