@@ -33,6 +33,12 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "distil.sentiment.config:FinetuneConfig",
         "distil.jobs.finetune:run",
     ),
+    "pool": (
+        "stage 4a, task distillation: augment the training reviews and label them with the "
+        "fine-tuned teacher (Apache Beam) into a task teacher cache",
+        "distil.sentiment.config:PoolConfig",
+        "distil.pipelines.task_pool:run",
+    ),
     "score": (
         "stage 4b: score review files with a fine-tuned model (Apache Beam)",
         "distil.sentiment.config:ScoreConfig",

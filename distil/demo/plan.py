@@ -19,8 +19,9 @@ from distil import storage
 from distil.config import resolve_config_path
 from distil.demo.config import DemoConfig
 from distil.demo.record import run_json
-from distil.demo.steps import StepRunner, job_env
+from distil.demo.steps import Step, StepRunner, job_env
 from distil.packaged import PACKAGED_TEACHER
+from distil.sentiment.reviews import evaluation_sets
 
 
 def budgets_path(cfg: DemoConfig) -> Path:
@@ -52,6 +53,10 @@ def plan_teacher(adapt_budget: dict[str, Any], force: bool | None) -> TeacherPla
     has_head = teacher.has_mlm_head
     reason = "the teacher has a trained MLM head" if has_head else "the teacher has no MLM head"
     return TeacherPlan(ref, not has_head, reason, teacher.weights_sha256)
+
+
+# the labelled-data fields the pool must share with the fine-tunes (the same training rows)
+POOL_DATA_KEYS = ("max_train_examples", "validation_fraction", "text_column", "label_column")
 
 
 def scored_run_dir(output: str, run_id: str) -> str:
@@ -128,36 +133,63 @@ class Demo:
             upstream=(cache, teacher),
         )
         movie = storage.join(reviews, "movie_snippets.jsonl")
+        excluded = list(evaluation_sets(reviews, storage.join(self.run_url, "eval")).values())
         task_cache = storage.join(self.run_url, "task-teacher-logits-" + teacher.fingerprint)
+        # the sentiment teacher: the budgets' finetune_teacher.model, else the MLM teacher
+        teacher_args = {**b["finetune"], **b.get("finetune_teacher", {})}
+        teacher_args.setdefault("model", teacher.output)
         clf_teacher = self.step(
             "finetune_teacher",
             "finetune",
             {
-                **b["finetune"],
-                "model": teacher.output,
+                **teacher_args,
                 "train": movie,
+                "exclude": excluded,
                 "run_name": "model",
-                "write_teacher_cache": task_cache,
+                "write_teacher_cache": None if "pool" in b else task_cache,
                 "latest_pointer": storage.join(self.run_url, "teacher-classifier-latest.json"),
             },
             "output",
             upstream=(teacher,),
             output_key="model_url",
         )
+        student_args = {**b["finetune"], **b.get("finetune_student", {})}
+        if "pool" in b:
+            # task distillation: the training reviews' augmentations, labelled by the teacher
+            pool = self.step(
+                "pool",
+                "task_pool",
+                {
+                    **b["pool"],
+                    **{k: b["finetune"][k] for k in POOL_DATA_KEYS if k in b["finetune"]},
+                    "train": movie,
+                    "exclude": excluded,
+                    "teacher": clf_teacher.output,
+                },
+                "output",
+                upstream=(clf_teacher,),
+                output_key="teacher_cache",
+            )
+            student_args.update(teacher_cache=pool.output, pool=[pool.result["pool"]])
+            upstream_student: tuple[Step, ...] = (student, clf_teacher, pool)
+        else:
+            student_args["teacher_cache"] = clf_teacher.result["teacher_cache"]
+            upstream_student = (student, clf_teacher)
+        teacher_logits_cache = student_args["teacher_cache"]
         latest = storage.join(self.run_url, "models", "latest.json")
         clf_student = self.step(
             "finetune_student",
             "finetune",
             {
-                **b["finetune"],
+                **student_args,
                 "model": student.output,
                 "train": movie,
+                "exclude": excluded,
                 "run_name": "model",
-                "teacher_cache": clf_teacher.result["teacher_cache"],
                 "latest_pointer": latest,
             },
             "output",
-            upstream=(student, clf_teacher),
+            upstream=upstream_student,
             output_key="model_url",
         )
         run_id = "demo-" + storage.fingerprint(
@@ -177,7 +209,7 @@ class Demo:
                 "input": inputs,
                 "model": latest,
                 "run_id": run_id,
-                "teacher_cache": clf_teacher.result["teacher_cache"],
+                "teacher_cache": teacher_logits_cache,
                 "runner": "FnApiRunner",
             },
             "output",

@@ -48,6 +48,7 @@ STAGES: dict[str, Stage] = {
     "teacher_logits": Stage("distil.jobs.teacher_logits", "jobs/teacher_logits.py"),
     "distil": Stage("distil.jobs.distil", "jobs/distil.py"),
     "finetune": Stage("distil.jobs.finetune", "jobs/finetune.py"),
+    "task_pool": Stage("distil.pipelines.task_pool", "pipelines/task_pool.py", engine="beam"),
     "score_reviews": Stage(
         "distil.pipelines.score_reviews", "pipelines/score_reviews.py", engine="beam"
     ),

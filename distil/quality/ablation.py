@@ -1,27 +1,36 @@
-"""The quality ablation behind ``scripts/quality.py``: which part of the recipe buys what.
+"""The quality table behind ``scripts/quality.py``: which distillation buys what.
 
-Rows (``distil.quality.config.ROWS``): the teacher; the full recipe (KD + MLM + cosine); no
-cosine; MLM only (no KD); no distillation (the student initialised from every other teacher
-layer and fine-tuned directly); random init (the full recipe from random weights, as in
-DistilBERT's ablation). Every row uses the same teacher, teacher cache, seed, distillation budget
-and fine-tune budget, and each is scored the same way: top-1 agreement and coarsened KL to the
-teacher on the cache's held-out split (``distil.quality.eval.evaluate_mlm``), and sentiment accuracy in
-domain (the fine-tune set's validation rows) and out of domain (a set no model trained on,
-``distil.quality.eval.evaluate_sentiment``), with the share of the teacher's accuracy kept.
+Rows (``distil.quality.config.ROWS``; default ``DEFAULT_ROWS``): the teacher; general + task
+distillation (the full recipe); general only (the recipe before task distillation); task only;
+no distillation (the student initialised from every other teacher layer and fine-tuned on the
+labels); and, on request, the general distillation's own ablation (no cosine, MLM only, random
+init). Every row uses the same MLM teacher, teacher cache, seed, distillation budget and
+fine-tune settings (early stopping on the in-domain validation split, the same most steps for
+every student), and each is scored the same way: top-1 agreement and coarsened KL to the MLM
+teacher on the cache's held-out split (``distil.quality.eval.evaluate_mlm``), and sentiment
+metrics on the in-domain validation split and on the evaluation sets no model trains on in any
+form (``--out-of-domain``, ``--unseen``: kept out of every training, validation and pool row by
+normalised text), with the share of the teacher's accuracy kept.
 
 In-process, no Ray and no cluster: the engine-free library steps the stages' jobs wrap
 (``prepare.run_serial``, ``teacher.adapt``, ``teacher.build.build_in_process``,
-``DistilRecipe``, ``sentiment.finetune.run_local``). Each artifact is committed under
-``cfg.work`` at a name fingerprinting what made it, so a rerun reuses finished rows.
+``DistilRecipe``, ``sentiment.finetune.run_local``); the two Beam stages (``distil pool``
+labelling the task pool, ``distil score`` for the int8 check) are handed in by the caller
+(``Stages``), since a library does not import the engines. Each artifact is committed under
+``cfg.work`` at a name fingerprinting what made it, so a rerun reuses finished rows, the pool and
+its labels.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -193,42 +202,88 @@ def undistilled_student(cfg: QualityConfig, teacher: str, url: str) -> dict[str,
     return metrics
 
 
-def finetune(cfg: QualityConfig, model: str, train: str, row_url: str) -> str:
-    """Fine-tune ``model`` on the in-domain set with the shared settings; the classifier URL."""
-    from distil.sentiment.config import FinetuneConfig
-    from distil.sentiment.finetune import run_local
+@dataclass(frozen=True)
+class Stages:
+    """The Beam stages the table needs, handed in by the entry point (``scripts/quality.py``):
+    ``pool`` labels the task pool (``distil.pipelines.task_pool.run``), ``score`` scores a file
+    (``distil.pipelines.score_reviews.run``) for the int8 check."""
 
-    url = storage.join(row_url, "classifier")
-    if storage.is_committed(url):
-        return url
-    fc = FinetuneConfig(
+    pool: Callable[[Any], dict[str, Any]] | None = None
+    score: Callable[[Any], dict[str, Any]] | None = None
+
+
+def finetune_config(cfg: QualityConfig, ctx: dict[str, Any], model: str, row_url: str, **kw: Any):
+    """The fine-tune every row shares: in-domain labels, evaluation sets excluded, early stopping
+    on the validation split, length buckets; ``kw`` sets what differs (lr, epochs, pool, cache)."""
+    from distil.sentiment.config import FinetuneConfig
+
+    return FinetuneConfig(
         model=model,
-        train=train,
+        train=ctx["files"][cfg.in_domain],
+        exclude=ctx["excluded"],
         output=row_url,
         run_name="classifier",
         latest_pointer=storage.join(row_url, "classifier-latest.json"),
-        max_steps=cfg.finetune_steps,
-        epochs=1e6,  # max_steps decides
         batch_size=cfg.finetune_batch_size,
         max_length=cfg.finetune_max_length,
-        lr=cfg.finetune_lr,
+        eval_every=cfg.eval_every,
+        early_stopping_patience=cfg.patience,
+        length_buckets=True,
         seed=cfg.seed,
         torch_threads=cfg.threads or None,
+        **kw,
     )
+
+
+def finetune(cfg: QualityConfig, fc: Any) -> str:
+    """Fine-tune in this process unless committed; the classifier URL."""
+    from distil.sentiment.finetune import run_local
+
+    url = storage.join(fc.output, "classifier")
+    if storage.is_committed(url):
+        return url
     return run_local(fc, device=cfg.device)["model_url"]
 
 
-def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> str:
+def student_budget(cfg: QualityConfig, train_rows: int, pool_rows: int) -> int:
+    """The most fine-tune steps every student gets: ``pool_epochs`` over labelled + pool rows
+    when a row is task-distilled, else ``finetune_epochs`` over the labelled rows — whichever is
+    more, so a row without the pool is never cut shorter than one with it (early stopping ends
+    each where its validation accuracy stops rising)."""
+    bs = cfg.finetune_batch_size
+    steps = math.ceil(cfg.finetune_epochs * train_rows / bs)
+    if any(ROWS[r].task for r in cfg.rows):
+        steps = max(steps, math.ceil(cfg.pool_epochs * (train_rows + pool_rows) / bs))
+    return min(steps, cfg.finetune_steps) if cfg.finetune_steps else steps
+
+
+def student_fingerprint(cfg: QualityConfig, spec: RowSpec, inputs: dict[str, Any]) -> str:
+    """What a row's student (before fine-tuning) depends on: its init, losses and the
+    distillation budget. Rows whose students agree share one (``full`` and ``general-only``
+    share their general distillation; ``task-only`` and ``no-distil`` their undistilled start)."""
+    keys = ["seed", "student_layers", "heldout_fraction"]
+    if spec.alphas is not None:
+        keys += ["steps", "batch_size", "lr", "warmup_fraction", "temperature"]
+    what = {"init": spec.init, "alphas": row_alphas(cfg, spec) if spec.alphas else None}
+    teacher = {k: inputs[k] for k in ("teacher", "cache")}
+    return storage.fingerprint({**what, "cfg": cfg.model_dump(include=set(keys)), **teacher})
+
+
+def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, Any]) -> str:
     """What a row's result depends on: its spec, the shared budgets it uses and its inputs."""
     spec = ROWS[name]
-    ft = ("seed", "finetune_steps", "finetune_batch_size", "finetune_max_length", "finetune_lr")
-    keys = [*ft, "in_domain", "out_of_domain"]
-    if spec.init != "teacher":
-        keys += ["student_layers", "heldout_fraction"]
+    keys = ["seed", "finetune_batch_size", "finetune_max_length", "eval_every", "patience"]
+    keys += ["in_domain", "out_of_domain", "unseen"]
+    if spec.init == "teacher":
+        keys += ["teacher_lr", "teacher_epochs", "sentiment_teacher"]
+    else:
+        keys += ["student_layers", "heldout_fraction", "finetune_lr"]
     if spec.alphas is not None:
         keys += ["steps", "batch_size", "lr", "warmup_fraction"]
         if spec.alphas.get("alpha_ce", 0.0) > 0:  # T only enters through the KD term
             keys.append("temperature")
+    if spec.task:
+        keys += ["kd_alpha", "kd_temperature"]
     # only when set, so rows committed before the flag existed keep their fingerprints
     if cfg.cos_weight is not None and (spec.alphas or {}).get("alpha_cos", 0.0) > 0:
         keys.append("cos_weight")
@@ -238,10 +293,14 @@ def row_fingerprint(cfg: QualityConfig, name: str, inputs: dict[str, str]) -> st
 
 def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any]:
     """One row, reused when committed: student (distilled or not), classifier, scores."""
-    from distil.quality.eval import evaluate_mlm, evaluate_sentiment
+    from distil.quality.eval import evaluate_mlm
 
     spec = ROWS[name]
-    inputs = {"teacher": ctx["teacher_sha256"], "cache": ctx["cache"]}
+    inputs: dict[str, Any] = {"teacher": ctx["teacher_sha256"], "cache": ctx["cache"]}
+    if spec.init != "teacher":
+        inputs["max_steps"] = ctx["max_steps"]
+    if spec.task:
+        inputs["task_cache"] = ctx["task"]["teacher_cache"]
     url = storage.join(cfg.work, "rows", f"{name}-{row_fingerprint(cfg, name, inputs)}")
     if storage.is_committed(url):
         log.info("row %s: reusing %s", name, url)
@@ -249,25 +308,35 @@ def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, distil_metrics = ctx["teacher"], None
+    model, distil_metrics = cfg.sentiment_teacher or ctx["teacher"], None
     if spec.init != "teacher":
-        model = storage.join(url, "student")
+        kind = "distilled" if spec.alphas is not None else "undistilled"
+        model = storage.join(
+            cfg.work, "students", f"{kind}-{student_fingerprint(cfg, spec, inputs)}"
+        )
         if not storage.is_committed(model):
             if spec.alphas is None:
-                distil_metrics = undistilled_student(cfg, ctx["teacher"], model)
+                undistilled_student(cfg, ctx["teacher"], model)
             else:
-                distil_metrics = distil_student(cfg, spec, ctx["cache"], ctx["teacher"], model)
+                distil_student(cfg, spec, ctx["cache"], ctx["teacher"], model)
         distil_metrics = storage.read_manifest(model)["metrics"]
     t_distil = time.perf_counter() - t0
-    clf = finetune(cfg, model, ctx["files"][cfg.in_domain], url)
+    if spec.init == "teacher":
+        fc = finetune_config(cfg, ctx, model, url, lr=cfg.teacher_lr, epochs=cfg.teacher_epochs)
+    else:
+        kw: dict[str, Any] = {"lr": cfg.finetune_lr, "epochs": 1e6, "max_steps": ctx["max_steps"]}
+        if spec.task:
+            task = ctx["task"]
+            kw.update(
+                teacher_cache=task["teacher_cache"],
+                pool=[task["pool"]] if task["pool_rows"] else [],
+                kd_alpha=cfg.kd_alpha,
+                kd_temperature=cfg.kd_temperature,
+            )
+        fc = finetune_config(cfg, ctx, model, url, **kw)
+    clf = finetune(cfg, fc)
     t_ft = time.perf_counter() - t0 - t_distil
-    acc = evaluate_sentiment(
-        {name: clf},
-        ctx["files"],
-        {cfg.in_domain: "validation", cfg.out_of_domain: "all"},
-        cache_dir=storage.join(cfg.work, "models"),
-        max_length=cfg.finetune_max_length,
-    )[name]
+    scores = score_sets(cfg, ctx, name, clf)
     if spec.init == "teacher":  # the reference: agrees with itself, no divergence
         mlm = {"top1_agreement": 1.0, "kl_coarse": 0.0, "positions": None, "by_definition": True}
     else:
@@ -278,16 +347,27 @@ def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any
             heldout_fraction=cfg.heldout_fraction,
             batch_size=cfg.eval_batch_size,
         )
+    ft = json.loads(storage.read_bytes(storage.join(clf, "metrics.json")))
     result = {
         "row": name,
         "what": spec.what,
         "alphas": spec.alphas,
         "init": spec.init,
+        "task": spec.task,
         "model": model,
         "classifier": clf,
         "mlm": mlm,
-        "accuracy": {k: v["accuracy"] for k, v in acc.items()},
-        "rows_scored": {k: v["rows"] for k, v in acc.items()},
+        "sets": scores,
+        "accuracy": {k: v["accuracy"] for k, v in scores.items()},
+        "rows_scored": {k: v["rows"] for k, v in scores.items()},
+        "finetune": {
+            "selection": {k: v for k, v in ft["selection"].items() if k != "evaluations"},
+            "curve": [[e["step"], e["accuracy"]] for e in ft["selection"]["evaluations"]],
+            "train_examples": ft["train_examples"],
+            "pool_examples": ft["pool_examples"],
+            "train_seconds": ft["train_seconds"],
+            "data": ft["data"],
+        },
         "distil": distil_metrics,
         "seconds": {
             "distil": round(t_distil, 1),
@@ -298,6 +378,106 @@ def run_row(cfg: QualityConfig, name: str, ctx: dict[str, Any]) -> dict[str, Any
     storage.commit(url, {"kind": ROW_KIND, "result": result})
     log.info("row %s done in %.0fs", name, result["seconds"]["total"])
     return result
+
+
+def score_sets(cfg: QualityConfig, ctx: dict[str, Any], name: str, clf: str) -> dict[str, Any]:
+    """The classifier's metrics on every evaluation set (in domain: the validation split)."""
+    from distil.quality.eval import evaluate_sentiment
+
+    return evaluate_sentiment(
+        {name: clf},
+        ctx["files"],
+        {cfg.in_domain: "validation"},  # every other set: all of it
+        cache_dir=storage.join(cfg.work, "models"),
+        max_length=cfg.finetune_max_length,
+    )[name]
+
+
+def evaluation_sets(cfg: QualityConfig, reviews: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """``{set name: URL}`` of the sets the table scores, and what was done to build them: the
+    in-domain file, the out-of-domain file, and the ``--unseen`` file without its rows that are
+    in-domain texts (normalised-text match), written under ``WORK/eval``."""
+    from distil.quality.eval import review_sets
+    from distil.sentiment.reviews import unseen_reviews
+
+    files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
+    notes: dict[str, Any] = {}
+    if cfg.unseen:
+        if cfg.unseen in (cfg.in_domain, cfg.out_of_domain):
+            raise ValueError(f"--unseen {cfg.unseen} is already one of the other sets")
+        name = cfg.unseen.removesuffix(".jsonl") + "_unseen.jsonl"
+        built = unseen_reviews(
+            storage.join(reviews, cfg.unseen),
+            files[cfg.in_domain],
+            storage.join(cfg.work, "eval"),
+            name,
+        )
+        files[name] = built["url"]
+        notes[name] = {"source": cfg.unseen, **built}
+    return files, notes
+
+
+def task_inputs(
+    cfg: QualityConfig, ctx: dict[str, Any], teacher_clf: str, stages: Stages
+) -> dict[str, Any]:
+    """The task pool and its teacher logits (``distil pool``: built and labelled once, reused by
+    every rerun), made from the same training rows every fine-tune trains on."""
+    from distil.sentiment.config import PoolConfig
+
+    if stages.pool is None:
+        raise ValueError("rows with task distillation need the pool stage (run scripts/quality.py)")
+    pc = PoolConfig(
+        train=ctx["files"][cfg.in_domain],
+        exclude=ctx["excluded"],
+        teacher=teacher_clf,
+        output=storage.join(cfg.work, "task"),
+        multiple=cfg.pool_multiple,
+        methods=cfg.pool_methods,
+        replace_prob=cfg.replace_prob,
+        seed=cfg.seed,
+        max_length=cfg.finetune_max_length,
+        torch_threads=cfg.threads or None,
+    )
+    return stages.pool(pc)
+
+
+def int8_check(cfg: QualityConfig, ctx: dict[str, Any], clf: str, stages: Stages) -> dict[str, Any]:
+    """The classifier scored by ``distil score`` on the in-domain validation split, fp32 and
+    ``--quantize`` (int8): the two accuracies and their difference."""
+    from distil.sentiment.classifier import INT8_SCHEME
+    from distil.sentiment.config import ScoreConfig
+    from distil.sentiment.scored import read_run
+
+    val = storage.join(cfg.work, "eval", "validation.jsonl")
+    rows = [
+        json.loads(line)
+        for line in storage.read_bytes(ctx["files"][cfg.in_domain]).splitlines()
+        if line.strip()
+    ]
+    gold = {r["id"]: r["label"] for r in rows if r.get("split") == "validation"}
+    storage.write_bytes(
+        val, "".join(json.dumps(r) + "\n" for r in rows if r["id"] in gold).encode()
+    )
+    out: dict[str, Any] = {}
+    for mode, quantize in (("fp32", False), ("int8", True)):
+        scheme = INT8_SCHEME if quantize else None
+        output = storage.join(cfg.work, "score", storage.fingerprint([clf, mode, scheme]))
+        stages.score(
+            ScoreConfig(
+                input=[val],
+                model=clf,
+                output=output,
+                run_id=mode,
+                quantize=quantize,
+                max_length=cfg.finetune_max_length,
+                torch_threads=cfg.threads or None,
+            )
+        )
+        scored = read_run(output, mode).to_pylist()
+        hits = [gold[r["id"]] == r["label_id"] for r in scored]
+        out[mode] = {"accuracy": sum(hits) / len(hits), "rows": len(hits)}
+    out["difference"] = out["int8"]["accuracy"] - out["fp32"]["accuracy"]
+    return out
 
 
 def shared_inputs(cfg: QualityConfig) -> dict[str, str]:
@@ -329,25 +509,151 @@ def apply_budget(cfg: QualityConfig) -> QualityConfig:
     return QualityConfig(**{**cfg.model_dump(exclude_unset=True), **update})
 
 
-def run(cfg: QualityConfig) -> dict[str, Any]:
-    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals."""
-    cfg = apply_budget(cfg)
-    from distil.quality.eval import review_sets
+def _context(cfg: QualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What every row shares (inputs, evaluation sets, what is kept out of training) and the
+    notes on how the evaluation sets were built."""
+    from distil.sentiment.config import FinetuneConfig
+    from distil.sentiment.labelled_data import assemble
 
-    t0 = time.perf_counter()
     shared = shared_inputs(cfg)
+    files, eval_notes = evaluation_sets(cfg, shared["reviews"])
+    # every set but the in-domain one is kept out of every training, validation and pool row
+    excluded = [url for name, url in files.items() if name != cfg.in_domain]
+    data = assemble(FinetuneConfig(model="-", output="-", exclude=excluded), files[cfg.in_domain])
+    ctx = {**shared, "files": files, "excluded": excluded, "train_rows": len(data.train)}
+    return ctx, eval_notes
+
+
+def _with_task(cfg: QualityConfig, ctx: dict[str, Any], teacher_clf: str, stages: Stages) -> dict:
+    """``ctx`` with the task pool of ``cfg.pool_multiple`` and the students' most steps."""
+    task = None
+    if any(ROWS[r].task for r in cfg.rows):
+        task = task_inputs(cfg, ctx, teacher_clf, stages)
+    n_pool = task["pool_rows"] if task else 0
+    return {**ctx, "task": task, "max_steps": student_budget(cfg, ctx["train_rows"], n_pool)}
+
+
+def run(cfg: QualityConfig, stages: Stages | None = None) -> dict[str, Any]:
+    """Every row of ``cfg.rows`` (the teacher first); the summary with the table and goals.
+    With ``cfg.curve``, the curve instead (:func:`run_curve`)."""
+    cfg = apply_budget(cfg)
+    stages = stages or Stages()
+    if cfg.curve:
+        return run_curve(cfg, stages)
+    t0 = time.perf_counter()
+    ctx, eval_notes = _context(cfg)
     prepared, teacher, cache, reviews = (
-        shared[k] for k in ("prepared", "teacher", "cache", "reviews")
+        ctx[k] for k in ("prepared", "teacher", "cache", "reviews")
     )
-    files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
-    ctx = {**shared, "files": files}
+    files, excluded = ctx["files"], ctx["excluded"]
     t_inputs = time.perf_counter() - t0
-    results = {name: run_row(cfg, name, ctx) for name in cfg.rows}
-    out = summarize(results, cfg.in_domain, cfg.out_of_domain)
+    results = {"teacher": run_row(cfg, "teacher", ctx)}
+    ctx = _with_task(cfg, ctx, results["teacher"]["classifier"], stages)
+    results |= {name: run_row(cfg, name, ctx) for name in cfg.rows if name != "teacher"}
+    int8 = None
+    if stages.score is not None and "full" in results:
+        int8 = int8_check(cfg, ctx, results["full"]["classifier"], stages)
+    out = summarize(results, list(files), cfg.in_domain, cfg.out_of_domain, int8)
     out.update(
         config=cfg.model_dump(),
-        inputs={"prepared": prepared, "teacher": teacher, "cache": cache, "reviews": reviews},
+        inputs={
+            "prepared": prepared,
+            "teacher": teacher,
+            "cache": cache,
+            "reviews": reviews,
+            "evaluation_sets": files,
+            "excluded_from_training": excluded,
+            "task": ctx["task"],
+            "student_max_steps": ctx["max_steps"],
+        },
+        evaluation_notes=eval_notes,
         seconds={"inputs": round(t_inputs, 1), "total": round(time.perf_counter() - t0, 1)},
     )
     storage.write_json(cfg.out or storage.join(cfg.work, "quality.json"), out)
     return out
+
+
+def run_curve(cfg: QualityConfig, stages: Stages) -> dict[str, Any]:
+    """The full recipe's share of the teacher against the task pool's size: one ``full`` row per
+    ``cfg.curve`` multiple (0: the labelled rows alone), each with the table's settings (the same
+    rows, teacher and budget rule, so the table's own pool size reuses its row). Writes
+    ``WORK/curve.json`` and ``WORK/curve.png`` (shares with ±1 standard error bars)."""
+    t0 = time.perf_counter()
+    cfg = cfg.model_copy(update={"rows": ["teacher", "full"]})
+    ctx, _ = _context(cfg)
+    teacher = run_row(cfg, "teacher", ctx)
+    points = []
+    for multiple in cfg.curve:
+        cm = cfg.model_copy(update={"pool_multiple": multiple, "curve": []})
+        cx = _with_task(cm, ctx, teacher["classifier"], stages)
+        row = run_row(cm, "full", cx)
+        point: dict[str, Any] = {
+            "multiple": multiple,
+            "pool_rows": cx["task"]["pool_rows"],
+            "max_steps": cx["max_steps"],
+            "steps_trained": row["finetune"]["selection"]["steps_trained"],
+            "seconds": row["seconds"]["total"],
+        }
+        for name, m in row["sets"].items():
+            t = teacher["sets"][name]["accuracy"]
+            point[name] = {
+                "accuracy": m["accuracy"],
+                "share": m["accuracy"] / t,
+                "share_se": m["accuracy_se"] / t,  # the teacher's accuracy taken as fixed
+            }
+        points.append(point)
+    sets = list(ctx["files"])
+    out = {
+        "curve": points,
+        "teacher": {s: teacher["sets"][s]["accuracy"] for s in sets},
+        "table": curve_markdown(points, sets),
+        "config": cfg.model_dump(),
+        "seconds": {"total": round(time.perf_counter() - t0, 1)},
+    }
+    png = curve_png(points, [cfg.in_domain, cfg.out_of_domain])
+    storage.write_bytes(storage.join(cfg.work, "curve.png"), png)
+    out["png"] = storage.join(cfg.work, "curve.png")
+    storage.write_json(cfg.out or storage.join(cfg.work, "curve.json"), out)
+    return out
+
+
+def curve_markdown(points: list[dict[str, Any]], sets: list[str]) -> str:
+    head = ["pool (× training rows)", "pool rows", "steps"]
+    head += [f"{s.removesuffix('.jsonl')} share ± SE" for s in sets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        cells = [f"{p['multiple']:g}", f"{p['pool_rows']:,}", f"{p['steps_trained']}"]
+        cells += [f"{p[s]['share']:.3f} ± {p[s]['share_se']:.3f}" for s in sets]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve_png(points: list[dict[str, Any]], sets: list[str]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    xs = list(range(len(points)))
+    for s in sets:
+        ax.errorbar(
+            xs,
+            [p[s]["share"] for p in points],
+            yerr=[p[s]["share_se"] for p in points],
+            marker="o",
+            capsize=3,
+            label=s.removesuffix(".jsonl").replace("_", " "),
+        )
+    ax.set_xticks(xs, [f"{p['multiple']:g}×" for p in points])
+    ax.set_xlabel("task pool size (multiples of the training split)")
+    ax.set_ylabel("student accuracy / teacher's")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

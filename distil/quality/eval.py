@@ -19,11 +19,13 @@ import random
 import sys
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from distil import storage
 from distil.config import ConfigError, StageConfig
 from distil.progress import Progress
+from distil.sentiment.finetune_export import classification_metrics
 from distil.train.heldout import mlm_metrics
 
 log = logging.getLogger("distil.quality.eval")
@@ -215,13 +217,36 @@ def evaluate_sentiment(
                     chunk = texts[i : i + CHUNK]
                     pred.extend(clf.classify(chunk, micro_batch_size)["label_id"].tolist())
                     p.update(len(chunk))
-            correct = int(sum(int(a) == b for a, b in zip(pred, labels, strict=True)))
+            pred_a, gold = np.asarray(pred), np.asarray(labels)
+            metrics = classification_metrics(
+                pred_a, gold, max(len(clf.id2label), int(gold.max()) + 1)
+            )
+            hits = pred_a == gold
             out[model_name][set_name] = {
-                "accuracy": correct / len(texts),
+                **metrics,
                 "rows": len(texts),
-                "correct": correct,
+                "correct": int(hits.sum()),
+                # per review, in set order: paired comparisons between models need it
+                "hits": "".join("1" if h else "0" for h in hits),
             }
     return out
+
+
+def paired_difference(hits_a: str, hits_b: str) -> dict[str, float]:
+    """Accuracy of model A minus model B on the same reviews, with the standard error of that
+    difference paired over the reviews (the spread of ``a_i - b_i``): two models that agree on
+    most reviews differ by less noise than two independent accuracy estimates."""
+    a = np.frombuffer(hits_a.encode(), np.uint8) - ord("0")
+    b = np.frombuffer(hits_b.encode(), np.uint8) - ord("0")
+    if len(a) != len(b) or not len(a):
+        raise ValueError("paired difference needs the same reviews scored by both models")
+    d = a.astype(np.float64) - b
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {
+        "difference": float(d.mean()),
+        "se": se,
+        "z": float(d.mean() / se) if se else float("nan"),
+    }
 
 
 def review_sets(reviews: str, in_domain: str, out_of_domain: str) -> dict[str, str]:
@@ -293,13 +318,25 @@ def format_table(result: dict[str, Any]) -> str:
         ]
     sent = result.get("sentiment")
     if sent:
+        sets = ((sent["in_domain"], "in-domain"), (sent["out_of_domain"], "out-of-domain"))
         lines.append(f"{'sentiment accuracy':42} {'teacher':>9} {'student':>9} {'share':>7} rows")
-        for s, kind in ((sent["in_domain"], "in-domain"), (sent["out_of_domain"], "out-of-domain")):
+        for s, kind in sets:
             t, st = sent["accuracy"]["teacher"][s], sent["accuracy"]["student"][s]
             lines.append(
                 f"  {s + ' (' + kind + ')':40} {t['accuracy']:9.4f} {st['accuracy']:9.4f} "
                 f"{sent['student_share'][s]:7.3f} {t['rows']}"
             )
+        lines.append(
+            f"{'macro precision / recall / F1, confusion [gold][pred]':42} "
+            f"{'P':>7} {'R':>7} {'F1':>7}  confusion"
+        )
+        for s, _ in sets:
+            for who in ("teacher", "student"):
+                m = sent["accuracy"][who][s]
+                lines.append(
+                    f"  {s + ' ' + who:40} {m['precision_macro']:7.4f} {m['recall_macro']:7.4f} "
+                    f"{m['f1_macro']:7.4f}  {m['confusion']}"
+                )
     return "\n".join(lines)
 
 

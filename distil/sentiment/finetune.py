@@ -4,23 +4,25 @@ CUDA: the same code, the model and every batch on ``device``); tests run it dire
 1, no Ray) through :func:`run_local`.
 
 A checkpoint (:meth:`FinetuneRecipe.save_checkpoint`) holds the model, optimizer, scheduler,
-step and the loss window; the data position is a function of (seed, step), and dropout is
-reseeded from (seed, step, rank) every step, so a recipe set up from a checkpoint continues
-exactly where the saved one was.
+step, the loss window and the evaluations so far (with the best weights); the data position is a
+function of (seed, step), and dropout is reseeded from (seed, step, rank) every step, so a recipe
+set up from a checkpoint continues exactly where the saved one was.
 
-Why one module a little over ~350 lines: ``FinetuneRecipe`` is one class whose methods share its
-state (model, optimizer, scheduler, step, device); data I/O and export already live in
-``labelled_data`` and ``finetune_export``.
+Loss per labelled row: ``(1 - kd_alpha) * CE(label) + kd_alpha * T² * KL(teacher_T ‖ student_T)``
+when a task-level teacher cache covers the text (DistilBERT's second distillation step), plain
+cross-entropy otherwise; per pool row (``--pool``: unlabelled texts the teacher labelled, e.g.
+augmentations of the training rows, TinyBERT's task distillation) the KD term alone. The KD term
+is :func:`distil.losses.kd_dense` and the LR schedule
+``transformers.get_linear_schedule_with_warmup``, as in pre-training, so that both stages mean the
+same thing by "KD" and "warm-up".
 
-Loss per example: ``(1 - kd_alpha) * CE(label) + kd_alpha * T² * KL(teacher_T ‖ student_T)``
-when a task-level teacher cache is given and covers the text (DistilBERT's second distillation
-step), plain cross-entropy otherwise. The KD term is :func:`distil.losses.kd_dense` and the LR
-schedule ``transformers.get_linear_schedule_with_warmup``, as in pre-training, so that both stages
-mean the same thing by "KD" and "warm-up".
+Training to convergence: ``--eval-every`` evaluates the validation rows during training (the
+curve goes into the metrics, Ray Train and MLflow), ``--early-stopping-patience`` stops once the
+validation accuracy has not improved for that many evaluations, and ``--select best`` exports the
+weights of the best evaluation, not the last step's.
 
 Data reading lives in :mod:`distil.sentiment.labelled_data`, output locations and publishing in
-:mod:`distil.sentiment.finetune_export`; the names the job and older callers import from here
-(``default_train_url``, ``model_url_for``, ``load_labelled``, ``metrics_of``, …) are re-exported.
+:mod:`distil.sentiment.finetune_export`.
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ from distil.sentiment.finetune_export import (
     metrics_of,
     model_url_for,
 )
-from distil.sentiment.labelled_data import default_train_url, load_labelled, split_rows
-from distil.sentiment.reviews import id_hash
+from distil.sentiment.labelled_data import assemble, default_train_url, load_labelled, split_rows
 
 log = logging.getLogger("distil.finetune")
 
 TRAIN_STATE = "finetune_state.pt"  # the checkpoint file in a Ray Train checkpoint dir
+BUCKET_WINDOW = 50  # batches per length-sorted window (``length_buckets``)
 
 # called at log and checkpoint steps with (step, metrics, save_checkpoint?): the Ray job reports
 # there (and tracks), and checkpoints when asked
@@ -76,6 +78,13 @@ class FinetuneRecipe:
         self.step = self.start_step = 0
         self.running: list[float] = []  # losses since the last log line
         self.train_seconds = 0.0
+        # validation during training: every evaluation, the best one (with its weights on the
+        # CPU), how many in a row have not beaten it, and whether that stopped the run
+        self.evaluations: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.evals_since_best = 0
+        self.stopped_early = False
+        self._epoch_batches: tuple[int, np.ndarray] | None = None
 
     # -- setup
     def setup(self, checkpoint_dir: str | None = None) -> None:
@@ -103,40 +112,28 @@ class FinetuneRecipe:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(local)
 
-        train_url = cfg.train or default_train_url(cfg)
-        rows, self.data_accounting = load_labelled(
-            train_url, cfg.text_column, cfg.label_column, cfg.id_column, labels
+        data = assemble(cfg, cfg.train or default_train_url(cfg))
+        self.data_accounting = data.accounting
+        if not data.train or not data.val:
+            raise ValueError(
+                f"{len(data.train)} training / {len(data.val)} validation rows: need both"
+            )
+        self.train_rows, self.val_rows, self.pool_rows = data.train, data.val, data.pool
+        self.train_ids = self._encode([r["text"] for r in self.train_rows])
+        self.val_ids = self._encode([r["text"] for r in self.val_rows])
+        self.pool_ids = self._encode([r["text"] for r in self.pool_rows])
+        # one row space: the labelled rows, then the pool rows (label -100: no CE term)
+        self.seqs = self.train_ids + self.pool_ids
+        self.row_labels = torch.tensor(
+            [r["label"] for r in self.train_rows] + [-100] * len(self.pool_rows)
         )
-        train, val = split_rows(rows, cfg.validation_fraction)
-        # Source files are often sorted by label (the movie snippets are: positives first), so a
-        # "first N rows" budget would be one class. Order by the id hash instead: a fixed,
-        # model-independent sample, the same for every model compared on it.
-        train.sort(key=lambda r: id_hash(r["id"]))
-        val.sort(key=lambda r: id_hash(r["id"]))
-        if cfg.max_train_examples:
-            train = train[: cfg.max_train_examples]
-        if cfg.max_validation_examples:
-            val = val[: cfg.max_validation_examples]
-        if not train or not val:
-            raise ValueError(f"{len(train)} training / {len(val)} validation rows: need both")
-        self.train_rows, self.val_rows = train, val
-        self.train_ids = self._encode([r["text"] for r in train])
-        self.val_ids = self._encode([r["text"] for r in val])
-        self.train_labels = torch.tensor([r["label"] for r in train])
-        self.val_labels = np.array([r["label"] for r in val])
+        self.val_labels = np.array([r["label"] for r in self.val_rows])
         self.teacher_logits = None
         if cfg.teacher_cache:
-            from distil.sentiment.teacher_cache import teacher_targets
-
-            self.teacher_logits, self.teacher_covered = (
-                torch.from_numpy(a)
-                for a in teacher_targets(
-                    cfg.teacher_cache, [r["text"] for r in train], dict(enumerate(labels))
-                )
-            )
+            self._load_teacher_targets(dict(enumerate(labels)))
 
         per_step = cfg.batch_size * self.world_size
-        steps_per_epoch = math.ceil(len(train) / per_step)
+        steps_per_epoch = math.ceil(len(self.seqs) / per_step)
         self.total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -174,23 +171,55 @@ class FinetuneRecipe:
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.history = state["step"], list(state["history"])
             self.running = list(state["running"])
+            self.evaluations = list(state.get("evaluations", []))
+            self.best = state.get("best")
+            self.evals_since_best = state.get("evals_since_best", 0)
+            self.stopped_early = state.get("stopped_early", False)
         self.start_step = self.step
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+    def _load_teacher_targets(self, id2label: dict[int, str]) -> None:
+        """The teacher's class logits for every training and pool row; a pool row the cache does
+        not cover has nothing to learn from, so that is an error, not a silent skip."""
+        from distil.sentiment.teacher_cache import teacher_targets
+
+        texts = [r["text"] for r in self.train_rows + self.pool_rows]
+        logits, covered = teacher_targets(self.cfg.teacher_cache, texts, id2label)
+        n_train = len(self.train_rows)
+        missing = int((~covered[n_train:]).sum())
+        if missing:
+            raise ValueError(
+                f"--teacher-cache {self.cfg.teacher_cache} lacks the logits of {missing} of "
+                f"{len(self.pool_rows)} pool rows: label the pool with this teacher "
+                "(`distil finetune-pool`) or pass the cache that did"
+            )
+        self.teacher_logits, self.teacher_covered = map(torch.from_numpy, (logits, covered))
+        self.data_accounting["teacher_covered"] = {
+            "train": int(covered[:n_train].sum()),
+            "pool": len(self.pool_rows),
+        }
+
     def _check_resumable(self, state: dict[str, Any], checkpoint_dir: str) -> None:
-        have = (len(self.train_rows), self.total_steps, self.world_size)
-        saved = (state["train_examples"], state["total_steps"], state["world_size"])
+        have = (len(self.train_rows), len(self.pool_rows), self.total_steps, self.world_size)
+        saved = (
+            state["train_examples"],
+            state.get("pool_examples", 0),
+            state["total_steps"],
+            state["world_size"],
+        )
         if have != saved:
             raise ValueError(
-                f"checkpoint {checkpoint_dir} was taken with (train examples, total steps, "
-                f"workers) = {saved}, this run has {have}: resume with the same data and config, "
-                "or start a new run (another --run-name)"
+                f"checkpoint {checkpoint_dir} was taken with (train examples, pool examples, "
+                f"total steps, workers) = {saved}, this run has {have}: resume with the same data "
+                "and config, or start a new run (another --run-name)"
             )
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
         enc = self.tokenizer(texts, truncation=True, max_length=self.cfg.max_length)
         return enc["input_ids"]
 
@@ -205,15 +234,36 @@ class FinetuneRecipe:
             mask[i, : len(s)] = 1
         return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
 
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        """``[steps_per_epoch, batch_size × world_size]`` row indices of one epoch's global
+        batches: a seeded permutation of every row (labelled and pool), wrapped around to fill the
+        last batch (every rank does the same number of steps — DDP needs that). With
+        ``length_buckets``, each window of ``BUCKET_WINDOW`` batches is sorted by length before it
+        is cut and the batches are shuffled again: padding shrinks, the order stays random."""
+        if self._epoch_batches is not None and self._epoch_batches[0] == epoch:
+            return self._epoch_batches[1]
+        cfg, n = self.cfg, len(self.seqs)
+        per_step = cfg.batch_size * self.world_size
+        rng = np.random.default_rng(cfg.seed + epoch)
+        perm = rng.permutation(n)
+        rows = perm[np.arange(self.steps_per_epoch * per_step) % n]
+        if cfg.length_buckets:
+            lengths = np.array([len(s) for s in self.seqs])
+            window = per_step * BUCKET_WINDOW
+            for start in range(0, len(rows), window):
+                part = rows[start : start + window]
+                rows[start : start + window] = part[np.argsort(lengths[part], kind="stable")]
+        batches = rows.reshape(self.steps_per_epoch, per_step)
+        if cfg.length_buckets:
+            batches = batches[rng.permutation(len(batches))]
+        self._epoch_batches = (epoch, batches)
+        return batches
+
     def _rank_batch(self, step: int) -> np.ndarray:
-        """Row indices of this rank's batch at ``step``: each epoch is one seeded permutation,
-        cut into global batches, each split across ranks (wrapping around, so every rank does the
-        same number of steps — DDP needs that)."""
+        """Row indices of this rank's batch at ``step``: its slice of the global batch."""
         epoch, within = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng(self.cfg.seed + epoch).permutation(len(self.train_rows))
-        per_step = self.cfg.batch_size * self.world_size
-        start = within * per_step + self.rank * self.cfg.batch_size
-        return perm[np.arange(start, start + self.cfg.batch_size) % len(perm)]
+        bs = self.cfg.batch_size
+        return self.epoch_batches(epoch)[within, self.rank * bs : (self.rank + 1) * bs]
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA (``cfg.bf16``); a no-op on CPU, where bf16 matmuls are slower."""
@@ -237,17 +287,20 @@ class FinetuneRecipe:
         # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
         torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
         idx = self._rank_batch(self.step)
-        ids, mask = self._pad([self.train_ids[i] for i in idx])
-        labels = self.train_labels[idx].to(self.device, non_blocking=True)
+        ids, mask = self._pad([self.seqs[i] for i in idx])
+        labels = self.row_labels[idx].to(self.device, non_blocking=True)
         with self._autocast():
             logits = self.ddp_model(input_ids=ids, attention_mask=mask).logits.float()
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        loss_rows = ce
+        # pool rows (label -100) add 0 here and take the KD term alone below
+        loss_rows = F.cross_entropy(logits, labels, reduction="none", ignore_index=-100)
         if self.teacher_logits is not None:
             teacher = self.teacher_logits[idx].to(self.device, non_blocking=True)
             kd = losses.kd_dense(logits, teacher, cfg.kd_temperature, reduction="none")
             covered = self.teacher_covered[idx].to(self.device, non_blocking=True)
-            loss_rows = torch.where(covered, (1 - cfg.kd_alpha) * ce + cfg.kd_alpha * kd, ce)
+            labelled = torch.where(
+                covered, (1 - cfg.kd_alpha) * loss_rows + cfg.kd_alpha * kd, loss_rows
+            )
+            loss_rows = torch.where(labels >= 0, labelled, kd)
         loss = loss_rows.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,47 +310,116 @@ class FinetuneRecipe:
         self.step += 1
         return loss.item(), grad_norm
 
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps or self.stopped_early
+
     def train(self, report: ReportFn | None = None) -> dict:
-        """Run to ``total_steps``; ``report`` is called at every log step (Ray Train's
-        ``metrics_dataframe`` and a tracker see the whole curve) and checkpoint step, asking for a
-        checkpoint only at checkpoint steps and at the end."""
+        """Run to ``total_steps`` (or until early stopping); ``report`` is called at every log
+        and evaluation step (Ray Train's ``metrics_dataframe`` and a tracker see the whole curve)
+        and checkpoint step, asking for a checkpoint only at checkpoint steps and at the end.
+        With ``select: best`` the model holds the best evaluation's weights on return."""
         cfg = self.cfg
-        if self.step >= self.total_steps:
+        if self.done:
             log.info("run already finished at step %d: nothing to do", self.step)
             if report:
                 report(self.step, self.progress(), False)
+            self._select_weights()
             return self.history[-1] if self.history else {}
         self.ddp_model.train()
         t0 = time.time()
-        while self.step < self.total_steps:
+        while not self.done:
             loss, grad_norm = self.train_step()
             self.running.append(loss)
-            done = self.step == self.total_steps
-            ckpt = self.step % cfg.checkpoint_every == 0 or done
             rec: dict[str, Any] = {}
-            if self.step % cfg.log_every == 0 or done:
-                rec = {
-                    "step": self.step,
-                    "loss": self._global_loss(),
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "steps_per_s": (self.step - self.start_step) / (time.time() - t0),
-                }
+            if cfg.eval_every and (
+                self.step % cfg.eval_every == 0 or self.step == self.total_steps
+            ):
+                rec.update(self._evaluate_during_training())
+            done = self.done
+            ckpt = self.step % cfg.checkpoint_every == 0 or done
+            if self.step % cfg.log_every == 0 or done or rec:
+                rec.update(
+                    step=self.step,
+                    loss=self._global_loss(),
+                    lr=self.scheduler.get_last_lr()[0],
+                    grad_norm=float(grad_norm),
+                    steps_per_s=(self.step - self.start_step) / (time.time() - t0),
+                )
                 self.running = []
                 self.history.append(rec)
                 if self.rank == 0:
                     log.info(
-                        "step %d/%d loss %.4f lr %.2e %.2f steps/s",
+                        "step %d/%d loss %.4f lr %.2e %.2f steps/s%s",
                         rec["step"],
                         self.total_steps,
                         rec["loss"],
                         rec["lr"],
                         rec["steps_per_s"],
+                        f" validation accuracy {rec['eval_accuracy']:.4f}"
+                        if "eval_accuracy" in rec
+                        else "",
                     )
             if report and (rec or ckpt):  # the same steps on every rank
                 report(self.step, {**self.progress(), **rec}, ckpt)
         self.train_seconds = time.time() - t0
+        if self.stopped_early and self.rank == 0:
+            log.info(
+                "early stop at step %d: no better validation accuracy in %d evaluations since "
+                "step %d (%.4f)",
+                self.step,
+                self.evals_since_best,
+                self.best["step"],
+                self.best["accuracy"],
+            )
+        self._select_weights()
         return self.history[-1] if self.history else {}
+
+    def _evaluate_during_training(self) -> dict[str, Any]:
+        """Validation metrics now (``eval_*`` keys), the best weights kept, the stop decided.
+
+        Every rank evaluates the same weights; rank 0's accuracy is broadcast so that every rank
+        takes the same early-stopping decision even if their float sums differ in the last bit."""
+        m = self.evaluate()
+        acc = torch.tensor([m["accuracy"]], dtype=torch.float64, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(acc, src=0)
+        accuracy = float(acc[0])
+        rec = {
+            "eval_step": self.step,
+            "eval_accuracy": accuracy,
+            "eval_f1_macro": m["f1_macro"],
+            "eval_loss": m["loss"],
+        }
+        self.evaluations.append(
+            {"step": self.step, "accuracy": accuracy, "f1_macro": m["f1_macro"], "loss": m["loss"]}
+        )
+        if self.best is None or accuracy > self.best["accuracy"]:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best = {"step": self.step, "accuracy": accuracy, "model": state}
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        patience = self.cfg.early_stopping_patience
+        self.stopped_early = bool(patience and self.evals_since_best >= patience)
+        return rec
+
+    def _select_weights(self) -> None:
+        """With ``select: best``, load the best evaluation's weights (every rank)."""
+        if self.cfg.select == "best" and self.best is not None:
+            self.model.load_state_dict(self.best["model"])
+
+    def selection(self) -> dict[str, Any]:
+        """What the export says about which weights it holds and why."""
+        best = self.best if self.cfg.select == "best" else None
+        return {
+            "select": self.cfg.select if self.best is not None else "last",
+            "step": best["step"] if best else self.step,
+            "steps_trained": self.step,
+            "planned_steps": self.total_steps,
+            "stopped_early": self.stopped_early,
+            "evaluations": self.evaluations,
+        }
 
     def progress(self) -> dict[str, Any]:
         """What a checkpoint reports to Ray Train (the driver reads ``done`` on resubmit)."""
@@ -307,13 +429,13 @@ class FinetuneRecipe:
             "total_steps": self.total_steps,
             "start_step": self.start_step,
             "steps_run": self.step - self.start_step,
-            "done": self.step >= self.total_steps,
+            "done": self.done,
             **{k: last[k] for k in ("loss", "lr") if k in last},
         }
 
     # -- checkpoint
     def save_checkpoint(self, directory: str) -> None:
-        """Model, optimizer, scheduler, step and loss window into ``directory`` (rank 0)."""
+        """Model, optimizer, scheduler, step, loss window and evaluations into ``directory``."""
         torch.save(
             {
                 "model": self.model.state_dict(),
@@ -322,9 +444,14 @@ class FinetuneRecipe:
                 "step": self.step,
                 "total_steps": self.total_steps,
                 "train_examples": len(self.train_rows),
+                "pool_examples": len(self.pool_rows),
                 "world_size": self.world_size,
                 "history": self.history,
                 "running": self.running,
+                "evaluations": self.evaluations,
+                "best": self.best,
+                "evals_since_best": self.evals_since_best,
+                "stopped_early": self.stopped_early,
             },
             os.path.join(directory, TRAIN_STATE),
         )

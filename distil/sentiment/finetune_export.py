@@ -66,7 +66,9 @@ def export_recipe(recipe: Any, model_url: str) -> dict[str, Any]:
         "model": cfg.model,
         "train_examples": len(recipe.train_rows),
         "validation_examples": len(recipe.val_rows),
-        "steps": recipe.total_steps,
+        "pool_examples": len(recipe.pool_rows),
+        "steps": recipe.step,
+        "selection": recipe.selection(),
         "world_size": recipe.world_size,
         "device": recipe.device.type,
         "train_seconds": round(recipe.train_seconds, 1),
@@ -74,6 +76,7 @@ def export_recipe(recipe: Any, model_url: str) -> dict[str, Any]:
             "teacher_cache": cfg.teacher_cache,
             "alpha": cfg.kd_alpha,
             "temperature": cfg.kd_temperature,
+            "pool": cfg.pool,
         }
         if cfg.teacher_cache
         else None,
@@ -106,18 +109,38 @@ def metrics_of(model_url: str) -> dict[str, Any]:
 
 
 def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> dict:
-    """Accuracy, macro F1 and per-class F1 (for 2 classes, ``f1`` is the positive class's)."""
-    f1s = []
-    for c in range(num_labels):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    """Accuracy (with its standard error), balanced accuracy, macro precision / recall / F1, the
+    per-class figures and the confusion counts (``confusion[gold][pred]``); for 2 classes ``f1``
+    is the positive class's. One definition for fine-tune metrics, ``distil eval`` and the
+    quality table, so the three mean the same thing by each name."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(confusion, (gold, pred), 1)
+    tp = np.diag(confusion).astype(float)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    precision = [float(t / p) if p else 0.0 for t, p in zip(tp, predicted, strict=True)]
+    recall = [float(t / a) if a else 0.0 for t, a in zip(tp, actual, strict=True)]
+    f1s = [
+        float(2 * t / (p + a)) if p + a else 0.0
+        for t, p, a in zip(tp, predicted, actual, strict=True)
+    ]
+    n = len(gold)
+    acc = float(tp.sum() / n) if n else float("nan")
+    present = [r for r, a in zip(recall, actual, strict=True) if a]
     out = {
-        "accuracy": float((pred == gold).mean()) if len(gold) else float("nan"),
+        "accuracy": acc,
+        # binomial standard error of the accuracy: how far another sample of this size could
+        # put it (the quality table's "beats by more than 2 SE")
+        "accuracy_se": float(np.sqrt(acc * (1 - acc) / n)) if n else float("nan"),
+        "balanced_accuracy": float(np.mean(present)) if present else float("nan"),
+        "precision_macro": float(np.mean(precision)),
+        "recall_macro": float(np.mean(recall)),
         "f1_macro": float(np.mean(f1s)),
+        "precision_per_class": precision,
+        "recall_per_class": recall,
         "f1_per_class": f1s,
-        "examples": int(len(gold)),
+        "confusion": confusion.tolist(),
+        "examples": int(n),
     }
     if num_labels == 2:
         out["f1"] = f1s[1]

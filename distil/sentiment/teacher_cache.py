@@ -36,9 +36,25 @@ def write_teacher_cache(
     model_fingerprint: str = "",
 ) -> dict[str, Any]:
     """Cache ``logits[i]`` under ``sha256(texts[i])`` (duplicate texts stored once)."""
+    return write_teacher_logits(
+        url, [text_sha256(t) for t in texts], logits, id2label, model, model_fingerprint
+    )
+
+
+def write_teacher_logits(
+    url: str,
+    text_hashes: list[str],
+    logits: np.ndarray,
+    id2label: dict[int, str],
+    model: str = "",
+    model_fingerprint: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Cache ``logits[i]`` under ``text_hashes[i]`` (the first of repeated keys kept); ``extra``
+    goes into the manifest (what the logits were computed over)."""
     seen: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        seen.setdefault(text_sha256(t), i)
+    for i, k in enumerate(text_hashes):
+        seen.setdefault(k, i)
     keys = list(seen)
     rows = np.asarray([seen[k] for k in keys], dtype=np.int64)
     values = np.asarray(logits, dtype=np.float32)[rows] if len(rows) else np.zeros((0, 0))
@@ -66,6 +82,7 @@ def write_teacher_cache(
         "model": model,
         "model_fingerprint": model_fingerprint,
         "fingerprint": storage.fingerprint([model_fingerprint, keys[:1000], len(keys)]),
+        **(extra or {}),
     }
     storage.commit(url, manifest)
     return manifest

@@ -59,16 +59,35 @@ class FakeStages:
         if st.name.startswith("finetune"):
             out = storage.join(out, "model")
             result |= {"model_url": out, "teacher_cache": "memory://task-cache"}
+        if st.name == "pool":
+            out = storage.join(out, "teacher-logits")
+            result |= {"teacher_cache": out, "pool": storage.join(arg("--output"), "pool")}
         if st.name == "score":
             out = plan.scored_run_dir(out, arg("--run-id"))
         storage.commit(out, {"fingerprint": "f"})
         return "DISTIL_RESULT " + json.dumps(result) + "\n"
 
 
+def write_fake_reviews(samples: str) -> None:
+    """The three review sets the plan reads (it keeps the evaluation ones out of training)."""
+    rows = {
+        "movie_snippets.jsonl": [{"id": "m1", "text": "A fine film.", "label": 1}],
+        "amazon_snippets.jsonl": [{"id": "a1", "text": "Broke in a day.", "label": 0}],
+        "rotten_tomatoes.jsonl": [
+            {"id": "r1", "text": "a FINE film", "label": 1},  # a movie snippet: not unseen
+            {"id": "r2", "text": "Dull.", "label": 0},
+        ],
+    }
+    for name, rs in rows.items():
+        body = "".join(json.dumps(r) + "\n" for r in rs).encode()
+        storage.write_bytes(storage.join(samples, "reviews", name), body)
+
+
 @pytest.fixture
 def fake_run(monkeypatch, tmp_path):
     """Everything around the steps (samples, run.json, report) replaced by stubs."""
     monkeypatch.setattr(Demo, "_samples", lambda self: {})
+    write_fake_reviews("memory://samples")
     monkeypatch.setattr(plan, "run_json", lambda *a, **k: {"wall_s": 1.0})
     monkeypatch.setattr(
         distil.quality.report, "build_report", lambda url, local_copy: url + "/report"
@@ -108,6 +127,15 @@ def test_plan_wires_outputs_into_the_next_steps(fake_run):
     assert ft_student[ft_student.index("--model") + 1] == s["distil"].output
     assert ft_student[ft_student.index("--teacher-cache") + 1] == "memory://task-cache"
     assert s["score"].engine == "beam" and "--runner" in stages.ran[6]
+    # the evaluation sets are kept out of both fine-tunes: Amazon and the unseen RT reviews
+    for ft in stages.ran[4:6]:
+        excluded = json.loads(ft[ft.index("--exclude") + 1])
+        assert [u.rsplit("/", 1)[-1] for u in excluded] == [
+            "amazon_snippets.jsonl",
+            "rotten_tomatoes_unseen.jsonl",
+        ]
+    unseen = storage.read_bytes(json.loads(ft[ft.index("--exclude") + 1])[1]).decode()
+    assert [json.loads(line)["id"] for line in unseen.splitlines()] == ["r2"]
     assert out["run_json"] == d.run_url + "/run.json"
     assert storage.read_json(out["run_json"]) == {"wall_s": 1.0}
 
@@ -142,6 +170,7 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     computed before it ran package modules (pinned from that implementation), so the outputs of
     earlier runs are found and reused, and the plan's wiring (args, upstream) did not move."""
     monkeypatch.setattr(Demo, "_samples", lambda self: {})
+    write_fake_reviews("memory://samples")
     monkeypatch.setattr(plan, "run_json", lambda *a, **k: {"wall_s": 1.0})
     monkeypatch.setattr(
         distil.quality.report, "build_report", lambda url, local_copy: url + "/report"
@@ -156,12 +185,37 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     assert {k: v.fingerprint for k, v in d.steps.items()} == {
         "prepare": "02a9f4bb227534d1", "adapt_teacher": "7206e2fed0ecf4f9",
         "logits": "882da3175abd4e05", "distil": "1935d604a0d9c283",
-        "finetune_teacher": "fa7538d7feced8f5", "finetune_student": "0801ad8a748fd1e7",
-        "score": "81b3a81220e38daa",
+        # the fine-tunes keep the evaluation sets out (issue 30): new steps, not reused
+        "finetune_teacher": "cdf6caca5b3dcade", "finetune_student": "1eb1f349f522cf0c",
+        "score": "5a22407019994805",
     }  # fmt: skip
     assert d.steps["score"].output == (
-        f"{root}/tiny/score-81b3a81220e38daa/run_id=demo-dc9730626e275073"
+        f"{root}/tiny/score-5a22407019994805/run_id=demo-21f956450cf3c7bb"
     )
+
+
+def test_task_distillation_adds_the_pool_step_between_the_fine_tunes(fake_run):
+    """The sample budgets have a pool: `distil pool` labels it with the teacher classifier, and
+    the student's fine-tune reads that pool and that teacher cache."""
+    demo, stages = fake_run
+    d = demo()
+    d.budgets["pool"] = {"multiple": 1, "methods": ["synonym"]}
+    d.budgets["finetune"] = {**d.budgets["finetune"], "max_train_examples": 64}
+    d.run()
+    assert list(d.steps) == [*STEPS[:5], "pool", *STEPS[5:]]
+    pool, ft_teacher, ft_student = (
+        d.steps["pool"],
+        d.steps["finetune_teacher"],
+        d.steps["finetune_student"],
+    )
+    assert pool.engine == "beam" and pool.argv[2] == "distil.pipelines.task_pool"
+    a = pool.argv
+    assert a[a.index("--teacher") + 1] == ft_teacher.output
+    assert a[a.index("--max-train-examples") + 1] == "64"  # the rows the fine-tunes train on
+    b = ft_student.argv
+    assert b[b.index("--teacher-cache") + 1] == pool.output
+    assert json.loads(b[b.index("--pool") + 1]) == [pool.result["pool"]]
+    assert "--write-teacher-cache" not in ft_teacher.argv
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,8 @@ def test_each_stage_runs_as_a_package_module(stage, module):
     assert not any(a.endswith(".py") for a in argv)
 
 
-def test_only_scoring_runs_on_beam():
-    assert {k for k, s in STAGES.items() if s.engine == "beam"} == {"score_reviews"}
+def test_only_scoring_and_pool_labelling_run_on_beam():
+    assert {k for k, s in STAGES.items() if s.engine == "beam"} == {"score_reviews", "task_pool"}
 
 
 def test_local_runs_use_this_interpreter():

@@ -20,7 +20,7 @@ def parse(argv: list[str]) -> QualityConfig:
 def test_cpu_default_is_unchanged() -> None:
     cfg = apply_budget(parse([]))
     assert cfg.budget == "cpu"
-    assert (cfg.steps, cfg.batch_size, cfg.finetune_steps) == (150, 32, 80)
+    assert (cfg.steps, cfg.batch_size, cfg.finetune_steps) == (150, 32, None)
     assert cfg.device == "cpu"
 
 

@@ -99,18 +99,19 @@ def sentiment_inputs(tmp_path_factory, real_tokenizer_dir, make_planted_reviews)
     return clfs, reviews, {"movie_snippets.jsonl": movie, "amazon_snippets.jsonl": amazon}
 
 
-def _hand_accuracy(model_dir: str, rows: list[dict]) -> tuple[int, int]:
+def _hand_predictions(model_dir: str, rows: list[dict]) -> list[int]:
     """One row at a time with plain transformers: no batching, sorting or padding."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    correct = 0
     with torch.inference_mode():
-        for r in rows:
-            pred = int(model(**tok(r["text"], return_tensors="pt")).logits.argmax(-1))
-            correct += pred == r["label"]
-    return correct, len(rows)
+        return [int(model(**tok(r["text"], return_tensors="pt")).logits.argmax(-1)) for r in rows]
+
+
+def _hand_accuracy(model_dir: str, rows: list[dict]) -> tuple[int, int]:
+    pred = _hand_predictions(model_dir, rows)
+    return sum(p == r["label"] for p, r in zip(pred, rows, strict=True)), len(rows)
 
 
 def test_sentiment_accuracy_matches_a_hand_check(sentiment_inputs, tmp_path):
@@ -124,10 +125,18 @@ def test_sentiment_accuracy_matches_a_hand_check(sentiment_inputs, tmp_path):
             ("movie_snippets.jsonl", val),
             ("amazon_snippets.jsonl", rows["amazon_snippets.jsonl"]),
         ):
-            correct, n = _hand_accuracy(d, subset)
+            pred = _hand_predictions(d, subset)
+            correct, n = sum(p == r["label"] for p, r in zip(pred, subset, strict=True)), len(pred)
             got = acc[model][name]
             assert (got["correct"], got["rows"]) == (correct, n)
             assert got["accuracy"] == pytest.approx(correct / n)
+            confusion = [[0, 0], [0, 0]]
+            for p, r in zip(pred, subset, strict=True):
+                confusion[r["label"]][p] += 1
+            assert got["confusion"] == confusion
+            assert got["hits"] == "".join(
+                str(int(p == r["label"])) for p, r in zip(pred, subset, strict=True)
+            )
     assert acc["teacher"]["movie_snippets.jsonl"]["rows"] == 10
 
 
@@ -193,11 +202,15 @@ def test_cli_writes_eval_json(
     printed = capsys.readouterr().out
     assert rc == 0
     assert "top-1 agreement" in printed and "amazon_snippets.jsonl (out-of-domain)" in printed
+    assert "macro precision / recall / F1" in printed and "amazon_snippets.jsonl student" in printed
     result = json.loads((out / "eval.json").read_text())
     assert 0 <= result["mlm"]["top1_agreement"] < 1 and result["mlm"]["kl_coarse"] > 1e-6
     acc = result["sentiment"]["accuracy"]
     assert set(acc) == {"teacher", "student"}
     assert acc["student"]["amazon_snippets.jsonl"]["rows"] == 24
+    m = acc["student"]["amazon_snippets.jsonl"]
+    assert sum(map(sum, m["confusion"])) == 24 and 0 <= m["f1_macro"] <= 1
+    assert {"precision_macro", "recall_macro", "balanced_accuracy"} <= set(m)
     share = result["sentiment"]["student_share"]["amazon_snippets.jsonl"]
     t, s = (acc[m]["amazon_snippets.jsonl"]["accuracy"] for m in ("teacher", "student"))
     assert share == pytest.approx(s / t)
