@@ -128,7 +128,9 @@ def test_compiled_ddp_all_reduces_once_per_step_and_keeps_its_gradient_buckets(
 def test_online_teacher_runs_outside_the_students_autocast(
     tmp_path, prepared_dir, tiny_teacher_dir, monkeypatch
 ):
-    r = DistilRecipe(online_config(tmp_path, prepared_dir, tiny_teacher_dir), work_dir=str(tmp_path))
+    r = DistilRecipe(
+        online_config(tmp_path, prepared_dir, tiny_teacher_dir), work_dir=str(tmp_path)
+    )
     r.setup(None)
     # the CPU step runs without autocast: switch the student's on to see where it applies
     monkeypatch.setattr(r, "autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
