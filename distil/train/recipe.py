@@ -334,7 +334,7 @@ class DistilRecipe:
         # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
         torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
         parts = torch.zeros(len(PARTS), device=self.device)
-        tokens = 0
+        tokens = targets = 0
         for i in range(cfg.grad_accum):
             batch, self.data_position = next(micro_batches)
             # DDP all-reduces on the last micro-batch only (compiled or not: see ``self.ddp``)
@@ -345,6 +345,7 @@ class DistilRecipe:
                 (loss / cfg.grad_accum).backward()
             parts += p / cfg.grad_accum
             tokens += batch["n_tokens"]
+            targets += batch["n_targets"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -354,7 +355,13 @@ class DistilRecipe:
         self.optimizer.zero_grad(set_to_none=self.ddp is None)
         self.step += 1
         self.tokens_seen += tokens
-        return {"parts": parts, "grad_norm": grad_norm.detach(), "tokens": tokens}
+        # tokens / targets: the real (non-pad) tokens and target positions of the step
+        return {
+            "parts": parts,
+            "grad_norm": grad_norm.detach(),
+            "tokens": tokens,
+            "targets": targets,
+        }
 
     def named_parts(self, parts: torch.Tensor) -> dict[str, float]:
         """The enabled loss parts of a ``loss`` parts vector, by name (a device read)."""
