@@ -67,29 +67,34 @@ def teacher_logprobs_at(
 LOGIT_BLOCK_ROWS = 256
 
 
-class _LogitsAtIds(torch.autograd.Function):
-    """``(logits[ids] as float32 [N, K], logsumexp(logits / T_j) [N, len(temps)])`` with no
-    vocabulary-wide tensor made or kept beyond the logits themselves: the forward reads the
-    logits once per temperature, block by block, and the backward writes one gradient,
-    ``scatter(g_ids) + sum_j g_lse_j * softmax(logits / T_j) / T_j``, block by block. The
-    log-softmax formulation it replaces wrote, kept for the backward pass and read again a
-    float32 ``[N, V]`` tensor per temperature, plus a dense ``[N, V]`` gradient per gather."""
+class _LogProbsAtIds(torch.autograd.Function):
+    """``log_softmax(logits / T)`` gathered at ``ids`` (float32 ``[N, K]``; ``layout``: the
+    ``(T, k)`` of each group of ``k`` consecutive columns), with no vocabulary-wide tensor
+    kept beyond the logits themselves: the forward computes each temperature's log-softmax
+    block by block of rows and keeps only the gathered values; the backward recomputes the
+    softmax block by block and writes one gradient, ``sum_T (scatter(g) - softmax(z / T) *
+    sum(g)) / T``. The autograd formulation it replaces wrote, kept and read again a float32
+    ``[N, V]`` log-softmax per temperature and made a dense ``[N, V]`` gradient per gather."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, temps: tuple[float, ...]):
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, layout: tuple):
         n = logits.shape[0]
         block = n if torch.compiler.is_compiling() else LOGIT_BLOCK_ROWS
-        lse = logits.new_empty((n, len(temps)), dtype=torch.float32)
+        columns = _columns_by_temperature(layout)
+        out = logits.new_empty(ids.shape, dtype=torch.float32)
         for start in range(0, n, block):
             z = logits[start : start + block].float()
-            for j, t in enumerate(temps):
-                lse[start : start + block, j] = torch.logsumexp(z / t if t != 1.0 else z, -1)
+            for t, cols in columns.items():
+                log_q = torch.log_softmax(z / t if t != 1.0 else z, -1)
+                out[start : start + block, cols] = log_q.gather(
+                    -1, ids[start : start + block, cols]
+                )
         ctx.save_for_backward(logits, ids)
-        ctx.temps = temps
-        return logits.gather(-1, ids).float(), lse
+        ctx.columns = columns
+        return out
 
     @staticmethod
-    def backward(ctx, g_picked: torch.Tensor, g_lse: torch.Tensor):
+    def backward(ctx, g: torch.Tensor):
         logits, ids = ctx.saved_tensors
         n = logits.shape[0]
         block = n if torch.compiler.is_compiling() else LOGIT_BLOCK_ROWS
@@ -98,13 +103,27 @@ class _LogitsAtIds(torch.autograd.Function):
             rows = slice(start, start + block)
             z = logits[rows].float()
             acc = None
-            for j, t in enumerate(ctx.temps):
+            for t, cols in ctx.columns.items():
+                g_t = g[rows, cols].float() / t
                 p = torch.softmax(z / t if t != 1.0 else z, -1)
-                p = p * (g_lse[rows, j : j + 1] / t)
-                acc = p if acc is None else acc + p
-            acc = acc.scatter_add(-1, ids[rows], g_picked[rows].float())
-            grad[rows] = acc.to(grad.dtype)
+                p = p.mul_(-g_t.sum(-1, keepdim=True)).scatter_add_(-1, ids[rows, cols], g_t)
+                acc = p if acc is None else acc.add_(p)
+            grad[rows] = acc
         return grad, None, None
+
+
+def _columns_by_temperature(layout: tuple) -> dict[float, torch.Tensor | slice]:
+    """The columns of each temperature in a ``(T, k)`` layout: a slice when they are
+    contiguous, else an index tensor."""
+    spans: dict[float, list[int]] = {}
+    col = 0
+    for t, k in layout:
+        spans.setdefault(float(t), []).extend(range(col, col + k))
+        col += k
+    return {
+        t: slice(c[0], c[-1] + 1) if c == list(range(c[0], c[-1] + 1)) else torch.tensor(c)
+        for t, c in spans.items()
+    }
 
 
 def log_probs_at(
@@ -112,18 +131,12 @@ def log_probs_at(
 ) -> list[torch.Tensor]:
     """``log_softmax(logits / T)`` at ``ids`` (float32 ``[N, K]``) for each ``(ids, T)`` of
     ``groups`` (e.g. the MLM labels at T = 1 and the cached KD ids at T = 2), from one pass over
-    the logits per temperature (``_LogitsAtIds``): the losses on cached targets need the
+    the logits per temperature (``_LogProbsAtIds``): the losses on cached targets need the
     student's log-probs at a few ids per row only, never the vocabulary-wide log-softmax."""
-    temps = tuple(dict.fromkeys(float(t) for _, t in groups))
     ids = torch.cat([i for i, _ in groups], -1) if len(groups) > 1 else groups[0][0]
-    picked, lse = _LogitsAtIds.apply(logits, ids, temps)
-    out, col = [], 0
-    for group_ids, t in groups:
-        k = group_ids.shape[-1]
-        x = picked[:, col : col + k]
-        out.append((x / t if t != 1.0 else x) - lse[:, temps.index(float(t))].unsqueeze(-1))
-        col += k
-    return out
+    layout = tuple((float(t), i.shape[-1]) for i, t in groups)
+    out = _LogProbsAtIds.apply(logits, ids, layout)
+    return list(out.split([k for _, k in layout], -1))
 
 
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
