@@ -1,6 +1,6 @@
 """Is each stage's cost per worker flat in corpus size, and its I/O 1/world? One command:
 
-    PYTHONPATH=. python bench/scale.py [--n-tokens 5000000] [--skip-10n]
+    PYTHONPATH=. python bench/scale.py [--n-tokens 5000000] [--prepare-only] [--repeat 1]
 
 Builds corpora of N and 10·N tokens from the real sample corpus (``distil data samples``),
 replicated with a per-copy perturbation (words dropped and neighbours swapped by a seeded RNG,
@@ -8,7 +8,11 @@ so the tokens of each copy differ) into JSONL files of a fixed size — at any c
 worker's unit of work is the same size, which is what "flat per worker" means. Each stage runs
 on a fresh local Ray (2 CPUs) and on a fresh process for the loader:
 
-* prepare (``distil.jobs.prepare.run``) at N/10, N and 10·N;
+* prepare (``distil.jobs.prepare.run``) at N/10, N and 10·N, without deduplication
+  (``--no-dedup``) and with it (the default: ``prepare+dedup``, same corpora; its tokens are
+  the input's, as read and tokenized, so "dedup cost" compares the two rates like for like;
+  ``--repeat R`` runs each R times and keeps the median CPU-seconds and the largest peak RSS;
+  ``--prepare-only`` stops after these rows);
 * teacher logits with a tiny real BERT teacher (``distil.jobs.teacher_logits.run``) at N/100,
   N/10 and N — its full-vocabulary MLM head makes 10·N too slow for this budget on 2 cores, so
   its two compared sizes are a decade lower than the others';
@@ -251,12 +255,34 @@ class Row:
         return self.tokens / max(self.cpu_s, 1e-9)
 
 
-def run_prepare(corpus: Path, out: str, size: str) -> tuple[Row, dict[str, Any]]:
+def run_prepare(
+    corpus: Path, out: str, size: str, dedup: bool = False
+) -> tuple[Row, dict[str, Any]]:
+    """One prepare run; its tokens are the no-dedup run's packed tokens (``tokens``: the
+    same input read and tokenized), so the two stages' rates compare like for like."""
     from distil.jobs.prepare import run
 
-    cfg = PrepareConfig(input=str(corpus), output=out, num_workers=2, cpus_per_worker=1)
+    cfg = PrepareConfig(
+        input=str(corpus), output=out, num_workers=2, cpus_per_worker=1, dedup=dedup
+    )
     summary, s, wall = on_fresh_ray(lambda: run(cfg), num_cpus=2)
-    return Row("prepare", size, summary["tokens"], wall, s.cpu_s, s.peak_rss_mb), summary
+    stage = "prepare+dedup" if dedup else "prepare"
+    return Row(stage, size, summary["tokens"], wall, s.cpu_s, s.peak_rss_mb), summary
+
+
+def repeated_prepare(
+    times: int, corpus: Path, out: str, size: str, dedup: bool = False
+) -> tuple[Row, dict[str, Any]]:
+    """``run_prepare`` ``times`` times, each into an emptied ``out`` (the last one stays): the
+    row with the median CPU-seconds (a shared machine's noise) and the largest peak RSS."""
+    results = []
+    for _ in range(times):
+        shutil.rmtree(out, ignore_errors=True)
+        results.append(run_prepare(corpus, out, size, dedup=dedup))
+    results.sort(key=lambda r: r[0].cpu_s)
+    row, summary = results[len(results) // 2]
+    row.peak_rss_mb = max(r.peak_rss_mb for r, _ in results)
+    return row, summary
 
 
 def run_logits(prepared: str, cache_root: str, teacher: str, size: str, tokens: int):
@@ -437,6 +463,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", default=str(ROOT / ".distil" / "samples"))
     parser.add_argument("--workdir", help="keep corpora/outputs here (default: a temp dir)")
     parser.add_argument("--batch-size", type=int, default=32, help="distil loader batch size")
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="only the prepare rows (with and without dedup)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each prepare row (fresh output each): the median CPU-s and largest peak RSS",
+    )
     parser.add_argument("--loader-pass", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loader_pass:
@@ -447,43 +482,40 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         docs = sample_documents(args.samples)
-        teacher = tiny_teacher(work / "teacher")
         n = args.n_tokens
         rows: list[Row] = []
+        dedup_rows: list[Row] = []
         prepared: dict[str, tuple[str, int]] = {}
         for size, n_tokens in [("N/100", n // 100), ("N/10", n // 10), ("N", n), ("10N", 10 * n)]:
             tag = size.replace("/", "_")
             # the small runs are start-up baselines: at least two files, so both workers start
             file_words = min(args.file_words, int(n_tokens / TOKENS_PER_WORD) // 2 + 1)
             info = write_corpus(docs, n_tokens, work / f"corpus-{tag}", file_words)
+            corpus = work / f"corpus-{tag}"
             out = str(work / f"prepared-{tag}")
-            row, prep = run_prepare(work / f"corpus-{tag}", out, size)
+            row, prep = repeated_prepare(args.repeat, corpus, out, size)
             prepared[size] = (out, prep["tokens"])
+            deduped, dprep = repeated_prepare(
+                args.repeat, corpus, str(work / f"dedup-{tag}"), size, dedup=True
+            )
+            deduped.tokens = row.tokens  # the same input tokens, so the rates compare
             if size != "N/100":
                 rows.append(row)
+                dedup_rows.append(deduped)
             say(
                 f"prepare {size}: {prep['tokens']:,} tokens ({info['words']:,} words, "
-                f"{info['files']} files, {info['copies']} copies of the samples), {row.wall_s:.0f}s"
+                f"{info['files']} files, {info['copies']} copies of the samples), {row.wall_s:.0f}s;"
+                f" with dedup {deduped.wall_s:.0f}s ({dprep['dedup']['exact_removed']} exact + "
+                f"{dprep['dedup']['near_removed']} near duplicates removed)"
             )
-        # logits at N/100 (start-up base), N/10 and N: the tiny teacher still runs a 30,522-wide
-        # head on every masked position, too slow on 2 cores for 10*N within the bench's budget
-        caches: dict[str, str] = {}
-        for size in ("N/100", "N/10", "N"):
-            path, tokens = prepared[size]
-            row, summ = run_logits(path, str(work / "caches"), teacher, size, tokens)
-            rows.append(row)
-            caches[size] = summ["cache_url"]
-            say(f"logits {size}: {tokens:,} tokens, {row.wall_s:.0f}s")
-        # the loader's cost does not depend on the target values: its 10*N cache is the N cache's
-        # committed files listed ten times
-        loader_caches = {
-            "N/10": caches["N/10"],
-            "N": caches["N"],
-            "10N": replicate_cache(caches["N"], work / "cache-10N", 10),
-        }
-        for size, url in loader_caches.items():
-            rows.append(run_loader(url, size, args.batch_size))
-            say(f"loader {size}: {rows[-1].tokens:,} tokens, {rows[-1].wall_s:.0f}s")
+            shutil.rmtree(work / f"dedup-{tag}", ignore_errors=True)
+        rows += dedup_rows
+        stages = [("prepare", "N", "10N"), ("prepare+dedup", "N", "10N")]
+        cache_n = ""
+        if not args.prepare_only:
+            more, cache_n = other_stages(work, prepared, args.batch_size)
+            rows += more
+            stages += [("logits", "N/10", "N"), ("distil loader", "N", "10N")]
         print()
         print_rows(rows)
         print()
@@ -491,18 +523,54 @@ def main(argv: list[str] | None = None) -> None:
             "steady = (tokens - tokens of the smallest run) / (CPU s - its CPU s): start-up "
             "(Ray workers importing torch, model load) removed"
         )
-        for stage, small, big in (
-            ("prepare", "N", "10N"),
-            ("logits", "N/10", "N"),
-            ("distil loader", "N", "10N"),
-        ):
+        for stage, small, big in stages:
             print(ratio_line(rows, stage, small, big))
-        print()
-        io_report(caches["N"], work, args.batch_size)
+        for size in ("N", "10N"):
+            plain, dd = (
+                next(r for r in rows if r.stage == s and r.size == size)
+                for s in ("prepare", "prepare+dedup")
+            )
+            cost = dd.tokens_per_cpu_s / plain.tokens_per_cpu_s
+            print(
+                f"dedup cost at {size}: prepare+dedup / prepare tokens per CPU-s = {cost:.2f} "
+                f"(goal >= 0.60: {'met' if cost >= 0.6 else 'MISSED'})"
+            )
+        if not args.prepare_only:
+            print()
+            io_report(cache_n, work, args.batch_size)
         print(f"\nbench/scale.py finished in {time.perf_counter() - t_start:.0f}s")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def other_stages(
+    work: Path, prepared: dict[str, tuple[str, int]], batch_size: int
+) -> tuple[list[Row], str]:
+    """Teacher logits and the distil loader on the prepared (no-dedup) corpora: their rows and
+    the N cache's URL."""
+    rows: list[Row] = []
+    teacher = tiny_teacher(work / "teacher")
+    # logits at N/100 (start-up base), N/10 and N: the tiny teacher still runs a 30,522-wide
+    # head on every masked position, too slow on 2 cores for 10*N within the bench's budget
+    caches: dict[str, str] = {}
+    for size in ("N/100", "N/10", "N"):
+        path, tokens = prepared[size]
+        row, summ = run_logits(path, str(work / "caches"), teacher, size, tokens)
+        rows.append(row)
+        caches[size] = summ["cache_url"]
+        say(f"logits {size}: {tokens:,} tokens, {row.wall_s:.0f}s")
+    # the loader's cost does not depend on the target values: its 10*N cache is the N cache's
+    # committed files listed ten times
+    loader_caches = {
+        "N/10": caches["N/10"],
+        "N": caches["N"],
+        "10N": replicate_cache(caches["N"], work / "cache-10N", 10),
+    }
+    for size, url in loader_caches.items():
+        rows.append(run_loader(url, size, batch_size))
+        say(f"loader {size}: {rows[-1].tokens:,} tokens, {rows[-1].wall_s:.0f}s")
+    return rows, caches["N"]
 
 
 if __name__ == "__main__":

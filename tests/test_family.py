@@ -85,7 +85,7 @@ def test_a_family_teacher_goes_through_every_stage(family, samples, ray_local, s
     special = {role: tok.convert_tokens_to_ids(t) for role, t in spec.special_tokens.items()}
     assert pm["special_ids"] == special and pm["vocab_size"] == len(tok)
     local_prep = storage.copy_dir_to_local(prepared, str(tmp_path / "prepared"))
-    shard = pq.read_table(sorted(p for p in _parquet(local_prep))[0])
+    shard = pq.read_table(storage.committed_files(local_prep)[0])
     rows = shard.column("input_ids").to_pylist()
     lengths = shard.column("length").to_pylist()
     assert all(

@@ -48,6 +48,20 @@ class PrepareConfig(StageConfig):
     strict: bool = Field(
         False, description="fail on the first bad record instead of dead-lettering"
     )
+    dedup: bool = Field(
+        True,
+        description="remove duplicate documents before packing: exact (same text after NFKC, "
+        "case folding and whitespace collapsing) and near (MinHash LSH over word 5-grams, 14 "
+        "bands x 8 rows; estimated Jaccard >= --dedup-threshold); the lowest document id of "
+        "each cluster is kept. --no-dedup keeps every document",
+    )
+    dedup_threshold: float = Field(
+        0.8,
+        ge=0.5,
+        le=1.0,
+        description="near duplicates: the share of MinHash rows two documents must agree on "
+        "(their estimated word 5-gram Jaccard similarity)",
+    )
     wiki_range_bytes: int = Field(
         256 << 20,
         ge=1,

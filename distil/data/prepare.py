@@ -17,16 +17,18 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from distil import storage
-from distil.data import shards
+from distil.data import dedup, shards
 from distil.data.config import PrepareConfig
 from distil.data.readers import (
     EXTRACTOR_VERSION,
     HashingReader,
+    Record,
     detect_format,
     read_records,
 )
@@ -40,8 +42,11 @@ DEAD_LETTER_PATTERN = "dead_letter/shard-{index:05d}.jsonl"
 
 
 def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
-    """The config fields that change output bytes (and nothing else: not workers, not paths)."""
-    return {
+    """The config fields that change output bytes (and nothing else: not workers, not paths).
+
+    With ``--no-dedup`` there is no ``dedup`` entry, so such outputs keep the fingerprints
+    (and teacher caches) they had before deduplication existed."""
+    out = {
         "seq_len": cfg.seq_len,
         "cross_document": cfg.cross_document,
         "format": cfg.format,
@@ -52,6 +57,9 @@ def packing_config(cfg: PrepareConfig) -> dict[str, Any]:
         "row_group_rows": shards.ROW_GROUP_ROWS,
         "wiki_extractor": EXTRACTOR_VERSION,  # new extraction rules = new bytes: no reuse
     }
+    if cfg.dedup:
+        out["dedup"] = dedup.settings(cfg.dedup_threshold)
+    return out
 
 
 def shard_key(cfg: PrepareConfig, tok: TokenizerInfo) -> str:
@@ -83,8 +91,10 @@ def finish_shard(
     identity: dict[str, Any],
     sha: str,
     seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Dead letters, statistics and, last, the completion marker of one output shard."""
+    """Dead letters, statistics and, last, the completion marker of one output shard
+    (``extra``: more fields for the marker, e.g. what deduplication removed from it)."""
     cfg, index = w.cfg, w.index
     dead_name = None
     if tally.dead:
@@ -108,6 +118,7 @@ def finish_shard(
         "dead_letter_file": dead_name,
         "token_counts": {str(int(i)): int(w.counts[i]) for i in nonzero},
         "seconds": round(seconds, 3),
+        **(extra or {}),
     }
     log.info(
         "%s -> %s: %d docs, %d rows, %d tokens, %d dead letters in %.1fs (%.0f tokens/s)",
@@ -125,13 +136,36 @@ def finish_shard(
 
 
 def reusable_marker(
-    cfg: PrepareConfig, tok: TokenizerInfo, unit: str, identity: dict[str, Any]
+    cfg: PrepareConfig,
+    tok: TokenizerInfo,
+    unit: str,
+    identity: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The unit's marker if it was written for the same input, config and tokenizer."""
+    """The unit's marker if it was written for the same input, config and tokenizer (and has
+    the ``extra`` fields' values)."""
     done = storage.read_marker(cfg.output, unit)
-    if done and done.get("key") == shard_key(cfg, tok) and done.get("input_identity") == identity:
+    wanted = {"key": shard_key(cfg, tok), "input_identity": identity, **(extra or {})}
+    if done and all(done.get(k) == v for k, v in wanted.items()):
         return {**done, "reused": True}
     return None
+
+
+def file_records(
+    url: str, name: str, cfg: PrepareConfig, hasher: list[HashingReader]
+) -> Iterator[Record]:
+    """The records of one whole input file, read as the config says (``hasher``: see
+    ``read_records``)."""
+    fmt = cfg.format if cfg.format != "auto" else (detect_format(url) or "auto")
+    return read_records(
+        url,
+        name,
+        fmt,
+        text_column=cfg.text_column,
+        id_column=cfg.id_column,
+        max_line_bytes=cfg.max_line_bytes,
+        hasher=hasher,
+    )
 
 
 def prepare_shard(
@@ -148,16 +182,7 @@ def prepare_shard(
         return done
     t0 = time.monotonic()
     hasher: list[HashingReader] = []
-    fmt = cfg.format if cfg.format != "auto" else (detect_format(input_url) or "auto")
-    records = read_records(
-        input_url,
-        input_name,
-        fmt,
-        text_column=cfg.text_column,
-        id_column=cfg.id_column,
-        max_line_bytes=cfg.max_line_bytes,
-        hasher=hasher,
-    )
+    records = file_records(input_url, input_name, cfg, hasher)
     with (
         Progress(input_name, unit="docs", every_s=cfg.log_every_s, log=log) as progress,
         ShardWriter(index, cfg, tok) as w,
@@ -180,9 +205,13 @@ def input_names(urls: list[str]) -> list[str]:
 
 
 def build_manifest(
-    cfg: PrepareConfig, tok: TokenizerInfo, infos: list[dict[str, Any]]
+    cfg: PrepareConfig,
+    tok: TokenizerInfo,
+    infos: list[dict[str, Any]],
+    dedup_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The committed manifest (``docs/CONTRACTS.md``) from the per-shard markers."""
+    """The committed manifest (``docs/CONTRACTS.md``) from the per-shard markers and, with
+    ``--dedup``, the deduplication's summary (``distil.data.dedup.resolve``)."""
     infos = sorted(infos, key=lambda i: i["index"])
     counts = np.zeros(tok.vocab_size, dtype=np.int64)
     for info in infos:
@@ -243,6 +272,9 @@ def build_manifest(
             "by_reason": dict(sorted(by_reason.items())),
             "files": [i["dead_letter_file"] for i in infos if i["dead_letter_file"]],
         },
+        "dedup": dedup.manifest_entry(cfg.dedup_threshold, dedup_summary)
+        if cfg.dedup
+        else {"enabled": False},
     }
 
 

@@ -7,7 +7,10 @@ Each input file is one unit of work (``distil.data.prepare.prepare_shard``): it 
 output shard and then its completion marker, so a rerun after a crash redoes only the shards
 without a marker. A bz2 wiki dump bigger than ``wiki_range_bytes`` is read as many byte-range
 units spread over all workers, then packed into its one shard
-(``distil.data.prepare_ranges``). The manifest is written last, from the markers.
+(``distil.data.prepare_ranges``). With ``--dedup`` (the default) every unit also writes its
+documents' signatures; one task per MinHash band (and one for the exact hash) groups buckets,
+the driver resolves clusters, then one task per input packs its shard without the removed
+documents (``distil.data.dedup``). The manifest is written last, from the markers.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import ray
 from distil import storage
 from distil.config import absolute_paths, job_main, setup_logging
 from distil.data.config import PrepareConfig
-from distil.data.prepare import build_manifest, input_size
-from distil.data.prepare_ranges import pack_ranges, plan_units, prepare_item, range_items
+from distil.data.prepare import input_size
+from distil.data.prepare_ranges import run_stage
 from distil.data.tokenizer import load_tokenizer_info
 from distil.ops.cluster import init_ray
 from distil.progress import Progress
@@ -36,67 +39,45 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     cfg = absolute_paths(cfg)
     tok = load_tokenizer_info(cfg.tokenizer)
-    units = plan_units(cfg)
-    items = [item for unit in units for item in range_items(unit)]
     log.info(
-        "prepare: %d input shards (%d read units) -> %s (seq_len=%d, cross_document=%s, "
-        "workers=%d)",
-        len(units),
-        len(items),
+        "prepare: %s -> %s (seq_len=%d, cross_document=%s, dedup=%s, workers=%d)",
+        [storage.redact(u) for u in cfg.input],
         storage.redact(cfg.output),
         cfg.seq_len,
         cfg.cross_document,
+        cfg.dedup,
         cfg.num_workers,
     )
     init_ray()
 
-    def process(item: dict[str, Any]) -> dict[str, Any]:
-        setup_logging()
-        info = prepare_item(item, cfg, tok)
-        # only what the driver needs; the full statistics live in the marker
-        return {
-            "index": item["index"],
-            "whole": item["range"] is None,
-            "reused": bool(info.get("reused")),
-            "documents": info["documents"],
-            "tokens": info["tokens"],
-        }
+    def mapper(phase: str, fn: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        if phase == "read":
+            # Biggest units first so a large one does not start last and leave the other
+            # workers idle; the order of work never changes the output (indices come from the
+            # sorted input list).
+            sizes = {item["url"]: input_size(item["url"]) for item in items}
 
-    def pack(unit: dict[str, Any]) -> dict[str, Any]:
-        setup_logging()
-        info = pack_ranges(unit, cfg, tok)
-        return {"index": unit["index"], "reused": bool(info.get("reused"))}
+            def size(item: dict[str, Any]) -> int:
+                if item["range"] is None or len(item["ranges"]) == 1:
+                    return sizes[item["url"]]
+                start, end = item["ranges"][item["range"]]
+                return end - start
 
-    # Biggest units first so a large one does not start last and leave the other workers idle;
-    # the order of work never changes the output (indices come from the sorted input list).
-    sizes = {item["url"]: input_size(item["url"]) for item in items}
+            items = sorted(items, key=lambda it: (-size(it), it["index"], it["range"] or 0))
+        out = []
+        with Progress(
+            f"prepare {phase}", total=len(items), unit="units", every_s=cfg.log_every_s, log=log
+        ) as bar:
+            for row in _map(items, fn, cfg).iter_rows():
+                r = json.loads(row["out"])
+                new = not r["reused"]
+                bar.update(1, docs=r["documents"] * new, tokens=r["tokens"] * new, reused=1 - new)
+                out.append(r)
+        return out
 
-    def size(item: dict[str, Any]) -> int:
-        if item["range"] is None:
-            return sizes[item["url"]]
-        start, end = item["ranges"][item["range"]]
-        return end - start
-
-    items.sort(key=lambda item: (-size(item), item["index"], item["range"] or 0))
-    reused = 0
-    with Progress(
-        "prepare", total=len(items), unit="units", every_s=cfg.log_every_s, log=log
-    ) as bar:
-        for row in _map(items, process, cfg).iter_rows():
-            reused += int(row["reused"] and row["whole"])
-            new = not row["reused"]
-            bar.update(1, docs=row["documents"] * new, tokens=row["tokens"] * new, reused=1 - new)
-    split = [unit for unit in units if len(unit["ranges"]) > 1]
-    if split:
-        reused += sum(int(row["reused"]) for row in _map(split, pack, cfg).iter_rows())
-    infos = []
-    for unit in units:
-        info = storage.read_marker(cfg.output, f"shard-{unit['index']:05d}")
-        if info is None:
-            raise RuntimeError(f"shard {unit['index']} ({unit['name']}) finished without marker")
-        infos.append(info)
-    manifest = build_manifest(cfg, tok, infos)
-    storage.commit(cfg.output, manifest)
+    manifest, reused = run_stage(cfg, tok, mapper)
     elapsed = time.monotonic() - t0
     summary = {
         "output": storage.redact(cfg.output),
@@ -111,16 +92,24 @@ def run(cfg: PrepareConfig) -> dict[str, Any]:
         "seconds": round(elapsed, 1),
         "tokens_per_s": round(manifest["tokens"] / max(elapsed, 1e-9)),
     }
+    if cfg.dedup:
+        d = manifest["dedup"]
+        summary["dedup"] = {k: d[k] for k in ("exact_removed", "near_removed", "documents_kept")}
     log.info("prepare: committed %s", summary)
     return summary
 
 
 def _map(items: list[dict[str, Any]], fn: Any, cfg: PrepareConfig) -> ray.data.Dataset:
-    """``fn`` over ``items`` on ``num_workers`` tasks. Items travel as JSON text: Ray Data would
-    turn nested lists (a dump's ranges) and None into Arrow/numpy values."""
+    """``fn`` over ``items`` on ``num_workers`` tasks. Items and results travel as JSON text:
+    Ray Data would turn nested lists (a dump's ranges) and None into Arrow/numpy values."""
+
+    def task(row: dict[str, Any]) -> dict[str, Any]:
+        setup_logging()
+        return {"out": json.dumps(fn(json.loads(row["item"])))}
+
     rows = [{"item": json.dumps(item)} for item in items]
     return ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-        lambda row: fn(json.loads(row["item"])),
+        task,
         num_cpus=cfg.cpus_per_worker,
         compute=ray.data.TaskPoolStrategy(size=min(cfg.num_workers, len(rows))),
     )

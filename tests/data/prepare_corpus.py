@@ -3,7 +3,9 @@
 ``write_good_corpus`` writes one input shard of each format (wiki XML .bz2 with redirects and
 other namespaces, two plain-text books, JSONL, Parquet) and returns what a correct reader must
 yield from each. ``write_bad_corpus`` writes the bad inputs of issue 3 with the dead letters
-they must produce.
+they must produce. ``write_dup_corpus`` adds duplicates (exact, re-wrapped, near, a whole book)
+to the good corpus; ``write_planted`` and ``score_planted`` are issue 32's planted set of copies
+of real prose (``sample_texts``) and its scoring, shared with ``bench/prepare.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import bz2
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -153,6 +156,28 @@ def write_good_corpus(root: Path, seed: int = 0, scale: int = 1) -> dict[str, li
     return expected
 
 
+def write_dup_corpus(root: Path, scale: int = 1) -> dict[str, str]:
+    """The good corpus plus duplicates across and within files and formats: returns, per
+    duplicate, ``"file:ordinal"`` of the document it copies (the one that must be kept)."""
+    write_good_corpus(root, scale=scale)
+    rng = random.Random(9)
+    news = [json.loads(x)["text"] for x in (root / "news.jsonl").read_text().splitlines()]
+    long = [paragraph(rng, 12) for _ in range(3)]
+    near = long[1].split()
+    near[10] = "zebra"
+    rows = [long[0], news[3], rewrap(long[0], rng), " ".join(near), long[1], long[2], news[3]]
+    (root / "zz-more.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    book = (root / "books" / "book-0.txt").read_text()
+    (root / "books" / "book-2.txt").write_text(book.replace("\n", " ").replace(". ", ".\n\n"))
+    return {
+        "zz-more.jsonl:2": "zz-more.jsonl:0",  # re-wrapped, exact
+        "zz-more.jsonl:1": "news.jsonl:3",  # exact, in another file
+        "zz-more.jsonl:6": "news.jsonl:3",
+        "zz-more.jsonl:4": "zz-more.jsonl:3",  # the near copy comes first: the original goes
+        "books/book-2.txt:0": "books/book-0.txt:0",  # a book re-wrapped into other paragraphs
+    }
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, cur = [], ""
     for w in text.split(" "):
@@ -276,3 +301,140 @@ def write_chunked_streams(xml: bytes, path: Path, chunk: int) -> Path:
     """A dump cut every ``chunk`` bytes into bz2 streams regardless of pages (as ``pbzip2``)."""
     path.write_bytes(b"".join(bz2.compress(xml[i : i + chunk]) for i in range(0, len(xml), chunk)))
     return path
+
+
+# ---------------------------------------------------------------- planted duplicates
+
+
+def sample_texts() -> list[str]:
+    """Real prose from the sample corpus's gensim wheel (the dump's articles, the Lee news),
+    the part of the sample corpus a test can get without npm or Debian packages."""
+    import io
+    import zipfile
+
+    from distil.data import registry
+    from distil.data.readers import Document, read_wiki
+    from distil.data.samples import GENSIM, NEWS_MEMBER
+
+    wiki = [
+        r.text for r in read_wiki(io.BytesIO(real_wiki_xml()), "wiki") if isinstance(r, Document)
+    ]
+    with zipfile.ZipFile(registry.fetch_pypi(*GENSIM)) as z:
+        news = [t for t in z.read(NEWS_MEMBER).decode().splitlines() if t.strip()]
+    return wiki + news
+
+
+def word_windows(texts: list[str], rng: random.Random, lo: int = 120, hi: int = 300) -> list[str]:
+    """Non-overlapping windows of ``lo``..``hi`` words of each text, as documents."""
+    out = []
+    for text in texts:
+        words = text.split()
+        i = 0
+        while len(words) - i >= lo:
+            n = rng.randint(lo, hi)
+            out.append(" ".join(words[i : i + n]))
+            i += n
+    return out
+
+
+def shingle_set(text: str, n: int = 5) -> set[str]:
+    """The word ``n``-gram set the dedup's Jaccard is defined on, computed plainly."""
+    from distil.data.dedup import normalize
+
+    words = normalize(text).split()
+    return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def distinct(docs: list[str], max_jaccard: float = 0.5) -> list[str]:
+    """``docs`` without any that has word 5-gram Jaccard >= ``max_jaccard`` with an earlier
+    one (exact copies included): a base set with no true duplicates in it."""
+    sets = [shingle_set(d) for d in docs]
+    index: dict[str, list[int]] = {}
+    keep = []
+    for i, s in enumerate(sets):
+        seen = {j for sh in s for j in index.get(sh, ())}
+        if all(jaccard(s, sets[j]) < max_jaccard for j in seen):
+            keep.append(i)
+            for sh in s:
+                index.setdefault(sh, []).append(i)
+    return [docs[i] for i in keep]
+
+
+def change_words(text: str, rng: random.Random, vocab: list[str], rate: float = 0.01) -> str:
+    """``rate`` of the words (at least one) replaced by other words from ``vocab``."""
+    words = text.split()
+    for i in rng.sample(range(len(words)), max(1, round(rate * len(words)))):
+        words[i] = rng.choice([w for w in rng.sample(vocab, 3) if w != words[i]] or ["x"])
+    return " ".join(words)
+
+
+def rewrap(text: str, rng: random.Random) -> str:
+    """The same words with other line breaks (and some doubled spaces)."""
+    words = text.split()
+    out = []
+    for w in words:
+        out.append(w)
+        out.append(rng.choice(["\n", " ", " ", " ", "  ", " \n"]))
+    return "".join(out[:-1])
+
+
+def write_planted(root: Path, base: list[str], seed: int = 0) -> dict[str, Any]:
+    """The acceptance's planted set as JSONL inputs: the distinct ``base`` documents first
+    (lowest ids), then per base document an exact copy, a copy with 1% of its words changed and
+    a re-wrapped copy, shuffled. Returns the truth: per copy file and line, ``(kind, original)``,
+    and the near copies' true Jaccard with their original."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = sorted({w for d in base for w in d.split()})
+    copies = []
+    for i, d in enumerate(base):
+        copies += [
+            ("exact", i, d),
+            ("near", i, change_words(d, rng, vocab)),
+            ("rewrap", i, rewrap(d, rng)),
+        ]
+    rng.shuffle(copies)
+    (root / "a-originals.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in base))
+    (root / "b-copies.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for _, _, t in copies)
+    )
+    near_j = [jaccard(shingle_set(base[i]), shingle_set(t)) for k, i, t in copies if k == "near"]
+    return {
+        "originals": len(base),
+        "copies": [(k, i) for k, i, _ in copies],
+        "near_jaccard": near_j,
+    }
+
+
+def score_planted(out: str, truth: dict[str, Any]) -> dict[str, Any]:
+    """How a deduplicated output treated a planted set (``write_planted``): the share of each
+    kind of copy removed with its own original kept, and of originals removed."""
+    from distil import storage
+    from distil.data import shards
+
+    manifest = storage.read_manifest(out)
+    t = shards.read_table(storage.join(out, manifest["dedup"]["removed_file"])).to_pylist()
+    originals = [r for r in t if r["input"] == "a-originals.jsonl"]
+    by_copy = {r["ordinal"]: r for r in t if r["input"] == "b-copies.jsonl"}
+    result: dict[str, Any] = {"originals": truth["originals"], "originals_removed": len(originals)}
+    for kind in ("exact", "near", "rewrap"):
+        mine = [(j, i) for j, (k, i) in enumerate(truth["copies"]) if k == kind]
+        right = sum(
+            1
+            for j, i in mine
+            if j in by_copy
+            and by_copy[j]["kept_input"] == "a-originals.jsonl"
+            and by_copy[j]["kept_ordinal"] == i
+        )
+        result[kind] = {
+            "copies": len(mine),
+            "removed": sum(j in by_copy for j, _ in mine),
+            "right": right,
+        }
+    near_j = truth["near_jaccard"]
+    result["near_jaccard"] = {"mean": sum(near_j) / len(near_j), "min": min(near_j)}
+    return result

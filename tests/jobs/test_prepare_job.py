@@ -14,6 +14,7 @@ from prepare_corpus import (
     paragraph,
     real_wiki_xml,
     write_bad_corpus,
+    write_dup_corpus,
     write_good_corpus,
     write_multistream,
 )
@@ -29,10 +30,13 @@ def shard_bytes(out: str) -> dict[str, bytes]:
 
 
 def output_bytes(out: str) -> dict[str, bytes]:
-    """Every committed byte: shards, dead-letter files and the manifest."""
+    """Every committed byte: shards, dead-letter files, the dedup audit list and the manifest."""
     m = storage.read_manifest(out)
     files = {Path(u).name: storage.read_bytes(u) for u in storage.committed_files(out)}
     for name in m["dead_letter"]["files"]:
+        files[name] = storage.read_bytes(storage.join(out, name))
+    if m["dedup"]["enabled"]:
+        name = m["dedup"]["removed_file"]
         files[name] = storage.read_bytes(storage.join(out, name))
     files["manifest.json"] = storage.read_bytes(storage.join(out, "manifest.json"))
     return files
@@ -43,11 +47,13 @@ def test_one_worker_and_two_workers_write_identical_bytes(ray_local, tmp_path):
     from distil.jobs.prepare import run
 
     root = tmp_path / "corpus"
-    write_good_corpus(root, scale=3)
+    write_dup_corpus(root, scale=3)  # duplicates within and across files: dedup is on
     write_bad_corpus(root / "bad")
     one = run(PrepareConfig(input=str(root), output=str(tmp_path / "w1"), num_workers=1))
     two = run(PrepareConfig(input=str(root), output=str(tmp_path / "w2"), num_workers=2))
     assert one["rows"] > 0 and one["dead_letter"] > 0
+    kept = one["documents"] - 5  # write_dup_corpus plants 4 exact and 1 near duplicate
+    assert one["dedup"] == {"exact_removed": 4, "near_removed": 1, "documents_kept": kept}
     assert one["fingerprint"] == two["fingerprint"]
     assert output_bytes(str(tmp_path / "w1")) == output_bytes(str(tmp_path / "w2"))
     # a rerun of a committed output reuses every shard
@@ -111,6 +117,47 @@ def _big_corpus(root: Path, shards: int = 6, docs: int = 400) -> None:
         (root / f"part-{s:02d}.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def kill_9_when(root: Path, out: Path, ready, *flags: str) -> Path:
+    """Run ``python jobs/prepare.py`` on one worker in its own process group, ``kill -9`` the
+    group as soon as ``ready(markers folder)`` holds; returns the markers folder."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "prepare.py"),
+            "--input",
+            str(root),
+            "--output",
+            str(out),
+            "--num-workers",
+            "1",
+            "--cpus-per-worker",
+            "1",
+            *flags,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches its Ray workers too
+    )
+    markers = out / "_markers"
+    try:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and proc.poll() is None:
+            if markers.exists() and ready(markers):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    return markers
+
+
 @pytest.mark.timeout(300)
 def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
     from distil.jobs.prepare import run
@@ -119,43 +166,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
     _big_corpus(root)
     write_multistream(real_wiki_xml(), root / "wiki")  # split into byte ranges: the range path
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for k in ("RAY_ADDRESS",):
-        env.pop(k, None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "jobs" / "prepare.py"),
-            "--input",
-            str(root),
-            "--output",
-            str(killed),
-            "--num-workers",
-            "1",
-            "--cpus-per-worker",
-            "1",
-            "--wiki-range-bytes",
-            "100000",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill reaches its Ray workers too
-    )
-    markers = killed / "_markers"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if markers.exists() and any(markers.iterdir()):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the job ended before it could be killed mid-run"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
+    markers = kill_9_when(root, killed, lambda m: any(m.iterdir()), "--wiki-range-bytes", "100000")
     done = [m.name for m in markers.iterdir()]
     done_whole = [n for n in done if "-range-" not in n]  # whole input files finished
     assert done and not storage.is_committed(str(killed))
@@ -166,3 +177,30 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(ray_local, tmp_path):
     assert rerun["shards_reused"] >= len(done_whole)
     assert output_bytes(str(killed)) == output_bytes(str(tmp_path / "clean"))
     assert not (killed / "_staging").exists()
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_mid_dedup_then_rerun_gives_identical_bytes(ray_local, tmp_path):
+    """Killed after the first band's bucket grouping finished (every unit's signatures
+    written, clusters not yet resolved), then rerun on two workers: the same bytes as an
+    uninterrupted run, the finished bands reused."""
+    from distil.jobs.prepare import run
+
+    root = tmp_path / "corpus"
+    _big_corpus(root, shards=24, docs=150)
+    write_dup_corpus(root / "dups")
+    killed = tmp_path / "killed"
+    markers = kill_9_when(root, killed, lambda m: any(m.glob("dedup-*.json")))
+    bands = sorted(m.name for m in markers.glob("dedup-*.json"))
+    assert bands and len(bands) < 15, bands  # some bands done, not all
+    assert not (markers / "dedup.json").exists() and not storage.is_committed(str(killed))
+    assert not list(markers.glob("shard-?????.json"))  # nothing packed yet
+    band_marker = storage.read_marker(str(killed), bands[0][: -len(".json")])
+
+    rerun = run(PrepareConfig(input=str(root), output=str(killed), num_workers=2))
+    clean = run(PrepareConfig(input=str(root), output=str(tmp_path / "clean"), num_workers=1))
+    assert rerun["dedup"] == clean["dedup"] and rerun["dedup"]["exact_removed"] == 4
+    assert output_bytes(str(killed)) == output_bytes(str(tmp_path / "clean"))
+    assert not (killed / "_staging").exists() and not (killed / "_dedup").exists()
+    # the bands finished before the kill were made for the rerun's inputs: it reused them
+    assert storage.read_marker(str(killed), "dedup")["key"] == band_marker["key"]
