@@ -104,10 +104,8 @@ def teacher_logits_batch(
     real = attention_mask[: input_ids.shape[0] if rows is None else rows]
     unpadded = bool(real.all())
     target_rows = torch.from_numpy(np.flatnonzero(positions.numpy().reshape(-1)))
-    hidden = encoder(
-        input_ids=_upload(input_ids, device),
-        attention_mask=encoder_mask(model, _upload(attention_mask, device), unpadded),
-    ).last_hidden_state
+    mask = None if unpadded else encoder_mask(model, _upload(attention_mask, device), False)
+    hidden = encoder(input_ids=_upload(input_ids, device), attention_mask=mask).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])
     kept = flat.index_select(0, _upload(target_rows, device))  # [N, H], row-major
     sketched = None

@@ -145,6 +145,10 @@ def test_batch_shape_fits_every_masked_row_and_pads_to_the_fixed_count(topk_cach
         row, col = idx // shape.seq_len, idx % shape.seq_len
         assert torch.equal(host["labels"][row, col], fixed["target_labels"][real])
         assert "labels" not in fixed  # the step reads target_labels: [B, L] labels stay home
+        # the sketch goes to the device as the cache's int8 values, not 4x as float32
+        assert fixed["hidden_sketch"].dtype == torch.int8
+        keep = fixed["attention_mask"].bool()
+        assert torch.equal(fixed["hidden_sketch"][keep].float(), host["hidden_sketch"])
         assert torch.equal(fixed["target_ids"][real], host["target_ids"])
         assert torch.isinf(fixed["target_logprobs"][~real]).all()
     # a row with more targets than slots widens the slots instead of dropping any
