@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         target_logz=torch.stack([torch.zeros_like(logz), logz], -1).cpu(),
     )
     slots = int((host["labels"] != -100).sum(1).max())
-    fixed = to_device(
-        fixed_shape(host, BatchShape(args.batch_size, args.seq_len, slots, 0)), device
-    )
+    # every row fills seq_len, as packed text does: the recipe then runs with no mask
+    shape = BatchShape(args.batch_size, args.seq_len, slots, 0, unpadded=True)
+    fixed = to_device(fixed_shape(host, shape), device)
     objective = DistillationObjective(
         model,
         alpha_ce=5.0,

@@ -7,21 +7,34 @@
 On an embedded Ray with local files (no object storage, no downloads: random-init models at
 BERT-base sizes saved with the packaged tokenizer, synthetic text):
 
-1. the teacher forward alone (``distil.teacher.logits.teacher_logits_batch``, bf16 weights,
-   batch 256 x seq 128): tokens/s and MFU;
+1. the teacher forward alone (``distil.teacher.logits.teacher_logits_batch``, bf16 weights
+   without autocast, batch 256 x seq 128, host batches in, one copy out): tokens/s and MFU;
 2. ``distil.jobs.teacher_logits.run``: the teacher cache on CUDA over >= 50M tokens (the corpus
    masked ``copies`` times): tokens/s of the whole job, and its steady rate (units committed
-   after the first, over the time from the first commit to the last) against the bare forward's;
+   after the first, over the time from the first commit to the last) against the bare forward's
+   (tokens through the teacher: the corpus's real tokens x copies);
 3. the distil step in-process (``DistilRecipe.train_step``, ``torch.compile`` on, fixed shapes):
    cached vs online ms/step at batch 128 and 256, their ratio, MFU of the cached step, and a
-   ``torch.profiler`` summary of 10 cached steps at the largest batch (GPU busy %, top kernels);
-4. ``distil.jobs.distil.run``: the cached step through Ray Train (NCCL, 1 worker; all GPUs on a
+   ``torch.profiler`` summary of 10 cached steps at the largest batch (GPU busy %, top kernels).
+   Timed from an empty prefetch queue (a new prefetcher after the compile and warm-up steps),
+   with the real (non-pad) tokens and masked positions of the steps timed; the time the step
+   waited for its input is in the note;
+4. ``distil.pipelines.score_reviews.run`` (Beam, ``--device cuda``, bf16, its GPU batch sizes)
+   vs ``transformers.pipeline(device=0, dtype=bf16)`` on the same model and rows, like for like:
+   both with start-up (Beam's first run in the process, model load included; the pipeline
+   built, loaded and run once) and both warm (the model loaded: Beam's second run in the same
+   process, whose handler gets the model the process holds; the pipeline's second call);
+5. the teacher stage's unit (``TeacherWorker.compute``) eager and with ``--compile``'s
+   ``torch.compile`` on fixed shapes, the same masked unit, after one warm-up unit each;
+6. ``distil.jobs.distil.run``: the cached step through Ray Train (NCCL, 1 worker; all GPUs on a
    machine with more);
-5. ``distil.jobs.finetune.run``: the sentiment head on CUDA (NCCL, bf16);
-6. ``distil.pipelines.score_reviews.run`` (Beam, ``--device cuda``, bf16) vs
-   ``transformers.pipeline(device=0, dtype=bf16)`` on the same model and rows, like for like:
-   both with start-up (Beam's first run, the pipeline built and run once) and both warm (Beam's
-   second run in the same process, the pipeline's second call).
+7. ``distil.jobs.finetune.run``: the sentiment head on CUDA (NCCL, bf16). Scoring uses its model,
+   or a random-init classifier of the student's shape when it is skipped (speed does not depend
+   on the weights).
+
+The stages run in that order (the acceptance figures first); ``--deadline-s`` stops starting
+new stages past that many seconds, their rows reading "not run", so a short lease always ends
+with the table.
 
 FLOPs (MFU = FLOP/s over the GPU's dense bf16 peak): a forward is 2 x (4H^2 + 2H*I) x layers
 per token for the encoder matmuls, 4 x layers x H x seq per token for attention, and
@@ -56,13 +69,13 @@ SCALES = {
     "gpu": dict(
         layers=12, hidden=768, heads=12, inter=3072, seq_len=128, docs=4000, words=220,
         logits_batch=256, copies=50, unit_rows=256, steps=50, batch=128, log_every=10, reviews=4000,
-        score_rows=30000, forward_iters=20, step_batches=(128, 256), timed_steps=20,
-        profiled_steps=10,
+        score_rows=100_000, forward_iters=20, step_batches=(128, 256), timed_steps=20,
+        profiled_steps=10, unit_copies=8,
     ),
     "dry-run": dict(
         layers=2, hidden=32, heads=2, inter=64, seq_len=32, docs=60, words=40,
         logits_batch=32, copies=2, unit_rows=8, steps=6, batch=8, log_every=2, reviews=160, score_rows=300,
-        forward_iters=3, step_batches=(4, 8), timed_steps=3, profiled_steps=2,
+        forward_iters=3, step_batches=(4, 8), timed_steps=3, profiled_steps=2, unit_copies=2,
     ),
 }  # fmt: skip
 
@@ -83,6 +96,7 @@ ROWS = (
 NA = "n/a"
 ROW_WIDTH = 44  # the check column of the table
 STAGES = ("steps", "online", "ray", "finetune", "score", "compile")
+UNIT_ROWS = ("teacher logits: unit, eager", "teacher logits: unit, torch.compile")
 
 
 def require_cuda() -> None:
@@ -176,20 +190,19 @@ def check_logits(work: Path, teacher: str, prepared: str, s: dict, cuda: bool) -
         device="cuda" if cuda else "cpu",
     )
     out = run(cfg)
+    # the job counts each sequence's tokens once; the teacher ran on every masked copy
+    steady = out.get("steady_tokens_per_s")
     return {
         "cache": out["cache_url"],
-        "tokens": out["tokens"],
+        "tokens": out["tokens"] * cfg.copies,
         "seconds": out["seconds"],
-        "steady": out.get("steady_tokens_per_s"),
+        "steady": steady * cfg.copies if steady else None,
     }
 
 
-def forward_rate(
-    teacher: str, s: dict, cuda: bool, compiled: bool = False
-) -> tuple[float, float | None, str]:
-    """(tokens/s, MFU or None, device name) of the stage's batch function alone, in bf16;
-    ``compiled``: with the encoder under ``torch.compile`` (what compiling the stage would
-    gain; the stage itself runs eager: its batches change length)."""
+def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None, str]:
+    """(tokens/s, MFU or None, device name) of the stage's batch function alone, as the stage
+    runs it: bf16 weights without autocast, host batches in, one copy of the results out."""
     import torch
     from teacher_logits import model_flops, peak_bf16_tflops
     from transformers import BertForMaskedLM
@@ -199,13 +212,11 @@ def forward_rate(
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32  # as the stage's teacher actors hold it
     model = BertForMaskedLM.from_pretrained(teacher).to(device, dtype).eval()
-    if compiled:
-        model.bert = torch.compile(model.bert, dynamic=False)
     g = torch.Generator().manual_seed(0)
     b, n = s["logits_batch"], s["seq_len"]
-    x = torch.randint(1000, 30000, (b, n), generator=g).to(device)
+    x = torch.randint(1000, 30000, (b, n), generator=g)  # on the host, as the stage has them
     am = torch.ones_like(x)
-    pos = (torch.rand(b, n, generator=g) < 0.15).to(device)
+    pos = torch.rand(b, n, generator=g) < 0.15
     spec = {"mode": "topk", "k": 8}
     teacher_logits_batch(model, x, am, pos, spec)  # warm-up
     if cuda:
@@ -225,6 +236,62 @@ def forward_rate(
     torch.cuda.empty_cache()  # the next stages' Ray workers need this GPU's memory
     peak = peak_bf16_tflops(name)
     return tokens / secs, (flops / secs / 1e12 / peak if peak else None), name
+
+
+def unit_rate(work: Path, teacher: str, prepared: str, s: dict, cuda: bool, compiled: bool) -> dict:
+    """Tokens/s through the teacher of the stage's own unit of work (``TeacherWorker.compute``:
+    length buckets, bf16, the ``compile`` option's fixed shapes), on the first unit of the
+    corpus masked ``unit_copies`` times, after one warm-up unit (the compile, when on)."""
+    import torch
+
+    from distil.teacher.build import TeacherWorker, plan_cache
+    from distil.teacher.config import LogitsConfig
+    from distil.teacher.load import load_teacher
+    from distil.teacher.units import mask_unit
+
+    cfg = LogitsConfig(input=prepared, cache_root=str(work / "unit-cache"), teacher=teacher,
+                       batch_size=s["logits_batch"], copies=s["unit_copies"],
+                       unit_rows=s["unit_rows"], hidden_sketch_dims=32, compile=compiled,
+                       device="cuda" if cuda else "cpu")  # fmt: skip
+    loaded = load_teacher(teacher)
+    plan = plan_cache(cfg, loaded.weights_sha256, loaded.model.config.hidden_size)
+    del loaded
+    worker = TeacherWorker(cfg.model_dump(), plan.teacher_sha256, plan.prepared, cfg.device)
+    masked = mask_unit(plan.units[0], worker.masking)
+    tokens = sum(len(x) for x in masked.column("input_ids").to_pylist())
+    t0 = time.perf_counter()
+    worker.compute(masked)  # warm-up: the compile when on
+    if cuda:
+        torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    worker.compute(masked)
+    secs = time.perf_counter() - t0
+    shapes = "fixed shapes " + ",".join(map(str, worker.widths)) if worker.widths else "eager"
+    del worker
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"rate": tokens / secs, "first": first, "tokens": tokens, "shapes": shapes}
+
+
+def make_classifier(work: Path, s: dict, teacher: str) -> str:
+    """A random-init sentiment classifier of the student's shape, exported as ``distil
+    finetune`` does (for the scoring rows when the fine-tune is skipped: speed does not depend
+    on the weights)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from distil.sentiment.classifier import export_classifier
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=s["hidden"], intermediate_size=s["inter"],
+                     num_hidden_layers=max(1, s["layers"] // 2), num_attention_heads=s["heads"],
+                     num_labels=2, id2label={0: "negative", 1: "positive"},
+                     label2id={"negative": 0, "positive": 1})  # fmt: skip
+    url = str(work / "random-classifier")
+    model = BertForSequenceClassification(cfg).eval()
+    export_classifier(model, AutoTokenizer.from_pretrained(teacher), url, {"note": "random"})
+    return url
 
 
 def student_step_flops(cfg, tokens: int, masked_rows: int, seq_len: int) -> float:
@@ -263,18 +330,21 @@ def step_recipe(work: Path, teacher: str, prepared: str, cache: str | None, s: d
     return r
 
 
-def time_steps(r, batches, n: int, cuda: bool) -> float:
-    """Seconds per step over ``n`` steps (synchronised at both ends, none in between)."""
+def time_steps(r, batches, n: int, cuda: bool) -> tuple[float, dict[str, float]]:
+    """(seconds per step, mean real tokens and target positions per step) over ``n`` steps,
+    synchronised at both ends, none in between."""
     import torch
 
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
+    tokens = targets = 0
     for _ in range(n):
-        r.train_step(batches)
+        out = r.train_step(batches)
+        tokens, targets = tokens + out["tokens"], targets + out["targets"]
     if cuda:
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+    return (time.perf_counter() - t0) / n, {"tokens": tokens / n, "targets": targets / n}
 
 
 def profile_steps(r, batches, n: int, cuda: bool) -> tuple[float | None, list[tuple[str, float]]]:
@@ -285,7 +355,7 @@ def profile_steps(r, batches, n: int, cuda: bool) -> tuple[float | None, list[tu
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
-        wall_us = time_steps(r, batches, n, cuda) * n * 1e6
+        wall_us = time_steps(r, batches, n, cuda)[0] * n * 1e6
     if not cuda:
         return None, []
     kernels = [
@@ -321,17 +391,21 @@ def check_steps(work: Path, teacher: str, prepared: str, cache: str, s: dict, cu
                         torch.cuda.synchronize()
                     first = time.perf_counter() - t0
                     r.train_step(batches)
-                    sec = time_steps(r, batches, s["timed_steps"], cuda)
+                    # timed from an empty prefetch queue: the warm-up let the reader fill it
+                    batches.close()
+                    batches = r._micro_batches()
+                    sec, real = time_steps(r, batches, s["timed_steps"], cuda)
                     ms[mode] = sec * 1000
-                    tokens = b * r.shape.seq_len
-                    flops = student_step_flops(
-                        r.student.config, tokens, round(0.15 * tokens), r.shape.seq_len
-                    )
+                    tokens, targets = real["tokens"], real["targets"]  # per step, non-pad
+                    flops = student_step_flops(r.student.config, tokens, targets, r.shape.seq_len)
                     mfu = f", MFU {flops / sec / 1e12 / peak:.1%}" if peak else ""
+                    padded = b * r.shape.seq_len
                     res[row] = (
                         f"{sec * 1000:.1f} ms/step, {tokens / sec:,.0f} tokens/s{mfu}",
                         f"{'compile' if r.compiled else 'eager'}; set-up + first step "
-                        f"{first:.0f}s; {flops / tokens / 1e6:.0f} MFLOP/token",
+                        f"{first:.0f}s; {tokens / padded:.0%} of {padded} slots real; "
+                        f"input wait {batches.waited_s / (sec * s['timed_steps']):.0%}; "
+                        f"{flops / tokens / 1e6:.0f} MFLOP/token",
                     )
                     if mode == "cached" and b == s["step_batches"][-1]:
                         busy, top = profile_steps(r, batches, s["profiled_steps"], cuda)
@@ -424,9 +498,11 @@ def check_finetune(work: Path, student: str, s: dict, cuda: bool) -> dict:
 def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> dict[str, float]:
     """Rows/s of the Beam pipeline and of ``transformers.pipeline`` on the same reviews and
     model, in the same dtype (bf16 on CUDA), like for like: ``*_start`` with start-up (Beam's
-    first run: pipeline construction and model load included; the pipeline built, loaded and
-    run once), ``*_warm`` warm (Beam's second run in this process: the model cache and CUDA
-    context are warm, its own load and set-up remain; the pipeline's second call)."""
+    first run in this process: model fetch and load included; the pipeline built, loaded and
+    run once), ``*_warm`` with the model loaded (Beam's second run: its handler gets the model
+    this process holds, so what remains is the pipeline's own set-up, reading, scoring and
+    writing; the pipeline's second call). Beam runs with its default batch sizes for the
+    device (on CUDA 4096 rows, one forward pass each)."""
     import torch
     from transformers import pipeline
 
@@ -446,7 +522,6 @@ def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> dict[str, fl
             model_cache=str(work / "model-cache"),
             device="cuda" if cuda else "cpu",
             max_length=s["seq_len"],
-            micro_batch_size=256 if cuda else 64,
         )
         summary = run(cfg)
         assert summary["scored"] == len(rows), summary
@@ -507,6 +582,13 @@ def main(argv: list[str] | None = None) -> str:
         action="store_true",
         help="the in-process distil steps without torch.compile (eager)",
     )
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="start no stage after this many seconds (their rows read 'not run'), so a short "
+        "GPU lease still ends with the table",
+    )
     args = p.parse_args(argv)
     skip = {x for x in args.skip.split(",") if x}
     if skip - set(STAGES):
@@ -536,8 +618,14 @@ def main(argv: list[str] | None = None) -> str:
 
     def attempt(rows: tuple[str, ...], fn):
         """Run one stage; on an error mark its rows failed and go on with the stages that do
-        not need its output (a GPU lease is short: one broken stage must not hide the rest)."""
+        not need its output (a GPU lease is short: one broken stage must not hide the rest).
+        Past ``--deadline-s`` the stage is not started."""
         t0 = time.perf_counter()
+        if args.deadline_s is not None and t0 - t_all > args.deadline_s:
+            for row in rows:
+                res.setdefault(row, (NA, f"not run: past --deadline-s {args.deadline_s:.0f}"))
+            print(f"[{t0 - t_all:6.0f}s] {rows[0]}: not run (deadline)", flush=True)
+            return None
         print(f"[{t0 - t_all:6.0f}s] {rows[0]} ...", flush=True)
         try:
             return fn()
@@ -564,7 +652,8 @@ def main(argv: list[str] | None = None) -> str:
             lg = check_logits(work, teacher, prepared, s, cuda)
             res[ROWS[0]] = (
                 f"{lg['tokens'] / lg['seconds']:,.0f} tokens/s",
-                f"{lg['tokens']:,} tokens in {lg['seconds']:.1f}s incl. Ray start + model load",
+                f"{lg['tokens']:,} tokens through the teacher ({s['copies']} masked copies) in "
+                f"{lg['seconds']:.1f}s incl. Ray start + model load",
             )
             return lg
 
@@ -577,16 +666,6 @@ def main(argv: list[str] | None = None) -> str:
             return rate
 
         rate = attempt(ROWS[1:2], forward)
-        if cuda and "compile" not in skip:
-
-            def forward_compiled():
-                rate, mfu, _ = forward_rate(teacher, s, cuda, compiled=True)
-                res["teacher logits: forward, torch.compile"] = (
-                    f"{rate:,.0f} tokens/s, MFU {mfu:.1%}" if mfu else f"{rate:,.0f} tokens/s",
-                    f"{shape}, batch {s['logits_batch']}; the stage runs eager",
-                )
-
-            attempt(("teacher logits: forward, torch.compile",), forward_compiled)
         if lg is not None and rate and lg["steady"]:
             res[ROWS[2]] = (
                 f"{lg['steady'] / rate:.0%}",
@@ -600,6 +679,42 @@ def main(argv: list[str] | None = None) -> str:
                 work, teacher, prepared, lg["cache"], s, cuda, not args.no_compile, res, attempt,
                 modes,
             )  # fmt: skip
+
+        def score(model_url: str, source: str):
+            sc = check_score(work, model_url, s, cuda)
+            where = "cuda, bf16" if cuda else "cpu, fp32"
+            n = f"{s['score_rows']:,} rows, {source}"
+            res[ROWS[6]] = (f"{sc['beam_start']:,.0f} rows/s", f"--device {where}, {n}, 1st run")
+            res[ROWS[7]] = (f"{sc['pipeline_start']:,.0f} rows/s", "built, loaded, run once")
+            res[ROWS[8]] = (f"{sc['beam_start'] / sc['pipeline_start']:.2f}x", "Beam / pipeline")
+            res[ROWS[9]] = (f"{sc['beam_warm']:,.0f} rows/s", "2nd run: model loaded")
+            res[ROWS[10]] = (f"{sc['pipeline_warm']:,.0f} rows/s", "2nd call")
+            res[ROWS[11]] = (f"{sc['beam_warm'] / sc['pipeline_warm']:.2f}x", "Beam / pipeline")
+
+        scored_with_finetune = "finetune" not in skip
+        if "score" not in skip and not scored_with_finetune:
+            # the acceptance rows before the secondary stages: a random classifier of the
+            # student's shape (with the fine-tune, scoring waits for its model, below)
+            attempt(ROWS[6:], lambda: score(make_classifier(work, s, teacher), "random weights"))
+        if "compile" not in skip:  # on the CPU (dry run) --compile has no effect: both eager
+            units = {}
+
+            def unit(compiled: bool):
+                row = UNIT_ROWS[compiled]
+                u = unit_rate(work, teacher, prepared, s, cuda, compiled)
+                units[compiled] = u["rate"]
+                gain = (
+                    f"; {u['rate'] / units[False]:.2f}x eager"
+                    if compiled and units.get(False)
+                    else ""
+                )
+                res[row] = (
+                    f"{u['rate']:,.0f} tokens/s",
+                    f"{u['tokens']:,} tokens, {u['shapes']}; first unit {u['first']:.0f}s{gain}",
+                )
+
+            attempt(UNIT_ROWS[:1], lambda: unit(False))
+            attempt(UNIT_ROWS[1:], lambda: unit(True))
         step: dict[str, float] = {}
         if lg is None:
             res[ROWS[3]] = (NA, "no cache: the teacher-logits stage failed")
@@ -650,30 +765,16 @@ def main(argv: list[str] | None = None) -> str:
             return ft
 
         ft = None
-        if "finetune" in skip:
+        if not scored_with_finetune:
             res[ROWS[5]] = (NA, "--skip")
         else:
             ft = attempt(ROWS[5:6], finetune)
-        if ft is not None and "score" not in skip:
-
-            def score():
-                sc = check_score(work, ft["model"], s, cuda)
-                where = "cuda, bf16" if cuda else "cpu, fp32"
-                n = f"{s['score_rows']:,} rows"
-                res[ROWS[6]] = (
-                    f"{sc['beam_start']:,.0f} rows/s",
-                    f"--device {where}, {n}, 1st run",
+            if "score" not in skip and ft is not None:
+                attempt(ROWS[6:], lambda: score(ft["model"], "the fine-tuned model"))
+            elif "score" not in skip:  # the fine-tune failed: scoring still runs
+                attempt(
+                    ROWS[6:], lambda: score(make_classifier(work, s, teacher), "random weights")
                 )
-                res[ROWS[7]] = (f"{sc['pipeline_start']:,.0f} rows/s", "built, loaded, run once")
-                res[ROWS[8]] = (
-                    f"{sc['beam_start'] / sc['pipeline_start']:.2f}x",
-                    "Beam / pipeline",
-                )
-                res[ROWS[9]] = (f"{sc['beam_warm']:,.0f} rows/s", "2nd run in this process")
-                res[ROWS[10]] = (f"{sc['pipeline_warm']:,.0f} rows/s", "2nd call")
-                res[ROWS[11]] = (f"{sc['beam_warm'] / sc['pipeline_warm']:.2f}x", "Beam / pipeline")
-
-            attempt(ROWS[6:], score)
     finally:
         if ray.is_initialized():
             ray.shutdown()

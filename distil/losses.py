@@ -62,14 +62,81 @@ def teacher_logprobs_at(
     return lp / temperature - log_partition.float().unsqueeze(-1)
 
 
-def log_softmax_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``log_softmax(logits / T)`` in float32 with one vocabulary-wide float32 temporary
-    besides the result (bf16 logits are widened before the division, so T != 1 costs no
-    precision)."""
-    z = logits.to(torch.float32, copy=True)
-    if temperature != 1.0:
-        z.div_(temperature)  # in place on the private copy: no second [N, V] buffer
-    return F.log_softmax(z, dim=-1)
+# rows per block of the eager vocabulary-wide passes: a block's float32 temporaries stay
+# ~31 MB at a 30,522-word vocabulary (compiled, the whole [N, V] is one fused kernel instead)
+LOGIT_BLOCK_ROWS = 256
+
+
+class _LogProbsAtIds(torch.autograd.Function):
+    """``log_softmax(logits / T)`` gathered at ``ids`` (float32 ``[N, K]``; ``layout``: the
+    ``(T, k)`` of each group of ``k`` consecutive columns), with no vocabulary-wide tensor
+    kept beyond the logits themselves: the forward computes each temperature's log-softmax
+    block by block of rows and keeps only the gathered values; the backward recomputes the
+    softmax block by block and writes one gradient, ``sum_T (scatter(g) - softmax(z / T) *
+    sum(g)) / T``. The autograd formulation it replaces wrote, kept and read again a float32
+    ``[N, V]`` log-softmax per temperature and made a dense ``[N, V]`` gradient per gather."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, layout: tuple):
+        n = logits.shape[0]
+        block = n if torch.compiler.is_compiling() else LOGIT_BLOCK_ROWS
+        columns = _columns_by_temperature(layout)
+        out = logits.new_empty(ids.shape, dtype=torch.float32)
+        for start in range(0, n, block):
+            z = logits[start : start + block].float()
+            for t, cols in columns.items():
+                log_q = torch.log_softmax(z / t if t != 1.0 else z, -1)
+                out[start : start + block, cols] = log_q.gather(
+                    -1, ids[start : start + block, cols]
+                )
+        ctx.save_for_backward(logits, ids)
+        ctx.columns = columns
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        logits, ids = ctx.saved_tensors
+        n = logits.shape[0]
+        block = n if torch.compiler.is_compiling() else LOGIT_BLOCK_ROWS
+        grad = torch.empty_like(logits)
+        for start in range(0, n, block):
+            rows = slice(start, start + block)
+            z = logits[rows].float()
+            acc = None
+            for t, cols in ctx.columns.items():
+                g_t = g[rows, cols].float() / t
+                p = torch.softmax(z / t if t != 1.0 else z, -1)
+                p = p.mul_(-g_t.sum(-1, keepdim=True)).scatter_add_(-1, ids[rows, cols], g_t)
+                acc = p if acc is None else acc.add_(p)
+            grad[rows] = acc
+        return grad, None, None
+
+
+def _columns_by_temperature(layout: tuple) -> dict[float, torch.Tensor | slice]:
+    """The columns of each temperature in a ``(T, k)`` layout: a slice when they are
+    contiguous, else an index tensor."""
+    spans: dict[float, list[int]] = {}
+    col = 0
+    for t, k in layout:
+        spans.setdefault(float(t), []).extend(range(col, col + k))
+        col += k
+    return {
+        t: slice(c[0], c[-1] + 1) if c == list(range(c[0], c[-1] + 1)) else torch.tensor(c)
+        for t, c in spans.items()
+    }
+
+
+def log_probs_at(
+    logits: torch.Tensor, groups: list[tuple[torch.Tensor, float]]
+) -> list[torch.Tensor]:
+    """``log_softmax(logits / T)`` at ``ids`` (float32 ``[N, K]``) for each ``(ids, T)`` of
+    ``groups`` (e.g. the MLM labels at T = 1 and the cached KD ids at T = 2), from one pass over
+    the logits per temperature (``_LogProbsAtIds``): the losses on cached targets need the
+    student's log-probs at a few ids per row only, never the vocabulary-wide log-softmax."""
+    ids = torch.cat([i for i, _ in groups], -1) if len(groups) > 1 else groups[0][0]
+    layout = tuple((float(t), i.shape[-1]) for i, t in groups)
+    out = _LogProbsAtIds.apply(logits, ids, layout)
+    return list(out.split([k for _, k in layout], -1))
 
 
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -87,26 +154,25 @@ def kl_rest_bucket(
     target_ids: torch.Tensor,
     teacher_logp: torch.Tensor,
     temperature: float,
-    log_q_all: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-row ``KL(P || Q)`` over ``K + 1`` buckets: the K cached ids and one "rest" bucket
     holding everything else, for both teacher (``teacher_logp``: its full-vocabulary log-probs
-    at T on the ids, ``-inf`` in padding slots) and student (log-softmax at T over the vocab;
-    pass it as ``log_q_all`` when the caller already has it, e.g. for the MLM loss at T = 1).
+    at T on the ids, ``-inf`` in padding slots) and student (its log-softmax at T at the ids:
+    ``log_q`` from ``log_probs_at``, when the caller made it together with the MLM loss's).
 
     This is the exact KL of both distributions coarsened to those buckets: 0 when the student
     equals the teacher, at most the full KL (log-sum inequality), equal to it at K = vocab.
-    Only one vocabulary-wide tensor is built (the log-softmax): the student's rest is
-    ``log1p(-kept mass)`` from the K gathered values (the real ids of a row are distinct), its
-    kept mass clamped below 1 so a student with ~no tail keeps finite values and gradients.
+    No vocabulary-wide tensor is built: the student's rest is ``log1p(-kept mass)`` from the K
+    gathered values (the real ids of a row are distinct), its kept mass clamped below 1 so a
+    student with ~no tail keeps finite values and gradients.
     """
-    if log_q_all is None:
-        log_q_all = log_softmax_at(student_logits, temperature)
-    log_q = log_q_all.gather(-1, target_ids)
+    if log_q is None:
+        (log_q,) = log_probs_at(student_logits, [(target_ids, temperature)])
     real = torch.isfinite(teacher_logp)
     p = teacher_logp.exp().masked_fill(~real, 0.0)
     support = (p * (teacher_logp.masked_fill(~real, 0.0) - log_q)).sum(-1)
-    has_rest = real.sum(-1) < log_q_all.shape[-1]  # K = vocab: no rest bucket at all
+    has_rest = real.sum(-1) < student_logits.shape[-1]  # K = vocab: no rest bucket at all
     s_q = log_q.exp().masked_fill(~real, 0.0).sum(-1)
     log_q_rest = torch.log1p(-s_q.clamp(max=1.0 - 1e-7))
     s_p = p.sum(-1)
@@ -123,7 +189,7 @@ def kd_topk(
     temperature: float,
     log_partition: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
-    log_q_all: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KD on a cached top-k support with its tail: ``T**2 * KL`` over the K cached ids plus one
     "rest" bucket (``kl_rest_bucket``), averaged over positions (the rows with ``weight`` 1).
@@ -135,7 +201,7 @@ def kd_topk(
     """
     t = temperature
     log_p = teacher_logprobs_at(target_logprobs, t, log_partition)
-    kl = kl_rest_bucket(student_logits, target_ids, log_p, t, log_q_all)
+    kl = kl_rest_bucket(student_logits, target_ids, log_p, t, log_q)
     return t * t * weighted_mean(kl, weight)
 
 
@@ -157,7 +223,7 @@ def kd_sampled(
     sample_temperature: float | None = None,
     log_partition: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
-    log_q_all: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled-support KD (Anshumann et al., 2025): ids drawn from the teacher, kept with counts.
 
@@ -178,9 +244,8 @@ def kd_sampled(
         top = torch.where(torch.isfinite(top), top, 0.0)  # a row with no draws (padding)
         w = w * (log_ratio - top).exp().masked_fill(w == 0, 0.0)
     w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-    if log_q_all is None:
-        log_q_all = log_softmax_at(student_logits, t)
-    log_q = log_q_all.gather(-1, target_ids)
+    if log_q is None:
+        (log_q,) = log_probs_at(student_logits, [(target_ids, t)])
     log_p = target_logprobs.float() / t
     if log_partition is not None:
         log_p = log_p - log_partition.float().unsqueeze(-1)
@@ -191,18 +256,25 @@ def kd_sampled(
 def mlm_loss(
     student_logits: torch.Tensor,
     masked_labels: torch.Tensor,
-    log_q_all: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the student on the original ids of the masked positions (``[N]``;
-    -100 rows, the padding of a fixed-shape batch, are left out of the mean). ``log_q_all``:
-    the student's log-softmax at T = 1, when the caller already has it (shared with KD)."""
+    -100 rows, the padding of a fixed-shape batch, are left out of the mean). ``log_q``: the
+    student's log-softmax at each row's label (``[N, 1]``, from ``log_probs_at`` at the
+    clamped labels), when the caller made it together with KD's."""
     if masked_labels.numel() == 0:
         return student_logits.sum() * 0.0
-    if log_q_all is None:
-        log_q_all = log_softmax_at(student_logits, 1.0)
+    if log_q is None:
+        (log_q,) = log_probs_at(student_logits, [(mlm_ids(masked_labels), 1.0)])
     keep = masked_labels.ne(-100)
-    nll = -log_q_all.gather(-1, masked_labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    nll = -log_q.squeeze(-1)
     return weighted_mean(nll, keep)
+
+
+def mlm_ids(masked_labels: torch.Tensor) -> torch.Tensor:
+    """``[N, 1]`` ids at which ``mlm_loss`` reads the log-probs: each row's label (0 in the
+    -100 rows, which the loss leaves out)."""
+    return masked_labels.clamp_min(0).unsqueeze(-1)
 
 
 def cosine_loss(

@@ -281,3 +281,61 @@ def test_sketch_cosine_with_identity_projection_is_the_dense_cosine_loss():
     assert h_s.grad[mask.bool()].abs().sum() > 0 and h_s.grad[~mask.bool()].abs().sum() == 0
     with pytest.raises(ValueError, match="hidden size 8.*student's is 16.*--alpha-cos 0"):
         losses.sketch_cosine_loss(h_s, mask, torch.eye(8), q[:, :8])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_log_probs_at_ids_equal_the_log_softmax_and_its_gradient(dtype, monkeypatch):
+    """Values and gradients of ``log_probs_at`` (two temperatures, blocks of rows with a
+    ragged last one) against autograd through explicit float64 log-softmaxes."""
+    monkeypatch.setattr(losses, "LOGIT_BLOCK_ROWS", 4)
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(10, V, generator=g) * 3).to(dtype)
+    labels = torch.randint(0, V, (10, 1), generator=g)
+    ids = torch.randint(0, V, (10, 6), generator=g)
+    w1, w2 = torch.randn(10, 1, generator=g), torch.randn(10, 6, generator=g)
+
+    def loss(x, got):
+        return (got[0] * w1).sum() + (got[1] * w2).sum()
+
+    x = logits.clone().requires_grad_()
+    got = losses.log_probs_at(x, [(labels, 1.0), (ids, 2.0)])
+    loss(x, got).backward()
+    ref_x = logits.double().requires_grad_()
+    ref = [
+        torch.log_softmax(ref_x, -1).gather(-1, labels),
+        torch.log_softmax(ref_x / 2.0, -1).gather(-1, ids),
+    ]
+    loss(ref_x, ref).backward()
+    for a, b in zip(got, ref, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    assert x.grad.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the gradient is stored in bf16
+    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=tol, atol=tol)
+
+
+def test_the_losses_keep_no_vocabulary_wide_tensor_but_the_logits_for_the_backward_pass():
+    """MLM + top-k KD at T = 2 read the student's log-probs at a few ids: what the backward
+    pass keeps of size [N, vocab] is the logits themselves, not a float32 log-softmax per
+    temperature (the memory traffic a GPU step paid for them: written, kept, read again)."""
+    g = torch.Generator().manual_seed(0)
+    n, vocab = 12, 300
+    logits = torch.randn(n, vocab, generator=g).requires_grad_()
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    ids = torch.randint(0, vocab, (n, 4), generator=g)
+    logp = torch.log_softmax(torch.randn(n, vocab, generator=g), -1)
+    saved = []
+
+    def keep(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        q_mlm, q_kd = losses.log_probs_at(logits, [(losses.mlm_ids(labels), 1.0), (ids, 2.0)])
+        total = losses.mlm_loss(logits, labels, q_mlm) + losses.kd_topk(
+            logits, ids, logp.gather(-1, ids), 2.0, _log_partition(logp, 2.0), log_q=q_kd
+        )
+    wide = [t for t in saved if t.dim() and t.shape[-1] == vocab]
+    assert wide and all(t.data_ptr() == logits.data_ptr() for t in wide), [t.shape for t in wide]
+    total.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -1,12 +1,17 @@
 """The Beam graph of ``distil score`` (the launcher, which checks the output, takes its lease and
 plans the files, is ``distil.pipelines.score_reviews``)::
 
-    files ─ Reshuffle ─ PlanRanges ─ Reshuffle ─ ReadReviews ─┬─ reviews ─ RunInference(keyed) ─ ToRow ─┬─ WriteParts(scored)
-                                                              ├─ dead letters ────────── WriteParts(dead_letter)
-                                                              └─ per-range record counts (CoGroupByKey with the
-                                                                                teacher cache → agreement)
+    files ─ Reshuffle ─ PlanRanges ─ Reshuffle ─ ReadReviews ─┬─ review batches ─ RunInference ─ ToRows ─┬─ scored batches ─ WriteParts(scored)
+                                                              │                                          └─ inference errors ─┐
+                                                              ├─ dead letters ─────────────────────────────────────── Flatten ─ WriteParts(dead_letter)
+                                                              └─ per-range record counts
+    (scored rows: CoGroupByKey with the teacher cache → agreement)
     Finalize (side inputs: part lists, counts, agreement): accounting check, lease renewed,
     summary, manifest (the ledger), publish.
+
+Reviews travel as Arrow record batches (``review_schema``: up to ``batch_size`` rows of one
+range) and scored rows as record batches in the output schema, so the model handler, ``ToScored``
+and the writer work column by column, with no Python per row beyond reading and hashing it.
 
 A big file is cut into ranges (``review_files.plan_ranges``: byte ranges at record boundaries,
 Parquet row groups) that different workers read, so one file's rows are scored by every worker
@@ -31,13 +36,19 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from distil import storage
-from distil.pipelines.inference import ERROR, METRICS, WORKER, ReviewClassifierHandler
+from distil.pipelines.inference import (
+    ERROR,
+    METRICS,
+    WORKER,
+    ReviewClassifierHandler,
+    batch_sizes,
+)
 from distil.sentiment import review_files, scored
 from distil.sentiment.config import ScoreConfig
 
@@ -52,8 +63,24 @@ def _count_dead(reason: str) -> None:
     Metrics.counter(METRICS, f"dead_letter_{reason}").inc()
 
 
+def review_schema(keep: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> pa.Schema:
+    """The columns of the review batches ``ReadReviews`` emits: a ``Review``'s fields and the
+    ``--keep-columns``."""
+    fields = [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source_file", pa.string()),
+        ("source_row", pa.int64()),
+        ("id_generated", pa.bool_()),
+    ]
+    fields += [(name, scored.KEEP_ARROW_TYPES[typ]) for name, typ in keep]
+    return pa.schema(fields)
+
+
 class ReadReviews(beam.DoFn):
-    """One file range in; every record out once: a Review (main), a DeadLetter, and the count."""
+    """One file range in; every record out once: the reviews in Arrow batches of up to
+    ``batch_rows`` (main: what the model handler, ``ToScored`` and the writer work on, column by
+    column), each dead letter, and the range's count."""
 
     def __init__(
         self,
@@ -61,26 +88,35 @@ class ReadReviews(beam.DoFn):
         id_column: str | None,
         input_format: str,
         keep: list[tuple[str, str]] | None = None,
+        batch_rows: int = 512,
     ):
         self.text_column, self.id_column, self.input_format = text_column, id_column, input_format
         self.keep = tuple(keep or ())
+        self.batch_rows = batch_rows
         self.rows_read = Metrics.counter(METRICS, "rows_read")
 
     def process(self, part: review_files.FileRange) -> Iterable[Any]:
         n = unreadable = 0
         error = None
+        schema = review_schema(self.keep)
+        reviews: list[review_files.Review] = []
         for item in review_files.iter_reviews(
             part, self.text_column, self.id_column, self.input_format, self.keep
         ):
             n += 1
-            self.rows_read.inc()
             if isinstance(item, review_files.Review):
-                yield (item.id, asdict(item))
+                reviews.append(item)
+                if len(reviews) == self.batch_rows:
+                    yield _review_batch(reviews, schema)
+                    reviews = []
             else:
                 if item.reason == review_files.UNREADABLE_FILE:
                     unreadable, error = unreadable + 1, item.detail
                 _count_dead(item.reason)
                 yield beam.pvalue.TaggedOutput(DEAD, asdict(item))
+        if reviews:
+            yield _review_batch(reviews, schema)
+        self.rows_read.inc(n)
         name = review_files.escape_text(part.url)
         where = "" if part.end is None and not part.start else f" [{part.start}, {part.end})"
         log.info("read %s%s: %d records", storage.redact(name), where, n)
@@ -88,57 +124,87 @@ class ReadReviews(beam.DoFn):
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
 
-class ToScoredRow(beam.DoFn):
-    """A prediction -> a scored row (main), or, for a row the model raised on, a dead letter."""
+def _review_batch(reviews: list[review_files.Review], schema: pa.Schema) -> pa.RecordBatch:
+    columns = [
+        [r.id for r in reviews],
+        [r.text for r in reviews],
+        [r.source_file for r in reviews],
+        [r.source_row for r in reviews],
+        [r.id_generated for r in reviews],
+    ]
+    columns += [[r.columns.get(name) for r in reviews] for name in schema.names[5:]]
+    return pa.RecordBatch.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+    )
 
-    def __init__(self, run_id: str, id2label: dict[int, str], fingerprint: str):
-        self.run_id, self.id2label, self.fingerprint = run_id, id2label, fingerprint
+
+class ToScored(beam.DoFn):
+    """A review batch's predictions -> one batch of scored rows in ``schema`` (main, with the
+    worker that scored it: ``(worker, RecordBatch)``), built column by column; each row the
+    model raised on becomes a dead letter instead."""
+
+    def __init__(self, run_id: str, id2label: dict[int, str], fingerprint: str, schema: pa.Schema):
+        self.run_id, self.fingerprint, self.schema = run_id, fingerprint, schema
+        self.labels = np.array([id2label[i] for i in range(len(id2label))], dtype=object)
         self.scored = Metrics.counter(METRICS, "scored")
         self.truncated = Metrics.counter(METRICS, "truncated")
 
-    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
-        _, pred = keyed
-        row, inf = pred.example, pred.inference
-        if ERROR in inf:
-            _count_dead(review_files.INFERENCE_ERROR)
-            dead = review_files.DeadLetter(
-                row["id"],
-                row["source_file"],
-                row["source_row"],
-                review_files.INFERENCE_ERROR,
-                review_files.escape_text(inf[ERROR])[: review_files.RAW_PREVIEW],
-                row["text"][: review_files.RAW_PREVIEW],
-            )
-            yield beam.pvalue.TaggedOutput(DEAD, asdict(dead))
+    def process(self, pred: PredictionResult) -> Iterable[Any]:
+        rows, inf = pred.example, pred.inference
+        errors = inf[ERROR]
+        failed = [i for i, e in enumerate(errors) if e is not None]
+        if failed:
+            texts = rows.column("text")
+            for i in failed:
+                _count_dead(review_files.INFERENCE_ERROR)
+                dead = review_files.DeadLetter(
+                    rows.column("id")[i].as_py(),
+                    rows.column("source_file")[i].as_py(),
+                    rows.column("source_row")[i].as_py(),
+                    review_files.INFERENCE_ERROR,
+                    review_files.escape_text(errors[i])[: review_files.RAW_PREVIEW],
+                    texts[i].as_py()[: review_files.RAW_PREVIEW],
+                )
+                yield beam.pvalue.TaggedOutput(DEAD, asdict(dead))
+            ok = np.array([e is None for e in errors])
+            rows = rows.filter(pa.array(ok))
+            inf = {k: v[ok] for k, v in inf.items() if k not in (ERROR, WORKER)}
+        n = rows.num_rows
+        if n == 0:
             return
-        self.scored.inc()
-        if inf["truncated"]:
-            self.truncated.inc()
+        label_id = np.asarray(inf["label_id"], np.int32)
         probs = np.asarray(inf["probs"], np.float32)
-        yield {
-            "id": row["id"],
-            "label": self.id2label[inf["label_id"]],
-            "label_id": inf["label_id"],
-            "score": float(probs[inf["label_id"]]),
-            "probs": probs.tolist(),
-            "model_fingerprint": self.fingerprint,
-            "run_id": self.run_id,
-            "scored_at": scored.now_utc(),
-            "source_file": row["source_file"],
-            "source_row": row["source_row"],
-            "id_generated": row["id_generated"],
-            "truncated": inf["truncated"],
-            "n_tokens": inf["n_tokens"],
-            "text_sha256": review_files.text_sha256(row["text"]),
-            **row["columns"],
-            WORKER: inf[WORKER],  # counted by WriteParts into the summary, not written
+        truncated = np.asarray(inf["truncated"], bool)
+        self.scored.inc(n)
+        self.truncated.inc(int(truncated.sum()))
+        width = probs.shape[1]
+        new = {
+            "label": pa.array(self.labels[label_id], pa.string()),
+            "label_id": pa.array(label_id),
+            "score": pa.array(probs[np.arange(n), label_id]),
+            "probs": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * width + 1, width, dtype=np.int32)),
+                pa.array(probs.reshape(-1)),
+            ),
+            "model_fingerprint": pa.array([self.fingerprint] * n, pa.string()),
+            "run_id": pa.array([self.run_id] * n, pa.string()),
+            # the batch was scored at once: one time for its rows
+            "scored_at": pa.array([scored.now_utc()] * n, pa.timestamp("us", tz="UTC")),
+            "truncated": pa.array(truncated),
+            "n_tokens": pa.array(np.asarray(inf["n_tokens"], np.int32)),
+            "text_sha256": pa.array(
+                [review_files.text_sha256(t) for t in rows.column("text").to_pylist()]
+            ),
         }
+        columns = [new[f.name] if f.name in new else rows.column(f.name) for f in self.schema]
+        yield pred.inference[WORKER], pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
 
 class WriteParts(beam.DoFn):
     """Rows → Parquet parts of up to ``rows_per_file`` rows in the attempt dir, each built as
     its rows arrive (``scored.PartWriter``), so a worker's memory does not grow with the part
-    size; emits each part's manifest entry (the last, partial part of a bundle at its end)."""
+    size; emits each part's manifest entry (the last, partial part of a bundle at its end).
+    Scored rows come as ``(worker, RecordBatch)`` from ``ToScored``, dead letters as dicts."""
 
     def __init__(
         self,
@@ -157,15 +223,24 @@ class WriteParts(beam.DoFn):
     def start_bundle(self) -> None:
         self._part, self._workers = None, Counter()
 
-    def process(self, row: dict) -> Iterable[dict]:
-        if self.kind == "dead_letter":
-            row = {**row, "run_id": self.run_id, "recorded_at": scored.now_utc()}
-        self._workers[row.pop(WORKER, None)] += 1
-        if self._part is None:
-            self._part = scored.PartWriter(self.run_url, self.rel_dir, self.schema)
-        self._part.add(row)
-        if self._part.rows >= self.rows_per_file:
-            yield self._close()
+    def process(self, item: dict | tuple[str, pa.RecordBatch]) -> Iterable[dict]:
+        if self.kind == "dead_letter":  # dead letters come one by one
+            row = {**item, "run_id": self.run_id, "recorded_at": scored.now_utc()}
+            self._part = self._part or scored.PartWriter(self.run_url, self.rel_dir, self.schema)
+            self._part.add(row)
+            if self._part.rows >= self.rows_per_file:
+                yield self._close()
+            return
+        worker, rows = item  # scored rows come in batches, cut where a part is full
+        start = 0
+        while start < rows.num_rows:
+            self._part = self._part or scored.PartWriter(self.run_url, self.rel_dir, self.schema)
+            take = min(self.rows_per_file - self._part.rows, rows.num_rows - start)
+            self._part.add_batch(rows.slice(start, take))
+            self._workers[worker] += take
+            start += take
+            if self._part.rows >= self.rows_per_file:
+                yield self._close()
 
     def finish_bundle(self) -> Iterable[WindowedValue]:
         if self._part is not None:
@@ -178,6 +253,13 @@ class WriteParts(beam.DoFn):
         self._part, self._workers = None, Counter()
         log.info("wrote %s (%d rows)", info["name"], info["rows"])
         return info
+
+
+def _probs_by_text_hash(item: tuple[str, pa.RecordBatch]) -> Iterable[tuple[str, list]]:
+    _, rows = item
+    return zip(
+        rows.column("text_sha256").to_pylist(), rows.column("probs").to_pylist(), strict=True
+    )
 
 
 def _teacher_pairs(file_url: str) -> Iterable[tuple[str, np.ndarray]]:
@@ -247,25 +329,26 @@ def build(
         | "SpreadRanges" >> beam.Reshuffle()
         | "Read"
         >> beam.ParDo(
-            ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format, ctx["keep"])
+            ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format, ctx["keep"],
+                        batch_sizes(cfg)[0])
         ).with_outputs(DEAD, COUNTS, main=OK)
+    )  # fmt: skip
+    handler = ReviewClassifierHandler(
+        ctx["model_url"], ctx["fingerprint"], cfg, ctx["torch_threads"]
     )
-    handler = KeyedModelHandler(
-        ReviewClassifierHandler(ctx["model_url"], ctx["fingerprint"], cfg, ctx["torch_threads"])
-    )
+    schema = scored.scored_schema(ctx["keep"])
     classified = (
         read[OK]
         # no shuffle of the rows: the ranges spread the work (a row carries its lineage,
         # source_file and source_row, whichever worker reads it)
         | "Classify" >> RunInference(handler)
-        | "ToRow"
-        >> beam.ParDo(ToScoredRow(ctx["run_id"], id2label, ctx["fingerprint"])).with_outputs(
+        | "ToRows"
+        >> beam.ParDo(ToScored(ctx["run_id"], id2label, ctx["fingerprint"], schema)).with_outputs(
             DEAD, main=OK
         )
     )
     rows = classified[OK]
     attempt = ctx["attempt"]
-    schema = scored.scored_schema(ctx["keep"])
     scored_parts = rows | "WriteScored" >> beam.ParDo(
         WriteParts(ctx["run_url"], f"{attempt}/scored", "scored", ctx["run_id"],
                    cfg.rows_per_file, schema)
@@ -291,7 +374,7 @@ def build(
             | "TeacherFiles" >> beam.Create(storage.committed_files(cfg.teacher_cache))
             | "ReadTeacher" >> beam.FlatMap(_teacher_pairs)
         )
-        student = rows | "ByTextHash" >> beam.Map(lambda r: (r["text_sha256"], r["probs"]))
+        student = rows | "ByTextHash" >> beam.FlatMap(_probs_by_text_hash)
         agreement = beam.pvalue.AsSingleton(
             {"student": student, "teacher": teacher}
             | "JoinTeacher" >> beam.CoGroupByKey()

@@ -221,9 +221,13 @@ class SequenceClassifier:
         truncated = np.fromiter((len(e.overflowing) > 0 for e in encs), bool, len(encs))
         return ids, truncated
 
-    def logits(self, ids: list[np.ndarray], micro_batch_size: int = 64) -> np.ndarray:
-        """``[n, num_labels]`` float32 logits, in the order of ``ids``."""
+    def logits(self, ids: list[np.ndarray], micro_batch_size: int | None = 64) -> np.ndarray:
+        """``[n, num_labels]`` float32 logits, in the order of ``ids``; ``micro_batch_size``
+        rows per forward pass, length-sorted (None: every row in one forward pass, padded to
+        the longest: the GPU default, where one large pass beats many small ones)."""
         import torch
+
+        from distil.student.model import encoder_mask
 
         n = len(ids)
         out = np.empty((n, len(self.id2label)), dtype=np.float32)
@@ -233,30 +237,40 @@ class SequenceClassifier:
         flat = np.concatenate(ids) if n else np.zeros(0, np.int64)
         starts = np.cumsum(lengths) - lengths
         order = np.argsort(lengths, kind="stable")
+        step = micro_batch_size or n
         # bf16 autocast on CPU (AVX512-BF16 / AMX); on a GPU the weights are bf16 already.
         # Softmax and LayerNorm stay fp32 under autocast; logits come back as fp32.
         cpu_bf16 = self.bf16 and self.device.type == "cpu"
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cpu_bf16)
+        cuda = self.device.type == "cuda"
         parts = []
         with torch.inference_mode(), autocast:
-            for start in range(0, n, micro_batch_size):
-                idx = order[start : start + micro_batch_size]
+            for start in range(0, n, step):
+                idx = order[start : start + step]
                 width = int(lengths[idx].max())
                 # padded [rows, width] ids from the flat ids in one vectorised gather
                 cols = np.arange(width)[None, :]
                 inside = cols < lengths[idx][:, None]
                 src = np.where(inside, starts[idx][:, None] + cols, 0)
-                batch = np.where(inside, flat[src], self.pad_id)
-                mask = inside.astype(np.int64)
+                batch = torch.from_numpy(np.where(inside, flat[src], self.pad_id))
+                mask = torch.from_numpy(inside)
+                if cuda:  # pinned: the copies are async and the host goes on
+                    batch, mask = batch.pin_memory(), mask.pin_memory()
+                # no mask when no row is padded (known here, on the host); otherwise a 4-D one
+                # for SDPA: a 2-D mask is checked with .all() on every forward, a device sync
+                am = encoder_mask(
+                    self.model, mask.to(self.device, non_blocking=True), bool(inside.all())
+                )
                 logits = self.model(
-                    input_ids=torch.from_numpy(batch).to(self.device, non_blocking=True),
-                    attention_mask=torch.from_numpy(mask).to(self.device, non_blocking=True),
+                    input_ids=batch.to(self.device, non_blocking=True), attention_mask=am
                 ).logits
                 parts.append(logits.float())  # stays on the device: one copy back at the end
         out[order] = torch.cat(parts).cpu().numpy()
         return out
 
-    def classify(self, texts: list[str], micro_batch_size: int = 64) -> dict[str, np.ndarray]:
+    def classify(
+        self, texts: list[str], micro_batch_size: int | None = 64
+    ) -> dict[str, np.ndarray]:
         ids, truncated = self.tokenize(texts)
         logits = self.logits(ids, micro_batch_size)
         probs = softmax(logits)

@@ -292,11 +292,18 @@ class ScoreConfig(StageConfig):
     max_length: int = Field(
         256, description="tokens per review; longer reviews are truncated and flagged"
     )
-    batch_size: int = Field(
-        512, description="rows per RunInference batch (sorted by length inside)"
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="rows per RunInference batch (sorted by length inside); default 512 on "
+        "cpu, 4096 on a cuda device",
     )
-    micro_batch_size: int = Field(
-        64, description="rows per forward pass after sorting a batch by length"
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="rows per forward pass after sorting a batch by length; default 64 on "
+        "cpu, the whole batch on a cuda device (one forward per batch; with widely varying "
+        "review lengths a smaller value pads less)",
     )
     split_bytes: int | None = Field(
         None,

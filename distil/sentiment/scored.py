@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distil import storage
@@ -125,9 +126,10 @@ def now_utc() -> dt.datetime:
 
 class PartWriter:
     """One Parquet part under ``dir_url/rel_dir``, built as rows arrive: every ``row_group``
-    rows become a compressed row group in memory, so a writer holds one row group of Python
-    rows plus the compressed bytes (tens of bytes a row), not a whole part's rows as dicts; the
-    part is written with a single PUT by :meth:`close`, which returns its manifest entry."""
+    rows become a compressed row group in memory, so a writer holds one row group of rows
+    (Python dicts from :meth:`add`, Arrow record batches from :meth:`add_batch`) plus the
+    compressed bytes (tens of bytes a row), not a whole part's rows; the part is written with
+    a single PUT by :meth:`close`, which returns its manifest entry."""
 
     def __init__(self, dir_url: str, rel_dir: str, schema: pa.Schema, row_group: int = 4096):
         self.dir_url, self.schema, self.row_group = dir_url, schema, row_group
@@ -135,24 +137,48 @@ class PartWriter:
         self.rows = 0
         self.by_reason: Counter = Counter()
         self.truncated = 0
-        self._pending: list[dict[str, Any]] = []
+        self._rows: list[dict[str, Any]] = []  # added one by one, not yet a batch
+        self._batches: list[pa.RecordBatch] = []
+        self._pending = 0
         self._buf = io.BytesIO()
         self._writer = pq.ParquetWriter(self._buf, schema, compression="zstd")
 
     def add(self, row: dict[str, Any]) -> None:
-        self._pending.append(row)
+        self._rows.append(row)
         self.rows += 1
+        self._pending += 1
         if "reason" in self.schema.names:
             self.by_reason[row["reason"]] += 1
         if "truncated" in self.schema.names:
             self.truncated += bool(row["truncated"])
-        if len(self._pending) >= self.row_group:
+        if self._pending >= self.row_group:
             self._flush()
 
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Rows already in columns (the scoring graph's batches), in this writer's schema."""
+        if batch.schema != self.schema:
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
+        self._rows_to_batch()
+        self._batches.append(batch)
+        self.rows += batch.num_rows
+        self._pending += batch.num_rows
+        if "reason" in self.schema.names:
+            self.by_reason.update(batch.column("reason").to_pylist())
+        if "truncated" in self.schema.names:
+            self.truncated += int(pc.sum(batch.column("truncated")).as_py() or 0)
+        if self._pending >= self.row_group:
+            self._flush()
+
+    def _rows_to_batch(self) -> None:
+        if self._rows:  # kept in arrival order with the batches
+            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+
     def _flush(self) -> None:
-        if self._pending:
-            self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
-            self._pending = []
+        self._rows_to_batch()
+        if self._batches:
+            self._writer.write_table(pa.Table.from_batches(self._batches, schema=self.schema))
+            self._batches, self._pending = [], 0
 
     def close(self) -> dict[str, Any]:
         self._flush()

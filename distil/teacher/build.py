@@ -103,9 +103,20 @@ class TeacherWorker:
                 f"teacher {self.cfg.teacher} changed during the run (weights hash differs)"
             )
         check_teacher(teacher, self.cfg.teacher, prepared, self.cfg.input)
-        # frozen: bf16 weights on CUDA (autocast would re-cast fp32 weights on every batch)
+        # frozen: bf16 weights on CUDA, run without autocast (which would keep layer norms in
+        # float32 and re-cast at every matmul)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = teacher.model.to(device, dtype)
+        self.widths = None
+        if self.cfg.compile and device == "cuda":
+            from distil.family import mlm_attrs
+            from distil.teacher.logits import compile_widths
+
+            # a few fixed batch shapes (compute_unit pads to them): a handful of graphs
+            encoder_attr, _ = mlm_attrs(self.model)
+            encoder = getattr(self.model, encoder_attr)
+            setattr(self.model, encoder_attr, torch.compile(encoder, dynamic=False))
+            self.widths = compile_widths(int(prepared["seq_len"]))
         self.masking = MaskingParams.from_config(self.cfg.masking(), prepared)
         self.sparsity = self.cfg.sparsity_spec()
         self.pad_id = int(prepared["special_ids"]["pad"])
@@ -126,6 +137,7 @@ class TeacherWorker:
             self.cfg.batch_size,
             self.pad_id,
             self.sketch,
+            self.widths,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -81,6 +81,13 @@ class LogitsConfig(StageConfig):
         256, ge=1, description="cache rows per Parquet row group (readers seek by them; key)"
     )
     batch_size: int = Field(64, ge=1, description="sequences per teacher forward pass")
+    compile: bool = Field(
+        False,
+        description="device cuda: torch.compile the teacher's encoder, every batch padded to "
+        "batch_size rows and one of three lengths (seq_len/4, seq_len/2, seq_len), so a few "
+        "graphs serve the whole job (compiled at each actor's start; bench/gpu_check.py "
+        "measures the gain). No effect on CPU",
+    )
     num_actors: int = Field(1, ge=1, description="teacher replicas (Ray actor pool size)")
     actors_per_gpu: int = Field(
         2,

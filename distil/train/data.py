@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -153,15 +154,26 @@ class BatchShape:
     seq_len: int
     slots: int
     pad_id: int
+    # every sequence of the input fills ``seq_len`` (packed text): the encoder then runs with
+    # no attention mask on every batch, the short last one of an epoch included (its padding
+    # rows are left out of every loss term by their weights). A property of the run, not of a
+    # batch: a per-batch flag would be a second compiled graph the first time it flips.
+    unpadded: bool = False
 
     @classmethod
     def for_masking(
-        cls, batch_size: int, seq_len: int, mask_prob: float, pad_id: int, all_positions: bool
+        cls,
+        batch_size: int,
+        seq_len: int,
+        mask_prob: float,
+        pad_id: int,
+        all_positions: bool,
+        unpadded: bool = False,
     ) -> BatchShape:
         # the masking routine masks round(p * maskable) <= round(p * seq_len) per sequence; one
         # more slot covers a tie at its threshold (``distil.teacher.masking.mask_batch``)
         slots = seq_len if all_positions else min(seq_len, int(round(mask_prob * seq_len)) + 1)
-        return cls(batch_size, seq_len, max(1, slots), pad_id)
+        return cls(batch_size, seq_len, max(1, slots), pad_id, unpadded)
 
 
 def fixed_shape(batch: dict[str, torch.Tensor], shape: BatchShape) -> dict[str, Any]:
@@ -169,15 +181,18 @@ def fixed_shape(batch: dict[str, torch.Tensor], shape: BatchShape) -> dict[str, 
     batch's longest row, ``[N, K]`` targets in row-major order of the target positions) padded
     to ``shape``, with the target rows moved into fixed slots:
 
-    * ``input_ids`` / ``attention_mask`` / ``labels`` ``[B, L]`` (pad id / 0 / -100);
+    * ``input_ids`` / ``attention_mask`` ``[B, L]`` (pad id / 0; the step reads the masked
+      positions' labels from ``target_labels``, so ``labels`` is not sent to the device);
     * ``target_index`` ``[B * S]`` long: the flat ``b * L + l`` position of each slot, and
       ``target_weight`` ``[B * S]`` 1.0 for a real slot, 0.0 for padding (index 0);
     * ``target_labels`` ``[B * S]``: the MLM label of each slot (-100: padding, or a
       ``kd_positions: all`` slot that was not masked);
     * ``target_ids`` / ``target_logprobs`` (``-inf`` in padding) / ``target_counts`` /
-      ``target_logz`` ``[B * S, ...]``; ``hidden_sketch`` ``[B, L, d]`` (zeros on padding);
-    * host-side ints ``n_tokens``, ``n_targets`` and bool ``unpadded`` (no row shorter than L):
-      counts the training loop needs without asking the device.
+      ``target_logz`` ``[B * S, ...]``; ``hidden_sketch`` ``[B, L, d]`` int8, as the cache
+      stores it (zeros on padding; a quarter of float32's bytes to the device);
+    * host-side ints ``n_tokens``, ``n_targets`` and bool ``unpadded``: the encoder needs no
+      attention mask (``shape.unpadded`` and every real row fills L; a short last batch's
+      padding rows have no weight anywhere). The same on every batch of a run: one graph.
 
     A row with more target positions than ``shape.slots`` (never, with the masking routine's
     counts) widens the slots for that batch, logged, rather than dropping targets.
@@ -194,9 +209,6 @@ def fixed_shape(batch: dict[str, torch.Tensor], shape: BatchShape) -> dict[str, 
     att = np.zeros((big_b, big_l), np.int64)
     att[:b, :width] = attention.numpy()
     out["attention_mask"] = torch.from_numpy(att)
-    lab = np.full((big_b, big_l), -100, np.int64)
-    lab[:b, :width] = labels.numpy()
-    out["labels"] = torch.from_numpy(lab)
     where = batch.get("kd_positions")
     target_mask = (where.numpy() if where is not None else labels.numpy() != -100).astype(bool)
     rows, cols = np.nonzero(target_mask)  # row-major: the order of the target rows
@@ -234,20 +246,35 @@ def fixed_shape(batch: dict[str, torch.Tensor], shape: BatchShape) -> dict[str, 
             out[key] = torch.from_numpy(full)
     if "hidden_sketch" in batch:
         sk = batch["hidden_sketch"].numpy()
-        full = np.zeros((big_b, big_l, sk.shape[1]), np.float32)
+        full = np.zeros((big_b, big_l, sk.shape[1]), np.int8)  # the cache's int8 values
         full[:b, :width][attention.numpy().astype(bool)] = sk
         out["hidden_sketch"] = torch.from_numpy(full)
     out["n_tokens"] = int(att.sum())
     out["n_targets"] = len(rows)
-    out["unpadded"] = bool(att.all())
+    out["unpadded"] = shape.unpadded
+    if shape.unpadded and (width < big_l or not attention.numpy().all()):
+        # the input's manifest said every sequence fills seq_len, but this batch has a shorter
+        # one: it needs the mask (a second graph under torch.compile, but correct)
+        log.warning(
+            "a batch has a sequence shorter than %d although the input's manifest says none "
+            "is: this batch runs with an attention mask",
+            big_l,
+        )
+        out["unpadded"] = False
     return out
 
 
 class DevicePrefetcher:
     """Training batches made ready off the training thread: a background thread pulls host
-    batches from ``batches``, applies ``prepare`` (e.g. ``fixed_shape``) and pins them; the
-    host-to-device copy of batch n+1 is issued on a side CUDA stream while step n runs, so the
-    training thread only hands kernels to the GPU.
+    batches from ``batches``, applies ``prepare`` (e.g. ``fixed_shape``) and pins them into a
+    queue of ``depth`` batches; the host-to-device copy of batch n+1 is issued on a side CUDA
+    stream while step n runs, so the training thread only hands kernels to the GPU.
+
+    The training thread never waits for batch n+1 to hand out batch n: n+1's copy is issued
+    when ``__next__`` finds it already in the queue, else on the next call. So up to ``depth``
+    host batches wait in the queue, one more is copied or held on the device, and the thread
+    prepares the next (``read_ahead``). ``waited_s`` / ``waits``: how long and how often the
+    training thread found no batch ready (the input pipeline did not keep up).
 
     Each item is ``(device batch, position)``, ``position`` = ``position_of()`` read right
     after the batch was taken from ``batches``: what a checkpoint must record as consumed (the
@@ -265,12 +292,14 @@ class DevicePrefetcher:
         self.batches, self.device, self.prepare = batches, torch.device(device), prepare
         self.position_of = position_of or (lambda: None)
         self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.read_ahead = max(1, depth) + 1  # batches ready beyond the one being trained on
         self.stop = threading.Event()
         self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.next: tuple[dict[str, Any], Any] | BaseException | None = None
+        self.waited_s, self.waits = 0.0, 0
         self.thread = threading.Thread(target=self._run, daemon=True, name="batch-prefetch")
         self.thread.start()
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.next: tuple[dict[str, Any], Any] | None = None
 
     def _run(self) -> None:
         try:
@@ -300,10 +329,20 @@ class DevicePrefetcher:
                 continue
         return False
 
-    def _fetch(self) -> tuple[dict[str, Any], Any]:
-        item = self.q.get()
+    def _take(self, block: bool) -> tuple[dict[str, Any], Any] | BaseException | None:
+        """The next queued batch with its copy to the device issued (or the error the thread
+        hit instead); None when ``block`` is false and none is queued yet."""
+        try:
+            item = self.q.get_nowait()
+        except queue.Empty:
+            if not block:
+                return None
+            t0 = time.perf_counter()
+            item = self.q.get()
+            self.waited_s += time.perf_counter() - t0
+            self.waits += 1
         if isinstance(item, BaseException):
-            raise item
+            return item
         host, position = item
         if not self.cuda:
             return to_device(host, self.device), position
@@ -318,7 +357,10 @@ class DevicePrefetcher:
         return self
 
     def __next__(self) -> tuple[dict[str, Any], Any]:
-        current = self.next if self.next is not None else self._fetch()
+        current = self.next if self.next is not None else self._take(block=True)
+        self.next = None
+        if isinstance(current, BaseException):  # after every batch before it was handed out
+            raise current
         if self.cuda:
             # the compute stream waits for this batch's copy; the caching allocator must not
             # reuse its memory before the compute stream is done with it
@@ -326,9 +368,8 @@ class DevicePrefetcher:
             for v in current[0].values():
                 if torch.is_tensor(v):
                     v.record_stream(torch.cuda.current_stream(self.device))
-            self.next = self._fetch()  # batch n+1's copy overlaps step n
-        else:
-            self.next = None
+        # batch n+1's copy overlaps step n when it is ready; never wait for it here
+        self.next = self._take(block=False)
         return current
 
     def close(self) -> None:

@@ -82,18 +82,23 @@ class DistillationObjective(nn.Module):
             unpadded=batch.get("unpadded", False),
         )
         weight = batch["target_weight"]
-        zero = logits.sum() * 0.0
+        zero = logits.new_zeros((), dtype=torch.float32)
         mlm = kd = cos = zero
-        # one vocabulary-wide log-softmax at T = 1 serves MLM and, at T = 1, KD too
-        log_q_1 = losses.log_softmax_at(logits, 1.0) if self.alpha_mlm > 0 or self.t == 1 else None
+        # the student's log-probs at the MLM labels (T = 1) and the cached KD ids (T): one
+        # pass over the logits per temperature, no vocabulary-wide log-softmax
+        cached_kd = self.alpha_ce > 0 and teacher_logits is None
+        groups = []
         if self.alpha_mlm > 0:
-            mlm = losses.mlm_loss(logits, batch["target_labels"], log_q_1)
+            groups.append((losses.mlm_ids(batch["target_labels"]), 1.0))
+        if cached_kd:
+            groups.append((batch["target_ids"], self.t))
+        log_q = losses.log_probs_at(logits, groups) if groups else []
+        if self.alpha_mlm > 0:
+            mlm = losses.mlm_loss(logits, batch["target_labels"], log_q[0])
         if self.alpha_ce > 0:
-            log_q_t = log_q_1 if self.t == 1.0 else losses.log_softmax_at(logits, self.t)
-            if teacher_logits is not None:
-                log_p = losses.log_softmax_at(teacher_logits, self.t)
-                kl = (log_p.exp() * (log_p - log_q_t)).sum(-1)
-                kd = self.t * self.t * losses.weighted_mean(kl, weight)
+            if teacher_logits is not None:  # online: the teacher's whole distribution
+                rows = losses.kd_dense(logits, teacher_logits, self.t, reduction="none")
+                kd = losses.weighted_mean(rows, weight)
             else:
                 logz = None
                 if self.logz_column is not None:
@@ -108,7 +113,7 @@ class DistillationObjective(nn.Module):
                         sample_temperature=self.sparsity.get("temperature"),
                         log_partition=logz,
                         weight=weight,
-                        log_q_all=log_q_t,
+                        log_q=log_q[-1],
                     )
                 else:
                     kd = losses.kd_topk(
@@ -118,7 +123,7 @@ class DistillationObjective(nn.Module):
                         self.t,
                         logz,
                         weight=weight,
-                        log_q_all=log_q_t,
+                        log_q=log_q[-1],
                     )
         if self.alpha_cos > 0:
             mask = batch["attention_mask"]
@@ -126,6 +131,10 @@ class DistillationObjective(nn.Module):
                 cos = losses.cosine_loss(hidden, teacher_hidden, mask)
             elif self.sketch is not None:
                 cos = losses.sketch_cosine_loss(hidden, mask, self.sketch, batch["hidden_sketch"])
-        total = self.alpha_mlm * mlm + self.alpha_ce * kd + self.alpha_cos * cos + zero
+        total = self.alpha_mlm * mlm + self.alpha_ce * kd + self.alpha_cos * cos
+        if self.alpha_mlm == 0 and self.alpha_ce == 0:
+            # no term reads the logits: keep the MLM head in the graph with a zero gradient,
+            # as DDP expects of every parameter (only then: it is a pass over [N, vocab])
+            total = total + logits.sum() * 0.0
         parts = torch.stack([total, mlm, kd, cos]).detach().float()
         return total, parts

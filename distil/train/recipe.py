@@ -73,8 +73,13 @@ class DistilRecipe:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         work_dir: str = "/tmp/distil-train",
+        compile_backend: str | None = None,
     ):
+        """``compile_backend``: the ``torch.compile`` backend (default inductor); naming one
+        also compiles on the CPU, where ``cfg.compile`` alone does not (tests compile the same
+        step with the fast ``aot_eager`` backend to count graphs and all-reduces)."""
         self.cfg = cfg
+        self.compile_backend = compile_backend
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(device)
@@ -146,11 +151,14 @@ class DistilRecipe:
         )
         self.parts = self.objective.enabled_parts(online=cfg.mode == "online")
         self.model: torch.nn.Module = self.objective
+        # the DDP wrapper itself: under torch.compile ``self.model`` is the compiled module,
+        # and ``no_sync`` is DDP's (the compiled forward runs inside DDP's own forward)
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             ids = [self.device.index] if cuda else None
             # gradients live in the all-reduce buckets (no copy in and out of them); the
             # student has no buffers that training changes, so none are broadcast every step
-            self.model = torch.nn.parallel.DistributedDataParallel(
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.objective,
                 device_ids=ids,
                 gradient_as_bucket_view=True,
@@ -159,17 +167,22 @@ class DistilRecipe:
             if cfg.ddp_bf16_grads:
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-                self.model.register_comm_hook(None, default_hooks.bf16_compress_hook)
-        self.compiled = cfg.compile and cuda
+                self.ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+            self.model = self.ddp
+        self.compiled = cfg.compile and (cuda or self.compile_backend is not None)
+        backend = self.compile_backend or "inductor"
         if self.compiled:
-            # fixed shapes (``BatchShape``): one graph, compiled on the first step
-            self.model = torch.compile(self.model, dynamic=False)
+            # fixed shapes (``BatchShape``, ``unpadded`` fixed per run): one graph, compiled
+            # on the first step
+            self.model = torch.compile(self.model, dynamic=False, backend=backend)
         # the training step's teacher encoder (eval runs the eager one on its ragged batches)
         self.teacher_encoder = self.teacher_head = None
         if self.teacher is not None:
             self.teacher_encoder, self.teacher_head = mlm_parts(self.teacher)
         if self.compiled and self.teacher is not None:
-            self.teacher_encoder = torch.compile(self.teacher_encoder, dynamic=False)
+            self.teacher_encoder = torch.compile(
+                self.teacher_encoder, dynamic=False, backend=backend
+            )
         self.compile_seconds: float | None = None
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.student, cfg.weight_decay),
@@ -222,21 +235,28 @@ class DistilRecipe:
         self.shape = self._batch_shape()
 
     def _batch_shape(self) -> BatchShape:
-        """The fixed shape of every training micro-batch, from the input's manifest."""
+        """The fixed shape of every training micro-batch, from the input's manifest (whose
+        token count says whether every sequence fills ``seq_len``: then no batch needs an
+        attention mask)."""
         cfg = self.cfg
         if cfg.mode == "online":
             manifest, mask_prob = self.train_source.manifest, cfg.mlm_probability
             all_positions = False
+            sequences = manifest.get("rows")
         else:
             manifest = self.cache.manifest
             mask_prob = float(manifest["masking"]["mask_prob"])
             all_positions = self.cache.kd_positions == "all"
+            sequences = manifest.get("sequences")
+        seq_len = int(manifest["seq_len"])
+        tokens = manifest.get("tokens")
         return BatchShape.for_masking(
             cfg.batch_size,
-            int(manifest["seq_len"]),
+            seq_len,
             mask_prob,
             int(manifest["special_ids"]["pad"]),
             all_positions,
+            unpadded=bool(sequences) and tokens == sequences * seq_len,
         )
 
     # ------------------------------------------------------------------ data
@@ -278,7 +298,9 @@ class DistilRecipe:
         batch on the device; online mode runs the frozen teacher first."""
         if self.cfg.mode != "online":
             return self.model(batch)
-        with torch.no_grad():
+        # the frozen teacher runs in its own dtype (bf16 weights on CUDA) outside the step's
+        # autocast: under it, layer norms would run in float32 and every matmul re-check casts
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             t_hidden = self.teacher_encoder(
                 input_ids=batch["input_ids"],
                 attention_mask=encoder_mask(
@@ -294,6 +316,14 @@ class DistilRecipe:
         return self.model(batch, t_logits, t_hidden if self.cfg.alpha_cos > 0 else None)
 
     # ------------------------------------------------------------------ train
+    def autocast(self) -> torch.autocast:
+        """The student step's autocast: bf16 on CUDA with ``cfg.bf16``, off on the CPU (bf16
+        matmuls are slower there). The online teacher runs outside it (``loss``)."""
+        cuda = self.device.type == "cuda"
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and cuda
+        )
+
     def train_step(self, micro_batches: DevicePrefetcher) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches (DDP syncs only on the last).
 
@@ -301,31 +331,37 @@ class DistilRecipe:
         (``parts``, ``grad_norm``: tensors), the token count comes from the host batch, so the
         CPU queues step n+1 while the GPU runs step n. The loop reads them at log steps."""
         cfg = self.cfg
-        autocast = torch.autocast(
-            "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
-        )
         # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
         torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
         parts = torch.zeros(len(PARTS), device=self.device)
-        tokens = 0
+        tokens = targets = 0
         for i in range(cfg.grad_accum):
             batch, self.data_position = next(micro_batches)
-            sync = i == cfg.grad_accum - 1 or not isinstance(
-                self.model, torch.nn.parallel.DistributedDataParallel
-            )
-            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, autocast:
+            # DDP all-reduces on the last micro-batch only (compiled or not: see ``self.ddp``)
+            sync = i == cfg.grad_accum - 1 or self.ddp is None
+            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, self.autocast():
                 loss, p = self.loss(batch)
                 (loss / cfg.grad_accum).backward()
             parts += p / cfg.grad_accum
             tokens += batch["n_tokens"]
+            targets += batch["n_targets"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # under DDP the gradients are views of its all-reduce buckets: zeroed in place they
+        # stay so; set to None, backward would allocate fresh ones every step and DDP copy
+        # them back into the buckets
+        self.optimizer.zero_grad(set_to_none=self.ddp is None)
         self.step += 1
         self.tokens_seen += tokens
-        return {"parts": parts, "grad_norm": grad_norm.detach(), "tokens": tokens}
+        # tokens / targets: the real (non-pad) tokens and target positions of the step
+        return {
+            "parts": parts,
+            "grad_norm": grad_norm.detach(),
+            "tokens": tokens,
+            "targets": targets,
+        }
 
     def named_parts(self, parts: torch.Tensor) -> dict[str, float]:
         """The enabled loss parts of a ``loss`` parts vector, by name (a device read)."""

@@ -50,16 +50,22 @@ def test_dry_run_prints_every_row(tmp_path):
         for b in (4, 8)
         for what in ("cached", "online", "cached vs online")
     ]
-    for row in [*_rows(), *step_rows, "distil step: profile, batch 8"]:
+    unit_rows = list(_module().UNIT_ROWS)
+    for row in [*_rows(), *step_rows, *unit_rows, "distil step: profile, batch 8"]:
         assert row in lines, f"row {row!r} missing from:\n{table}"
     # every figure was measured, except the GPU-only ones
-    for row in [*_rows(), *step_rows]:
+    for row in [*_rows(), *step_rows, *unit_rows]:
         figure = lines[row]
         if row == "distil: cached, all GPUs":
             assert figure.startswith("n/a"), figure
         else:
             assert re.match(r"[\d,.]+ ?(tokens/s|ms/step|x|steps/s|rows/s|%)", figure), figure
     assert "MFU n/a" in lines["teacher logits: forward (bf16)"]
+    # real tokens: the toy corpus's packed rows fill most of the fixed [8, 32] slots, not all
+    assert re.search(
+        r"\d+% of 256 slots real; input wait \d+%", lines["distil step: cached, batch 8"]
+    )
+    assert "masked copies" in lines["teacher logits: Ray job (bf16)"]
     assert lines["distil step: profile, batch 8"].startswith("n/a")  # CPU: no GPU kernels
     # the stages really ran: their outputs are in the scratch dir
     assert (tmp_path / "cache" / "latest.json").exists()
@@ -114,6 +120,8 @@ def test_a_failed_stage_is_reported_and_the_independent_ones_still_run(tmp_path,
     monkeypatch.setattr(gc, "check_finetune", finetune)
     scores = dict(beam_start=10.0, pipeline_start=20.0, beam_warm=30.0, pipeline_warm=10.0)
     monkeypatch.setattr(gc, "check_score", lambda work, model, s, cuda: scores)
+    unit = {"rate": 500.0, "first": 1.0, "tokens": 100, "shapes": "eager"}
+    monkeypatch.setattr(gc, "unit_rate", lambda *a: unit)
     out = tmp_path / "table.txt"
     args = ["--dry-run", "--work", str(tmp_path), "--out", str(out), "--distil-batches", "64"]
     with pytest.raises(SystemExit) as e:
@@ -127,3 +135,45 @@ def test_a_failed_stage_is_reported_and_the_independent_ones_still_run(tmp_path,
     assert rows["distil: cached teacher, 1 worker"].startswith("n/a")
     assert rows["score: Beam vs pipeline, start-up"].startswith("0.50x")
     assert rows["score: Beam vs pipeline, warm"].startswith("3.00x")
+
+
+def test_stage_order_the_random_classifier_and_the_deadline(tmp_path, monkeypatch):
+    """With the fine-tune skipped, scoring runs on a random classifier right after the distil
+    steps (the acceptance rows first); past ``--deadline-s`` no stage starts, and the table
+    says so."""
+    gc = _module()
+    calls = []
+
+    def record(name, value):
+        def fn(*a, **k):
+            calls.append(name)
+            return value
+
+        return fn
+
+    lg = {"cache": "c", "tokens": 1000, "seconds": 1.0, "steady": 900.0}
+    scores = dict(beam_start=10.0, pipeline_start=20.0, beam_warm=30.0, pipeline_warm=10.0)
+    unit = {"rate": 500.0, "first": 1.0, "tokens": 100, "shapes": "eager"}
+    monkeypatch.setattr(gc, "make_teacher", lambda work, s, tok: str(work / "teacher"))
+    monkeypatch.setattr(gc, "make_corpus", lambda work, teacher, s: str(work / "prepared"))
+    monkeypatch.setattr(gc, "check_logits", record("logits", lg))
+    monkeypatch.setattr(gc, "forward_rate", record("forward", (1000.0, None, "cpu")))
+    monkeypatch.setattr(gc, "check_steps", record("steps", None))
+    monkeypatch.setattr(gc, "make_classifier", record("random classifier", "m"))
+    monkeypatch.setattr(gc, "check_score", record("score", scores))
+    monkeypatch.setattr(gc, "unit_rate", record("unit", unit))
+    monkeypatch.setattr(gc, "check_distil", record("ray", 12.5))
+    out = gc.main(["--dry-run", "--work", str(tmp_path), "--skip", "finetune"])
+    assert calls == ["logits", "forward", "steps", "random classifier", "score", "unit", "unit",
+                     "ray"]  # fmt: skip
+    rows = _table(out)
+    assert rows["teacher logits: steady vs forward"].startswith("90%")
+    assert "random weights" in rows["score: Beam pipeline, with start-up"]
+    assert rows["fine-tune: 1 worker"].startswith("n/a")
+
+    calls.clear()
+    out = gc.main(["--dry-run", "--work", str(tmp_path), "--deadline-s", "0"])
+    assert calls == []
+    rows = _table(out)
+    assert "not run: past --deadline-s 0" in rows["teacher logits: Ray job (bf16)"]
+    assert "not run: past --deadline-s 0" in rows["score: Beam vs pipeline, warm"]

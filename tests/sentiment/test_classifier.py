@@ -94,3 +94,26 @@ def test_device_is_checked_and_the_model_runs_there(real_tokenizer_dir, tmp_path
         np.testing.assert_allclose(
             gpu.classify(texts)["probs"], clf.classify(texts)["probs"], atol=1e-4
         )
+
+
+@pytest.mark.timeout(120)
+def test_one_forward_per_batch_and_no_2d_mask_reaches_the_model(real_tokenizer_dir, tmp_path):
+    """``micro_batch_size=None`` (the GPU default) runs the whole batch in one forward pass with
+    the same logits; a micro-batch whose rows all have one length runs with no mask, a padded
+    one with a 4-D mask (a 2-D mask is checked with ``.all()``: a device sync per forward)."""
+    model, tok = _tiny(real_tokenizer_dir)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    clf = SequenceClassifier(str(tmp_path), max_length=16)
+    masks = []
+    clf.model.bert.register_forward_pre_hook(
+        lambda m, a, kw: masks.append(kw["attention_mask"]), with_kwargs=True
+    )
+    texts = ["a fine film", "a dull film", "x " * 40, "a somewhat longer review of a film"]
+    ids, _ = clf.tokenize(texts)
+    by_pairs = clf.logits(ids, micro_batch_size=2)  # sorted: [3, 3] tokens, then [8, 16]
+    assert masks[0] is None and masks[1].shape == (2, 1, 1, 16) and masks[1].dtype == torch.bool
+    masks.clear()
+    whole = clf.logits(ids, micro_batch_size=None)
+    assert len(masks) == 1 and masks[0].shape == (4, 1, 1, 16)
+    np.testing.assert_allclose(whole, by_pairs, atol=1e-5)

@@ -29,3 +29,16 @@ def topk_cache(prepared_dir, tmp_path_factory, tiny_teacher_dir) -> str:
 def sampled_cache(prepared_dir, tmp_path_factory, tiny_teacher_dir) -> str:
     root = str(tmp_path_factory.mktemp("caches"))
     return stage3_data.build_cache(prepared_dir, root, tiny_teacher_dir, sparsity="sampled", k=16)
+
+
+@pytest.fixture(scope="session")
+def packed_prepared_dir(tmp_path_factory, real_tokenizer_dir) -> str:
+    """Every sequence fills seq_len (packed text): the step then runs with no attention mask."""
+    url = str(tmp_path_factory.mktemp("packed"))
+    return stage3_data.write_prepared(url, real_tokenizer_dir, packed=True)
+
+
+@pytest.fixture(scope="session")
+def packed_cache(packed_prepared_dir, tmp_path_factory, tiny_teacher_dir) -> str:
+    root = str(tmp_path_factory.mktemp("packed-caches"))
+    return stage3_data.build_cache(packed_prepared_dir, root, tiny_teacher_dir, k=8)

@@ -24,12 +24,21 @@ def make_sentences(n: int, seed: int = 0) -> list[str]:
     ]
 
 
-def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, shards_n: int = 2):
-    """A committed prepared dataset: ``shards_n`` shards, two sentences per sequence."""
+def write_prepared(
+    url: str,
+    tokenizer_dir,
+    rows: int = 256,
+    seq_len: int = 32,
+    shards_n: int = 2,
+    packed: bool = False,
+):
+    """A committed prepared dataset: ``shards_n`` shards, two sentences per sequence, or with
+    ``packed`` six, cut at ``seq_len``: every sequence full, as packed text is."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sents = make_sentences(rows * 2)
+    per_row = 6 if packed else 2
+    sents = make_sentences(rows * per_row)
     files, counts = [], np.zeros(tok.vocab_size, np.int64)
     per = rows // shards_n
     for s in range(shards_n):
@@ -37,7 +46,8 @@ def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, 
         lengths = np.zeros(per, np.int32)
         for r in range(per):
             i = s * per + r
-            enc = tok(sents[2 * i] + " " + sents[2 * i + 1], truncation=True, max_length=seq_len)
+            text = " ".join(sents[per_row * i : per_row * (i + 1)])
+            enc = tok(text, truncation=True, max_length=seq_len)
             ids[r, : len(enc["input_ids"])] = enc["input_ids"]
             lengths[r] = len(enc["input_ids"])
             np.add.at(counts, enc["input_ids"], 1)
@@ -70,7 +80,7 @@ def write_prepared(url: str, tokenizer_dir, rows: int = 256, seq_len: int = 32, 
             "identity": load_tokenizer_info(str(tokenizer_dir)).identity,
         },
         "config": {},
-        "fingerprint": storage.fingerprint(["test-prepared", rows, seq_len]),
+        "fingerprint": storage.fingerprint(["test-prepared", rows, seq_len, packed]),
         "dead_letter": {"count": 0, "by_reason": {}, "files": []},
     }
     storage.commit(url, manifest)

@@ -4,6 +4,7 @@ the training thread, and the thread stopped on close."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -47,4 +48,39 @@ def test_a_source_error_is_raised_on_the_training_thread():
     next(pre), next(pre)
     with pytest.raises(RuntimeError, match="unreadable row group at batch 2"):
         next(pre)
+    pre.close()
+
+
+def test_batch_n_is_handed_out_without_waiting_for_batch_n_plus_1():
+    """The step on batch n must not wait for batch n+1 to be read: ``__next__`` takes n+1 (and
+    issues its device copy) only if it is already queued."""
+    release = threading.Event()
+
+    def slow_second():
+        yield {"x": torch.tensor([1])}
+        release.wait(30)  # batch 2 is still being read
+        yield {"x": torch.tensor([2])}
+
+    pre = DevicePrefetcher(slow_second(), torch.device("cpu"))
+    t0 = time.perf_counter()
+    first, _ = next(pre)
+    assert int(first["x"]) == 1 and time.perf_counter() - t0 < 10
+    release.set()
+    second, _ = next(pre)
+    assert int(second["x"]) == 2
+    assert pre.waits >= 1 and pre.waited_s >= 0  # it waited for batch 1 at least
+    pre.close()
+
+
+def test_the_thread_reads_depth_batches_ahead_of_the_one_being_trained_on():
+    src = Source()
+    pre = DevicePrefetcher(iter(src), torch.device("cpu"), position_of=lambda: src.taken, depth=3)
+    next(pre)
+    deadline = time.time() + 10
+    while src.taken < 1 + 3 + 1 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    # batch 1 handed out, 3 in the queue, one more taken and waiting for room (and batch 2
+    # already taken off the queue if it was there when batch 1 was handed out)
+    assert 5 <= src.taken <= 6
     pre.close()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from stage3_data import cached_config, online_config
 
 from distil import losses
+from distil.student.model import encoder_mask
 from distil.train.data import BatchShape, fixed_shape
 from distil.train.recipe import DistilRecipe
 
@@ -140,9 +141,14 @@ def test_batch_shape_fits_every_masked_row_and_pads_to_the_fixed_count(topk_cach
         assert fixed["n_tokens"] == int(host["attention_mask"].sum())
         # every real slot points at a masked position holding its label, in row-major order
         real = fixed["target_weight"] > 0
-        flat_labels = fixed["labels"].reshape(-1)
         idx = fixed["target_index"][real]
-        assert torch.equal(flat_labels[idx], fixed["target_labels"][real])
+        row, col = idx // shape.seq_len, idx % shape.seq_len
+        assert torch.equal(host["labels"][row, col], fixed["target_labels"][real])
+        assert "labels" not in fixed  # the step reads target_labels: [B, L] labels stay home
+        # the sketch goes to the device as the cache's int8 values, not 4x as float32
+        assert fixed["hidden_sketch"].dtype == torch.int8
+        keep = fixed["attention_mask"].bool()
+        assert torch.equal(fixed["hidden_sketch"][keep].float(), host["hidden_sketch"])
         assert torch.equal(fixed["target_ids"][real], host["target_ids"])
         assert torch.isinf(fixed["target_logprobs"][~real]).all()
     # a row with more targets than slots widens the slots instead of dropping any
@@ -150,3 +156,115 @@ def test_batch_shape_fits_every_masked_row_and_pads_to_the_fixed_count(topk_cach
     wide = fixed_shape(host, narrow)
     assert wide["n_targets"] == int(wide["target_weight"].sum())
     assert wide["target_index"].shape[0] > shape.batch_size
+
+
+def _todays_log_softmax_at(logits: torch.Tensor, t: float) -> torch.Tensor:
+    z = logits.to(torch.float32, copy=True)
+    if t != 1.0:
+        z.div_(t)
+    return F.log_softmax(z, dim=-1)
+
+
+def _todays_forward(obj, batch, teacher_logits=None, teacher_hidden=None) -> torch.Tensor:
+    """``DistillationObjective.forward`` as it was before the log-softmaxes went: one float32
+    ``[N, vocab]`` log-softmax per temperature, losses gathered from them, ``logits.sum() *
+    0.0`` added, and a batch-level ``unpadded``."""
+    logits, hidden = obj.student(
+        batch["input_ids"], batch["attention_mask"], index=batch["target_index"],
+        unpadded=batch["unpadded"],
+    )  # fmt: skip
+    weight = batch["target_weight"]
+    zero = logits.sum() * 0.0
+    mlm = kd = cos = zero
+    log_q_1 = _todays_log_softmax_at(logits, 1.0) if obj.alpha_mlm > 0 or obj.t == 1 else None
+    if obj.alpha_mlm > 0:
+        labels = batch["target_labels"]
+        nll = -log_q_1.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        mlm = losses.weighted_mean(nll, labels.ne(-100))
+    if obj.alpha_ce > 0:
+        t = obj.t
+        log_q_t = log_q_1 if t == 1.0 else _todays_log_softmax_at(logits, t)
+        if teacher_logits is not None:
+            log_p = _todays_log_softmax_at(teacher_logits, t)
+            kd = t * t * losses.weighted_mean((log_p.exp() * (log_p - log_q_t)).sum(-1), weight)
+        else:
+            logz = None if obj.logz_column is None else batch["target_logz"][:, obj.logz_column]
+            log_q = log_q_t.gather(-1, batch["target_ids"])
+            if obj.sparsity.get("mode") == "sampled":
+                kd = losses.kd_sampled(
+                    logits, batch["target_ids"], batch["target_logprobs"],
+                    batch["target_counts"], t, obj.sparsity.get("temperature"), logz, weight,
+                    log_q=log_q,
+                )  # fmt: skip
+            else:
+                kd = losses.kd_topk(
+                    logits, batch["target_ids"], batch["target_logprobs"], t, logz, weight,
+                    log_q=log_q,
+                )  # fmt: skip
+    if obj.alpha_cos > 0:
+        mask = batch["attention_mask"]
+        if teacher_hidden is not None:
+            cos = losses.cosine_loss(hidden, teacher_hidden, mask)
+        elif obj.sketch is not None:
+            sketch = batch["hidden_sketch"].float()
+            cos = losses.sketch_cosine_loss(hidden, mask, obj.sketch, sketch)
+    return obj.alpha_mlm * mlm + obj.alpha_ce * kd + obj.alpha_cos * cos + zero
+
+
+def _todays_loss(r: DistilRecipe, fixed: dict) -> torch.Tensor:
+    # a batch with a short row, or the short last one of an epoch, ran with the mask
+    batch = {**fixed, "unpadded": bool(fixed["attention_mask"].all())}
+    if r.cfg.mode != "online":
+        return _todays_forward(r.objective, batch)
+    with torch.no_grad():
+        mask = encoder_mask(r.teacher, batch["attention_mask"], batch["unpadded"])
+        t_hidden = r.teacher_encoder(input_ids=batch["input_ids"], attention_mask=mask)[0]
+        rows = t_hidden.reshape(-1, t_hidden.shape[-1]).index_select(0, batch["target_index"])
+        t_logits = r.teacher_head(rows) if r.cfg.alpha_ce > 0 else None
+    return _todays_forward(r.objective, batch, t_logits, t_hidden if r.cfg.alpha_cos > 0 else None)
+
+
+CASES = {
+    "topk T=2": ("cached", "topk_cache", {}),
+    "sampled T=2": ("cached", "sampled_cache", {}),
+    "topk T=1": ("cached", "topk_cache", {"temperature": 1.0}),
+    "topk, KD only": ("cached", "topk_cache", {"alpha_mlm": 0.0, "alpha_cos": 0.0}),
+    "topk, MLM only": ("cached", "topk_cache", {"alpha_ce": 0.0, "alpha_cos": 0.0}),
+    "topk, cosine only": ("cached", "topk_cache", {"alpha_ce": 0.0, "alpha_mlm": 0.0}),
+    "packed, short last batch": ("cached", "packed_cache", {}),
+    "online T=2": ("online", "prepared_dir", {}),
+    "online, packed, short last batch": ("online", "packed_prepared_dir", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_loss_and_every_gradient_equal_todays_objective(request, case, tmp_path, tiny_teacher_dir):
+    """The step after the GPU read (log-probs at the target ids from one pass over the logits
+    per temperature, no ``logits.sum() * 0.0``, ``unpadded`` fixed per run so a short last
+    batch of packed text runs without a mask, int8 sketch on the wire) against the step before
+    it, on the same batch: loss and every gradient within 1e-5."""
+    mode, data, kw = CASES[case]
+    source = request.getfixturevalue(data)
+    if mode == "cached":
+        cfg = cached_config(tmp_path, source, **{"temperature": 2.0, **kw})
+    else:
+        cfg = online_config(tmp_path, source, tiny_teacher_dir, **kw)
+    r = DistilRecipe(cfg, work_dir=str(tmp_path / "w"))
+    r.setup(None)
+    _perturb(r)
+    r.student.eval()  # no dropout: both computations see the same forward
+    host = list(r._epoch_batches(0, 0))[-1 if "short" in case else 0]
+    fixed = fixed_shape(host, r.shape)
+    if "short" in case:  # the case this is about: a packed epoch's short last batch
+        assert r.shape.unpadded and fixed["unpadded"]
+        assert host["input_ids"].shape[0] < cfg.batch_size
+    new, parts = r.loss(fixed)
+    old = _todays_loss(r, fixed)
+    assert float(old) > 5e-3  # the terms are sizeable, so the comparison means something
+    assert float(new) == pytest.approx(float(old), rel=1e-5, abs=1e-5)
+    assert float(parts[0]) == pytest.approx(float(new), rel=1e-6)
+    g_new, g_old = _grads(r, new), _grads(r, old)
+    assert set(g_new) == set(g_old)
+    assert max(float(g.abs().max()) for g in g_old.values()) > 1e-3
+    for name in g_old:
+        torch.testing.assert_close(g_new[name], g_old[name], rtol=1e-5, atol=1e-5, msg=name)
