@@ -91,7 +91,9 @@ def test_resume_from_checkpoint_continues_exactly(cfg, tmp_path):
     done = _recipe(cfg, str(tmp_path))
     assert done.train() == done.history[-1] and done.step == 4 and done.progress()["done"]
     other = cfg.model_copy(update={"max_train_examples": 40})
-    with pytest.raises(ValueError, match="train examples, pool examples, total steps, workers.*--run-name"):
+    with pytest.raises(
+        ValueError, match="train examples, pool examples, total steps, workers.*--run-name"
+    ):
         _recipe(other, str(tmp_path))
 
 
