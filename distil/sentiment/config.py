@@ -180,7 +180,7 @@ class FinetuneConfig(LabelledDataConfig):
     pool: list[str] = Field(
         default_factory=list,
         description="unlabelled texts for task distillation (files or dirs of JSONL/CSV/Parquet "
-        "with --text-column, e.g. `distil finetune-pool` output): trained on by the KD term "
+        "with --text-column, e.g. `distil pool` output): trained on by the KD term "
         "alone, so every one must be in --teacher-cache",
     )
 

@@ -194,7 +194,7 @@ class FinetuneRecipe:
             raise ValueError(
                 f"--teacher-cache {self.cfg.teacher_cache} lacks the logits of {missing} of "
                 f"{len(self.pool_rows)} pool rows: label the pool with this teacher "
-                "(`distil finetune-pool`) or pass the cache that did"
+                "(`distil pool`) or pass the cache that did"
             )
         self.teacher_logits, self.teacher_covered = map(torch.from_numpy, (logits, covered))
         self.data_accounting["teacher_covered"] = {
