@@ -41,14 +41,24 @@ log = logging.getLogger("distil.pool")
 LABEL_RUN = "label"  # the run id of the labelling pass under its scratch output
 
 
-def _prose(cfg: PoolConfig) -> list[str]:
+def _prose(cfg: PoolConfig) -> tuple[list[str], dict[str, int]]:
+    """The prose inputs' sentences and their dead letters counted by reason (a record no reader
+    could read is counted in the pool's manifest and logged, never dropped without a word)."""
     from distil.data.readers import Document, list_inputs, read_records
 
     texts: list[str] = []
-    for url in list_inputs(list(cfg.prose)):
-        docs = read_records(url, url, "auto")
-        texts.extend(d.text for d in docs if isinstance(d, Document))
-    return pool.prose_sentences(texts)
+    dead: dict[str, int] = {}
+    listing = list_inputs(list(cfg.prose))
+    listing.check(skip_unknown=False)  # a prose file no reader takes stops the stage, named
+    for url in listing.urls:
+        for rec in read_records(url, url, "auto"):
+            if isinstance(rec, Document):
+                texts.append(rec.text)
+            else:
+                dead[rec.reason] = dead.get(rec.reason, 0) + 1
+    if dead:
+        log.warning("prose: %d records could not be read %s", sum(dead.values()), dead)
+    return pool.prose_sentences(texts), dead
 
 
 def build(
@@ -76,10 +86,12 @@ def build(
     if "synonym" in cfg.methods:
         synonyms = pool.Synonyms(_encoder_dir(cfg), cfg.neighbours)
     augment_one = pool.augmenter(list(cfg.methods), synonyms, cfg.replace_prob)
-    prose = _prose(cfg) if cfg.prose and cfg.prose_rows else None
+    prose, prose_dead = _prose(cfg) if cfg.prose and cfg.prose_rows else (None, {})
     rows, counts = pool.augment(
         train, augment_one, cfg.multiple, cfg.seed, forbidden, prose, cfg.prose_rows
     )
+    if prose_dead:
+        counts["prose_dead_letters"] = prose_dead
     pool.write_pool(
         url,
         train,
@@ -158,7 +170,8 @@ def label(cfg: PoolConfig, pool_url: str, model_url: str, manifest: dict[str, An
         manifest["fingerprint"],
         extra={"pool": storage.redact(pool_url), "pool_fingerprint": pool_fp},
     )
-    storage.get_fs(scratch)[0].rm(storage.get_fs(scratch)[1], recursive=True)
+    fs, path = storage.get_fs(scratch)
+    fs.rm(path, recursive=True)
     return url
 
 

@@ -125,3 +125,32 @@ def test_a_student_fine_tunes_on_the_pool(task, tiny_base_dir):
     metrics = json.loads(storage.read_bytes(storage.join(out["model_url"], "metrics.json")))
     assert metrics["pool_examples"] == summary["pool_rows"]
     assert metrics["data"]["teacher_covered"]["train"] == metrics["train_examples"]
+
+
+def test_prose_records_no_reader_could_read_are_counted_in_the_pool_manifest(tmp_path):
+    from distil.pipelines.task_pool import build
+
+    prose = tmp_path / "prose.jsonl"
+    good = "The film was long. It had a quiet and careful second half that most people liked."
+    prose.write_text(json.dumps({"text": good}) + "\n" + "{not json\n")
+    train = [{"id": str(i), "text": f"review number {i} was fine", "label": 1} for i in range(4)]
+    cfg = PoolConfig(
+        train=str(tmp_path / "unused.jsonl"),
+        teacher="unused",
+        output=str(tmp_path / "task"),
+        methods=["delete"],
+        multiple=1,
+        prose=[str(prose)],
+        prose_rows=2,
+    )
+    url = build(cfg, train, set(), "encoder-sha")
+    counts = storage.read_manifest(url)["counts"]
+    assert sum(counts["prose_dead_letters"].values()) == 1
+    from distil.sentiment.pool import pool_files
+
+    prose_rows = [
+        json.loads(line)
+        for part in pool_files(url)
+        for line in storage.read_bytes(part).splitlines()
+    ]
+    assert any(r["method"] == "prose" for r in prose_rows)
