@@ -1,6 +1,9 @@
 """README.md and docs/: every relative link (and its #anchor) lands, and every command a reader
 would copy — ``distil …``, ``python jobs/….py …``, ``python pipelines/….py …`` and the
-``python jobs/…`` of a ``ray job submit … --`` — parses with the real parsers, as written."""
+``python jobs/…`` of a ``ray job submit … --`` — parses with the real parsers, as written. The
+kinds of drift a new user's read found are caught too: a file path or a ``distil.…`` name that no
+longer exists, a ``packaged:`` model that is not packaged, and a stage option missing from its
+page's options table."""
 
 from __future__ import annotations
 
@@ -150,3 +153,116 @@ def test_every_documented_command_parses(monkeypatch, tmp_path):
         except Exception as e:  # noqa: BLE001 - listed below with the command
             failures.append(f"{page}: {shlex.join(argv)}\n    {type(e).__name__}: {e}")
     assert not failures, "\n".join(failures)
+
+
+# a file path in the repository as the docs write it (`distil/...`, `jobs/...`, ...), not part of
+# a URL, a longer path or a placeholder
+REPO_PATH = re.compile(
+    r"(?<![\w/.$<{-])((?:distil|jobs|pipelines|bench|scripts|infra|tests)/[\w./*-]*[\w/*])"
+)
+
+
+def test_every_repository_path_in_the_docs_exists():
+    """``distil/cluster`` and the like are packaged config names (``distil/configs/…yaml``)."""
+    missing = []
+    for page in PAGES:
+        for path in REPO_PATH.findall(page.read_text()):
+            if (REPO / path).exists() or (REPO / "distil" / "configs" / f"{path}.yaml").exists():
+                continue
+            if "*" in path and any(REPO.glob(path)):  # infra/kuberay/rayjob-*.yaml
+                continue
+            if (REPO / "distil" / "configs" / path).exists():  # distil/default.yaml
+                continue
+            missing.append(f"{page.relative_to(REPO)}: {path}")
+    assert not missing, "paths the docs name that do not exist:\n  " + "\n  ".join(missing)
+
+
+DOTTED = re.compile(r"`(distil(?:\.\w+)+)")
+
+
+def _resolves(name: str) -> bool:
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_every_distil_name_in_the_docs_resolves():
+    """`distil.data.shards.is_heldout` and the like name a module or an attribute that exists;
+    MLflow tag names (`distil.stage`) are the tracking module's, not Python names."""
+    from distil import tracking
+
+    tags = {v for k, v in vars(tracking).items() if k.endswith("_TAG") and isinstance(v, str)}
+    tags.add("distil.version")
+    stale = [
+        f"{page.relative_to(REPO)}: {name}"
+        for page in PAGES
+        for name in DOTTED.findall(page.read_text())
+        if name not in tags and not _resolves(name)
+    ]
+    assert not stale, "names the docs use that the package lacks:\n  " + "\n  ".join(stale)
+
+
+def test_every_packaged_model_in_the_docs_is_packaged():
+    from distil.packaged import resolve_model_ref
+
+    unknown = []
+    for page in PAGES:
+        for ref in re.findall(r"packaged:[\w.-]+\w", page.read_text()):
+            if ref.split(":")[1].isupper():  # a placeholder: packaged:NAME
+                continue
+            try:
+                resolve_model_ref(ref)
+            except ValueError:
+                unknown.append(f"{page.relative_to(REPO)}: {ref}")
+    assert not unknown, unknown
+
+
+def _table_options(page: Path) -> set[str]:
+    """The options an options table of ``page`` lists: `--flag` or `yaml_key` in a row's first
+    cell (`--a / --no-a`, `--a`, `--b` and `a` / `b` included)."""
+    out: set[str] = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("| `"):
+            for cell in re.findall(r"`([^`]+)`", line.split("|")[1]):
+                out.update(
+                    w.removeprefix("--").replace("-", "_") for w in re.findall(r"[\w-]+", cell)
+                )
+    return out
+
+
+def _stage_pages() -> list[tuple[str, str]]:
+    return [
+        ("docs/stages/prepare.md", "distil.data.config:PrepareConfig"),
+        ("docs/stages/teacher-logits.md", "distil.teacher.config:AdaptConfig"),
+        ("docs/stages/teacher-logits.md", "distil.teacher.config:LogitsConfig"),
+        ("docs/stages/distil.md", "distil.train.config:DistilConfig"),
+        ("docs/stages/finetune-and-score.md", "distil.sentiment.config:FinetuneConfig"),
+        ("docs/stages/finetune-and-score.md", "distil.sentiment.config:ScoreConfig"),
+        ("docs/stages/eval.md", "distil.quality.eval:EvalConfig"),
+    ]
+
+
+@pytest.mark.parametrize(("page", "config"), _stage_pages())
+def test_every_option_of_a_stage_is_in_its_pages_options_table(page, config):
+    """--help is generated from the config; the page's table must not lag behind it (tracking
+    options are on docs/tracking.md, common to every stage)."""
+    from distil.cli import _load
+
+    cls = _load(config)
+    listed = _table_options(REPO / page)
+    common = {"tracking_uri", "run_group"}
+    missing = sorted(f for f in cls.model_fields if f not in common and f not in listed)
+    assert not missing, (
+        f"{page}: options of {cls.__name__} missing from its options table: {missing}"
+    )
