@@ -151,9 +151,11 @@ def exists(url: str) -> bool:
 
 
 def read_bytes(url: str) -> bytes:
+    """The object as it is now. One GET: ``fs.open`` on S3 pins the ETag of a listing this
+    process may have cached, and fails once another process has rewritten the object (a
+    ``latest.json`` pointer, a run record)."""
     fs, path = get_fs(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    return fs.cat_file(path)
 
 
 def write_bytes(url: str, data: bytes) -> None:

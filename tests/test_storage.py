@@ -43,6 +43,21 @@ def test_s3_read_via_pyarrow_native_fs(s3_url):
     assert pq.read_table(path, filesystem=fs).num_rows == 3
 
 
+def test_a_read_after_a_listing_sees_another_writers_rewrite(s3_url):
+    """A listing caches each object's ETag; a later read must not pin it (another process
+    rewrites pointers and run records between this process's listing and its read)."""
+    import fsspec
+
+    url = f"{s3_url}/rewritten/run.json"
+    storage.write_json(url, {"v": 1})
+    fs, path = storage.get_fs(url)
+    fs.find(path.rsplit("/", 1)[0])  # the listing this process caches
+    other = fsspec.filesystem("s3", skip_instance_cache=True, **storage.storage_options(url))
+    with other.open(path, "wb") as f:  # another process's rewrite: a new ETag
+        f.write(b'{"v": 2}')
+    assert storage.read_json(url) == {"v": 2}
+
+
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_writer_killed_before_commit_is_invisible(kind, tmp_path, request):
     """A real writer process dies (SIGKILL) after writing data, before its manifest."""
