@@ -29,7 +29,9 @@ from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import fit, latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.sentiment.config import FinetuneConfig
-from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
+from distil.sentiment.finetune import FinetuneRecipe
+from distil.sentiment.finetune_export import model_url_for
+from distil.sentiment.labelled_data import default_train_url
 
 log = logging.getLogger("distil.jobs.finetune")
 

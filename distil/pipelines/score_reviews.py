@@ -17,16 +17,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the repo's distil, not an installed one
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distil import storage  # noqa: E402
-from distil.config import absolute_paths  # noqa: E402
-from distil.sentiment import ledger, review_files, scored  # noqa: E402
-from distil.sentiment.config import ScoreConfig  # noqa: E402
-from distil.sentiment.lease import Lease, LeaseKeeper, acquire, check_output, describe  # noqa: E402
+from distil import storage
+from distil.config import absolute_paths
+from distil.sentiment import ledger, review_files, scored
+from distil.sentiment.config import ScoreConfig
+from distil.sentiment.lease import Lease, LeaseKeeper, acquire, check_output, describe
 
 log = logging.getLogger("distil.score")
 

@@ -192,14 +192,6 @@ class PartWriter:
         return info
 
 
-def write_part(dir_url: str, rel_dir: str, rows: list[dict[str, Any]], schema: pa.Schema) -> dict:
-    """One Parquet part (a single PUT) under ``dir_url/rel_dir``; returns its manifest entry."""
-    part = PartWriter(dir_url, rel_dir, schema)
-    for row in rows:
-        part.add(row)
-    return part.close()
-
-
 def agreement_terms(student_probs: np.ndarray, teacher_logits: np.ndarray) -> tuple[int, float]:
     """(labels agree?, KL(teacher ‖ student)) for one row. The student side is the ``probs``
     column as written (float32), so the figure can be recomputed from the output alone."""

@@ -62,7 +62,7 @@ def _launch(args: list[str], log: Path, env: dict | None = None) -> subprocess.P
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, str(REPO / "distil/pipelines/score_reviews.py"), *args],
+            [sys.executable, str(REPO / "pipelines/score_reviews.py"), *args],
             stdout=out,
             stderr=out,
             env=env,
