@@ -49,8 +49,9 @@ from distil.pipelines.inference import (
     ReviewClassifierHandler,
     batch_sizes,
 )
-from distil.sentiment import review_files, scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
+from distil.score.config import ScoreConfig
+from distil.sentiment import review_files
 
 log = logging.getLogger("distil.score")
 

@@ -6,7 +6,7 @@
         --flink_master=host:8081 --environment_type=EXTERNAL --environment_config=localhost:50000
 
 The launcher: it checks the output (a folder, writable) and takes its lease (one run per output:
-``distil.sentiment.lease``, renewed by a thread until the run ends) before anything else; only
+``distil.score.lease``, renewed by a thread until the run ends) before anything else; only
 then does it verify the model, list and plan the input files (the incremental ledger) and run
 the Beam graph (``distil.pipelines.score_graph``). Beam, torch and the model are imported only
 after the guards, so a busy, read-only or wrong output is refused in about a second.
@@ -20,9 +20,10 @@ import time
 
 from distil import storage
 from distil.config import absolute_paths
-from distil.sentiment import ledger, review_files, scored
-from distil.sentiment.config import ScoreConfig
-from distil.sentiment.lease import Lease, LeaseKeeper, acquire, check_output, describe
+from distil.score import ledger, scored
+from distil.score.config import ScoreConfig
+from distil.score.lease import Lease, LeaseKeeper, acquire, check_output, describe
+from distil.sentiment import review_files
 
 log = logging.getLogger("distil.score")
 

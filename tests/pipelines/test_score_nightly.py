@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from distil import storage
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
+from distil.score.config import ScoreConfig
 
 RAISES = "this review is far too long for the model " * 8  # ~72 tokens > 40 positions
 KEEP = ["product", "stars:int64"]

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from distil import storage
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
+from distil.score.config import ScoreConfig
 from distil.sentiment.review_files import generated_id, text_sha256
 
 LONG_TEXT = "a long and winding review " * 150  # ~750 tokens: truncated to max_length

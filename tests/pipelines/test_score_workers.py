@@ -20,8 +20,8 @@ import pytest
 
 from distil import storage
 from distil.pipelines.inference import local_cpus, worker_id
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
+from distil.score.config import ScoreConfig
 
 N_ROWS = 5_000
 WORDS = [

@@ -18,7 +18,7 @@ attempt folder (never another's: :func:`remove_stale_attempts` clears those of d
 called by the next run of the run id). A publish that dies is finished by the next run on the
 same output (the manifest says whether it was published), so a crashed run never shows half
 its output, and a rerun of a ``run_id`` never shows a row twice once it has committed. All of
-it happens under the output's lease (``distil.sentiment.lease``): one run at a time.
+it happens under the output's lease (``distil.score.lease``): one run at a time.
 :func:`read_run` reads one run through its manifest.
 """
 
@@ -302,7 +302,7 @@ def finalize_run(
         storage.write_json(storage.join(run_url, attempt, SUMMARY), summary)
         raise RuntimeError(error)
     if lease is not None:  # the commit, the ledger and the publish happen under the lease
-        from distil.sentiment.lease import Lease
+        from distil.score.lease import Lease
 
         held = Lease.from_handle(lease)
         held.renew()
