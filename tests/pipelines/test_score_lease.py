@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from score_fixtures import run_score
 
 from distil import storage
 from distil.score import scored
-from distil.score.config import ScoreConfig
 from distil.score.lease import OutputBusyError, lease_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,12 +71,8 @@ def _launch(args: list[str], log: Path, env: dict | None = None) -> subprocess.P
 
 
 def _score(inp, model, out, run_id, tmp_path, **kw) -> dict:
-    from distil.pipelines.score_reviews import run
-
-    cfg = ScoreConfig(input=[inp], model=model, output=out, run_id=run_id,
-                      model_cache=str(tmp_path / "cache"), max_length=32, batch_size=64,
-                      micro_batch_size=32, rows_per_file=100, runner="FnApiRunner", **kw)  # fmt: skip
-    return run(cfg)
+    return run_score(inp, model, out, run_id, tmp_path, max_length=32, batch_size=64,
+                     micro_batch_size=32, rows_per_file=100, **kw)  # fmt: skip
 
 
 def _holder(out: str) -> dict | None:
