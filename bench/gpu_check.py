@@ -507,8 +507,8 @@ def check_score(work: Path, model_url: str, s: dict, cuda: bool) -> dict[str, fl
     from transformers import pipeline
 
     from distil.pipelines.score_reviews import run
+    from distil.score.config import ScoreConfig
     from distil.sentiment.classifier import fetch_model
-    from distil.sentiment.config import ScoreConfig
 
     rows = reviews(s["score_rows"], seed=2)
     inp = write_jsonl(work / "score.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])

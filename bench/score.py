@@ -139,8 +139,8 @@ def main() -> None:
 
     if args.beam:
         from distil.pipelines.score_reviews import run
+        from distil.score.config import ScoreConfig
         from distil.sentiment.classifier import export_classifier
-        from distil.sentiment.config import ScoreConfig
 
         m = AutoModelForSequenceClassification.from_pretrained(model_dir)
         export_classifier(

@@ -125,7 +125,7 @@ def write_inputs(folder: Path, base_rows: int, copies: int, one_file: bool = Fal
 def main() -> None:
     args = _parse()
     from distil.pipelines.score_reviews import run
-    from distil.sentiment.config import ScoreConfig
+    from distil.score.config import ScoreConfig
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-score-scale-"))
     model = args.model or tiny_model(str(work / "model"), args.hidden)
@@ -247,7 +247,7 @@ def steady_rows_per_s(output: str, run_id: str, first_rows: int) -> float:
     import pyarrow.parquet as pq
 
     from distil import storage
-    from distil.sentiment.scored import run_dir
+    from distil.score.scored import run_dir
 
     parts = storage.committed_files(run_dir(output, run_id), key="files")
     column = pa.chunked_array(

@@ -41,7 +41,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     ),
     "score": (
         "stage 4b: score review files with a fine-tuned model (Apache Beam)",
-        "distil.sentiment.config:ScoreConfig",
+        "distil.score.config:ScoreConfig",
         "distil.pipelines.score_reviews:run",
     ),
     "eval": (

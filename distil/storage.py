@@ -429,7 +429,7 @@ def open_for_ranges(url: str, fs: Any = None) -> IO:
     return (fs or own).open(path, "rb", cache_type="none")
 
 
-# --- Conditional writes: the one-writer lease of an output (distil.sentiment.lease) ----------
+# --- Conditional writes: the one-writer lease of an output (distil.score.lease) ----------
 #
 # ``create_exclusive`` writes an object only if there is none; ``replace_versioned`` only if it
 # is still the version read. S3 does both in the store itself (``If-None-Match: *`` and

@@ -10,8 +10,8 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # Python puts this script's folder first on sys.path, and jobs/distil.py there would shadow
-    # the distil package: run the module instead (same interpreter, same arguments, same PID).
+    # Python puts this script's folder first on sys.path: run the module of the installed package
+    # instead (same interpreter, same arguments, same PID).
     os.execv(
         sys.executable, [sys.executable, "-m", "distil.pipelines.score_reviews", *sys.argv[1:]]
     )

@@ -14,7 +14,7 @@ PACKAGE = REPO / "distil"
 
 # layer of each top-level part of distil/ (a module of the shared library, or a subpackage)
 SHARED = {"config", "family", "losses", "packaged", "progress", "storage", "tracking"}
-STAGES = {"data", "teacher", "student", "train", "sentiment"}
+STAGES = {"data", "teacher", "student", "train", "sentiment", "score"}
 LAYER = {
     **dict.fromkeys(SHARED, 0),
     "ops": 1,

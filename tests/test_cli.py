@@ -11,7 +11,7 @@ import pytest
 
 from distil.cli import build_parser, main, parse_args
 from distil.config import ConfigError, option_strings
-from distil.sentiment.config import ScoreConfig
+from distil.score.config import ScoreConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["score", "--input", "s3://b/in/", "--model", "s3://b/m/latest.json", "--output", "s3://b/o"]

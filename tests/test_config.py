@@ -56,7 +56,7 @@ STAGE_CLASSES = {
     "logits": "distil.teacher.config:LogitsConfig",
     "distil": "distil.train.config:DistilConfig",
     "finetune": "distil.sentiment.config:FinetuneConfig",
-    "score": "distil.sentiment.config:ScoreConfig",
+    "score": "distil.score.config:ScoreConfig",
 }
 
 
@@ -134,6 +134,7 @@ def test_cluster_configs_live_under_distil_root(name, monkeypatch, capsys):
 
 def _stage_config_classes() -> list[type[StageConfig]]:
     import distil.data.config
+    import distil.score.config
     import distil.sentiment.config
     import distil.teacher.config
     import distil.train.config  # noqa: F401  (registers the subclasses)

@@ -248,7 +248,7 @@ def _stage_pages() -> list[tuple[str, str]]:
         ("docs/stages/teacher-logits.md", "distil.teacher.config:LogitsConfig"),
         ("docs/stages/distil.md", "distil.train.config:DistilConfig"),
         ("docs/stages/finetune-and-score.md", "distil.sentiment.config:FinetuneConfig"),
-        ("docs/stages/finetune-and-score.md", "distil.sentiment.config:ScoreConfig"),
+        ("docs/stages/finetune-and-score.md", "distil.score.config:ScoreConfig"),
         ("docs/stages/eval.md", "distil.quality.eval:EvalConfig"),
     ]
 

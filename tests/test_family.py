@@ -52,7 +52,8 @@ def test_a_family_teacher_goes_through_every_stage(family, samples, ray_local, s
     from distil.jobs.prepare import run as prepare_run
     from distil.jobs.teacher_logits import run as logits_run
     from distil.pipelines.score_reviews import run as score_run
-    from distil.sentiment.config import FinetuneConfig, ScoreConfig
+    from distil.score.config import ScoreConfig
+    from distil.sentiment.config import FinetuneConfig
     from distil.teacher.config import LogitsConfig
     from distil.train.config import DistilConfig
 

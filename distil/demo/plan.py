@@ -60,7 +60,7 @@ POOL_DATA_KEYS = ("max_train_examples", "validation_fraction", "text_column", "l
 
 
 def scored_run_dir(output: str, run_id: str) -> str:
-    from distil.sentiment.scored import run_dir
+    from distil.score.scored import run_dir
 
     return run_dir(output, run_id)
 

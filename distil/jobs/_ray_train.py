@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow.fs
@@ -166,9 +166,17 @@ def report_step(
         )
 
 
+class FoundCheckpoint(NamedTuple):
+    """A run's latest registered checkpoint (:func:`latest_checkpoint`)."""
+
+    checkpoint: Checkpoint
+    metrics: dict[str, Any]  # what the rank that saved it reported with it (step, ...)
+    identity: dict[str, Any] | None  # the run identity recorded in it, if asked for and there
+
+
 def latest_checkpoint(
     storage_path: str, run_name: str, identity_file: str | None = None
-) -> tuple[Checkpoint, dict[str, Any], dict[str, Any] | None] | None:
+) -> FoundCheckpoint | None:
     """The run's latest registered checkpoint, its reported metrics and (with ``identity_file``)
     the run identity recorded in it (None if absent), as Ray Train restores them
     (``ray.train.Result.from_path`` on ``storage_path/run_name``); None if the run has no
@@ -188,4 +196,4 @@ def latest_checkpoint(
                 identity = json.loads(f.read())
         except FileNotFoundError:
             identity = None
-    return result.checkpoint, dict(result.metrics or {}), identity
+    return FoundCheckpoint(result.checkpoint, dict(result.metrics or {}), identity)

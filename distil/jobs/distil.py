@@ -173,10 +173,10 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
     if found is not None:
         where = (
             f"of run {cfg.run_name!r} under {storage.redact(cfg.storage_path)} "
-            f"(step {found[1].get('step')})"
+            f"(step {found.metrics.get('step')})"
         )
-        check_resume(found[2], identity, where)
-    if found is not None and found[1].get("step", 0) >= cfg.max_steps:
+        check_resume(found.identity, identity, where)
+    if found is not None and found.metrics.get("step", 0) >= cfg.max_steps:
         checkpoint, metrics, _ = found
         log.info(
             "run %r already finished at step %d (%s): nothing to train",
@@ -187,8 +187,8 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
         last_report = {**metrics, "start_step": metrics["step"], "steps_run": 0}
     else:
         if found is not None:
-            check_worker_count(found[2], identity, where)
-            log.info("resuming run %r from step %s", cfg.run_name, found[1].get("step"))
+            check_worker_count(found.identity, identity, where)
+            log.info("resuming run %r from step %s", cfg.run_name, found.metrics.get("step"))
         init_ray()
         if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()
             wait_for_gpus(

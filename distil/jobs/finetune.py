@@ -29,7 +29,9 @@ from distil.config import absolute_paths, job_main, setup_logging
 from distil.jobs._ray_train import fit, latest_checkpoint, report_step, torch_trainer
 from distil.ops.cluster import init_ray, wait_for_gpus
 from distil.sentiment.config import FinetuneConfig
-from distil.sentiment.finetune import FinetuneRecipe, default_train_url, model_url_for
+from distil.sentiment.finetune import FinetuneRecipe
+from distil.sentiment.finetune_export import model_url_for
+from distil.sentiment.labelled_data import default_train_url
 
 log = logging.getLogger("distil.jobs.finetune")
 
@@ -102,11 +104,11 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         cfg = cfg.model_copy(update={"train": default_train_url(cfg)})
     model_url = model_url_for(cfg)
     found = latest_checkpoint(storage_url(cfg), run_name_of(model_url))
-    if found is not None and found[1].get("done") and storage.is_committed(model_url):
+    if found is not None and found.metrics.get("done") and storage.is_committed(model_url):
         log.info("run %r already finished and exported: nothing to train", run_name_of(model_url))
-        return {**summary_of(cfg, model_url), "start_step": found[1]["step"], "steps_run": 0}
+        return {**summary_of(cfg, model_url), "start_step": found.metrics["step"], "steps_run": 0}
     if found is not None:
-        log.info("resuming run %r from step %s", run_name_of(model_url), found[1].get("step"))
+        log.info("resuming run %r from step %s", run_name_of(model_url), found.metrics.get("step"))
     init_ray()
     if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()
         wait_for_gpus(
@@ -122,7 +124,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     # where the last (successful) attempt started.
     summary = summary_of(cfg, model_url)
     last = latest_checkpoint(storage_url(cfg), run_name_of(model_url))
-    start = last[1].get("start_step", 0) if last else 0
+    start = last.metrics.get("start_step", 0) if last else 0
     summary.update(start_step=start, steps_run=summary["metrics"]["steps"] - start)
     log.info(
         "fine-tuned %s: validation accuracy %.4f, F1 %.4f -> %s",

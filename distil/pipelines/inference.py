@@ -21,8 +21,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from distil.score.config import ScoreConfig
 from distil.sentiment import classifier
-from distil.sentiment.config import ScoreConfig
 
 # Runners whose SDK workers all run on the launching machine (their count is direct_num_workers).
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"}

@@ -49,8 +49,11 @@ from distil.pipelines.inference import (
     ReviewClassifierHandler,
     batch_sizes,
 )
-from distil.sentiment import review_files, scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
+from distil.score.commit import finalize_run
+from distil.score.config import ScoreConfig
+from distil.score.plan import RunPlan
+from distil.sentiment import review_files
 
 log = logging.getLogger("distil.score")
 
@@ -286,21 +289,8 @@ def _sum_terms(terms: Iterable[tuple[int, int, float]]) -> tuple[int, int, float
     return covered, agree, kl
 
 
-def _finalize(_: Any, scored_parts, dead_parts, counts, agreement, ctx: dict) -> dict:
-    return scored.finalize_run(
-        ctx["output"],
-        ctx["run_id"],
-        ctx["attempt"],
-        list(scored_parts),
-        list(dead_parts),
-        list(counts),
-        agreement,
-        ctx["meta"],
-        ctx["ledger"],
-        ctx["max_inference_error_rate"],
-        ctx["lease"],
-        ctx["failed_before"],
-    )
+def _finalize(_: Any, scored_parts, dead_parts, counts, agreement, plan: RunPlan) -> dict:
+    return finalize_run(plan, list(scored_parts), list(dead_parts), list(counts), agreement)
 
 
 def _plan(file: tuple[bytes, int], split_bytes: int, input_format: str) -> list:
@@ -310,47 +300,38 @@ def _plan(file: tuple[bytes, int], split_bytes: int, input_format: str) -> list:
     return review_files.plan_ranges(url, file[1], split_bytes, input_format)
 
 
-def build(
-    p: beam.Pipeline,
-    cfg: ScoreConfig,
-    files: list[tuple[str, int]],
-    ctx: dict,
-    id2label: dict[int, str],
-) -> None:
-    """Add the scoring graph to ``p`` for ``files`` ((url, size) pairs; ``ctx``: run_url, run_id,
-    attempt, model_url, split_bytes, meta, the lease handle)."""
-    encoded = [(url.encode("utf-8", "surrogateescape"), size) for url, size in files]
+def build(p: beam.Pipeline, cfg: ScoreConfig, plan: RunPlan) -> None:
+    """Add the scoring graph of ``plan`` (its files, model, attempt, lease) to ``p``."""
+    encoded = [(url.encode("utf-8", "surrogateescape"), size) for url, size in plan.files]
     read = (
         p
         | "Files" >> beam.Create(encoded)
         | "SpreadFiles" >> beam.Reshuffle()
         # a big file becomes ranges (scanned for record boundaries by the worker that got it)
-        | "PlanRanges" >> beam.FlatMap(_plan, ctx["split_bytes"], cfg.input_format)
+        | "PlanRanges" >> beam.FlatMap(_plan, plan.split_bytes, cfg.input_format)
         | "SpreadRanges" >> beam.Reshuffle()
         | "Read"
         >> beam.ParDo(
-            ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format, ctx["keep"],
+            ReadReviews(cfg.text_column, cfg.id_column, cfg.input_format, plan.keep,
                         batch_sizes(cfg)[0])
         ).with_outputs(DEAD, COUNTS, main=OK)
     )  # fmt: skip
-    handler = ReviewClassifierHandler(
-        ctx["model_url"], ctx["fingerprint"], cfg, ctx["torch_threads"]
-    )
-    schema = scored.scored_schema(ctx["keep"])
+    handler = ReviewClassifierHandler(plan.model_url, plan.fingerprint, cfg, plan.torch_threads)
+    schema = scored.scored_schema(plan.keep)
     classified = (
         read[OK]
         # no shuffle of the rows: the ranges spread the work (a row carries its lineage,
         # source_file and source_row, whichever worker reads it)
         | "Classify" >> RunInference(handler)
         | "ToRows"
-        >> beam.ParDo(ToScored(ctx["run_id"], id2label, ctx["fingerprint"], schema)).with_outputs(
+        >> beam.ParDo(ToScored(plan.run_id, plan.id2label, plan.fingerprint, schema)).with_outputs(
             DEAD, main=OK
         )
     )
     rows = classified[OK]
-    attempt = ctx["attempt"]
+    attempt = plan.attempt
     scored_parts = rows | "WriteScored" >> beam.ParDo(
-        WriteParts(ctx["run_url"], f"{attempt}/scored", "scored", ctx["run_id"],
+        WriteParts(plan.run_url, f"{attempt}/scored", "scored", plan.run_id,
                    cfg.rows_per_file, schema)
     )  # fmt: skip
     dead_parts = (
@@ -359,10 +340,10 @@ def build(
         | "WriteDead"
         >> beam.ParDo(
             WriteParts(
-                ctx["run_url"],
+                plan.run_url,
                 f"{attempt}/dead_letter",
                 "dead_letter",
-                ctx["run_id"],
+                plan.run_id,
                 cfg.rows_per_file,
             )
         )  # fmt: skip
@@ -391,7 +372,7 @@ def build(
             beam.pvalue.AsList(dead_parts),
             beam.pvalue.AsList(read[COUNTS]),
             agreement,
-            ctx,
+            plan,
         )
     )
 

@@ -6,10 +6,11 @@
         --flink_master=host:8081 --environment_type=EXTERNAL --environment_config=localhost:50000
 
 The launcher: it checks the output (a folder, writable) and takes its lease (one run per output:
-``distil.sentiment.lease``, renewed by a thread until the run ends) before anything else; only
-then does it verify the model, list and plan the input files (the incremental ledger) and run
-the Beam graph (``distil.pipelines.score_graph``). Beam, torch and the model are imported only
-after the guards, so a busy, read-only or wrong output is refused in about a second.
+``distil.score.lease``, renewed by a thread until the run ends) before anything else; only
+then does it plan the run (``distil.score.plan``: the model verified, the input files listed
+against the incremental ledger) and run the Beam graph (``distil.pipelines.score_graph``).
+Beam, torch and the model are imported only after the guards, so a busy, read-only or wrong
+output is refused in about a second.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the repo's distil, not an installed one
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distil import storage  # noqa: E402
-from distil.config import absolute_paths  # noqa: E402
-from distil.sentiment import ledger, review_files, scored  # noqa: E402
-from distil.sentiment.config import ScoreConfig  # noqa: E402
-from distil.sentiment.lease import Lease, LeaseKeeper, acquire, check_output, describe  # noqa: E402
+from distil import storage
+from distil.config import absolute_paths
+from distil.score import ledger, scored
+from distil.score.config import ScoreConfig
+from distil.score.lease import Lease, LeaseKeeper, acquire, check_output, describe
+from distil.score.plan import check_options, plan_run
 
 log = logging.getLogger("distil.score")
 
@@ -52,27 +50,22 @@ def run(cfg: ScoreConfig) -> dict:
     checks and the lease took (``guards``).
 
     Order: the options are checked; the output is checked writable and its lease taken (nothing
-    read yet: a busy, read-only or wrong output is refused in seconds); then the model is
-    verified, the inputs listed and planned, and the pipeline run, all under the lease, which a
-    thread renews until the end."""
+    read yet: a busy, read-only or wrong output is refused in seconds); then the run is planned
+    (``distil.score.plan``: the model verified, the inputs listed against the ledger) and the
+    pipeline run, all under the lease, which a thread renews until the end."""
     t0 = time.time()
     cfg = absolute_paths(cfg)  # local runners keep the cwd; recorded lineage names files fully
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     date = ledger.resolve_date(cfg.date)
     inputs = ledger.fill_date(cfg.input, date)
-    keep = scored.parse_keep_columns(cfg.keep_columns)
-    if cfg.quantize and cfg.bf16:
-        raise ValueError("--quantize and --bf16 are exclusive: choose one")
-    if cfg.bf16 is None:  # bf16 by default where it is the fast path: a GPU's tensor cores
-        cfg = cfg.model_copy(update={"bf16": cfg.device.startswith("cuda") and not cfg.quantize})
-    if cfg.quantize and cfg.device != "cpu":
-        raise ValueError("--quantize is CPU-only: drop it, or score with --device cpu")
+    cfg = check_options(cfg)
     attempt = scored.new_attempt()
     probe_s = check_output(cfg.output)
     held = acquire(cfg.output, run_id, attempt, cfg.lease_seconds, cfg.break_lease)
     try:
         with LeaseKeeper(held) as keeper:
-            summary = _run_leased(cfg, t0, run_id, date, inputs, keep, attempt, held)
+            day = date or time.strftime("%Y-%m-%d", time.gmtime(t0))
+            summary = _run_leased(cfg, run_id, attempt, day, inputs, held)
         if keeper.lost:
             raise keeper.lost
     finally:
@@ -103,14 +96,7 @@ def run(cfg: ScoreConfig) -> dict:
 
 
 def _run_leased(
-    cfg: ScoreConfig,
-    t0: float,
-    run_id: str,
-    date: str | None,
-    inputs: list[str],
-    keep: list[tuple[str, str]],
-    attempt: str,
-    held: Lease,
+    cfg: ScoreConfig, run_id: str, attempt: str, date: str, inputs: list[str], held: Lease
 ) -> dict:
     # the heavy imports (Beam, torch through Beam's RunInference) only now, past the guards
     import apache_beam as beam
@@ -119,97 +105,36 @@ def _run_leased(
 
     from distil.pipelines.inference import default_torch_threads
     from distil.pipelines.score_graph import build, pipeline_metrics
-    from distil.sentiment import classifier
 
-    dt = date or time.strftime("%Y-%m-%d", time.gmtime(t0))
-    model_url = classifier.resolve_model_url(cfg.model)
-    # Every model file against its sha256 here, on the launcher: a tampered or half-copied model
-    # is refused before a worker starts (the workers check again as they load it).
-    manifest = classifier.verify_model(model_url)
-    if manifest.get("kind") != classifier.MODEL_KIND:
-        raise ValueError(f"{model_url} is not a fine-tuned model dir (distil finetune output)")
-    id2label = {int(k): v for k, v in manifest["id2label"].items()}
-    if cfg.teacher_cache:
-        from distil.sentiment.teacher_cache import check_labels, open_teacher_cache
-
-        check_labels(open_teacher_cache(cfg.teacher_cache), id2label)
-    all_files = review_files.expand_inputs(inputs, cfg.input_format)
-    runs = ledger.committed_runs(cfg.output)
-    for rid, m in runs.items():
-        if not m.get("published", True):  # its launcher died between commit and publish
-            log.warning("run %s was committed but not published: publishing it now", rid)
-            scored.publish(cfg.output, rid)
-    for name in scored.remove_stale_attempts(cfg.output, run_id, attempt):
-        log.warning("removed %s of run %s: an attempt that died before its commit", name, run_id)
-    versions = [ledger.file_version(u) for u in all_files]
-    fingerprint = manifest["fingerprint"]
-    if cfg.incremental and not cfg.rescore:
-        todo, skipped, changed = ledger.plan(versions, runs, run_id, fingerprint)
-    else:
-        todo, skipped, changed = versions, [], []
-    failed_before = ledger.previous_tries(todo, runs, run_id, fingerprint)
-    for url, tries in failed_before.items():
-        log.warning("%s could not be read by %d earlier run(s): trying again", url, tries)
-    files = [(v["url"], v["size"]) for v in todo]
-    split_bytes = cfg.split_bytes or review_files.default_split_bytes(sum(v["size"] for v in todo))
-    run_url = scored.run_dir(cfg.output, run_id)
     options = PipelineOptions(_pipeline_args(cfg))
-    threads = default_torch_threads(cfg, options)
-    now = scored.now_utc().isoformat()
-    ctx = {
-        "output": cfg.output,
-        "run_url": run_url,
-        "run_id": run_id,
-        "attempt": attempt,
-        "model_url": model_url,
-        "fingerprint": fingerprint,
-        "torch_threads": threads,
-        "split_bytes": split_bytes,
-        "keep": keep,
-        "max_inference_error_rate": cfg.max_inference_error_rate,
-        "lease": held.handle(),
-        "failed_before": failed_before,
-        "ledger": [
-            {**v, "model_fingerprint": fingerprint, "run_id": run_id, "scored_at": now}
-            for v in todo
-        ],
-        "meta": {
-            "model": storage.redact(model_url),
-            "model_fingerprint": fingerprint,
-            "quantize": cfg.quantize,
-            "bf16": cfg.bf16,
-            "runner": cfg.runner,
-            "torch_threads": threads,
-            "split_bytes": split_bytes,
-            "teacher_cache": storage.redact(cfg.teacher_cache) if cfg.teacher_cache else None,
-            scored.PARTITION: dt,
-            "incremental": cfg.incremental and not cfg.rescore,
-            "files_skipped": len(skipped),
-            "files_changed": [
-                {"url": storage.redact(c["url"]), "previous_run_id": c["previous"]["run_id"]}
-                for c in changed
-            ],
-            "keep_columns": [f"{n}:{t}" for n, t in keep],
-        },
-    }
+    plan = plan_run(
+        cfg,
+        run_id=run_id,
+        attempt=attempt,
+        date=date,
+        inputs=inputs,
+        held=held,
+        torch_threads=default_torch_threads(cfg, options),
+    )
+    n_files, n_changed = len(plan.files), len(plan.files_changed)
     log.info(
         "scoring %d files (%d already scored with this model, %d changed) into %s (run %s)",
-        len(files),
-        len(skipped),
-        len(changed),
-        storage.redact(run_url),
+        n_files,
+        plan.files_skipped,
+        n_changed,
+        storage.redact(plan.run_url),
         run_id,
     )
     p = beam.Pipeline(options=options)
-    build(p, cfg, files, ctx, id2label)
+    build(p, cfg, plan)
     result = p.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise RuntimeError(f"the scoring pipeline ended in state {state}")
     # The summary was written by a worker process: drop this process's cached listings (the
     # ledger listed OUTPUT above) or s3fs answers from them that the file does not exist.
-    storage.get_fs(run_url)[0].invalidate_cache()
-    summary = storage.read_json(storage.join(run_url, scored.SUMMARY))
+    storage.get_fs(plan.run_url)[0].invalidate_cache()
+    summary = storage.read_json(storage.join(plan.run_url, scored.SUMMARY))
     if summary.get("attempt") != attempt:
         raise RuntimeError("the pipeline finished but did not commit this attempt's summary")
     summary["beam_metrics"] = pipeline_metrics(result)
@@ -217,11 +142,11 @@ def _run_leased(
     print(
         f"rows in {summary['rows_in']} = scored {summary['scored']} + dead-letter "
         f"{summary['dead_letter']} ({summary['dead_letter_by_reason']}); "
-        f"truncated {summary['truncated']}; files scored {len(files) - failed}, failed "
-        f"{failed} (tried again next run), skipped {len(skipped)} (scored before), changed "
-        f"{len(changed)}; dataset "
+        f"truncated {summary['truncated']}; files scored {n_files - failed}, failed "
+        f"{failed} (tried again next run), skipped {plan.files_skipped} (scored before), "
+        f"changed {n_changed}; dataset "
         f"{storage.redact(storage.join(cfg.output, scored.DATASETS['files']))}/"
-        f"{scored.PARTITION}={dt}/",
+        f"{scored.PARTITION}={date}/",
         file=sys.stderr,
     )
     return summary

@@ -444,9 +444,9 @@ def task_inputs(
 def int8_check(cfg: QualityConfig, ctx: dict[str, Any], clf: str, stages: Stages) -> dict[str, Any]:
     """The classifier scored by ``distil score`` on the in-domain validation split, fp32 and
     ``--quantize`` (int8): the two accuracies and their difference."""
+    from distil.score.config import ScoreConfig
+    from distil.score.scored import read_run
     from distil.sentiment.classifier import INT8_SCHEME
-    from distil.sentiment.config import ScoreConfig
-    from distil.sentiment.scored import read_run
 
     val = storage.join(cfg.work, "eval", "validation.jsonl")
     rows = [

@@ -10,7 +10,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from typing import Any
 
 from distil import storage
@@ -174,11 +173,3 @@ def build_report(run_url: str, local_copy: str | None = None) -> str:
         with open(os.path.join(local_copy, RUN_JSON), "w") as f:
             json.dump(run, f, indent=2, sort_keys=True)
     return storage.join(run_url, "report.html")
-
-
-def render_to_tempdir(run: dict[str, Any]) -> str:
-    """Render a run dict into a fresh temp dir (used by tests and `distil report` previews)."""
-    d = tempfile.mkdtemp(prefix="distil-report-")
-    storage.write_json(os.path.join(d, RUN_JSON), run)
-    build_report(d)
-    return d

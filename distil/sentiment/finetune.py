@@ -43,13 +43,8 @@ import torch.nn.functional as F
 from distil import losses, storage
 from distil.packaged import resolve_model_ref
 from distil.sentiment.config import FinetuneConfig
-from distil.sentiment.finetune_export import (
-    classification_metrics,
-    export_recipe,
-    metrics_of,
-    model_url_for,
-)
-from distil.sentiment.labelled_data import assemble, default_train_url, load_labelled, split_rows
+from distil.sentiment.finetune_export import classification_metrics, export_recipe, model_url_for
+from distil.sentiment.labelled_data import assemble, default_train_url
 
 log = logging.getLogger("distil.finetune")
 
@@ -491,16 +486,3 @@ def run_local(cfg: FinetuneConfig, device: torch.device | str = "cpu") -> dict[s
     recipe.setup()
     recipe.train()
     return recipe.export(model_url_for(cfg))
-
-
-__all__ = [
-    "TRAIN_STATE",
-    "FinetuneRecipe",
-    "classification_metrics",
-    "default_train_url",
-    "load_labelled",
-    "metrics_of",
-    "model_url_for",
-    "run_local",
-    "split_rows",
-]

@@ -49,7 +49,7 @@ def test_ray_finetune_survives_a_killed_worker_learns_exports_and_resubmits(
         max_failures=2,
     )
     from distil.jobs.finetune import run_name_of
-    from distil.sentiment.finetune import model_url_for
+    from distil.sentiment.finetune_export import model_url_for
 
     run_url = storage.join(s3_url, "runs", run_name_of(model_url_for(cfg)))
     with KillAfterFirstCheckpoint(run_url) as killer:

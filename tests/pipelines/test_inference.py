@@ -11,8 +11,8 @@ from bert_fixtures import tiny_bert_config
 
 from distil.pipelines import inference
 from distil.pipelines.inference import ERROR, WORKER, ReviewClassifierHandler, batch_sizes
+from distil.score.config import ScoreConfig
 from distil.sentiment.classifier import export_classifier
-from distil.sentiment.config import ScoreConfig
 
 
 def _cfg(tmp_path, model: str, **kw) -> ScoreConfig:

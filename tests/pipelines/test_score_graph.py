@@ -14,7 +14,8 @@ from apache_beam.pvalue import TaggedOutput
 
 from distil.pipelines.inference import ERROR, WORKER
 from distil.pipelines.score_graph import COUNTS, DEAD, ReadReviews, ToScored, WriteParts
-from distil.sentiment import review_files, scored
+from distil.score import scored
+from distil.sentiment import review_files
 
 KEEP = [("stars", "int64")]
 

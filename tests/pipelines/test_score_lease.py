@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from score_fixtures import run_score
 
 from distil import storage
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
-from distil.sentiment.lease import OutputBusyError, lease_url
+from distil.score import scored
+from distil.score.lease import OutputBusyError, lease_url
 
 REPO = Path(__file__).resolve().parents[2]
 FILES, ROWS = 4, 400  # per file
@@ -35,7 +35,7 @@ FILES, ROWS = 4, 400  # per file
 @pytest.fixture(params=["local", "s3"])
 def where(request, tmp_path):
     """(input folder, output) on local disk or on the test S3 server, the inputs written. The
-    lease itself is tested on both stores in tests/sentiment/test_lease.py; here the runs that
+    lease itself is tested on both stores in tests/score/test_lease.py; here the runs that
     take a test's time are spread over the two."""
     if request.param == "local":
         base = str(tmp_path / "data")
@@ -62,7 +62,7 @@ def _launch(args: list[str], log: Path, env: dict | None = None) -> subprocess.P
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, str(REPO / "distil/pipelines/score_reviews.py"), *args],
+            [sys.executable, str(REPO / "pipelines/score_reviews.py"), *args],
             stdout=out,
             stderr=out,
             env=env,
@@ -71,12 +71,8 @@ def _launch(args: list[str], log: Path, env: dict | None = None) -> subprocess.P
 
 
 def _score(inp, model, out, run_id, tmp_path, **kw) -> dict:
-    from distil.pipelines.score_reviews import run
-
-    cfg = ScoreConfig(input=[inp], model=model, output=out, run_id=run_id,
-                      model_cache=str(tmp_path / "cache"), max_length=32, batch_size=64,
-                      micro_batch_size=32, rows_per_file=100, runner="FnApiRunner", **kw)  # fmt: skip
-    return run(cfg)
+    return run_score(inp, model, out, run_id, tmp_path, max_length=32, batch_size=64,
+                     micro_batch_size=32, rows_per_file=100, **kw)  # fmt: skip
 
 
 def _holder(out: str) -> dict | None:
@@ -235,7 +231,7 @@ def test_a_killed_runs_lease_expires_and_the_next_run_takes_over(
 def test_break_lease_takes_a_live_lease_and_without_it_nothing_is_read(
     tiny_classifier_url, tmp_path, caplog
 ):
-    from distil.sentiment.lease import acquire
+    from distil.score.lease import acquire
 
     out = str(tmp_path / "out")
     acquire(out, "stuck", "attempt-stuck", 3600)  # a run that will not come back

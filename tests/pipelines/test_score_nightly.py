@@ -13,10 +13,10 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from score_fixtures import run_score
 
 from distil import storage
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
 
 RAISES = "this review is far too long for the model " * 8  # ~72 tokens > 40 positions
 KEEP = ["product", "stars:int64"]
@@ -57,25 +57,9 @@ def _parquet(rows: list[dict]) -> bytes:
 
 
 def _score(inputs, model_url, output, run_id, tmp_path, **kw) -> dict:
-    from distil.pipelines.score_reviews import run
-
-    cfg = ScoreConfig(
-        input=inputs,
-        model=model_url,
-        output=output,
-        run_id=run_id,
-        model_cache=str(tmp_path / "model-cache"),
-        max_length=128,
-        batch_size=4,
-        micro_batch_size=4,
-        rows_per_file=3,
-        runner="FnApiRunner",
-        keep_columns=KEEP,
-        incremental=True,
-        max_inference_error_rate=0.5,
-        **kw,
-    )
-    return run(cfg)
+    return run_score(inputs, model_url, output, run_id, tmp_path, max_length=128, batch_size=4,
+                     micro_batch_size=4, rows_per_file=3, keep_columns=KEEP, incremental=True,
+                     max_inference_error_rate=0.5, **kw)  # fmt: skip
 
 
 def _duckdb(output: str, table: str) -> list[dict]:

