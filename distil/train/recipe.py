@@ -15,7 +15,6 @@ step and batch where the checkpoint was taken (a rank's data order is a function
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,8 +24,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from distil import training
 from distil.student.model import MaskedLMForDistillation, build_student, encoder_mask
 from distil.teacher.load import load_teacher, mlm_parts
 from distil.train.config import DistilConfig
@@ -50,18 +50,6 @@ METRICS = "metrics.json"
 # called at log steps and evaluations with (step, metrics, save_checkpoint?): the Ray job
 # reports there (and tracks), and checkpoints when asked
 ReportFn = Callable[[int, dict[str, Any], bool], None]
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 class DistilRecipe:
@@ -155,19 +143,7 @@ class DistilRecipe:
         # and ``no_sync`` is DDP's (the compiled forward runs inside DDP's own forward)
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            ids = [self.device.index] if cuda else None
-            # gradients live in the all-reduce buckets (no copy in and out of them); the
-            # student has no buffers that training changes, so none are broadcast every step
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.objective,
-                device_ids=ids,
-                gradient_as_bucket_view=True,
-                broadcast_buffers=False,
-            )
-            if cfg.ddp_bf16_grads:
-                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-                self.ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+            self.ddp = training.wrap_ddp(self.objective, self.device, bf16_grads=cfg.ddp_bf16_grads)
             self.model = self.ddp
         self.compiled = cfg.compile and (cuda or self.compile_backend is not None)
         backend = self.compile_backend or "inductor"
@@ -184,15 +160,16 @@ class DistilRecipe:
                 self.teacher_encoder, dynamic=False, backend=backend
             )
         self.compile_seconds: float | None = None
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.student, cfg.weight_decay),
+        self.optim = training.optimization(
+            ((n, p) for n, p in self.student.named_parameters() if p.requires_grad),
             lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=min(cfg.warmup_steps, cfg.max_steps - 1),
+            total_steps=cfg.max_steps,
+            max_grad_norm=cfg.max_grad_norm,
+            device=self.device,
             betas=(0.9, 0.98),
             eps=1e-6,
-            fused=cuda,  # one kernel for every parameter's update on CUDA
-        )
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, min(cfg.warmup_steps, cfg.max_steps - 1), cfg.max_steps
         )
         if checkpoint_dir is not None:
             state = torch.load(
@@ -200,8 +177,7 @@ class DistilRecipe:
                 map_location=self.device,
                 weights_only=True,
             )
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optim.load_state_dict(state)
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.data.epoch, self.data.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
             saved_world = state.get("world_size", self.world_size)
@@ -317,12 +293,9 @@ class DistilRecipe:
 
     # ------------------------------------------------------------------ train
     def autocast(self) -> torch.autocast:
-        """The student step's autocast: bf16 on CUDA with ``cfg.bf16``, off on the CPU (bf16
-        matmuls are slower there). The online teacher runs outside it (``loss``)."""
-        cuda = self.device.type == "cuda"
-        return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and cuda
-        )
+        """The student step's autocast (``training.autocast``); the online teacher runs outside
+        it (``loss``)."""
+        return training.autocast(self.device, self.cfg.bf16)
 
     def train_step(self, micro_batches: DevicePrefetcher) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches (DDP syncs only on the last).
@@ -331,28 +304,23 @@ class DistilRecipe:
         (``parts``, ``grad_norm``: tensors), the token count comes from the host batch, so the
         CPU queues step n+1 while the GPU runs step n. The loop reads them at log steps."""
         cfg = self.cfg
-        # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
-        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
+        training.seed_step(cfg.seed, self.step, self.rank)
         parts = torch.zeros(len(PARTS), device=self.device)
         tokens = targets = 0
         for i in range(cfg.grad_accum):
             batch, self.data_position = next(micro_batches)
-            # DDP all-reduces on the last micro-batch only (compiled or not: see ``self.ddp``)
-            sync = i == cfg.grad_accum - 1 or self.ddp is None
-            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, self.autocast():
+            # DDP all-reduces on the last micro-batch only (compiled or not)
+            with training.grad_sync(self.model, i == cfg.grad_accum - 1), self.autocast():
                 loss, p = self.loss(batch)
                 (loss / cfg.grad_accum).backward()
             parts += p / cfg.grad_accum
             tokens += batch["n_tokens"]
             targets += batch["n_targets"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        grad_norm = self.optim.step()
         # under DDP the gradients are views of its all-reduce buckets: zeroed in place they
         # stay so; set to None, backward would allocate fresh ones every step and DDP copy
         # them back into the buckets
-        self.optimizer.zero_grad(set_to_none=self.ddp is None)
+        self.optim.optimizer.zero_grad(set_to_none=self.ddp is None)
         self.step += 1
         self.tokens_seen += tokens
         # tokens / targets: the real (non-pad) tokens and target positions of the step
@@ -446,7 +414,7 @@ class DistilRecipe:
                 logged = {
                     **self.step_metrics(last),  # the one device read of the parts: log steps
                     "loss": float(agg[0] / agg[1]),
-                    "lr": self.scheduler.get_last_lr()[0],
+                    "lr": self.optim.lr,
                     "tokens_per_s": float(agg[2] / secs),
                 }
                 if self.rank == 0:
@@ -555,8 +523,7 @@ class DistilRecipe:
         self.tokenizer.save_pretrained(student_dir)
         torch.save(
             {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                **self.optim.state_dict(),
                 "step": self.step,
                 # epoch, batch_in_epoch of the last micro-batch trained on: where the reader seeks
                 **self.data_position,

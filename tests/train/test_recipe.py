@@ -230,7 +230,7 @@ def test_grad_accumulation_consumes_micro_batches_and_steps_once(
     batches.close()
     # the reader runs ahead on its thread: the position is that of the last batch trained on
     assert r.step == 1 and r.data_position == {"epoch": 0, "batch_in_epoch": 3}
-    assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
+    assert out["tokens"] > 0 and r.optim.scheduler.last_epoch == 1
     changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # one optimizer update happened
 
