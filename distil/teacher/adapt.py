@@ -116,6 +116,17 @@ def evaluate(model: Any, rows: Rows, masking: MaskingParams, pad: int, cap: int,
     return {"accuracy": correct / max(n, 1), "perplexity": math.exp(mean), "loss": mean, "n": n}
 
 
+def adapt_fingerprint(cfg: AdaptConfig, teacher_sha256: str, data_fingerprint: str) -> str:
+    """What an adapted teacher depends on: the teacher's weights, the data and the settings
+    (not where they are read and written, nor how fast or verbosely)."""
+    settings = cfg.fingerprint_dump(
+        exclude={"input", "output", "torch_threads", "log_every", "device"}
+    )
+    return storage.fingerprint(
+        {"teacher": teacher_sha256, "data": data_fingerprint, "cfg": settings}
+    )
+
+
 def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     """Train head + encoder for ``cfg.token_budget`` tokens; save the HF dir to ``cfg.output``."""
     t_start = time.perf_counter()
@@ -125,15 +136,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle)
     manifest = shards.open_prepared(cfg.input)
     check_tokenizer(teacher, cfg.teacher, manifest, cfg.input)
-    fingerprint = storage.fingerprint(
-        {
-            "teacher": teacher.weights_sha256,
-            "data": manifest["fingerprint"],
-            "cfg": cfg.fingerprint_dump(
-                exclude={"input", "output", "torch_threads", "log_every", "device"}
-            ),
-        }
-    )
+    fingerprint = adapt_fingerprint(cfg, teacher.weights_sha256, manifest["fingerprint"])
     if storage.is_committed(cfg.output):
         done = storage.read_manifest(cfg.output)
         if done.get("kind") == ADAPTED_KIND and done.get("fingerprint") == fingerprint:
