@@ -5,7 +5,10 @@ Why one module over ~350 lines: it is one class whose methods share its state (m
 scheduler, step and token counters); setup, the loss, the train loop, evaluation and
 checkpointing only make sense together, so splitting them into modules would scatter one
 object. What had a seam left: reading, sharding and the data position are
-``distil.train.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``.
+``distil.train.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``, where
+the teacher targets come from (a cache, or the teacher run every step) is
+``distil.train.teacher_source``, and the optimizer, schedule, clipping, autocast and DDP wrap
+are ``distil.training``'s.
 
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
@@ -27,19 +30,14 @@ import torch.distributed as dist
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from distil import training
-from distil.student.model import MaskedLMForDistillation, build_student, encoder_mask
-from distil.teacher.load import load_teacher, mlm_parts
+from distil.student.model import MaskedLMForDistillation, build_student
+from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
-from distil.train.data import BatchShape, DevicePrefetcher, PreparedBatches, fixed_shape
-from distil.train.identity import (
-    cached_sketch,
-    check_cache_teacher,
-    check_cache_temperature,
-    check_sketch_size,
-    teacher_ref,
-)
+from distil.train.data import DevicePrefetcher, fixed_shape
+from distil.train.identity import teacher_ref
 from distil.train.objective import PARTS, DistillationObjective
 from distil.train.stream import EpochStream
+from distil.train.teacher_source import teacher_source
 
 log = logging.getLogger("distil.train")
 
@@ -80,36 +78,19 @@ class DistilRecipe:
         self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
-        self.teacher: Any = None  # the teacher family's …ForMaskedLM (online mode)
-        self.cache = None
-        self.sketch: torch.Tensor | None = None  # cached mode: R of the cache's hidden sketch
+        self.source = teacher_source(cfg)  # the teacher cache, or the teacher run every step
 
     # ------------------------------------------------------------------ setup
     def setup(self, checkpoint_dir: str | None = None) -> None:
-        cfg = self.cfg
+        cfg, source = self.cfg, self.source
         torch.manual_seed(cfg.seed)
-        need_teacher = cfg.mode == "online" or checkpoint_dir is None
-        if cfg.mode == "cached":
-            from distil.teacher.cache import TeacherCache
-
-            self.cache = TeacherCache(cfg.cache)
-            self.sparsity = self.cache.manifest.get("sparsity", {"mode": "topk"})
-            check_cache_temperature(
-                self.cache.manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
-            )
-            self.sketch = cached_sketch(self.cache, cfg.alpha_cos)
+        source.open()
+        need_teacher = source.needs_teacher(resuming=checkpoint_dir is not None)
         if need_teacher:
-            # online mode runs the head every step: a missing one is refused with the fix
-            loaded = load_teacher(teacher_ref(cfg), require_mlm_head=cfg.mode == "online")
+            # a source that runs the head every step refuses a teacher without one, with the fix
+            loaded = load_teacher(teacher_ref(cfg), require_mlm_head=source.runs_teacher)
             teacher, self.tokenizer = loaded.model.eval(), loaded.tokenizer
-            if cfg.mode == "cached":
-                check_cache_teacher(
-                    self.cache.manifest,
-                    cfg.cache,
-                    teacher_ref(cfg),
-                    loaded.weights_sha256,
-                    cfg.allow_teacher_mismatch,
-                )
+            source.check_teacher(loaded)
         if checkpoint_dir is None:
             student = build_student(teacher, cfg.student_layers)
         else:
@@ -118,14 +99,10 @@ class DistilRecipe:
             if not need_teacher:
                 self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
         cuda = self.device.type == "cuda"
-        if cfg.mode == "online":
-            # frozen: bf16 weights on CUDA (no per-step autocast casts of its fp32 weights)
-            dtype = torch.bfloat16 if cuda and cfg.bf16 else torch.float32
-            self.teacher = teacher.to(self.device, dtype).eval().requires_grad_(False)
+        if source.runs_teacher:
+            source.attach(teacher, self.device)
         self.student = student.to(self.device).train()
-        if self.sketch is not None:
-            self.sketch = self.sketch.to(self.device)
-            check_sketch_size(self.sketch, self.student.config.hidden_size, cfg.cache)
+        source.to_device(self.device, self.student.config.hidden_size)
         self.module = MaskedLMForDistillation(self.student)
         self.objective = DistillationObjective(
             self.module,
@@ -133,11 +110,9 @@ class DistilRecipe:
             alpha_mlm=cfg.alpha_mlm,
             alpha_cos=cfg.alpha_cos,
             temperature=cfg.temperature,
-            sparsity=self.sparsity if cfg.mode == "cached" else None,
-            kd_temperatures=self.cache.kd_temperatures if cfg.mode == "cached" else None,
-            sketch=self.sketch,
+            **source.objective_options(),
         )
-        self.parts = self.objective.enabled_parts(online=cfg.mode == "online")
+        self.parts = self.objective.enabled_parts(online=source.runs_teacher)
         self.model: torch.nn.Module = self.objective
         # the DDP wrapper itself: under torch.compile ``self.model`` is the compiled module,
         # and ``no_sync`` is DDP's (the compiled forward runs inside DDP's own forward)
@@ -151,14 +126,7 @@ class DistilRecipe:
             # fixed shapes (``BatchShape``, ``unpadded`` fixed per run): one graph, compiled
             # on the first step
             self.model = torch.compile(self.model, dynamic=False, backend=backend)
-        # the training step's teacher encoder (eval runs the eager one on its ragged batches)
-        self.teacher_encoder = self.teacher_head = None
-        if self.teacher is not None:
-            self.teacher_encoder, self.teacher_head = mlm_parts(self.teacher)
-        if self.compiled and self.teacher is not None:
-            self.teacher_encoder = torch.compile(
-                self.teacher_encoder, dynamic=False, backend=backend
-            )
+            source.compile(backend)
         self.compile_seconds: float | None = None
         self.optim = training.optimization(
             ((n, p) for n, p in self.student.named_parameters() if p.requires_grad),
@@ -192,63 +160,19 @@ class DistilRecipe:
             self.train_history = json.loads(state.get("train_history", "[]"))
         self.start_step = self.step
         self.data_position = self.data.state()
-        if cfg.mode == "online":
-            frac = cfg.heldout_fraction
-            self.train_source = PreparedBatches(
-                cfg.data,
-                rank=self.rank,
-                world_size=self.world_size,
-                split="train",
-                heldout_fraction=frac,
-                mlm_probability=cfg.mlm_probability,
-            )
-            self.eval_source = PreparedBatches(
-                cfg.data,
-                split="heldout",
-                heldout_fraction=frac,
-                mlm_probability=cfg.mlm_probability,
-            )
-        self.shape = self._batch_shape()
-
-    def _batch_shape(self) -> BatchShape:
-        """The fixed shape of every training micro-batch, from the input's manifest (whose
-        token count says whether every sequence fills ``seq_len``: then no batch needs an
-        attention mask)."""
-        cfg = self.cfg
-        if cfg.mode == "online":
-            manifest, mask_prob = self.train_source.manifest, cfg.mlm_probability
-            all_positions = False
-            sequences = manifest.get("rows")
-        else:
-            manifest = self.cache.manifest
-            mask_prob = float(manifest["masking"]["mask_prob"])
-            all_positions = self.cache.kd_positions == "all"
-            sequences = manifest.get("sequences")
-        seq_len = int(manifest["seq_len"])
-        tokens = manifest.get("tokens")
-        return BatchShape.for_masking(
-            cfg.batch_size,
-            seq_len,
-            mask_prob,
-            int(manifest["special_ids"]["pad"]),
-            all_positions,
-            unpadded=bool(sequences) and tokens == sequences * seq_len,
-        )
+        source.open_data(self.rank, self.world_size)
+        self.shape = source.batch_shape(cfg.batch_size)
 
     # ------------------------------------------------------------------ data
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of this rank's batches from batch ``start`` on (the reader seeks there)."""
-        cfg = self.cfg
-        kw = {"seed": cfg.seed, "epoch": epoch, "start_batch": start}
-        if cfg.mode == "online":
-            return self.train_source.iter_batches(cfg.batch_size, **kw)
-        return self.cache.iter_batches(
-            cfg.batch_size,
+        return self.source.train_batches(
+            self.cfg.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            start_batch=start,
             rank=self.rank,
-            world_size=self.world_size,
-            split="train",
-            heldout_fraction=cfg.heldout_fraction,
-            **kw,
+            world=self.world_size,
         )
 
     def _micro_batches(self) -> DevicePrefetcher:
@@ -271,25 +195,8 @@ class DistilRecipe:
     # ------------------------------------------------------------------ loss
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, detached parts ``[4]``, ``objective.PARTS`` order) of one fixed-shape
-        batch on the device; online mode runs the frozen teacher first."""
-        if self.cfg.mode != "online":
-            return self.model(batch)
-        # the frozen teacher runs in its own dtype (bf16 weights on CUDA) outside the step's
-        # autocast: under it, layer norms would run in float32 and every matmul re-check casts
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            t_hidden = self.teacher_encoder(
-                input_ids=batch["input_ids"],
-                attention_mask=encoder_mask(
-                    self.teacher, batch["attention_mask"], batch.get("unpadded", False)
-                ),
-            )[0]
-            t_logits = None
-            if self.cfg.alpha_ce > 0:
-                rows = t_hidden.reshape(-1, t_hidden.shape[-1]).index_select(
-                    0, batch["target_index"]
-                )
-                t_logits = self.teacher_head(rows)
-        return self.model(batch, t_logits, t_hidden if self.cfg.alpha_cos > 0 else None)
+        batch on the device, with the teacher source's targets (an online teacher runs here)."""
+        return self.model(batch, *self.source.targets(batch))
 
     # ------------------------------------------------------------------ train
     def autocast(self) -> torch.autocast:
@@ -464,21 +371,12 @@ class DistilRecipe:
 
         cfg = self.cfg
         self.module.eval()
-        if cfg.mode == "online":
-            batches = self.eval_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=0)
-        else:
-            batches = self.cache.iter_batches(
-                cfg.batch_size,
-                seed=cfg.seed,
-                split="heldout",
-                heldout_fraction=cfg.heldout_fraction,
-            )
         ev = mlm_metrics(
             self.module,
-            batches,
+            self.source.eval_batches(cfg.batch_size, seed=cfg.seed),
             device=self.device,
             max_batches=cfg.eval_batches,
-            teacher=self.teacher if cfg.mode == "online" else None,
+            teacher=self.source.teacher,
         )
         self.module.train()
         if ev["positions"] == 0:

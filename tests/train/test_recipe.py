@@ -57,7 +57,7 @@ def test_online_training_lowers_loss_and_evaluates(tmp_path, prepared_dir, tiny_
     cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=20, eval_every=20, lr=3e-3)
     r = _recipe(cfg, tmp_path)
     batches = r._micro_batches()
-    fixed = to_device(fixed_shape(next(r.eval_source.iter_batches(8)), r.shape), r.device)
+    fixed = to_device(fixed_shape(next(r.source.eval_data.iter_batches(8)), r.shape), r.device)
 
     def fixed_loss() -> float:
         r.module.eval()
