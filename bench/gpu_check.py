@@ -471,7 +471,7 @@ def check_finetune(work: Path, student: str, s: dict, cuda: bool) -> dict:
         train=train,
         output=str(work / "sentiment"),
         run_name="gpu-check",
-        ray_storage_path=str(work / "ray"),
+        storage_path=str(work / "ray"),
         use_gpu=cuda,
         bf16=True,
         num_workers=1,

@@ -8,7 +8,7 @@ CPU, NCCL with one GPU per worker when ``use_gpu``).
 or ``distil finetune …`` (``init_ray``: the cluster in RAY_ADDRESS, else an embedded Ray).
 Each worker builds a :class:`FinetuneRecipe` (one DDP rank) on ``ray.train.torch.get_device()``;
 rank 0 reports a checkpoint (model, optimizer, scheduler, step) every ``checkpoint_every`` steps
-into ``ray_storage_path/<run-name>``, so a failed worker group restarts from it
+into ``storage_path/<run-name>``, so a failed worker group restarts from it
 (``max_failures``) and resubmitting the same ``--run-name`` resumes; a finished run whose export
 is committed does no steps. At the end rank 0 evaluates, exports the HF classifier dir +
 metrics.json to ``OUTPUT/<run-name>``, and moves ``OUTPUT/latest.json``.
@@ -49,8 +49,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def storage_url(cfg: FinetuneConfig) -> str:
-    """Where Ray Train keeps the run (``ray_storage_path``, else Ray's default ~/ray_results)."""
-    return cfg.ray_storage_path or os.path.expanduser("~/ray_results")
+    """Where Ray Train keeps the run (``storage_path``, else Ray's default ~/ray_results)."""
+    return cfg.storage_path or os.path.expanduser("~/ray_results")
 
 
 def run_name_of(model_url: str) -> str:

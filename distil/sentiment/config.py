@@ -72,7 +72,8 @@ def _url_list(v):
 class FinetuneConfig(LabelledDataConfig, RayTrainOptions):
     """Fine-tune an encoder (BERT, RoBERTa or XLM-RoBERTa family) with a sequence-classification head on labelled reviews."""
 
-    RENAMED = {"grad_clip": "max_grad_norm"}  # the distil stage's name (until the next release)
+    # the distil stage's names (the old ones work until the next release)
+    RENAMED = {"grad_clip": "max_grad_norm", "ray_storage_path": "storage_path"}
 
     PATH_FIELDS = (
         "model",
@@ -82,7 +83,7 @@ class FinetuneConfig(LabelledDataConfig, RayTrainOptions):
         "latest_pointer",
         "teacher_cache",
         "write_teacher_cache",
-        "ray_storage_path",
+        "storage_path",
         "pool",
         "exclude",
     )
@@ -119,7 +120,7 @@ class FinetuneConfig(LabelledDataConfig, RayTrainOptions):
     torch_threads: int | None = Field(
         None, description="intra-op threads per worker (default: torch's own choice)"
     )
-    ray_storage_path: str | None = Field(
+    storage_path: str | None = Field(
         None,
         description="Ray Train run state and checkpoints (URL; needed on multi-node clusters); "
         "the run is named after --run-name, so resubmitting a name resumes it. Default: "

@@ -11,6 +11,7 @@ from distil.config import RayTrainOptions
 
 class DistilConfig(RayTrainOptions):
     PATH_FIELDS = ("cache", "data", "teacher", "output", "storage_path")
+    RENAMED = {"mlm_probability": "mask_prob"}  # the logits and adapt stages' name
 
     # --- inputs / outputs -------------------------------------------------------------------
     mode: Literal["cached", "online"] = Field(
@@ -65,7 +66,7 @@ class DistilConfig(RayTrainOptions):
         "hidden-state sketch (distil logits --hidden-sketch-dims N; a cache without one is "
         "refused unless this is 0)",
     )
-    mlm_probability: float = Field(
+    mask_prob: float = Field(
         0.15, gt=0, lt=1, description="online mode: fraction of tokens masked (80/10/10)"
     )
     # --- optimisation -----------------------------------------------------------------------

@@ -201,18 +201,18 @@ class OnlineTeacher(TeacherSource):
             world_size=world_size,
             split="train",
             heldout_fraction=frac,
-            mlm_probability=cfg.mlm_probability,
+            mlm_probability=cfg.mask_prob,
         )
         self.eval_data = PreparedBatches(
             cfg.data,
             split="heldout",
             heldout_fraction=frac,
-            mlm_probability=cfg.mlm_probability,
+            mlm_probability=cfg.mask_prob,
         )
 
     def batch_shape(self, batch_size: int) -> BatchShape:
         manifest = self.train_data.manifest
-        return self._shape(manifest, self.cfg.mlm_probability, False, manifest.get("rows"))
+        return self._shape(manifest, self.cfg.mask_prob, False, manifest.get("rows"))
 
     def train_batches(
         self, batch_size: int, *, seed: int, epoch: int, start_batch: int, rank: int, world: int
