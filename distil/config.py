@@ -201,60 +201,47 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
     )
     group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
     for name, field in cls.model_fields.items():
-        typ, _ = _scalar_type(field.annotation)
         help_text = (field.description or "").replace("%", "%%")
         if field.is_required():
             help_text += " (required)"
         else:
             help_text += f" (default: {field.get_default(call_default_factory=True)!r})"
-        origin = typing.get_origin(field.annotation)
-        choices = None
-        if origin is typing.Literal:
-            choices = list(typing.get_args(field.annotation))
-        if typ is bool:
-            group.add_argument(
-                _flag(name),
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
-            group.add_argument(
-                _flag(name),
-                dest=name,
-                type=yaml.safe_load,
-                default=argparse.SUPPRESS,
-                help=help_text + " [YAML value]",
-            )
-        else:
-            group.add_argument(
-                _flag(name),
-                dest=name,
-                type=typ if typ in (int, float, str) else str,
-                choices=choices,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+        _add_field_flag(group, name, field, help_text)
     for old, new in cls.RENAMED.items():  # accepted for one release, not shown in --help
-        field = cls.model_fields[new]
-        typ, _ = _scalar_type(field.annotation)
-        if typ is bool:
-            group.add_argument(
-                _flag(old),
-                dest=old,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
-        else:
-            group.add_argument(
-                _flag(old),
-                dest=old,
-                type=typ if typ in (int, float, str) else yaml.safe_load,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
+        _add_field_flag(group, old, cls.model_fields[new], argparse.SUPPRESS)
+
+
+def _add_field_flag(group: Any, name: str, field: Any, help_text: str) -> None:
+    """``--name`` for a config field (its value lands in ``args.<name>``)."""
+    typ, _ = _scalar_type(field.annotation)
+    choices = None
+    if typing.get_origin(field.annotation) is typing.Literal:
+        choices = list(typing.get_args(field.annotation))
+    if typ is bool:
+        group.add_argument(
+            _flag(name),
+            dest=name,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+    elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
+        group.add_argument(
+            _flag(name),
+            dest=name,
+            type=yaml.safe_load,
+            default=argparse.SUPPRESS,
+            help=help_text if help_text == argparse.SUPPRESS else help_text + " [YAML value]",
+        )
+    else:
+        group.add_argument(
+            _flag(name),
+            dest=name,
+            type=typ if typ in (int, float, str) else str,
+            choices=choices,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
 
 
 def packaged_configs() -> list[str]:
