@@ -109,7 +109,7 @@ def test_fixed_shape_loss_and_gradients_equal_the_ragged_step(
     _perturb(r)
     r.student.eval()  # no dropout: both computations see the same forward
     if mode == "online":
-        host = next(r.train_source.iter_batches(cfg.batch_size, seed=cfg.seed))
+        host = next(r.source.train_data.iter_batches(cfg.batch_size, seed=cfg.seed))
     else:
         host = next(iter(r.data))
     assert int(host["attention_mask"].sum()) < host["attention_mask"].numel()  # has padding
