@@ -200,13 +200,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
         "$DISTIL_RUN_GROUP)",
     )
     group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
+    # the Ray Train options (inherited, so first in field order) get their own group, last
+    ray = set(RayTrainOptions.model_fields) if issubclass(cls, RayTrainOptions) else set()
+    ray_group = parser.add_argument_group("Ray Train options (override --config)") if ray else None
     for name, field in cls.model_fields.items():
         help_text = (field.description or "").replace("%", "%%")
         if field.is_required():
             help_text += " (required)"
         else:
             help_text += f" (default: {field.get_default(call_default_factory=True)!r})"
-        _add_field_flag(group, name, field, help_text)
+        _add_field_flag(ray_group if name in ray else group, name, field, help_text)
     for old, new in cls.RENAMED.items():  # accepted for one release, not shown in --help
         _add_field_flag(group, old, cls.model_fields[new], argparse.SUPPRESS)
 

@@ -259,3 +259,8 @@ def test_ray_train_options_are_one_model_for_both_ray_train_stages():
     assert FinetuneConfig(output="o", placement_strategy="SPREAD").placement_strategy == "SPREAD"
     assert DistilConfig(cache="c", output="o", storage_path="s").num_workers == 2
     assert FinetuneConfig(output="o").num_workers == 1
+    p = argparse.ArgumentParser()
+    add_config_args(p, FinetuneConfig)
+    ray_help = p.format_help().split("Ray Train options (override --config):")[1]
+    assert "--placement-strategy" in ray_help and "--cpus-per-worker" in ray_help
+    assert "--max-grad-norm" not in ray_help  # a training option, in the stage's own group

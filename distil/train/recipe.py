@@ -99,7 +99,7 @@ class DistilRecipe:
             if not need_teacher:
                 self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
         cuda = self.device.type == "cuda"
-        if source.runs_teacher:
+        if need_teacher:
             source.attach(teacher, self.device)
         self.student = student.to(self.device).train()
         source.to_device(self.device, self.student.config.hidden_size)
