@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -100,11 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     # the recipe's optimizer step (distil.training): AdamW, fused on CUDA, clipped at 5.0
     optim = training.optimization(
         student.named_parameters(),
-        lr=1e-4,
-        weight_decay=0.01,
+        SimpleNamespace(lr=1e-4, weight_decay=0.01, max_grad_norm=5.0),
         warmup_steps=0,
         total_steps=10**9,
-        max_grad_norm=5.0,
         device=device,
         betas=(0.9, 0.98),
         eps=1e-6,

@@ -14,14 +14,50 @@ adaptation (``teacher/``) stages import it too, and stage libraries do not impor
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import get_scheduler
 
 NamedParams = Iterable[tuple[str, torch.nn.Parameter]]
+
+# called by a recipe at its log, evaluation and checkpoint steps with (step, metrics,
+# save_checkpoint?): the Ray job reports there (and tracks), and checkpoints when asked
+ReportFn = Callable[[int, dict[str, Any], bool], None]
+
+
+class OptimizerOptions(Protocol):
+    """The optimisation fields every training stage's config has, under one name each."""
+
+    lr: float
+    weight_decay: float
+    max_grad_norm: float
+
+
+class Recipe:
+    """One DDP rank's training run, free of Ray (``world_size`` 1 in a plain process):
+    ``setup`` (fresh, or from a checkpoint dir) -> ``train`` -> ``save_checkpoint``.
+    ``distil.jobs._ray_train.recipe_worker`` runs one per Ray Train worker."""
+
+    def __init__(
+        self, cfg: Any, *, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
+    ) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device(device)
+        self.step = self.start_step = 0
+        self.train_seconds = 0.0
+
+    def setup(self, checkpoint_dir: str | None = None) -> None:
+        raise NotImplementedError
+
+    def train(self, report: ReportFn | None = None) -> Any:
+        raise NotImplementedError
+
+    def save_checkpoint(self, directory: str) -> None:
+        raise NotImplementedError
+
 
 # transformers' name of each ``lr_schedule`` a config may name (warm-up always first)
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -77,26 +113,25 @@ class Optimization:
 
 def optimization(
     named_params: NamedParams,
+    opts: OptimizerOptions,
     *,
-    lr: float,
-    weight_decay: float,
     warmup_steps: int,
     total_steps: int,
-    max_grad_norm: float,
     device: torch.device,
     schedule: str = "linear",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> Optimization:
-    """AdamW (one fused kernel for every update on CUDA) over ``named_params`` grouped by
-    :func:`param_groups`, with ``schedule`` (a key of ``SCHEDULES``): linear warm-up from 0 over
-    ``warmup_steps``, then decay to 0 at ``total_steps`` (or constant)."""
+    """AdamW (one fused kernel for every update on CUDA) at ``opts.lr`` over ``named_params``
+    grouped by :func:`param_groups` (``opts.weight_decay``), clipped at ``opts.max_grad_norm``,
+    with ``schedule`` (a key of ``SCHEDULES``): linear warm-up from 0 over ``warmup_steps``, then
+    decay to 0 at ``total_steps`` (or constant)."""
     named = list(named_params)
     if schedule not in SCHEDULES:
         raise ValueError(f"lr schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
     optimizer = torch.optim.AdamW(
-        param_groups(named, weight_decay),
-        lr=lr,
+        param_groups(named, opts.weight_decay),
+        lr=opts.lr,
         betas=betas,
         eps=eps,
         fused=device.type == "cuda",
@@ -107,7 +142,7 @@ def optimization(
         num_warmup_steps=warmup_steps,
         num_training_steps=total_steps,
     )
-    return Optimization(optimizer, scheduler, [p for _, p in named], max_grad_norm)
+    return Optimization(optimizer, scheduler, [p for _, p in named], opts.max_grad_norm)
 
 
 def autocast(device: torch.device, bf16: bool) -> torch.autocast:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,15 +24,12 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 
 def _optim(model: torch.nn.Module, **kw) -> training.Optimization:
-    base = dict(
-        lr=1e-2,
-        weight_decay=0.1,
-        warmup_steps=2,
-        total_steps=10,
-        max_grad_norm=1.0,
-        device=torch.device("cpu"),
+    opts = {"lr": 1e-2, "weight_decay": 0.1, "max_grad_norm": 1.0}
+    opts.update({k: kw.pop(k) for k in list(kw) if k in opts})
+    base = dict(warmup_steps=2, total_steps=10, device=torch.device("cpu"))
+    return training.optimization(
+        model.named_parameters(), SimpleNamespace(**opts), **{**base, **kw}
     )
-    return training.optimization(model.named_parameters(), **{**base, **kw})
 
 
 def _train(model: torch.nn.Module, optim: training.Optimization, steps: range) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow.fs
@@ -32,24 +32,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from distil import storage, tracking
 from distil.config import RayTrainOptions, setup_logging
 from distil.ops.cluster import init_ray, wait_for_gpus
+from distil.training import Recipe
 
 log = logging.getLogger("distil.jobs")
-
-# (step, metrics, save_checkpoint?): what a recipe calls at its log, eval and checkpoint steps
-ReportFn = Callable[[int, dict[str, Any], bool], None]
-
-
-class Recipe(Protocol):
-    """One DDP rank's training (``DistilRecipe``, ``FinetuneRecipe``), free of Ray."""
-
-    cfg: Any
-    step: int
-
-    def setup(self, checkpoint_dir: str | None = None) -> None: ...
-
-    def train(self, report: ReportFn | None = None) -> Any: ...
-
-    def save_checkpoint(self, directory: str) -> None: ...
 
 
 def torch_trainer(

@@ -32,7 +32,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,28 +50,16 @@ log = logging.getLogger("distil.finetune")
 TRAIN_STATE = "finetune_state.pt"  # the checkpoint file in a Ray Train checkpoint dir
 BUCKET_WINDOW = 50  # batches per length-sorted window (``length_buckets``)
 
-# called at log and checkpoint steps with (step, metrics, save_checkpoint?): the Ray job reports
-# there (and tracks), and checkpoints when asked
-ReportFn = Callable[[int, dict[str, Any], bool], None]
 
-
-class FinetuneRecipe:
+class FinetuneRecipe(training.Recipe):
     """setup → train → export for one DDP rank (``world_size`` 1 without Ray), on ``device``."""
 
-    def __init__(
-        self,
-        cfg: FinetuneConfig,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.device = torch.device(device)
+    cfg: FinetuneConfig
+
+    def __init__(self, cfg: FinetuneConfig, **rank_and_device: Any) -> None:
+        super().__init__(cfg, **rank_and_device)
         self.history: list[dict[str, Any]] = []
-        self.step = self.start_step = 0
         self.running: list[float] = []  # losses since the last log line
-        self.train_seconds = 0.0
         # validation during training: every evaluation, the best one (with its weights on the
         # CPU), how many in a row have not beaten it, and whether that stopped the run
         self.evaluations: list[dict[str, Any]] = []
@@ -146,11 +133,9 @@ class FinetuneRecipe:
         # ``total_steps``; its state is checkpointed with the optimizer's
         self.optim = training.optimization(
             self.model.named_parameters(),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
+            cfg,
             warmup_steps=self.warmup,
             total_steps=self.total_steps,
-            max_grad_norm=cfg.max_grad_norm,
             device=self.device,
         )
         if state is not None:
@@ -294,7 +279,7 @@ class FinetuneRecipe:
     def done(self) -> bool:
         return self.step >= self.total_steps or self.stopped_early
 
-    def train(self, report: ReportFn | None = None) -> dict:
+    def train(self, report: training.ReportFn | None = None) -> dict:
         """Run to ``total_steps`` (or until early stopping); ``report`` is called at every log
         and evaluation step (Ray Train's ``metrics_dataframe`` and a tracker see the whole curve)
         and checkpoint step, asking for a checkpoint only at checkpoint steps and at the end.

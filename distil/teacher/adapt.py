@@ -176,11 +176,9 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     # the frozen-for-now encoder is in the optimizer from the start: no gradient, no update
     optim = training.optimization(
         plan.all(),
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        cfg,
         warmup_steps=warmup,
         total_steps=total_steps,
-        max_grad_norm=cfg.max_grad_norm,
         device=torch.device(cfg.device),
         schedule=cfg.lr_schedule,
     )

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,37 +45,28 @@ STUDENT_DIR = "student"
 TRAINER_STATE = "trainer_state.pt"
 METRICS = "metrics.json"
 
-# called at log steps and evaluations with (step, metrics, save_checkpoint?): the Ray job
-# reports there (and tracks), and checkpoints when asked
-ReportFn = Callable[[int, dict[str, Any], bool], None]
 
+class DistilRecipe(training.Recipe):
+    cfg: DistilConfig
 
-class DistilRecipe:
     def __init__(
         self,
         cfg: DistilConfig,
         *,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
         work_dir: str = "/tmp/distil-train",
         compile_backend: str | None = None,
+        **rank_and_device: Any,
     ):
         """``compile_backend``: the ``torch.compile`` backend (default inductor); naming one
         also compiles on the CPU, where ``cfg.compile`` alone does not (tests compile the same
-        step with the fast ``aot_eager`` backend to count graphs and all-reduces)."""
-        self.cfg = cfg
+        step with the fast ``aot_eager`` backend to count graphs and all-reduces);
+        ``rank_and_device``: ``rank``, ``world_size``, ``device`` (``training.Recipe``)."""
+        super().__init__(cfg, **rank_and_device)
         self.compile_backend = compile_backend
-        self.rank = rank
-        self.world_size = world_size
-        self.device = torch.device(device)
         self.work_dir = work_dir
-        self.step = 0
         self.data = EpochStream(self._epoch_batches)  # (epoch, micro-batches consumed)
         self.tokens_seen = 0  # this rank's
         self.tokens_seen_global = 0  # all ranks', summed at log and checkpoint steps
-        self.train_seconds = 0.0
-        self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
         self.source = teacher_source(cfg)  # the teacher cache, or the teacher run every step
@@ -130,11 +121,9 @@ class DistilRecipe:
         self.compile_seconds: float | None = None
         self.optim = training.optimization(
             ((n, p) for n, p in self.student.named_parameters() if p.requires_grad),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
+            cfg,
             warmup_steps=min(cfg.warmup_steps, cfg.max_steps - 1),
             total_steps=cfg.max_steps,
-            max_grad_norm=cfg.max_grad_norm,
             device=self.device,
             betas=(0.9, 0.98),
             eps=1e-6,
@@ -250,7 +239,7 @@ class DistilRecipe:
         out.update(grad_norm=float(values[-1]), tokens=last["tokens"])
         return out
 
-    def train(self, report: ReportFn | None = None) -> dict[str, Any]:
+    def train(self, report: training.ReportFn | None = None) -> dict[str, Any]:
         """Run to ``max_steps``; calls ``report`` at every log step and evaluation (so Ray
         Train's ``metrics_dataframe`` and a tracker see the whole curve), asking for a checkpoint
         only at checkpoint steps and at the end."""
@@ -277,7 +266,7 @@ class DistilRecipe:
         finally:
             batches.close()
 
-    def _train(self, batches: DevicePrefetcher, report: ReportFn | None) -> dict[str, Any]:
+    def _train(self, batches: DevicePrefetcher, report: training.ReportFn | None) -> dict[str, Any]:
         cfg = self.cfg
         window_t, window_tokens, window_n = time.perf_counter(), 0, 0
         window_loss = torch.zeros((), device=self.device)
