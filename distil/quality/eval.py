@@ -24,6 +24,7 @@ from pydantic import Field
 
 from distil import storage
 from distil.config import ConfigError, StageConfig
+from distil.data.readers.stream import ReadPosition
 from distil.progress import Progress
 from distil.sentiment.finetune_export import classification_metrics
 from distil.train.heldout import mlm_metrics
@@ -105,20 +106,19 @@ def evaluate_mlm(
             f"{s_vocab} vs {t_vocab}); a student distilled from this teacher shares its "
             "tokenizer: pass that student"
         )
-    if tc.plan(split="heldout", heldout_fraction=heldout_fraction, shuffle=False).rows == 0:
+    heldout = ReadPosition(split="heldout", heldout_fraction=heldout_fraction)
+    if tc.plan(heldout, shuffle=False).rows == 0:
         raise ConfigError(
             f"--cache {cache} has no heldout rows at --heldout-fraction {heldout_fraction}"
         )
     model = MaskedLMForDistillation(s.model).to(device).eval()
-    total = tc.num_batches(batch_size, split="heldout", heldout_fraction=heldout_fraction)
+    total = tc.num_batches(batch_size, heldout)
     if max_batches is not None:
         total = min(total, max_batches)
     with Progress("eval mlm (heldout)", total=total, unit="batch", log=log) as prog:
         out = mlm_metrics(
             model,
-            tc.iter_batches(
-                batch_size, split="heldout", heldout_fraction=heldout_fraction, shuffle=False
-            ),
+            tc.iter_batches(batch_size, heldout, shuffle=False),
             device=device,
             max_batches=max_batches,
             progress=prog,
