@@ -345,7 +345,7 @@ def main() -> None:
 
     corpus = storage.join(args.samples, "corpus")
     if not storage.is_committed(corpus):
-        from distil.data.samples import run as samples
+        from distil.samples.corpus import run as samples
 
         print("building the sample corpus ...", flush=True)
         samples(SamplesConfig(output=args.samples))

@@ -61,7 +61,7 @@ SUBGROUPS: dict[str, dict[str, tuple[str, str, str]]] = {
         "samples": (
             "assemble the real sample corpus + reviews from registry packages",
             "distil.data.config:SamplesConfig",
-            "distil.data.samples:run",
+            "distil.samples.corpus:run",
         ),
     },
     "teacher": {
