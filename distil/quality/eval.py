@@ -24,6 +24,7 @@ from pydantic import Field
 
 from distil import storage
 from distil.config import ConfigError, StageConfig
+from distil.data.readers.compression import open_stream
 from distil.data.readers.stream import ReadPosition
 from distil.progress import Progress
 from distil.sentiment.finetune_export import classification_metrics
@@ -146,7 +147,7 @@ def _read_review_set(
     if not fs.exists(path):
         raise ConfigError(f"review set {url} does not exist")
     texts, labels = [], []
-    with fs.open(path, "rt", compression="infer") as f:
+    with open_stream(url) as f:  # decompressed by its suffix, as every reader does
         for line in f:
             if not line.strip():
                 continue

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from distil import storage
+from distil.data.readers.compression import open_stream
+from distil.data.readers.review_files import expand_inputs, format_of
 from distil.samples.reviews import id_hash, text_key, validation_mask
 from distil.sentiment.config import LabelledDataConfig
 from distil.sentiment.pool import is_pool, pool_files
-from distil.sentiment.review_files import expand_inputs, format_of
 
 
 def _read_frame(url: str):
@@ -29,8 +30,7 @@ def _read_frame(url: str):
     if fmt == "parquet":
         fs, path = storage.arrow_filesystem(url)
         return pq.read_table(path, filesystem=fs).to_pandas()
-    fs, path = storage.get_fs(url)
-    with fs.open(path, "rb", compression="infer") as f:
+    with open_stream(url) as f:  # decompressed by its suffix, as every reader does
         data = io.BytesIO(f.read())
     if fmt == "jsonl":
         return pd.read_json(data, lines=True, dtype=False)
