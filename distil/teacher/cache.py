@@ -37,8 +37,8 @@ class TeacherCache:
     cache has its N target rows at every non-pad position and adds ``kd_positions`` [B, L]
     bool (where they are); a cache with a sketch adds ``hidden_sketch`` [n_tokens, d] float
     (int8 values, one row per non-pad token, row-major) and ``TeacherCache.sketch_matrix``.
-    Each rank streams only its own whole row groups (``distil.data.readers.stream``). ``fs``: an fsspec
-    filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
+    Each rank streams only its own whole row groups (``distil.data.readers.stream``). ``fs``: an
+    fsspec filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
     """
 
     def __init__(self, url: str, fs: Any = None):

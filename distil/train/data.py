@@ -2,8 +2,8 @@
 in the teacher-cache batch format (``input_ids``, ``attention_mask``, ``labels``).
 
 Ranks shard the prepared files' row groups exactly as they shard a teacher cache
-(``distil.data.readers.stream``: whole row groups, balanced, equal batch counts, seekable resume), and
-masking is the cache's own (``distil.teacher.logits.MaskingParams`` over
+(``distil.data.readers.stream``: whole row groups, balanced, equal batch counts, seekable
+resume), and masking is the cache's own (``distil.teacher.logits.MaskingParams`` over
 ``distil.teacher.masking.mask_sequence``): the epoch is the masked copy number, so a sequence
 gets a new mask every epoch (RoBERTa-style dynamic masking, as DistilBERT's scripts do), drawn
 from ``(seed, seq_id, epoch)`` — one stream per sequence, so no two ranks ever share a mask and a
