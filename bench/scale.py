@@ -53,11 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distil import storage  # noqa: E402
-from distil.data.config import PrepareConfig, SamplesConfig  # noqa: E402
+from distil.data.config import PrepareConfig  # noqa: E402
 from distil.data.readers import Document, list_inputs, read_records  # noqa: E402
 from distil.data.readers.stream import ReadPosition  # noqa: E402
 from distil.ops import procs  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
+from distil.samples.config import SamplesConfig  # noqa: E402
 
 TOKENS_PER_WORD = 1.31  # the sample corpus's WordPiece tokens per whitespace word (docs/performance.md "Cost notes")
 

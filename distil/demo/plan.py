@@ -236,7 +236,7 @@ class Demo:
         }
 
     def _samples(self) -> dict[str, Any]:
-        from distil.data.config import SamplesConfig
+        from distil.samples.config import SamplesConfig
         from distil.samples.corpus import run as build_samples
 
         t0 = time.perf_counter()

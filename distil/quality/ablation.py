@@ -64,8 +64,9 @@ def demo_budgets(threads: int = 0, budget: str = "cpu") -> dict[str, Any]:
 def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     """(prepared shards, teacher, reviews dir): given ones as they are, else built as the demo
     builds them (sample corpus parts, prepare and adapt budgets of ``demo/sample``)."""
-    from distil.data.config import PrepareConfig, SamplesConfig
+    from distil.data.config import PrepareConfig
     from distil.data.prepare_ranges import run_serial
+    from distil.samples.config import SamplesConfig
     from distil.samples.corpus import run as build_samples
 
     budgets = demo_budgets(cfg.threads, cfg.budget)

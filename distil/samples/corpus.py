@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from distil import storage
-from distil.data.config import SamplesConfig
 from distil.samples import registry
+from distil.samples.config import SamplesConfig
 
 log = logging.getLogger("distil.samples")
 

@@ -31,7 +31,7 @@ from distil.packaged import PACKAGED_TEACHER  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from distil.data.config import SamplesConfig
+    from distil.samples.config import SamplesConfig
     from distil.samples.corpus import run as build_samples
     from distil.samples.reviews import evaluation_sets
     from distil.sentiment.config import FinetuneConfig

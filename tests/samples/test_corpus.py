@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from test_prepare import check_prepared, kept_texts  # noqa: E402
 
 from distil import storage  # noqa: E402
-from distil.data.config import PrepareConfig, SamplesConfig
+from distil.data.config import PrepareConfig
 from distil.data.readers import list_inputs
+from distil.samples.config import SamplesConfig
 from distil.samples.corpus import detokenize_brown, run
 
 pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job
