@@ -5,7 +5,7 @@ Why one module over ~350 lines: it is one class whose methods share its state (m
 scheduler, step and token counters); setup, the loss, the train loop, evaluation and
 checkpointing only make sense together, so splitting them into modules would scatter one
 object. What had a seam left: reading, sharding and the data position are
-``distil.train.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``.
+``distil.data.readers.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``.
 
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
 
+from distil.data.readers.stream import EpochStream, ReadPosition
 from distil.student.model import MaskedLMForDistillation, build_student, encoder_mask
 from distil.teacher.load import load_teacher, mlm_parts
 from distil.train.config import DistilConfig
@@ -39,7 +40,6 @@ from distil.train.identity import (
     teacher_ref,
 )
 from distil.train.objective import PARTS, DistillationObjective
-from distil.train.stream import EpochStream
 
 log = logging.getLogger("distil.train")
 
@@ -217,21 +217,8 @@ class DistilRecipe:
         self.start_step = self.step
         self.data_position = self.data.state()
         if cfg.mode == "online":
-            frac = cfg.heldout_fraction
-            self.train_source = PreparedBatches(
-                cfg.data,
-                rank=self.rank,
-                world_size=self.world_size,
-                split="train",
-                heldout_fraction=frac,
-                mlm_probability=cfg.mlm_probability,
-            )
-            self.eval_source = PreparedBatches(
-                cfg.data,
-                split="heldout",
-                heldout_fraction=frac,
-                mlm_probability=cfg.mlm_probability,
-            )
+            self.train_source = PreparedBatches(cfg.data, mlm_probability=cfg.mlm_probability)
+            self.eval_source = PreparedBatches(cfg.data, mlm_probability=cfg.mlm_probability)
         self.shape = self._batch_shape()
 
     def _batch_shape(self) -> BatchShape:
@@ -263,17 +250,11 @@ class DistilRecipe:
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of this rank's batches from batch ``start`` on (the reader seeks there)."""
         cfg = self.cfg
-        kw = {"seed": cfg.seed, "epoch": epoch, "start_batch": start}
-        if cfg.mode == "online":
-            return self.train_source.iter_batches(cfg.batch_size, **kw)
-        return self.cache.iter_batches(
-            cfg.batch_size,
-            rank=self.rank,
-            world_size=self.world_size,
-            split="train",
-            heldout_fraction=cfg.heldout_fraction,
-            **kw,
+        position = ReadPosition(
+            self.rank, self.world_size, cfg.seed, epoch, "train", cfg.heldout_fraction
         )
+        source = self.train_source if cfg.mode == "online" else self.cache
+        return source.iter_batches(cfg.batch_size, position, start_batch=start)
 
     def _micro_batches(self) -> DevicePrefetcher:
         """Endless fixed-shape micro-batches on the device from the saved (epoch, batch)
@@ -496,15 +477,12 @@ class DistilRecipe:
 
         cfg = self.cfg
         self.module.eval()
-        if cfg.mode == "online":
-            batches = self.eval_source.iter_batches(cfg.batch_size, seed=cfg.seed, epoch=0)
-        else:
-            batches = self.cache.iter_batches(
-                cfg.batch_size,
-                seed=cfg.seed,
-                split="heldout",
-                heldout_fraction=cfg.heldout_fraction,
-            )
+        # every rank evaluates the whole held-out split
+        heldout = ReadPosition(
+            seed=cfg.seed, split="heldout", heldout_fraction=cfg.heldout_fraction
+        )
+        source = self.eval_source if cfg.mode == "online" else self.cache
+        batches = source.iter_batches(cfg.batch_size, heldout)
         ev = mlm_metrics(
             self.module,
             batches,
