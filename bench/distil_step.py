@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         cache = TeacherCache(args.cache)
         n, t0 = 0, time.perf_counter()
-        for _ in cache.iter_batches(args.batch_size, rank=0, world_size=1):
+        for _ in cache.iter_batches(args.batch_size):
             n += 1
         result["cache_reader_batches_per_s"] = round(n / (time.perf_counter() - t0), 1)
     print(json.dumps(result, indent=2))

@@ -64,7 +64,7 @@ from prepare_corpus import distinct, score_planted, word_windows, write_planted 
 
 from distil import storage  # noqa: E402
 from distil.data import dedup  # noqa: E402
-from distil.data.config import PrepareConfig, SamplesConfig  # noqa: E402
+from distil.data.config import PrepareConfig  # noqa: E402
 from distil.data.prepare_ranges import run_serial  # noqa: E402
 from distil.data.readers import Document, list_inputs, read_records  # noqa: E402
 from distil.data.readers.wikitext import (  # noqa: E402
@@ -73,6 +73,7 @@ from distil.data.readers.wikitext import (  # noqa: E402
     wikitext_to_text_mwparser,
 )
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
+from distil.samples.config import SamplesConfig  # noqa: E402
 
 
 def timed(fn):
@@ -345,7 +346,7 @@ def main() -> None:
 
     corpus = storage.join(args.samples, "corpus")
     if not storage.is_committed(corpus):
-        from distil.data.samples import run as samples
+        from distil.samples.corpus import run as samples
 
         print("building the sample corpus ...", flush=True)
         samples(SamplesConfig(output=args.samples))

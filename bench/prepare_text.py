@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distil import storage  # noqa: E402
 from distil.data import shards  # noqa: E402
-from distil.data.registry import fetch_npm, fetch_pypi  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
+from distil.samples.registry import fetch_npm, fetch_pypi  # noqa: E402
 
 
 def lee_documents() -> list[str]:

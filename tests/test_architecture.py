@@ -14,7 +14,7 @@ PACKAGE = REPO / "distil"
 
 # layer of each top-level part of distil/ (a module of the shared library, or a subpackage)
 SHARED = {"config", "family", "losses", "packaged", "progress", "storage", "tracking", "training"}
-STAGES = {"data", "teacher", "student", "train", "sentiment", "score"}
+STAGES = {"data", "samples", "teacher", "student", "train", "sentiment", "score"}
 LAYER = {
     **dict.fromkeys(SHARED, 0),
     "ops": 1,
@@ -121,6 +121,30 @@ def test_no_import_circles():
     assert not circles(graph), f"import circles: {circles(graph)}"
 
 
+def stage_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``graph`` (module -> imported modules) folded to the stage libraries: which stage library
+    imports which other."""
+    out: dict[str, set[str]] = {s: set() for s in STAGES}
+    for module, targets in graph.items():
+        if part(module) in STAGES:
+            out[part(module)] |= {part(t) for t in targets if t.startswith("distil.")} & STAGES
+    return {s: ts - {s} for s, ts in out.items()}
+
+
+def stage_arrows_back(stages: dict[str, set[str]]) -> list[list[str]]:
+    """Stage libraries that import one another, directly (teacher -> train -> teacher) or
+    through others: the circles of the package-level graph."""
+    return circles(stages)
+
+
+def test_no_stage_library_imports_one_that_imports_it_back():
+    stages = stage_graph(package_graph())
+    found = stage_arrows_back(stages)
+    assert not found, f"stage libraries that import each other: {found}"
+    # the two arrows issue 33 removed stay removed
+    assert "train" not in stages["teacher"] and "sentiment" not in stages["data"]
+
+
 def test_the_checks_can_fail(tmp_path):
     """A planted upward import and a planted circle are found, as written in a file."""
     shared = tmp_path / "shared.py"
@@ -133,3 +157,12 @@ def test_the_checks_can_fail(tmp_path):
     ]
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert circles({"a": {"b"}, "b": set()}) == []
+    # two stage libraries whose modules do not form a circle still import each other back
+    planted = {
+        "distil.teacher.cache": {"distil.train.stream"},
+        "distil.train.stream": {"distil.data.shards"},
+        "distil.train.recipe": {"distil.teacher.load"},
+    }
+    assert circles(planted) == []
+    assert stage_arrows_back(stage_graph(planted)) == [["teacher", "train"]]
+    assert stage_arrows_back(stage_graph({"distil.data.x": {"distil.sentiment.y"}})) == []

@@ -27,8 +27,8 @@ CORPUS_DOCS = 60  # of the 300 news documents: tiny scale for every stage (the t
 def samples(tmp_path_factory):
     """The real sample corpus's news documents (gensim's Lee corpus, ``distil data samples``) and
     the real labelled review snippets (``assemble_reviews``), written locally once."""
-    from distil.data.samples import assemble_news
-    from distil.sentiment.reviews import MOVIE_SNIPPETS, assemble_reviews
+    from distil.samples.corpus import assemble_news
+    from distil.samples.reviews import MOVIE_SNIPPETS, assemble_reviews
 
     out = tmp_path_factory.mktemp("samples")
     assemble_news(str(out / "corpus"))
@@ -160,6 +160,7 @@ def test_a_family_teacher_goes_through_every_stage(family, samples, ray_local, s
 
     # eval: `distil eval`'s MLM metrics of the student against the cached teacher; the online
     # teacher path (encoder + head of its family) agrees fully with a full-depth copy of itself
+    from distil.data.readers.stream import ReadPosition
     from distil.quality.eval import evaluate_mlm
     from distil.student.model import MaskedLMForDistillation
     from distil.teacher.cache import TeacherCache
@@ -169,7 +170,7 @@ def test_a_family_teacher_goes_through_every_stage(family, samples, ray_local, s
     assert ev["positions"] > 0 and 0 <= ev["top1_agreement"] <= 1
     t_model = AutoModelForMaskedLM.from_pretrained(local_teacher).eval()
     heldout = TeacherCache(logits["cache_url"]).iter_batches(
-        16, split="heldout", heldout_fraction=0.5, shuffle=False
+        16, ReadPosition(split="heldout", heldout_fraction=0.5), shuffle=False
     )
     same = mlm_metrics(MaskedLMForDistillation(t_model), heldout, max_batches=2, teacher=t_model)
     assert same["positions"] > 0 and same["top1_agreement"] == 1.0 and same["kl"] < 1e-5

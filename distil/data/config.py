@@ -1,4 +1,4 @@
-"""Typed configs for the data commands: ``distil prepare`` (stage 1) and ``distil data samples``."""
+"""The typed config of ``distil prepare`` (stage 1)."""
 
 from __future__ import annotations
 
@@ -104,15 +104,3 @@ class PrepareConfig(StageConfig):
         if not items or not all(isinstance(x, str) and x for x in items):
             raise ValueError("input needs at least one URL")
         return items
-
-
-class SamplesConfig(StageConfig):
-    output: str = Field(
-        ..., description="output URL; the corpus goes to OUTPUT/corpus/ (prepare's input)"
-    )
-    force: bool = Field(False, description="rebuild even if OUTPUT/corpus/ is already committed")
-    brown_group: Literal["category", "file"] = Field(
-        "category",
-        description="Brown corpus: one JSONL shard per genre category (15) or per file (500); "
-        "one document per Brown file either way",
-    )

@@ -21,7 +21,7 @@ from distil.demo.config import DemoConfig
 from distil.demo.record import run_json
 from distil.demo.steps import Step, StepRunner, job_env
 from distil.packaged import PACKAGED_TEACHER
-from distil.sentiment.reviews import evaluation_sets
+from distil.samples.reviews import evaluation_sets
 
 
 def budgets_path(cfg: DemoConfig) -> Path:
@@ -236,8 +236,8 @@ class Demo:
         }
 
     def _samples(self) -> dict[str, Any]:
-        from distil.data.config import SamplesConfig
-        from distil.data.samples import run as build_samples
+        from distil.samples.config import SamplesConfig
+        from distil.samples.corpus import run as build_samples
 
         t0 = time.perf_counter()
         summary = build_samples(SamplesConfig(output=self.cfg.samples))

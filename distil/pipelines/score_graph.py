@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any
 
 import apache_beam as beam
@@ -42,6 +41,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from distil import storage
+from distil.data.readers import review_files
+from distil.data.readers.records import DeadLetter
 from distil.pipelines.inference import (
     ERROR,
     METRICS,
@@ -53,7 +54,6 @@ from distil.score import scored
 from distil.score.commit import finalize_run
 from distil.score.config import ScoreConfig
 from distil.score.plan import RunPlan
-from distil.sentiment import review_files
 
 log = logging.getLogger("distil.score")
 
@@ -116,7 +116,7 @@ class ReadReviews(beam.DoFn):
                 if item.reason == review_files.UNREADABLE_FILE:
                     unreadable, error = unreadable + 1, item.detail
                 _count_dead(item.reason)
-                yield beam.pvalue.TaggedOutput(DEAD, asdict(item))
+                yield beam.pvalue.TaggedOutput(DEAD, item.to_review_row())
         if reviews:
             yield _review_batch(reviews, schema)
         self.rows_read.inc(n)
@@ -160,15 +160,15 @@ class ToScored(beam.DoFn):
             texts = rows.column("text")
             for i in failed:
                 _count_dead(review_files.INFERENCE_ERROR)
-                dead = review_files.DeadLetter(
-                    rows.column("id")[i].as_py(),
-                    rows.column("source_file")[i].as_py(),
-                    rows.column("source_row")[i].as_py(),
-                    review_files.INFERENCE_ERROR,
-                    review_files.escape_text(errors[i])[: review_files.RAW_PREVIEW],
-                    texts[i].as_py()[: review_files.RAW_PREVIEW],
+                dead = DeadLetter(
+                    source=rows.column("source_file")[i].as_py(),
+                    offset=rows.column("source_row")[i].as_py(),
+                    reason=review_files.INFERENCE_ERROR,
+                    detail=review_files.escape_text(errors[i])[: review_files.RAW_PREVIEW],
+                    raw=texts[i].as_py()[: review_files.RAW_PREVIEW],
+                    id=rows.column("id")[i].as_py(),
                 )
-                yield beam.pvalue.TaggedOutput(DEAD, asdict(dead))
+                yield beam.pvalue.TaggedOutput(DEAD, dead.to_review_row())
             ok = np.array([e is None for e in errors])
             rows = rows.filter(pa.array(ok))
             inf = {k: v[ok] for k, v in inf.items() if k not in (ERROR, WORKER)}

@@ -31,12 +31,12 @@ import numpy as np
 
 from distil import storage
 from distil.config import absolute_paths, job_main, setup_logging
+from distil.samples.reviews import text_key
 from distil.score import scored
 from distil.score.config import ScoreConfig
 from distil.sentiment import classifier, pool
 from distil.sentiment.config import PoolConfig
 from distil.sentiment.labelled_data import assemble, default_train_url, load_texts
-from distil.sentiment.reviews import text_key
 from distil.sentiment.teacher_cache import write_teacher_logits
 
 log = logging.getLogger("distil.pool")

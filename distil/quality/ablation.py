@@ -64,9 +64,10 @@ def demo_budgets(threads: int = 0, budget: str = "cpu") -> dict[str, Any]:
 def prepare_inputs(cfg: QualityConfig) -> tuple[str, str, str]:
     """(prepared shards, teacher, reviews dir): given ones as they are, else built as the demo
     builds them (sample corpus parts, prepare and adapt budgets of ``demo/sample``)."""
-    from distil.data.config import PrepareConfig, SamplesConfig
+    from distil.data.config import PrepareConfig
     from distil.data.prepare_ranges import run_serial
-    from distil.data.samples import run as build_samples
+    from distil.samples.config import SamplesConfig
+    from distil.samples.corpus import run as build_samples
 
     budgets = demo_budgets(cfg.threads, cfg.budget)
     reviews = storage.join(cfg.samples, "reviews")
@@ -398,7 +399,7 @@ def evaluation_sets(cfg: QualityConfig, reviews: str) -> tuple[dict[str, str], d
     in-domain file, the out-of-domain file, and the ``--unseen`` file without its rows that are
     in-domain texts (normalised-text match), written under ``WORK/eval``."""
     from distil.quality.eval import review_sets
-    from distil.sentiment.reviews import unseen_reviews
+    from distil.samples.reviews import unseen_reviews
 
     files = review_sets(reviews, cfg.in_domain, cfg.out_of_domain)
     notes: dict[str, Any] = {}

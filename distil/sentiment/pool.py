@@ -15,7 +15,7 @@ The pool here is ``multiple`` × the training rows of augmented copies, each mad
 
 and, optionally, ``prose`` sentences from a plain-text corpus (the sample prose) as extra pool
 rows. Every pool text is kept out of the evaluation sets and the validation split by normalised
-text (:func:`distil.sentiment.reviews.text_key`): the pool is training data.
+text (:func:`distil.samples.reviews.text_key`): the pool is training data.
 
 The pool is a committed dir of ``pool-NNNNN.jsonl`` parts (``id``, ``text``, ``origin``: the
 training row id or ``prose``, ``method``) plus a ``train.jsonl`` of the training rows' own texts
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from distil import storage
-from distil.sentiment.reviews import text_key
+from distil.samples.reviews import text_key
 
 log = logging.getLogger("distil.sentiment.pool")
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distil import storage
-from distil.sentiment.review_files import text_sha256
+from distil.data.readers.review_files import text_sha256
 
 KIND = "sentiment_teacher_logits"
 ROWS_PER_FILE = 100_000

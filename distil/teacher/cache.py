@@ -13,6 +13,14 @@ import pyarrow as pa
 import torch
 
 from distil import storage
+from distil.data.readers.stream import (
+    RankPlan,
+    ReadPosition,
+    RowGroups,
+    batches,
+    list_parts,
+    scatter_rows,
+)
 from distil.teacher.cache_format import CACHE_KIND, binary_values
 from distil.teacher.sparse import stored_temperatures
 
@@ -29,8 +37,8 @@ class TeacherCache:
     cache has its N target rows at every non-pad position and adds ``kd_positions`` [B, L]
     bool (where they are); a cache with a sketch adds ``hidden_sketch`` [n_tokens, d] float
     (int8 values, one row per non-pad token, row-major) and ``TeacherCache.sketch_matrix``.
-    Each rank streams only its own whole row groups (``distil.train.stream``). ``fs``: an fsspec
-    filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
+    Each rank streams only its own whole row groups (``distil.data.readers.stream``). ``fs``: an
+    fsspec filesystem to read the files through (e.g. ``storage.CountingFileSystem`` to measure).
     """
 
     def __init__(self, url: str, fs: Any = None):
@@ -88,104 +96,54 @@ class TeacherCache:
         return self._sketch_matrix
 
     @property
-    def row_groups(self):
+    def row_groups(self) -> RowGroups:
         """The cache's ``(file, row group)`` units (footers read on first use)."""
-        from distil.train.stream import RowGroups
-
         if self._groups is None:
             self._groups = RowGroups(self.files, self.fs)
         return self._groups
 
     def plan(
         self,
+        position: ReadPosition = ReadPosition(),
         *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        epoch: int = 0,
-        split: str = "train",
-        heldout_fraction: float = 0.05,
         shuffle: bool = True,
         all_copies: bool = False,
-    ):
-        """This rank's row groups for the epoch (``distil.train.stream.RankPlan``): those of
-        the epoch's copy (``copy_for``), or of every copy with ``all_copies``."""
-        return self.row_groups.plan(
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            epoch=epoch,
-            split=split,
-            heldout_fraction=heldout_fraction,
-            shuffle=shuffle,
-            copy=None if all_copies else self.copy_for(epoch, split),
-        )
+    ) -> RankPlan:
+        """This rank's row groups for the epoch: those of the epoch's copy (``copy_for``), or
+        of every copy with ``all_copies``."""
+        copy = None if all_copies else self.copy_for(position.epoch, position.split)
+        return self.row_groups.plan(position, shuffle=shuffle, copy=copy)
 
     def num_batches(
-        self,
-        batch_size: int,
-        *,
-        world_size: int = 1,
-        split: str = "train",
-        heldout_fraction: float = 0.05,
-        seed: int = 0,
-        epoch: int = 0,
-        all_copies: bool = False,
+        self, batch_size: int, position: ReadPosition = ReadPosition(), *, all_copies: bool = False
     ) -> int:
-        """Batches each rank gets from ``iter_batches`` with the same arguments."""
-        plan = self.plan(
-            world_size=world_size,
-            seed=seed,
-            epoch=epoch,
-            split=split,
-            heldout_fraction=heldout_fraction,
-            all_copies=all_copies,
-        )
-        return -(-plan.rows // batch_size)
+        """Batches each rank gets from ``iter_batches`` with the same position (every rank
+        gets as many)."""
+        return -(-self.plan(position, all_copies=all_copies).rows // batch_size)
 
     def iter_batches(
         self,
         batch_size: int,
+        position: ReadPosition = ReadPosition(),
         *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        epoch: int = 0,
-        split: str = "train",
-        heldout_fraction: float = 0.05,
         shuffle: bool = True,
         start_batch: int = 0,
         shuffle_window: int = 1,
         read_ahead: int = 2,
         all_copies: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches for one rank of ``world_size``, from batch ``start_batch`` of the epoch on.
+        """Batches for one rank (``position``), from batch ``start_batch`` of the epoch on.
 
         Ranks read disjoint whole row groups and yield the same number of rows (the smallest
         rank's; at most ``world_size - 1`` row groups dropped per epoch), see
-        ``distil.train.stream``. ``start_batch`` seeks: earlier row groups are not read. Only
-        the epoch's masked copy is read (``copy_for``: each sequence once per epoch), unless
-        ``all_copies``.
+        ``distil.data.readers.stream``. ``start_batch`` seeks: earlier row groups are not read.
+        Only the epoch's masked copy is read (``copy_for``: each sequence once per epoch),
+        unless ``all_copies``.
         """
-        from distil.train.stream import batches
-
-        plan = self.plan(
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            epoch=epoch,
-            split=split,
-            heldout_fraction=heldout_fraction,
-            shuffle=shuffle,
-            all_copies=all_copies,
-        )
+        plan = self.plan(position, shuffle=shuffle, all_copies=all_copies)
         tables = self.row_groups.iter_rows(
             plan,
-            rank=rank,
-            seed=seed,
-            epoch=epoch,
-            split=split,
-            heldout_fraction=heldout_fraction,
+            position,
             start_row=start_batch * batch_size,
             shuffle=shuffle,
             shuffle_window=shuffle_window,
@@ -195,7 +153,6 @@ class TeacherCache:
 
     def collate(self, table: pa.Table) -> dict[str, torch.Tensor]:
         """One batch (the contract's tensors) from a table of cache rows, vectorised."""
-        from distil.train.stream import list_parts, scatter_rows
 
         k = self.k
         lengths, ids = list_parts(table, "input_ids")

@@ -2,8 +2,8 @@
 in the teacher-cache batch format (``input_ids``, ``attention_mask``, ``labels``).
 
 Ranks shard the prepared files' row groups exactly as they shard a teacher cache
-(``distil.train.stream``: whole row groups, balanced, equal batch counts, seekable resume), and
-masking is the cache's own (``distil.teacher.logits.MaskingParams`` over
+(``distil.data.readers.stream``: whole row groups, balanced, equal batch counts, seekable
+resume), and masking is the cache's own (``distil.teacher.logits.MaskingParams`` over
 ``distil.teacher.masking.mask_sequence``): the epoch is the masked copy number, so a sequence
 gets a new mask every epoch (RoBERTa-style dynamic masking, as DistilBERT's scripts do), drawn
 from ``(seed, seq_id, epoch)`` — one stream per sequence, so no two ranks ever share a mask and a
@@ -26,32 +26,27 @@ import torch
 
 from distil import storage
 from distil.data import shards
+from distil.data.readers.stream import ReadPosition, RowGroups, batches
 
 COLUMNS = ["seq_id", "input_ids", "length"]
 log = logging.getLogger("distil.train")
 
 
 class PreparedBatches:
-    """Masked batches of one rank from prepared shards; ``fs`` as in ``TeacherCache``."""
+    """Masked batches of one rank from prepared shards, read like a teacher cache
+    (``TeacherCache.iter_batches``: the same ``ReadPosition``); ``fs`` as in ``TeacherCache``."""
 
     def __init__(
         self,
         url: str,
         *,
-        rank: int = 0,
-        world_size: int = 1,
-        split: str = "train",
-        heldout_fraction: float = 0.05,
         mlm_probability: float = 0.15,
         fs: Any = None,
     ):
         from distil.teacher.logits import MaskingParams
-        from distil.train.stream import RowGroups
 
         self.url = url
         self.manifest = shards.open_prepared(url)
-        self.rank, self.world_size = rank, world_size
-        self.split, self.heldout_fraction = split, heldout_fraction
         special = self.manifest["special_ids"]
         self.pad_id = int(special["pad"])
         self.masking = MaskingParams.from_config(
@@ -67,46 +62,32 @@ class PreparedBatches:
         )
         self.row_groups = RowGroups(storage.committed_files(url), fs)
 
-    def _plan(self, seed: int, epoch: int, shuffle: bool = True):
-        return self.row_groups.plan(
-            rank=self.rank,
-            world_size=self.world_size,
-            seed=seed,
-            epoch=epoch,
-            split=self.split,
-            heldout_fraction=self.heldout_fraction,
-            shuffle=shuffle,
-        )
-
-    def num_batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> int:
-        return -(-self._plan(seed, epoch).rows // batch_size)
+    def num_batches(self, batch_size: int, position: ReadPosition = ReadPosition()) -> int:
+        """Batches each rank gets from ``iter_batches`` with the same position."""
+        return -(-self.row_groups.plan(position).rows // batch_size)
 
     def iter_batches(
         self,
         batch_size: int,
+        position: ReadPosition = ReadPosition(),
         *,
-        seed: int = 0,
-        epoch: int = 0,
         start_batch: int = 0,
         shuffle: bool = True,
         shuffle_window: int = 1,
         read_ahead: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        from distil.train.stream import batches
-
+        """Masked batches for one rank (``position``), from batch ``start_batch`` of the epoch
+        on; masks are drawn from the position's ``(seed, epoch)``."""
         tables = self.row_groups.iter_rows(
-            self._plan(seed, epoch, shuffle),
-            rank=self.rank,
-            seed=seed,
-            epoch=epoch,
-            split=self.split,
-            heldout_fraction=self.heldout_fraction,
+            self.row_groups.plan(position, shuffle=shuffle),
+            position,
             columns=COLUMNS,
             start_row=start_batch * batch_size,
             shuffle=shuffle,
             shuffle_window=shuffle_window,
             read_ahead=read_ahead,
         )
+        seed, epoch = position.seed, position.epoch
         yield from batches(tables, batch_size, lambda t: self.collate(t, seed, epoch))
 
     def collate(self, table: pa.Table, seed: int, epoch: int) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ Why one module over ~350 lines: it is one class whose methods share its state (m
 scheduler, step and token counters); setup, the loss, the train loop, evaluation and
 checkpointing only make sense together, so splitting them into modules would scatter one
 object. What had a seam left: reading, sharding and the data position are
-``distil.train.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``, where
+``distil.data.readers.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``, where
 the teacher targets come from (a cache, or the teacher run every step) is
 ``distil.train.teacher_source``, and the optimizer, schedule, clipping, autocast and DDP wrap
 are ``distil.training``'s.
@@ -30,13 +30,13 @@ import torch.distributed as dist
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from distil import training
+from distil.data.readers.stream import EpochStream, ReadPosition
 from distil.student.model import MaskedLMForDistillation, build_student
 from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
 from distil.train.data import DevicePrefetcher, fixed_shape
 from distil.train.identity import teacher_ref
 from distil.train.objective import PARTS, DistillationObjective
-from distil.train.stream import EpochStream
 from distil.train.teacher_source import teacher_source
 
 log = logging.getLogger("distil.train")
@@ -149,20 +149,17 @@ class DistilRecipe(training.Recipe):
             self.train_history = json.loads(state.get("train_history", "[]"))
         self.start_step = self.step
         self.data_position = self.data.state()
-        source.open_data(self.rank, self.world_size)
+        source.open_data()
         self.shape = source.batch_shape(cfg.batch_size)
 
     # ------------------------------------------------------------------ data
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of this rank's batches from batch ``start`` on (the reader seeks there)."""
-        return self.source.train_batches(
-            self.cfg.batch_size,
-            seed=self.cfg.seed,
-            epoch=epoch,
-            start_batch=start,
-            rank=self.rank,
-            world=self.world_size,
+        cfg = self.cfg
+        position = ReadPosition(
+            self.rank, self.world_size, cfg.seed, epoch, "train", cfg.heldout_fraction
         )
+        return self.source.train_batches(cfg.batch_size, position, start_batch=start)
 
     def _micro_batches(self) -> DevicePrefetcher:
         """Endless fixed-shape micro-batches on the device from the saved (epoch, batch)
@@ -362,7 +359,11 @@ class DistilRecipe(training.Recipe):
         self.module.eval()
         ev = mlm_metrics(
             self.module,
-            self.source.eval_batches(cfg.batch_size, seed=cfg.seed),
+            # every rank evaluates the whole held-out split
+            self.source.eval_batches(
+                cfg.batch_size,
+                ReadPosition(seed=cfg.seed, split="heldout", heldout_fraction=cfg.heldout_fraction),
+            ),
             device=self.device,
             max_batches=cfg.eval_batches,
             teacher=self.source.teacher,

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from distil.data.readers.stream import ReadPosition
 from distil.student.model import encoder_mask
 from distil.teacher.load import LoadedTeacher, mlm_parts
 from distil.train.config import DistilConfig
@@ -28,10 +29,14 @@ Batches = Iterator[dict[str, torch.Tensor]]
 
 class TeacherSource:
     """What the recipe needs from the teacher side of distillation. ``teacher`` is the frozen
-    ``…ForMaskedLM`` the step runs (None when the targets are read, not computed)."""
+    ``…ForMaskedLM`` the step runs (None when the targets are read, not computed); ``reader``
+    and ``eval_reader`` give the training and held-out batches (``iter_batches(batch_size,
+    ReadPosition, start_batch=)``: a ``TeacherCache`` or ``PreparedBatches``)."""
 
     runs_teacher = False  # does every step run the teacher (and so need its MLM head)?
     teacher: Any = None
+    reader: Any = None
+    eval_reader: Any = None
 
     def __init__(self, cfg: DistilConfig):
         self.cfg = cfg
@@ -59,20 +64,18 @@ class TeacherSource:
         """``DistillationObjective`` keyword arguments that come from the targets."""
         return {}
 
-    def open_data(self, rank: int, world_size: int) -> None:
-        """Open this rank's training data and the held-out data."""
+    def open_data(self) -> None:
+        """Open the training and held-out data (when they are not the targets' own)."""
 
     def batch_shape(self, batch_size: int) -> BatchShape:
         raise NotImplementedError
 
-    def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int, start_batch: int, rank: int, world: int
-    ) -> Batches:
-        """One epoch of this rank's training batches from ``start_batch`` on."""
-        raise NotImplementedError
+    def train_batches(self, batch_size: int, position: ReadPosition, start_batch: int) -> Batches:
+        """One epoch of a rank's training batches (``position``) from ``start_batch`` on."""
+        return self.reader.iter_batches(batch_size, position, start_batch=start_batch)
 
-    def eval_batches(self, batch_size: int, *, seed: int) -> Batches:
-        raise NotImplementedError
+    def eval_batches(self, batch_size: int, position: ReadPosition) -> Batches:
+        return self.eval_reader.iter_batches(batch_size, position)
 
     def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, ...]:
         """The teacher's outputs the objective takes besides ``batch`` (none when the batch
@@ -111,7 +114,7 @@ class CachedTeacher(TeacherSource):
         from distil.teacher.cache import TeacherCache
 
         cfg = self.cfg
-        self.cache = TeacherCache(cfg.cache)
+        self.cache = self.reader = self.eval_reader = TeacherCache(cfg.cache)
         self.sparsity = self.cache.manifest.get("sparsity", {"mode": "topk"})
         check_cache_temperature(
             self.cache.manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
@@ -149,25 +152,6 @@ class CachedTeacher(TeacherSource):
             manifest.get("sequences"),
         )
 
-    def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int, start_batch: int, rank: int, world: int
-    ) -> Batches:
-        return self.cache.iter_batches(
-            batch_size,
-            rank=rank,
-            world_size=world,
-            split="train",
-            heldout_fraction=self.cfg.heldout_fraction,
-            seed=seed,
-            epoch=epoch,
-            start_batch=start_batch,
-        )
-
-    def eval_batches(self, batch_size: int, *, seed: int) -> Batches:
-        return self.cache.iter_batches(
-            batch_size, seed=seed, split="heldout", heldout_fraction=self.cfg.heldout_fraction
-        )
-
 
 class OnlineTeacher(TeacherSource):
     """The frozen teacher runs on every dynamically masked batch of the prepared shards
@@ -192,38 +176,14 @@ class OnlineTeacher(TeacherSource):
     def compile(self, backend: str) -> None:
         self.encoder = torch.compile(self.encoder, dynamic=False, backend=backend)
 
-    def open_data(self, rank: int, world_size: int) -> None:
+    def open_data(self) -> None:
         cfg = self.cfg
-        frac = cfg.heldout_fraction
-        self.train_data = PreparedBatches(
-            cfg.data,
-            rank=rank,
-            world_size=world_size,
-            split="train",
-            heldout_fraction=frac,
-            mlm_probability=cfg.mask_prob,
-        )
-        self.eval_data = PreparedBatches(
-            cfg.data,
-            split="heldout",
-            heldout_fraction=frac,
-            mlm_probability=cfg.mask_prob,
-        )
+        self.train_data = self.reader = PreparedBatches(cfg.data, mlm_probability=cfg.mask_prob)
+        self.eval_data = self.eval_reader = PreparedBatches(cfg.data, mlm_probability=cfg.mask_prob)
 
     def batch_shape(self, batch_size: int) -> BatchShape:
         manifest = self.train_data.manifest
         return self._shape(manifest, self.cfg.mask_prob, False, manifest.get("rows"))
-
-    def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int, start_batch: int, rank: int, world: int
-    ) -> Batches:
-        # this rank's share was fixed when the data was opened (``open_data``)
-        return self.train_data.iter_batches(
-            batch_size, seed=seed, epoch=epoch, start_batch=start_batch
-        )
-
-    def eval_batches(self, batch_size: int, *, seed: int) -> Batches:
-        return self.eval_data.iter_batches(batch_size, seed=seed, epoch=0)
 
     def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, ...]:
         """(teacher logits at the target rows or None without a KD term, teacher hidden states

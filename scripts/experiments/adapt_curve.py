@@ -7,7 +7,7 @@ Decision it backs: the demo's teacher-adaptation budget (120k tokens) and method
 Each run is one in-process ``distil.teacher.adapt.adapt`` (the stage's own code, no Ray) of the
 packaged MiniLM on the same prepared data, differing only in token budget and method (METHODS:
 AdaptConfig overrides). Without ``--prepared`` the data is the demo's: the sample corpus' wiki
-and news parts (``distil.data.samples``), prepared at seq_len 128 by ``distil.data.prepare.
+and news parts (``distil.samples.corpus``), prepared at seq_len 128 by ``distil.data.prepare.
 run_serial`` (stage 1's bytes, serially). Results go one JSON line per run to
 ``WORKDIR/results.jsonl`` (a rerun skips the runs already there, so a long curve can be resumed)
 and are printed as a markdown table: held-out masked-token accuracy / perplexity after
@@ -48,7 +48,7 @@ def prepare_sample(workdir: str) -> str:
     """The demo's sample-scale corpus (wiki + news) prepared at seq_len 128; reused if there."""
     from distil.data.config import PrepareConfig
     from distil.data.prepare_ranges import run_serial
-    from distil.data.samples import assemble_news, assemble_wiki
+    from distil.samples.corpus import assemble_news, assemble_wiki
 
     out = storage.join(workdir, "prepared")
     if storage.is_committed(out):

@@ -118,10 +118,12 @@ def train(
 
 def teacher_accuracy(cache_url: str, heldout: float) -> float:
     """The teacher's own held-out MLM accuracy (its top-1 cached id vs the label), copy 0."""
+    from distil.data.readers.stream import ReadPosition
     from distil.teacher.cache import TeacherCache
 
     hit = n = 0
-    for b in TeacherCache(cache_url).iter_batches(256, split="heldout", heldout_fraction=heldout):
+    position = ReadPosition(split="heldout", heldout_fraction=heldout)
+    for b in TeacherCache(cache_url).iter_batches(256, position):
         labels = b["labels"][b["labels"] != -100]
         hit += int((b["target_ids"][:, 0] == labels).sum())
         n += len(labels)
@@ -149,10 +151,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for c in [int(x) for x in args.copies.split(",")]:
         url, m, build_s = cache(args.work, data, t_url, c)
+        from distil.data.readers.stream import ReadPosition
         from distil.teacher.cache import TeacherCache
 
         per_epoch = TeacherCache(url).num_batches(
-            args.batch_size, split="train", heldout_fraction=args.heldout
+            args.batch_size, ReadPosition(split="train", heldout_fraction=args.heldout)
         )
         steps = per_epoch * args.epochs
         ev = train(args.work, url, t_url, c, steps, args.batch_size, args.heldout)

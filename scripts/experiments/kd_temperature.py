@@ -35,13 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 def topk_mass(cache_url: str, max_batches: int = 64) -> dict[float, dict[str, float]]:
     """The teacher's probability mass on its cached K ids at each temperature the cache serves
     (``log p_T = log p_1 / T - c_T``), over up to ``max_batches`` batches of 64 rows."""
+    from distil.data.readers.stream import ReadPosition
     from distil.losses import teacher_logprobs_at
     from distil.teacher.cache import TeacherCache
 
     cache = TeacherCache(cache_url)
     masses: dict[float, list[np.ndarray]] = {t: [] for t in cache.kd_temperatures}
     # the "train" split of a ~0 held-out fraction: (nearly) every row, in file order
-    for i, batch in enumerate(cache.iter_batches(64, shuffle=False, heldout_fraction=1e-9)):
+    for i, batch in enumerate(
+        cache.iter_batches(64, ReadPosition(heldout_fraction=1e-9), shuffle=False)
+    ):
         if i >= max_batches:
             break
         for j, t in enumerate(cache.kd_temperatures):

@@ -31,11 +31,11 @@ from distil.packaged import PACKAGED_TEACHER  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from distil.data.config import SamplesConfig
-    from distil.data.samples import run as build_samples
+    from distil.samples.config import SamplesConfig
+    from distil.samples.corpus import run as build_samples
+    from distil.samples.reviews import evaluation_sets
     from distil.sentiment.config import FinetuneConfig
     from distil.sentiment.finetune import run_local
-    from distil.sentiment.reviews import evaluation_sets
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=".distil/teacher-sweep")

@@ -44,6 +44,7 @@ def test_replicated_cache_reads_times_the_rows(
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teacher"))
     from teacher_helpers import build_cache, make_prepared
 
+    from distil.data.readers.stream import ReadPosition
     from distil.teacher.cache import TeacherCache
 
     prepared = str(tmp_path / "prepared")
@@ -52,8 +53,10 @@ def test_replicated_cache_reads_times_the_rows(
     big = scale.replicate_cache(url, tmp_path / "big", 3)
     one, three = TeacherCache(url), TeacherCache(big)
     assert len(three) == 3 * len(one)
-    rows = sum(len(b["input_ids"]) for b in three.iter_batches(8, split="all"))
-    assert rows == 3 * sum(len(b["input_ids"]) for b in one.iter_batches(8, split="all"))
+    rows = sum(len(b["input_ids"]) for b in three.iter_batches(8, ReadPosition(split="all")))
+    assert rows == 3 * sum(
+        len(b["input_ids"]) for b in one.iter_batches(8, ReadPosition(split="all"))
+    )
 
 
 def test_sampler_counts_a_worker_process(scale):

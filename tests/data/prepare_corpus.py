@@ -356,8 +356,8 @@ def real_wiki_xml() -> bytes:
     """The real ``pages-articles`` excerpt shipped in the gensim wheel (206 pages), decompressed."""
     import zipfile
 
-    from distil.data import registry
-    from distil.data.samples import GENSIM, WIKI_MEMBER
+    from distil.samples import registry
+    from distil.samples.corpus import GENSIM, WIKI_MEMBER
 
     with zipfile.ZipFile(registry.fetch_pypi(*GENSIM)) as z:
         return bz2.decompress(z.read(WIKI_MEMBER))
@@ -406,9 +406,9 @@ def sample_texts() -> list[str]:
     import io
     import zipfile
 
-    from distil.data import registry
     from distil.data.readers import Document, read_wiki
-    from distil.data.samples import GENSIM, NEWS_MEMBER
+    from distil.samples import registry
+    from distil.samples.corpus import GENSIM, NEWS_MEMBER
 
     wiki = [
         r.text for r in read_wiki(io.BytesIO(real_wiki_xml()), "wiki") if isinstance(r, Document)

@@ -4,13 +4,12 @@ import pytest
 from pydantic import ValidationError
 
 from distil.config import load_config
-from distil.data.config import PrepareConfig, SamplesConfig
+from distil.data.config import PrepareConfig
 
 
 def test_yaml_configs_load_and_flags_override():
     cfg = load_config(PrepareConfig, "prepare/default", seq_len=512)
     assert cfg.seq_len == 512 and cfg.input == [".distil/samples/corpus"]
-    assert load_config(SamplesConfig, "prepare/samples").output == ".distil/samples"
 
 
 def test_cli_flags(repo_root):

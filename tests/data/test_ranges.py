@@ -2,7 +2,7 @@
 file read as ranges gives exactly the records of reading it whole (same texts, offsets, ids,
 dead letters), and a run that splits its files writes the bytes of one that does not, with
 deduplication on or off. (The scoring stage's reading of the same ranges:
-tests/sentiment/test_review_files.py.)"""
+tests/data/test_review_files.py.)"""
 
 from __future__ import annotations
 

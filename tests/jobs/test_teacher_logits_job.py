@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teacher"))
 from teacher_helpers import make_prepared  # noqa: E402
 
 from distil import storage  # noqa: E402
+from distil.data.readers.stream import ReadPosition  # noqa: E402
 from distil.packaged import PACKAGED_TEACHER  # noqa: E402
 from distil.teacher.cache import TeacherCache  # noqa: E402
 from distil.teacher.config import LogitsConfig  # noqa: E402
@@ -70,7 +71,7 @@ def test_cache_on_s3_then_rerun_is_a_cache_hit_that_writes_nothing(
     ]
     assert [f["rows"] for f in cache.manifest["files"]] == [3, 3, 2] * 3
     assert (
-        sum(b["target_ids"].shape[0] for b in cache.iter_batches(4, split="all"))
+        sum(b["target_ids"].shape[0] for b in cache.iter_batches(4, ReadPosition(split="all")))
         == (cache.manifest["positions"])
     )
     before = _listing(f"{s3_url}/cache")

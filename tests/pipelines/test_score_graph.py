@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.pvalue import TaggedOutput
 
+from distil.data.readers import review_files
 from distil.pipelines.inference import ERROR, WORKER
 from distil.pipelines.score_graph import COUNTS, DEAD, ReadReviews, ToScored, WriteParts
 from distil.score import scored
-from distil.sentiment import review_files
 
 KEEP = [("stars", "int64")]
 

@@ -14,8 +14,8 @@ import pytest
 from score_fixtures import run_score
 
 from distil import storage
+from distil.data.readers.review_files import generated_id, text_sha256
 from distil.score import scored
-from distil.sentiment.review_files import generated_id, text_sha256
 
 LONG_TEXT = "a long and winding review " * 150  # ~750 tokens: truncated to max_length
 GOOD = {

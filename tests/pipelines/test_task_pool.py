@@ -10,10 +10,10 @@ import pytest
 from bert_fixtures import tiny_classifier
 
 from distil import storage
+from distil.samples.reviews import text_key
 from distil.sentiment.classifier import SequenceClassifier, export_classifier
 from distil.sentiment.config import FinetuneConfig, PoolConfig
 from distil.sentiment.labelled_data import assemble, load_texts
-from distil.sentiment.reviews import text_key
 from distil.sentiment.teacher_cache import open_teacher_cache, teacher_targets
 
 ID2LABEL = {0: "negative", 1: "positive"}

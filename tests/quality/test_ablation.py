@@ -17,8 +17,8 @@ from distil.pipelines import score_reviews, task_pool
 from distil.quality.ablation import Stages, run
 from distil.quality.config import DEFAULT_ROWS, ROWS, QualityConfig
 from distil.quality.table import goals
+from distil.samples.reviews import text_key, validation_mask
 from distil.sentiment.labelled_data import load_texts
-from distil.sentiment.reviews import text_key, validation_mask
 
 _spec = importlib.util.spec_from_file_location(
     "stage3_data", Path(__file__).parents[1] / "train" / "stage3_data.py"

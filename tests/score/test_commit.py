@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from distil import storage
+from distil.data.readers.review_files import UNREADABLE_FILE
 from distil.score import scored
 from distil.score.commit import finalize_run
 from distil.score.lease import acquire
 from distil.score.plan import RunPlan
-from distil.sentiment.review_files import UNREADABLE_FILE
 
 
 def _plan(output: str, files: list[str], failed_before: dict[str, int]) -> RunPlan:

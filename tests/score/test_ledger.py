@@ -7,9 +7,9 @@ import datetime as dt
 
 import pytest
 
+from distil.data.readers.review_files import convert_column
 from distil.score import ledger
 from distil.score.scored import parse_keep_columns
-from distil.sentiment.review_files import convert_column
 
 
 def test_dates_resolve_in_utc_and_fill_templates():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from distil.samples.reviews import text_key
 from distil.sentiment import pool
-from distil.sentiment.reviews import text_key
 
 
 @pytest.fixture(scope="module")

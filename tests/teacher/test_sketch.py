@@ -9,6 +9,7 @@ import torch
 from teacher_helpers import build_cache
 
 from distil import losses, storage
+from distil.data.readers.stream import ReadPosition
 from distil.teacher.build import plan_cache
 from distil.teacher.cache import TeacherCache
 from distil.teacher.cache_format import FORMAT_VERSION
@@ -31,7 +32,7 @@ def caches(prepared_dir, tiny_teacher_dir, tmp_path_factory) -> dict[str, Teache
 
 
 def _batches(cache: TeacherCache):
-    return list(cache.iter_batches(5, split="all", shuffle=False))
+    return list(cache.iter_batches(5, ReadPosition(split="all"), shuffle=False))
 
 
 def test_all_positions_cache_has_targets_at_every_token_and_the_same_masked_input(caches):

@@ -7,6 +7,7 @@ import torch
 from teacher_helpers import build_cache, make_prepared
 
 from distil import storage
+from distil.data.readers.stream import ReadPosition
 from distil.teacher.build import plan_cache
 from distil.teacher.cache import TeacherCache
 from distil.teacher.cache_format import FORMAT_VERSION, cache_key
@@ -43,51 +44,60 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(cache_url):
     cache = TeacherCache(cache_url)
     total = len(cache)  # 24 sequences x 3 copies
     assert total == 72
-    kw = {"split": "all", "all_copies": True}  # every copy (an epoch reads one: test_stream)
-    every = Counter(k for b in cache.iter_batches(5, **kw) for k in _row_keys(b))
+    every_copy = {"all_copies": True}  # (an epoch reads one: test_stream)
+    every = Counter(
+        k
+        for b in cache.iter_batches(5, ReadPosition(split="all"), **every_copy)
+        for k in _row_keys(b)
+    )
     assert sum(every.values()) == total and len(every) >= total - 3
     for world in (2, 3, 5):
         per_rank = [
             Counter(
                 k
-                for b in cache.iter_batches(4, rank=r, world_size=world, **kw)
+                for b in cache.iter_batches(4, ReadPosition(r, world, split="all"), **every_copy)
                 for k in _row_keys(b)
             )
             for r in range(world)
         ]
         counts = [
-            len(list(cache.iter_batches(4, rank=r, world_size=world, **kw))) for r in range(world)
+            len(list(cache.iter_batches(4, ReadPosition(r, world, split="all"), **every_copy)))
+            for r in range(world)
         ]
         assert len(set(counts)) == 1
-        assert counts[0] == cache.num_batches(4, world_size=world, **kw)
+        assert counts[0] == cache.num_batches(
+            4, ReadPosition(world_size=world, split="all"), **every_copy
+        )
         dealt = sum(per_rank, Counter())
         assert not dealt - every  # disjoint: no row dealt more often than it exists
         # the cut: at most one row group per rank beyond the first, as the plan reports
-        dropped = cache.plan(world_size=world, **kw).dropped
+        dropped = cache.plan(ReadPosition(world_size=world, split="all"), **every_copy).dropped
         assert sum(dealt.values()) == total - dropped
         assert 0 <= dropped <= (world - 1) * RG_ROWS
 
 
 def test_splits_partition_the_rows_and_epochs_reshuffle(cache_url):
     cache = TeacherCache(cache_url)
-    kw = {"split": "train", "heldout_fraction": 0.2, "all_copies": True}
-    train = Counter(k for b in cache.iter_batches(8, **kw) for k in _row_keys(b))
-    held = Counter(
-        k
-        for b in cache.iter_batches(8, split="heldout", heldout_fraction=0.2, all_copies=True)
-        for k in _row_keys(b)
+
+    def train(epoch: int) -> ReadPosition:
+        return ReadPosition(epoch=epoch, split="train", heldout_fraction=0.2)
+
+    trained = Counter(
+        k for b in cache.iter_batches(8, train(0), all_copies=True) for k in _row_keys(b)
     )
-    assert train and held and not set(train) & set(held)
-    assert sum(train.values()) + sum(held.values()) == len(cache)
-    e0 = [k for b in cache.iter_batches(8, epoch=0, **kw) for k in _row_keys(b)]
-    e0b = [k for b in cache.iter_batches(8, epoch=0, **kw) for k in _row_keys(b)]
-    e1 = [k for b in cache.iter_batches(8, epoch=1, **kw) for k in _row_keys(b)]
+    heldout = ReadPosition(split="heldout", heldout_fraction=0.2)
+    held = Counter(k for b in cache.iter_batches(8, heldout, all_copies=True) for k in _row_keys(b))
+    assert trained and held and not set(trained) & set(held)
+    assert sum(trained.values()) + sum(held.values()) == len(cache)
+    e0 = [k for b in cache.iter_batches(8, train(0), all_copies=True) for k in _row_keys(b)]
+    e0b = [k for b in cache.iter_batches(8, train(0), all_copies=True) for k in _row_keys(b)]
+    e1 = [k for b in cache.iter_batches(8, train(1), all_copies=True) for k in _row_keys(b)]
     assert e0 == e0b and e0 != e1 and set(e0) == set(e1)
 
 
 def test_batch_tensors_follow_the_contract(cache_url):
     cache = TeacherCache(cache_url)
-    b = next(cache.iter_batches(6, split="all"))
+    b = next(cache.iter_batches(6, ReadPosition(split="all")))
     assert b["input_ids"].dtype == b["labels"].dtype == b["target_ids"].dtype == torch.long
     assert b["attention_mask"].shape == b["input_ids"].shape
     n = int((b["labels"] != -100).sum())
@@ -117,7 +127,7 @@ def test_batch_tensors_follow_the_contract(cache_url):
 
 def n_all(cache: TeacherCache) -> int:
     """Masked positions over every row of the cache (every copy: an epoch reads one)."""
-    batches = cache.iter_batches(7, split="all", all_copies=True)
+    batches = cache.iter_batches(7, ReadPosition(split="all"), all_copies=True)
     return sum(int((b["labels"] != -100).sum()) for b in batches)
 
 
@@ -223,7 +233,7 @@ def test_each_kd_temperature_costs_one_float32_per_position(
         url = build_cache(prepared_dir, str(tiny_teacher_dir), str(tmp_path), kd_temperatures=temps)
         built[len(temps) - 1] = (storage.read_manifest(url), _logz_column_sizes(url))
         if temps == [1.0]:  # served at T = 1 only: the batch column is there, all zeros
-            b = next(TeacherCache(url).iter_batches(4, split="all"))
+            b = next(TeacherCache(url).iter_batches(4, ReadPosition(split="all")))
             assert b["target_logz"].shape == (b["target_ids"].shape[0], 1)
             assert torch.all(b["target_logz"] == 0)
     base, (comp0, _, chunks0) = built[0]
@@ -247,7 +257,8 @@ def test_an_epoch_reads_one_copy_and_a_sequence_major_cache_is_refused(cache_url
     cache = TeacherCache(cache_url)
     assert cache.copies == 3 and sorted(set(cache.row_groups.copy_of)) == [0, 1, 2]
     for epoch in range(4):
-        n = sum(b["input_ids"].shape[0] for b in cache.iter_batches(5, epoch=epoch, split="all"))
+        batches = cache.iter_batches(5, ReadPosition(epoch=epoch, split="all"))
+        n = sum(b["input_ids"].shape[0] for b in batches)
         assert n == len(cache) // 3
     old = tmp_path / "seq-major"
     shutil.copytree(cache_url, old)

@@ -6,6 +6,7 @@ import torch
 from teacher_helpers import build_cache
 
 from distil.data import shards
+from distil.data.readers.stream import ReadPosition
 from distil.teacher.cache import TeacherCache
 from distil.teacher.load import load_teacher
 from distil.teacher.logits import teacher_logits_batch
@@ -39,7 +40,7 @@ def test_cached_targets_match_hf_masked_lm_on_the_rebuilt_input(
     originals = _original_rows(prepared_dir)
     # seq_ids are not in the batch: recover them by matching the unmasked tokens
     checked = 0
-    for batch in cache.iter_batches(8, split="all", shuffle=False, all_copies=True):
+    for batch in cache.iter_batches(8, ReadPosition(split="all"), shuffle=False, all_copies=True):
         with torch.no_grad():
             logits = hf_teacher(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from stage3_data import cached_config, online_config
 
 from distil import losses
+from distil.data.readers.stream import ReadPosition
 from distil.student.model import encoder_mask
 from distil.train.data import BatchShape, fixed_shape
 from distil.train.recipe import DistilRecipe
@@ -109,7 +110,11 @@ def test_fixed_shape_loss_and_gradients_equal_the_ragged_step(
     _perturb(r)
     r.student.eval()  # no dropout: both computations see the same forward
     if mode == "online":
-        host = next(r.source.train_data.iter_batches(cfg.batch_size, seed=cfg.seed))
+        host = next(
+            r.source.train_data.iter_batches(
+                cfg.batch_size, ReadPosition(seed=cfg.seed, heldout_fraction=cfg.heldout_fraction)
+            )
+        )
     else:
         host = next(iter(r.data))
     assert int(host["attention_mask"].sum()) < host["attention_mask"].numel()  # has padding

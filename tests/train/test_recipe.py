@@ -8,6 +8,7 @@ import pytest
 import torch
 from stage3_data import online_config
 
+from distil.data.readers.stream import ReadPosition
 from distil.train.config import DistilConfig
 from distil.train.data import fixed_shape, to_device
 from distil.train.recipe import DistilRecipe
@@ -57,7 +58,10 @@ def test_online_training_lowers_loss_and_evaluates(tmp_path, prepared_dir, tiny_
     cfg = _cfg(tmp_path, prepared_dir, tiny_teacher_dir, max_steps=20, eval_every=20, lr=3e-3)
     r = _recipe(cfg, tmp_path)
     batches = r._micro_batches()
-    fixed = to_device(fixed_shape(next(r.source.eval_data.iter_batches(8)), r.shape), r.device)
+    heldout = ReadPosition(split="heldout", heldout_fraction=cfg.heldout_fraction)
+    fixed = to_device(
+        fixed_shape(next(r.source.eval_data.iter_batches(8, heldout)), r.shape), r.device
+    )
 
     def fixed_loss() -> float:
         r.module.eval()

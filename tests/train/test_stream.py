@@ -1,8 +1,11 @@
-"""Rank-sharded streaming of the teacher cache and the prepared shards (distil.train.stream):
+"""Rank-sharded streaming of the teacher cache and the prepared shards
+(distil.data.readers.stream):
 what each rank reads from a real S3 (SeaweedFS), which rows it gets, resume by seeking, and the
 online mode's masking."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,11 +14,11 @@ import torch
 from stage3_data import build_cache, small_row_groups, write_prepared
 
 from distil import storage
+from distil.data.readers.stream import RankPlan, ReadPosition, assign
 from distil.data.shards import is_heldout
 from distil.teacher.cache import TeacherCache
 from distil.teacher.masking import mask_sequence
 from distil.train.data import PreparedBatches
-from distil.train.stream import RankPlan, assign
 
 RG_ROWS = 8
 HELDOUT = 0.1
@@ -42,17 +45,19 @@ def _unit_bytes(cache: TeacherCache) -> list[int]:
     return out
 
 
-def _resume_matches(url: str, kw: dict, start_of) -> tuple[TeacherCache, RankPlan, int, int, int]:
+def _resume_matches(
+    url: str, position: ReadPosition, start_of
+) -> tuple[TeacherCache, RankPlan, int, int, int]:
     """Resume at batch ``start_of(n batches)``: the batches after it are bit-identical to an
     uninterrupted run's. Returns the counting reader's cache, plan, the bytes the resume read,
     the start batch and the epoch's batch count."""
-    straight = list(TeacherCache(url).iter_batches(4, **kw))
+    straight = list(TeacherCache(url).iter_batches(4, position))
     start = start_of(len(straight))
     fs = _counting(url)
     cache = TeacherCache(url, fs=fs)
-    plan = cache.plan(**kw)
+    plan = cache.plan(position)
     before = fs.bytes_read
-    resumed = list(cache.iter_batches(4, start_batch=start, **kw))
+    resumed = list(cache.iter_batches(4, position, start_batch=start))
     read = fs.bytes_read - before
     assert len(resumed) == len(straight) - start
     for a, b in zip(straight[start:], resumed, strict=True):
@@ -62,10 +67,8 @@ def _resume_matches(url: str, kw: dict, start_of) -> tuple[TeacherCache, RankPla
     return cache, plan, read, start, len(straight)
 
 
-def _seq_keys(cache: TeacherCache, plan, rank: int) -> list[tuple[int, int]]:
-    rows = cache.row_groups.iter_rows(
-        plan, rank=rank, seed=3, epoch=1, split="train", heldout_fraction=HELDOUT
-    )
+def _seq_keys(cache: TeacherCache, plan, position: ReadPosition) -> list[tuple[int, int]]:
+    rows = cache.row_groups.iter_rows(plan, position)
     return [
         (s, c)
         for t in rows
@@ -92,9 +95,10 @@ def test_each_rank_reads_only_its_row_groups_from_s3(s3_rg_cache, world):
         cache = TeacherCache(s3_rg_cache, fs=fs)
         data_bytes = sum(_unit_bytes(cache))  # reads the footers (through ``fs``)
         footer_bytes = fs.bytes_read
-        plan = cache.plan(rank=rank, **kw)
+        position = ReadPosition(rank=rank, **kw)
+        plan = cache.plan(position)
         index_bytes = fs.bytes_read - footer_bytes  # the seq_id column: train rows per unit
-        n = sum(1 for _ in cache.iter_batches(8, rank=rank, **kw))
+        n = sum(1 for _ in cache.iter_batches(8, position))
         streamed = fs.bytes_read - footer_bytes - index_bytes
         mine = sum(_unit_bytes(cache)[u] for u in plan.units)
         print(
@@ -105,19 +109,19 @@ def test_each_rank_reads_only_its_row_groups_from_s3(s3_rg_cache, world):
         assert streamed <= mine * 1.02 + 1024  # nothing but its own row groups
         assert index_bytes < 0.1 * cache_bytes
         counts.append(n)
-        seen.append(_seq_keys(TeacherCache(s3_rg_cache), plan, rank))
+        seen.append(_seq_keys(TeacherCache(s3_rg_cache), plan, position))
         assert len(seen[-1]) == plan.rows
     assert len(set(counts)) == 1  # DDP: every rank the same number of batches
     union = set().union(*map(set, seen))
     assert sum(map(len, seen)) == len(union)  # disjoint
-    dropped = TeacherCache(s3_rg_cache).plan(rank=0, **kw).dropped
+    dropped = TeacherCache(s3_rg_cache).plan(ReadPosition(rank=0, **kw)).dropped
     assert union <= train and len(union) == len(train) - dropped
     assert dropped <= (world - 1) * RG_ROWS
 
 
 def test_resume_near_the_end_of_an_epoch_seeks_and_matches(s3_rg_cache):
-    kw = dict(rank=1, world_size=2, seed=3, epoch=0, split="train", heldout_fraction=HELDOUT)
-    cache, plan, read, start, n = _resume_matches(s3_rg_cache, kw, lambda n: int(0.9 * n))
+    position = ReadPosition(rank=1, world_size=2, seed=3, epoch=0, heldout_fraction=HELDOUT)
+    cache, plan, read, start, n = _resume_matches(s3_rg_cache, position, lambda n: int(0.9 * n))
     # only the shuffle window (2 units) holding the resume row and the units after it
     sizes = _unit_bytes(cache)
     rows_before, first_window = start * 4, 0
@@ -129,6 +133,15 @@ def test_resume_near_the_end_of_an_epoch_seeks_and_matches(s3_rg_cache):
     whole = sum(sizes[u] for u in plan.units)
     print(f"resume at batch {start}/{n}: read {read} B, needed {needed} B, epoch {whole} B")
     assert read <= needed * 1.02 + 1024 and read < 0.35 * whole
+
+
+def test_a_read_position_outside_the_ranks_or_splits_is_refused():
+    with pytest.raises(ValueError, match="rank 2 outside world_size 2"):
+        ReadPosition(rank=2, world_size=2)
+    with pytest.raises(ValueError, match="split must be one of train, heldout, all"):
+        ReadPosition(split="test")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ReadPosition().epoch = 1  # type: ignore[misc]
 
 
 def test_assignment_is_balanced_deterministic_and_reshuffled():
@@ -143,12 +156,12 @@ def test_assignment_is_balanced_deterministic_and_reshuffled():
 
 def test_online_batches_use_the_cache_masking_and_shard_by_row_group(tmp_path, real_tokenizer_dir):
     url = small_row_groups(write_prepared(str(tmp_path / "prep"), real_tokenizer_dir), 16)
-    ranks = [PreparedBatches(url, rank=r, world_size=2, mlm_probability=0.2) for r in (0, 1)]
-    plans = [p._plan(seed=5, epoch=2) for p in ranks]
+    src = PreparedBatches(url, mlm_probability=0.2)
+    ranks = [ReadPosition(rank=r, world_size=2, seed=5, epoch=2) for r in (0, 1)]
+    plans = [src.row_groups.plan(p) for p in ranks]
     assert not set(plans[0].units) & set(plans[1].units)
-    assert ranks[0].num_batches(8, seed=5, epoch=2) == ranks[1].num_batches(8, seed=5, epoch=2)
+    assert src.num_batches(8, ranks[0]) == src.num_batches(8, ranks[1])
     # masking: distil.teacher.masking, keyed by (seed, seq_id, copy=epoch)
-    src = ranks[0]
     table = src.row_groups.read(plans[0].units[0], ["seq_id", "input_ids", "length"])
     assert table.schema.field("input_ids").type.value_type == "uint16"  # not upcast on read
     batch = src.collate(table, seed=5, epoch=2)
@@ -206,23 +219,22 @@ def test_an_epoch_reads_only_its_copy_each_sequence_once(s3_copies_cache):
             fs = _counting(s3_copies_cache)
             c = TeacherCache(s3_copies_cache, fs=fs)
             footers = c.row_groups and fs.bytes_read
-            plan = c.plan(rank=rank, **kw)
+            position = ReadPosition(rank=rank, **kw)
+            plan = c.plan(position)
             before = fs.bytes_read
             assert before - footers < 0.1 * cache_bytes / COPIES  # split index: this copy only
-            counts.append(sum(1 for _ in c.iter_batches(8, rank=rank, **kw)))
+            counts.append(sum(1 for _ in c.iter_batches(8, position)))
             streamed = fs.bytes_read - before
             print(f"epoch {epoch} rank {rank}: {streamed} B streamed of a {cache_bytes} B cache")
             assert streamed <= 1.1 * cache_bytes / COPIES / world, (streamed, cache_bytes)
-            rows = c.row_groups.iter_rows(
-                plan, rank=rank, seed=3, epoch=epoch, split="train", heldout_fraction=HELDOUT
-            )
+            rows = c.row_groups.iter_rows(plan, position)
             for t in rows:
                 keys += zip(t["seq_id"].to_pylist(), t["copy"].to_pylist(), strict=True)
         assert len(set(counts)) == 1
         assert {c for _, c in keys} == {epoch % COPIES}  # epoch e reads copy e % copies
         seqs = [s for s, _ in keys]
         assert len(seqs) == len(set(seqs))  # each sequence at most once per epoch
-        dropped = cache.plan(**kw).dropped
+        dropped = cache.plan(ReadPosition(**kw)).dropped
         assert dropped <= (world - 1) * 8
         train_seqs = (train_seqs or set()) | set(seqs)
         assert not any(is_heldout(s, HELDOUT) for s in seqs)
@@ -240,10 +252,14 @@ def _all_seq_ids(url: str) -> set[int]:
 
 def test_two_epochs_of_two_copies_see_two_maskings(s3_copies_cache):
     cache = TeacherCache(s3_copies_cache)
-    kw = dict(seed=3, split="train", heldout_fraction=HELDOUT, shuffle=False)
-    e0 = list(cache.iter_batches(512, epoch=0, **kw))
-    e1 = list(cache.iter_batches(512, epoch=1, **kw))
-    e2 = list(cache.iter_batches(512, epoch=2, **kw))
+    e0, e1, e2 = (
+        list(
+            cache.iter_batches(
+                512, ReadPosition(seed=3, epoch=e, heldout_fraction=HELDOUT), shuffle=False
+            )
+        )
+        for e in range(3)
+    )
     assert len(e0) == len(e1) == 1 and e0[0]["input_ids"].shape[0] > 100
     # unshuffled, the same sequences in the same order; the masks differ, copy 0 comes back
     assert torch.equal(e0[0]["attention_mask"], e1[0]["attention_mask"])
@@ -252,18 +268,21 @@ def test_two_epochs_of_two_copies_see_two_maskings(s3_copies_cache):
 
 
 def test_resume_in_the_second_copy_is_bit_identical(s3_copies_cache):
-    kw = dict(rank=1, world_size=2, seed=3, epoch=1, split="train", heldout_fraction=HELDOUT)
-    cache, _, read, _, _ = _resume_matches(s3_copies_cache, kw, lambda n: n // 2)
+    position = ReadPosition(rank=1, world_size=2, seed=3, epoch=1, heldout_fraction=HELDOUT)
+    cache, _, read, _, _ = _resume_matches(s3_copies_cache, position, lambda n: n // 2)
     assert read < 0.35 * sum(_unit_bytes(cache))  # half of one copy of one rank's share
 
 
 def test_heldout_is_always_copy_0(s3_copies_cache):
     cache = TeacherCache(s3_copies_cache)
-    kw = dict(split="heldout", heldout_fraction=HELDOUT, shuffle=False)
+
+    def heldout(epoch: int) -> ReadPosition:
+        return ReadPosition(epoch=epoch, split="heldout", heldout_fraction=HELDOUT)
+
     for epoch in (0, 1, 3):
-        plan = cache.plan(epoch=epoch, **kw)
+        plan = cache.plan(heldout(epoch), shuffle=False)
         assert plan.rows > 0 and {cache.row_groups.copy_of[u] for u in plan.units} == {0}
-    a = list(cache.iter_batches(64, epoch=0, **kw))
-    b = list(cache.iter_batches(64, epoch=1, **kw))
+    a = list(cache.iter_batches(64, heldout(0), shuffle=False))
+    b = list(cache.iter_batches(64, heldout(1), shuffle=False))
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x["labels"], y["labels"]) and torch.equal(x["input_ids"], y["input_ids"])

@@ -19,6 +19,12 @@ The readers live in one module per format family (``lines``: text, JSON lines an
 listing, hashing) in ``files``, decompression in ``compression`` and the splitting of big files
 into ranges in ``ranges`` (``wiki_ranges`` for bz2 dumps); this package's ``read_records``
 picks one per file, and every public name stays importable from ``distil.data.readers``.
+
+The other stages read through the same layer: ``review_files`` reads review files for
+``distil finetune`` and ``distil score`` (``Review | DeadLetter``, with this package's format
+table, listing, ranges, decompression and dead-letter record), and ``stream`` deals the row
+groups of committed Parquet files (prepared shards, teacher caches) to training ranks by
+``ReadPosition``.
 """
 
 from __future__ import annotations

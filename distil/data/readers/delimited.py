@@ -1,6 +1,6 @@
 """CSV/TSV records: quoted fields spanning lines kept whole, an unclosed quote confined to its
 line. One implementation for every reader of delimited files (``distil prepare``'s corpus
-reader here, the scoring stage's ``distil.sentiment.review_files``) and for the range planner
+reader here, the review reader ``review_files``) and for the range planner
 (``distil.data.readers.ranges``), so a range starts exactly where whole-file reading starts a
 record."""
 

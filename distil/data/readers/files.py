@@ -10,6 +10,7 @@ import json
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -127,21 +128,7 @@ def list_inputs(urls: list[str], fmt: str = "auto") -> InputListing:
     first bytes are not its suffix's format, or a Parquet file that does not start as one, is
     refused here, before any work.
     """
-    found: list[str] = []
-    for url in urls:
-        fs, path = storage.get_fs(url)
-        prefix = url.split("://", 1)[0] + "://" if "://" in url else ""
-        if any(ch in path for ch in "*?["):
-            entries = fs.glob(path, detail=True)
-            paths = sorted(p for p, info in entries.items() if info.get("type") != "directory")
-        elif fs.isdir(path):
-            # one listing call, files only (no per-file request on object storage)
-            paths = sorted(p for p in fs.find(path) if not _hidden(posixpath.relpath(p, path)))
-        elif fs.exists(path):
-            paths = [path]
-        else:
-            raise FileNotFoundError(f"input {storage.redact(url)} does not exist")
-        found.extend(prefix + p if prefix else p for p in paths)
+    found = [u for url in urls for u in find_files(url)[0]]
     if not found:
         raise FileNotFoundError(f"no input files under {[storage.redact(u) for u in urls]}")
     dupes = sorted(u for u, n in Counter(found).items() if n > 1)
@@ -168,6 +155,29 @@ def list_inputs(urls: list[str], fmt: str = "auto") -> InputListing:
     refused += bad.values()
     readable = [u for u in readable if u not in bad]
     return InputListing(readable, sorted(refused, key=lambda r: r.url))
+
+
+def find_files(url: str, hidden: Callable[[str], bool] | None = None) -> tuple[list[str], bool]:
+    """The file URLs ``url`` names, sorted, and whether it is a folder: a glob's matching files,
+    a folder's files (walked; those whose path under it is ``hidden``, by default names
+    starting with ``_`` or ``.`` and the folder's ``manifest.json``, left out), or the file
+    itself. ``FileNotFoundError`` when there is no such file or folder."""
+    hidden = hidden or _hidden
+    fs, path = storage.get_fs(url)
+    prefix = url.split("://", 1)[0] + "://" if "://" in url else ""
+    folder = False
+    if any(ch in path for ch in "*?["):
+        entries = fs.glob(path, detail=True)
+        paths = sorted(p for p, info in entries.items() if info.get("type") != "directory")
+    elif fs.isdir(path):
+        # one listing call, files only (no per-file request on object storage)
+        paths = sorted(p for p in fs.find(path) if not hidden(posixpath.relpath(p, path)))
+        folder = True
+    elif fs.exists(path):
+        paths = [path]
+    else:
+        raise FileNotFoundError(f"input {storage.redact(url)} does not exist")
+    return [prefix + p if prefix else p for p in paths], folder
 
 
 def _unknown_reason(url: str) -> str:

@@ -1,5 +1,6 @@
-"""The records every reader yields (``Document | DeadLetter | Skipped``), the strict-mode error,
-and the one mapping -> record rule that JSONL lines and Parquet rows share."""
+"""The records every reader yields (``Document | DeadLetter | Skipped``; the review reader,
+``review_files``, yields ``Review | DeadLetter``), the strict-mode error, and the one mapping ->
+record rule that JSONL lines and Parquet rows share."""
 
 from __future__ import annotations
 
@@ -19,17 +20,39 @@ class Document:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A record that could not be used, and why: the one dead-letter record of every reader
+    (corpora for ``distil prepare``, reviews for ``distil finetune`` and ``distil score``).
+
+    ``offset`` is where the record is in ``source``, as the reader counts (a corpus reader's
+    byte offset, row or page number; a review's row number; -1 for a whole file that could not
+    be read). ``raw`` is the start of the record as read and ``id`` its id, where the reader
+    keeps them (reviews)."""
+
     source: str
     offset: int
     reason: str
     detail: str = ""
+    raw: str = ""
+    id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A line of ``distil prepare``'s dead-letter files (docs/CONTRACTS.md)."""
         return {
             "source": self.source,
             "offset": self.offset,
             "reason": self.reason,
             "detail": self.detail,
+        }
+
+    def to_review_row(self) -> dict[str, Any]:
+        """A row of ``distil score``'s dead-letter table (its columns before the run's own)."""
+        return {
+            "id": self.id,
+            "source_file": self.source,
+            "source_row": self.offset,
+            "reason": self.reason,
+            "detail": self.detail,
+            "raw": self.raw,
         }
 
 

