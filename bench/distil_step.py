@@ -21,12 +21,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distil import losses  # noqa: E402
+from distil import losses, training  # noqa: E402
 from distil.student.model import MaskedLMForDistillation, build_student  # noqa: E402
 from distil.train.data import BatchShape, fixed_shape, to_device  # noqa: E402
 from distil.train.objective import DistillationObjective  # noqa: E402
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only, as the recipe)")
     p.add_argument("--cache", default=None, help="also time TeacherCache.iter_batches on this URL")
     args = p.parse_args(argv)
     if args.threads:
@@ -97,7 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = build_student(teacher).to(device).train()
     model = MaskedLMForDistillation(student)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    # the recipe's optimizer step (distil.training): AdamW, fused on CUDA, clipped at 5.0
+    optim = training.optimization(
+        student.named_parameters(),
+        SimpleNamespace(lr=1e-4, weight_decay=0.01, max_grad_norm=5.0),
+        warmup_steps=0,
+        total_steps=10**9,
+        device=device,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     batch = make_batch(args.batch_size, args.seq_len, 30522, device)
     labels = batch["labels"]
     masked_labels = labels[labels != -100]
@@ -125,13 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
         temperature=2.0,
         kd_temperatures=[1.0, 2.0],
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    autocast = training.autocast(device, args.bf16)
 
     def optim_step(loss):
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optim.step()
+        optim.optimizer.zero_grad(set_to_none=True)
 
     def cached_step():
         with autocast:

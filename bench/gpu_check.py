@@ -204,10 +204,10 @@ def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None
     """(tokens/s, MFU or None, device name) of the stage's batch function alone, as the stage
     runs it: bf16 weights without autocast, host batches in, one copy of the results out."""
     import torch
-    from teacher_logits import model_flops, peak_bf16_tflops
     from transformers import BertForMaskedLM
 
     from distil.teacher.logits import teacher_logits_batch
+    from distil.training import forward_flops, mfu, peak_bf16_tflops
 
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32  # as the stage's teacher actors hold it
@@ -231,11 +231,11 @@ def forward_rate(teacher: str, s: dict, cuda: bool) -> tuple[float, float | None
     if not cuda:
         return tokens / secs, None, "cpu"
     name = torch.cuda.get_device_name()
-    flops = model_flops(model, tokens, int(pos.sum()) * s["forward_iters"], n)
+    flops = forward_flops(model.config, tokens, int(pos.sum()) * s["forward_iters"], n)
     del model, x, am, pos
     torch.cuda.empty_cache()  # the next stages' Ray workers need this GPU's memory
     peak = peak_bf16_tflops(name)
-    return tokens / secs, (flops / secs / 1e12 / peak if peak else None), name
+    return tokens / secs, mfu(flops, secs, peak), name
 
 
 def unit_rate(work: Path, teacher: str, prepared: str, s: dict, cuda: bool, compiled: bool) -> dict:
@@ -292,16 +292,6 @@ def make_classifier(work: Path, s: dict, teacher: str) -> str:
     model = BertForSequenceClassification(cfg).eval()
     export_classifier(model, AutoTokenizer.from_pretrained(teacher), url, {"note": "random"})
     return url
-
-
-def student_step_flops(cfg, tokens: int, masked_rows: int, seq_len: int) -> float:
-    """FLOPs of one training step of a BERT student: 3x its forward (``model_flops``)."""
-    from teacher_logits import model_flops
-
-    class _M:  # model_flops reads only .config
-        config = cfg
-
-    return 3.0 * model_flops(_M, tokens, masked_rows, seq_len)
 
 
 def step_recipe(work: Path, teacher: str, prepared: str, cache: str | None, s: dict, mode: str,
@@ -373,7 +363,8 @@ def check_steps(work: Path, teacher: str, prepared: str, cache: str, s: dict, cu
     """Cached and online ms/step at each of ``step_batches``, their ratio, the cached step's MFU
     and a profile of the last cached batch size; rows added to ``res``."""
     import torch
-    from teacher_logits import peak_bf16_tflops
+
+    from distil.training import mfu, peak_bf16_tflops, train_step_flops
 
     peak = peak_bf16_tflops(torch.cuda.get_device_name()) if cuda else None
     for b in s["step_batches"]:
@@ -397,11 +388,12 @@ def check_steps(work: Path, teacher: str, prepared: str, cache: str, s: dict, cu
                     sec, real = time_steps(r, batches, s["timed_steps"], cuda)
                     ms[mode] = sec * 1000
                     tokens, targets = real["tokens"], real["targets"]  # per step, non-pad
-                    flops = student_step_flops(r.student.config, tokens, targets, r.shape.seq_len)
-                    mfu = f", MFU {flops / sec / 1e12 / peak:.1%}" if peak else ""
+                    flops = train_step_flops(r.student.config, tokens, targets, r.shape.seq_len)
+                    util = mfu(flops, sec, peak)
+                    share = f", MFU {util:.1%}" if util is not None else ""
                     padded = b * r.shape.seq_len
                     res[row] = (
-                        f"{sec * 1000:.1f} ms/step, {tokens / sec:,.0f} tokens/s{mfu}",
+                        f"{sec * 1000:.1f} ms/step, {tokens / sec:,.0f} tokens/s{share}",
                         f"{'compile' if r.compiled else 'eager'}; set-up + first step "
                         f"{first:.0f}s; {tokens / padded:.0%} of {padded} slots real; "
                         f"input wait {batches.waited_s / (sec * s['timed_steps']):.0%}; "
@@ -479,7 +471,7 @@ def check_finetune(work: Path, student: str, s: dict, cuda: bool) -> dict:
         train=train,
         output=str(work / "sentiment"),
         run_name="gpu-check",
-        ray_storage_path=str(work / "ray"),
+        storage_path=str(work / "ray"),
         use_gpu=cuda,
         bf16=True,
         num_workers=1,

@@ -40,30 +40,13 @@ from distil.teacher import cache as cache_format  # noqa: E402
 from distil.teacher.build import target_bytes  # noqa: E402
 from distil.teacher.logits import MaskingParams, teacher_logits_batch  # noqa: E402
 from distil.teacher.masking import MaskedSequence  # noqa: E402
+from distil.training import forward_flops, mfu, peak_bf16_tflops  # noqa: E402
 
 SIZES = {  # (layers, hidden, heads, intermediate)
     "tiny": (2, 128, 2, 512),
     "minilm": (6, 384, 12, 1536),
     "bert-base": (12, 768, 12, 3072),
 }
-# Dense bf16 tensor-core peaks (no sparsity) from NVIDIA's data sheets, matched in this order
-# against torch.cuda.get_device_name() (so "H100 PCIe" before "H100", "L40S" before "L4").
-PEAK_BF16_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.0),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
-    ("H200", 989.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-    ("A10", 125.0),
-)
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """The dense bf16 peak of a GPU by its CUDA name; None when not in the table."""
-    return next((v for k, v in PEAK_BF16_TFLOPS if k in device_name), None)
 
 
 def real_sequences(n: int, seq_len: int, tokenizer) -> np.ndarray:
@@ -111,17 +94,6 @@ def baseline_batch(model, x, am, pos, k):
     logits = model(input_ids=x, attention_mask=am).logits
     logprobs = torch.log_softmax(logits[pos].float(), -1)
     return torch.topk(logprobs, k, -1)
-
-
-def model_flops(model, tokens: int, positions: int, seq_len: int) -> float:
-    """Forward FLOPs: 2 x params x tokens for the encoder matmuls, attention scores, and the
-    head on ``positions`` rows (transform + [H, V] decoder)."""
-    cfg = model.config
-    h, v, layers = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
-    per_layer = 4 * h * h + 2 * h * cfg.intermediate_size
-    encoder = 2 * per_layer * layers * tokens + 4 * layers * h * seq_len * tokens
-    head = 2 * (h * h + h * v) * positions
-    return float(encoder + head)
 
 
 def per_row_mask_v1(p: MaskingParams, ids: np.ndarray, length: int, seq_id: int, copy: int):
@@ -274,18 +246,17 @@ def main() -> None:
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or peak_bf16_tflops(name)
-        flops_a = model_flops(model, len(seqs) * args.seq_len, positions, args.seq_len)
-        flops_b = model_flops(
-            model, len(seqs) * args.seq_len, len(seqs) * args.seq_len, args.seq_len
-        )
+        tokens = len(seqs) * args.seq_len
+        flops_a = forward_flops(model.config, tokens, positions, args.seq_len)
+        flops_b = forward_flops(model.config, tokens, tokens, args.seq_len)
         for label, fl, secs in (("(a)", flops_a, ours), ("(b)", flops_b, base)):
-            tflops = fl / secs / 1e12
-            mfu = (
-                f"MFU {tflops / peak:.1%} of {peak:.0f} TFLOP/s bf16"
-                if peak
+            util = mfu(fl, secs, peak)
+            share = (
+                f"MFU {util:.1%} of {peak:.0f} TFLOP/s bf16"
+                if util is not None
                 else "MFU: pass --peak-tflops"
             )
-            print(f"{label} {tflops:.1f} TFLOP/s achieved  {mfu}")
+            print(f"{label} {fl / secs / 1e12:.1f} TFLOP/s achieved  {share}")
 
 
 if __name__ == "__main__":

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 C = TypeVar("C", bound="StageConfig")
+log = logging.getLogger("distil.config")
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,76 @@ class StageConfig(BaseModel):
     # Fields naming data the stage's workers read or write (a path, URL or ``packaged:`` ref, or a
     # list of them): ``absolute_paths`` anchors the local relative ones to the driver's cwd.
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # old name -> new name of a renamed field: the old YAML key and --flag still work for one
+    # release, with a logged warning (one name per concept across the stages)
+    RENAMED: ClassVar[dict[str, str]] = {}
+    # fields added after fingerprints of this config existed -> the value that was built in
+    # before: ``fingerprint_dump`` leaves them out at that value, so caches keep their keys
+    IMPLICIT_BEFORE: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return cls.new_names(data) if isinstance(data, dict) else data
+
+    @classmethod
+    def new_names(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with every old (``RENAMED``) key under its new name, each one warned about;
+        an old and a new name of one field together are an error."""
+        if not any(old in data for old in cls.RENAMED):
+            return data
+        data = dict(data)
+        for old, new in cls.RENAMED.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(
+                    f"{old} and {new} are both set: {old} is the old name of {new}; keep {new}"
+                )
+            log.warning(
+                "%s: %r is deprecated and will be refused in the next release: use %r (--%s)",
+                cls.__name__,
+                old,
+                new,
+                new.replace("_", "-"),
+            )
+            data[new] = data.pop(old)
+        return data
+
+    def fingerprint_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """``model_dump(**kwargs)`` as a fingerprint hashes it: renamed fields under their old
+        names and ``IMPLICIT_BEFORE`` fields left out at their old value, so a rename or a new
+        option changes no fingerprint (and no cache key) of a config that means the same."""
+        dump = self.model_dump(**kwargs)
+        for name, before in self.IMPLICIT_BEFORE.items():
+            if name in dump and dump[name] == before:
+                del dump[name]
+        old_name = {new: old for old, new in self.RENAMED.items()}
+        return {old_name.get(k, k): v for k, v in dump.items()}
+
+
+class RayTrainOptions(StageConfig):
+    """How a Ray Train stage (``distil distil``, ``distil finetune``) runs its workers: the
+    options of ``distil.jobs._ray_train.torch_trainer``, one definition for every such stage."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL) instead of CPU (gloo)")
+    gpu_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="use_gpu: seconds to wait for num_workers GPUs to join (an autoscaling "
+        "cluster starts its GPU group at zero) before failing instead of hanging",
+    )
+    cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs each worker reserves")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="how Ray places the workers on nodes: PACK fills few nodes, SPREAD puts "
+        "them on different nodes where possible (STRICT_*: or fail to place)",
+    )
+    max_failures: int = Field(
+        2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in Ray Train storage")
 
 
 def is_local_path(ref: str) -> bool:
@@ -128,42 +200,51 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
         "$DISTIL_RUN_GROUP)",
     )
     group = parser.add_argument_group(f"{cls.__name__} options (override --config)")
+    # the Ray Train options (inherited, so first in field order) get their own group, last
+    ray = set(RayTrainOptions.model_fields) if issubclass(cls, RayTrainOptions) else set()
+    ray_group = parser.add_argument_group("Ray Train options (override --config)") if ray else None
     for name, field in cls.model_fields.items():
-        typ, _ = _scalar_type(field.annotation)
         help_text = (field.description or "").replace("%", "%%")
         if field.is_required():
             help_text += " (required)"
         else:
             help_text += f" (default: {field.get_default(call_default_factory=True)!r})"
-        origin = typing.get_origin(field.annotation)
-        choices = None
-        if origin is typing.Literal:
-            choices = list(typing.get_args(field.annotation))
-        if typ is bool:
-            group.add_argument(
-                _flag(name),
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
-            group.add_argument(
-                _flag(name),
-                dest=name,
-                type=yaml.safe_load,
-                default=argparse.SUPPRESS,
-                help=help_text + " [YAML value]",
-            )
-        else:
-            group.add_argument(
-                _flag(name),
-                dest=name,
-                type=typ if typ in (int, float, str) else str,
-                choices=choices,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+        _add_field_flag(ray_group if name in ray else group, name, field, help_text)
+    for old, new in cls.RENAMED.items():  # accepted for one release, not shown in --help
+        _add_field_flag(group, old, cls.model_fields[new], argparse.SUPPRESS)
+
+
+def _add_field_flag(group: Any, name: str, field: Any, help_text: str) -> None:
+    """``--name`` for a config field (its value lands in ``args.<name>``)."""
+    typ, _ = _scalar_type(field.annotation)
+    choices = None
+    if typing.get_origin(field.annotation) is typing.Literal:
+        choices = list(typing.get_args(field.annotation))
+    if typ is bool:
+        group.add_argument(
+            _flag(name),
+            dest=name,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+    elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
+        group.add_argument(
+            _flag(name),
+            dest=name,
+            type=yaml.safe_load,
+            default=argparse.SUPPRESS,
+            help=help_text if help_text == argparse.SUPPRESS else help_text + " [YAML value]",
+        )
+    else:
+        group.add_argument(
+            _flag(name),
+            dest=name,
+            type=typ if typ in (int, float, str) else str,
+            choices=choices,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
 
 
 def packaged_configs() -> list[str]:
@@ -205,8 +286,8 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
             raise ConfigError(
                 f"{path}: expected a mapping at top level, got {type(loaded).__name__}"
             )
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+        data.update(cls.new_names(loaded))  # a flag's new name then overrides a file's old one
+    data.update(cls.new_names({k: v for k, v in overrides.items() if v is not None}))
     return cls.model_validate(expand_root(data))
 
 
@@ -217,7 +298,8 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     from distil import tracking
 
     tracking.apply_flags(getattr(args, "tracking_uri", None), getattr(args, "run_group", None))
-    overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
+    names = set(cls.model_fields) | set(cls.RENAMED)
+    overrides = {k: v for k, v in vars(args).items() if k in names}
     try:
         return load_config(cls, getattr(args, "config", None), **overrides)
     except ValidationError as e:

@@ -188,7 +188,7 @@ def test_a_family_teacher_goes_through_every_stage(family, samples, ray_local, s
             batch_size=16,
             max_length=32,
             torch_threads=1,
-            ray_storage_path=storage.join(s3_url, "ft-runs"),
+            storage_path=storage.join(s3_url, "ft-runs"),
         )
     )
     model_url = storage.read_json(storage.join(s3_url, "models", "latest.json"))["model"]

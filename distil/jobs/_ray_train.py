@@ -1,12 +1,15 @@
-"""What the distil and fine-tune jobs share on Ray Train: the trainer (gloo on CPU, NCCL with one
-GPU per worker), the per-step report with rank 0's checkpoint, the run's whole curve of reports
-(``ReportHistory``, ``fit``), finding a run's latest registered checkpoint (the one Ray Train
-itself restores from), and the per-step tracking of rank 0's metrics."""
+"""What the distil and fine-tune jobs share on Ray Train: starting a run (``run_recipe_job``: the
+cluster, the GPUs, the trainer with gloo on CPU or NCCL with one GPU per worker), a worker's
+life around its recipe (``recipe_worker``: set up or resume, train, report), the per-step report
+with rank 0's checkpoint, the run's whole curve of reports (``ReportHistory``, ``fit``), finding a
+run's latest registered checkpoint (the one Ray Train itself restores from), and the per-step
+tracking of rank 0's metrics."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow.fs
 import ray.train
+import ray.train.torch
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
@@ -26,44 +30,101 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distil import storage, tracking
+from distil.config import RayTrainOptions, setup_logging
+from distil.ops.cluster import init_ray, wait_for_gpus
+from distil.training import Recipe
+
+log = logging.getLogger("distil.jobs")
 
 
 def torch_trainer(
     loop: Callable[[dict[str, Any]], None],
     loop_config: dict[str, Any],
+    opts: RayTrainOptions,
     *,
     run_name: str,
     storage_path: str,
-    num_workers: int,
-    use_gpu: bool,
-    cpus_per_worker: float,
-    max_failures: int,
-    keep_checkpoints: int,
-    placement_strategy: str = "PACK",
 ) -> TorchTrainer:
     fs, path = storage.arrow_filesystem(storage_path)
-    resources: dict[str, float] = {"CPU": cpus_per_worker}
-    if use_gpu:
+    resources: dict[str, float] = {"CPU": opts.cpus_per_worker}
+    if opts.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if opts.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
+            num_workers=opts.num_workers,
+            use_gpu=opts.use_gpu,
             resources_per_worker=resources,
-            placement_strategy=placement_strategy,
+            placement_strategy=opts.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,
             storage_path=path,
             storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=opts.keep_checkpoints),
             callbacks=[ReportHistory(fs, f"{path.rstrip('/')}/{run_name}")],
         ),
     )
+
+
+def run_recipe_job(
+    stage: str,
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    opts: RayTrainOptions,
+    *,
+    run_name: str,
+    storage_path: str,
+) -> ray.train.Result:
+    """Train one run on Ray Train: the cluster (``init_ray``), then, with ``use_gpu``, the
+    wait for ``num_workers`` GPUs (a worker group that can never be placed would wait forever
+    in ``fit``), then ``loop`` on every worker (``torch_trainer``), with the whole curve of
+    reports (``fit``). ``stage`` names the stage in the GPU wait's error."""
+    init_ray()
+    if opts.use_gpu:
+        wait_for_gpus(
+            f"{stage} (use_gpu: true)",
+            opts.num_workers,
+            wait_s=opts.gpu_wait_s,
+            cpu_fix="use_gpu: false, or --no-use-gpu",
+        )
+    trainer = torch_trainer(loop, loop_config, opts, run_name=run_name, storage_path=storage_path)
+    return fit(trainer)
+
+
+def recipe_worker(
+    config: dict[str, Any],
+    make_recipe: Callable[[int, int, Any], Recipe],
+    scalars: Callable[[Recipe, dict[str, Any]], dict[str, Any]] | None = None,
+    extra_files: dict[str, Any] | None = None,
+) -> tuple[Recipe, int]:
+    """One Ray Train worker = one DDP rank (Ray has set up the gloo/NCCL process group): the
+    recipe ``make_recipe(rank, world_size, device)``, set up fresh or from the run's checkpoint,
+    trained with every report going to Ray Train (rank 0's checkpoint with ``extra_files``) and
+    rank 0's tracker (``config["tracking"]``); ``scalars`` turns a recipe's report into what is
+    reported. Returns (the trained recipe, rank)."""
+    setup_logging(force=True)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    recipe = make_recipe(rank, ctx.get_world_size(), ray.train.torch.get_device())
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        recipe.setup(None)
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            recipe.setup(ckpt_dir)
+        log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
+    tracker = tracking.worker_tracker(config.get("tracking"), rank)
+
+    def report(step: int, metrics: dict[str, Any], save: bool) -> None:
+        reported = scalars(recipe, metrics) if scalars else metrics
+        report_step(rank, step, reported, save, recipe.save_checkpoint, extra_files, tracker)
+
+    recipe.train(report)
+    return recipe, rank
 
 
 HISTORY_DIR = "report_history"  # under the run's folder, next to Ray Train's checkpoints

@@ -23,15 +23,11 @@ import shutil
 import tempfile
 from typing import Any
 
-import ray.train
-import ray.train.torch
 from ray.train import Checkpoint
-from ray.train.torch import TorchTrainer
 
 from distil import storage, tracking
 from distil.config import absolute_paths, job_main, setup_logging
-from distil.jobs._ray_train import fit, latest_checkpoint, report_step, torch_trainer
-from distil.ops.cluster import init_ray, wait_for_gpus
+from distil.jobs._ray_train import latest_checkpoint, recipe_worker, run_recipe_job
 from distil.teacher.cache import resolve_cache_url
 from distil.teacher.load import require_supported_checkpoint
 from distil.train.config import DistilConfig
@@ -53,54 +49,29 @@ log = logging.getLogger("distil.jobs.distil")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker = one DDP rank (the process group is already set up by Ray)."""
-    setup_logging(force=True)
+    """One Ray Train worker = one DDP rank; rank 0's checkpoints carry the run identity."""
     cfg = DistilConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    recipe = DistilRecipe(
-        cfg,
-        rank=rank,
-        world_size=world_size,
-        device=ray.train.torch.get_device(),
-        work_dir=tempfile.mkdtemp(prefix="distil-"),
-    )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        recipe.setup(None)
-    else:
-        with checkpoint.as_directory() as ckpt_dir:
-            recipe.setup(ckpt_dir)
-        log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
 
-    tracker = tracking.worker_tracker(config.get("tracking"), rank)
+    def make_recipe(rank: int, world_size: int, device: Any) -> DistilRecipe:
+        work_dir = tempfile.mkdtemp(prefix="distil-")
+        return DistilRecipe(cfg, rank=rank, world_size=world_size, device=device, work_dir=work_dir)
 
-    def report(step: int, metrics: dict[str, Any], save: bool) -> None:
-        scalars = {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")}
-        scalars.update(start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step)
-        identity = {IDENTITY_FILE: config["identity"]}
-        report_step(rank, step, scalars, save, recipe.save_checkpoint, identity, tracker)
-
-    recipe.train(report)
+    recipe_worker(config, make_recipe, _scalars, {IDENTITY_FILE: config["identity"]})
 
 
-def build_trainer(cfg: DistilConfig, identity: RunIdentity) -> TorchTrainer:
-    return torch_trainer(
-        train_loop_per_worker,
-        {
-            "cfg": cfg.model_dump(),
-            "identity": identity.to_json(),
-            "tracking": tracking.worker_target(),
-        },
-        run_name=cfg.run_name,
-        storage_path=cfg.storage_path,
-        num_workers=cfg.num_workers,
-        use_gpu=cfg.use_gpu,
-        cpus_per_worker=cfg.cpus_per_worker,
-        placement_strategy=cfg.placement_strategy,
-        max_failures=cfg.max_failures,
-        keep_checkpoints=cfg.keep_checkpoints,
-    )
+def _scalars(recipe: DistilRecipe, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A report's scalars (the curves go into metrics.json, not into every report)."""
+    out = {k: v for k, v in metrics.items() if k not in ("eval_history", "train_history")}
+    out.update(start_step=recipe.start_step, steps_run=recipe.step - recipe.start_step)
+    return out
+
+
+def loop_config(cfg: DistilConfig, identity: RunIdentity) -> dict[str, Any]:
+    return {
+        "cfg": cfg.model_dump(),
+        "identity": identity.to_json(),
+        "tracking": tracking.worker_target(),
+    }
 
 
 def export_student(
@@ -189,15 +160,14 @@ def run(cfg: DistilConfig) -> dict[str, Any]:
         if found is not None:
             check_worker_count(found.identity, identity, where)
             log.info("resuming run %r from step %s", cfg.run_name, found.metrics.get("step"))
-        init_ray()
-        if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()
-            wait_for_gpus(
-                "distil (use_gpu: true)",
-                cfg.num_workers,
-                wait_s=cfg.gpu_wait_s,
-                cpu_fix="use_gpu: false, or --no-use-gpu",
-            )
-        result = fit(build_trainer(cfg, identity))
+        result = run_recipe_job(
+            "distil",
+            train_loop_per_worker,
+            loop_config(cfg, identity),
+            cfg,
+            run_name=cfg.run_name,
+            storage_path=cfg.storage_path,
+        )
         if result.checkpoint is None:
             raise RuntimeError(f"run {cfg.run_name!r} finished without any checkpoint")
         checkpoint, last_report = result.checkpoint, result.metrics

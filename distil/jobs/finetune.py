@@ -8,7 +8,7 @@ CPU, NCCL with one GPU per worker when ``use_gpu``).
 or ``distil finetune …`` (``init_ray``: the cluster in RAY_ADDRESS, else an embedded Ray).
 Each worker builds a :class:`FinetuneRecipe` (one DDP rank) on ``ray.train.torch.get_device()``;
 rank 0 reports a checkpoint (model, optimizer, scheduler, step) every ``checkpoint_every`` steps
-into ``ray_storage_path/<run-name>``, so a failed worker group restarts from it
+into ``storage_path/<run-name>``, so a failed worker group restarts from it
 (``max_failures``) and resubmitting the same ``--run-name`` resumes; a finished run whose export
 is committed does no steps. At the end rank 0 evaluates, exports the HF classifier dir +
 metrics.json to ``OUTPUT/<run-name>``, and moves ``OUTPUT/latest.json``.
@@ -22,12 +22,10 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
-from ray.train.torch import TorchTrainer
 
 from distil import storage, tracking
 from distil.config import absolute_paths, job_main, setup_logging
-from distil.jobs._ray_train import fit, latest_checkpoint, report_step, torch_trainer
-from distil.ops.cluster import init_ray, wait_for_gpus
+from distil.jobs._ray_train import latest_checkpoint, recipe_worker, run_recipe_job
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe
 from distil.sentiment.finetune_export import model_url_for
@@ -37,28 +35,13 @@ log = logging.getLogger("distil.jobs.finetune")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker = one DDP rank (Ray has set up the gloo/NCCL process group)."""
-    setup_logging(force=True)
+    """One Ray Train worker = one DDP rank; rank 0 exports the trained classifier."""
     cfg = FinetuneConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    recipe = FinetuneRecipe(
-        cfg, rank=rank, world_size=ctx.get_world_size(), device=ray.train.torch.get_device()
-    )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        recipe.setup()
-    else:
-        with checkpoint.as_directory() as ckpt_dir:
-            recipe.setup(ckpt_dir)
-        log.info("rank %d resumed from checkpoint at step %d", rank, recipe.step)
 
-    tracker = tracking.worker_tracker(config.get("tracking"), rank)
+    def make_recipe(rank: int, world_size: int, device: Any) -> FinetuneRecipe:
+        return FinetuneRecipe(cfg, rank=rank, world_size=world_size, device=device)
 
-    def report(step: int, metrics: dict[str, Any], save: bool) -> None:
-        report_step(rank, step, metrics, save, recipe.save_checkpoint, tracker=tracker)
-
-    recipe.train(report)
+    recipe, rank = recipe_worker(config, make_recipe)
     if rank == 0:
         recipe.export(config["model_url"])
     # every rank reports once more: no worker exits before rank 0 has exported
@@ -66,22 +49,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def storage_url(cfg: FinetuneConfig) -> str:
-    """Where Ray Train keeps the run (``ray_storage_path``, else Ray's default ~/ray_results)."""
-    return cfg.ray_storage_path or os.path.expanduser("~/ray_results")
-
-
-def build_trainer(cfg: FinetuneConfig, model_url: str) -> TorchTrainer:
-    return torch_trainer(
-        train_loop_per_worker,
-        {"cfg": cfg.model_dump(), "model_url": model_url, "tracking": tracking.worker_target()},
-        run_name=run_name_of(model_url),
-        storage_path=storage_url(cfg),
-        num_workers=cfg.num_workers,
-        use_gpu=cfg.use_gpu,
-        cpus_per_worker=cfg.cpus_per_worker,
-        max_failures=cfg.max_failures,
-        keep_checkpoints=cfg.keep_checkpoints,
-    )
+    """Where Ray Train keeps the run (``storage_path``, else Ray's default ~/ray_results)."""
+    return cfg.storage_path or os.path.expanduser("~/ray_results")
 
 
 def run_name_of(model_url: str) -> str:
@@ -109,15 +78,14 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         return {**summary_of(cfg, model_url), "start_step": found.metrics["step"], "steps_run": 0}
     if found is not None:
         log.info("resuming run %r from step %s", run_name_of(model_url), found.metrics.get("step"))
-    init_ray()
-    if cfg.use_gpu:  # a worker group that can never be placed would wait forever in fit()
-        wait_for_gpus(
-            "finetune (use_gpu: true)",
-            cfg.num_workers,
-            wait_s=cfg.gpu_wait_s,
-            cpu_fix="use_gpu: false, or --no-use-gpu",
-        )
-    result = fit(build_trainer(cfg, model_url))
+    result = run_recipe_job(
+        "finetune",
+        train_loop_per_worker,
+        {"cfg": cfg.model_dump(), "model_url": model_url, "tracking": tracking.worker_target()},
+        cfg,
+        run_name=run_name_of(model_url),
+        storage_path=storage_url(cfg),
+    )
     if result.error:
         raise result.error
     # The committed export is the record of the run: the summary is read back from it, plus

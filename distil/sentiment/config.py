@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distil.config import StageConfig
+from distil.config import RayTrainOptions, StageConfig
 
 DEFAULT_LABELS = ["negative", "positive"]
 
@@ -69,8 +69,11 @@ def _url_list(v):
     return v
 
 
-class FinetuneConfig(LabelledDataConfig):
+class FinetuneConfig(LabelledDataConfig, RayTrainOptions):
     """Fine-tune an encoder (BERT, RoBERTa or XLM-RoBERTa family) with a sequence-classification head on labelled reviews."""
+
+    # the distil stage's names (the old ones work until the next release)
+    RENAMED = {"grad_clip": "max_grad_norm", "ray_storage_path": "storage_path"}
 
     PATH_FIELDS = (
         "model",
@@ -80,7 +83,7 @@ class FinetuneConfig(LabelledDataConfig):
         "latest_pointer",
         "teacher_cache",
         "write_teacher_cache",
-        "ray_storage_path",
+        "storage_path",
         "pool",
         "exclude",
     )
@@ -105,32 +108,19 @@ class FinetuneConfig(LabelledDataConfig):
     lr: float = Field(5e-5, description="peak AdamW learning rate")
     weight_decay: float = Field(0.01, description="AdamW weight decay (not on biases/LayerNorm)")
     warmup_fraction: float = Field(0.1, description="share of steps with linear LR warm-up")
-    grad_clip: float = Field(1.0, description="clip the global grad norm to this value")
+    max_grad_norm: float = Field(1.0, description="clip the global grad norm to this value")
     seed: int = Field(0, description="seed for the head init and the data order")
-    num_workers: int = Field(1, description="Ray Train workers (DDP ranks)")
-    use_gpu: bool = Field(False, description="one GPU per worker (NCCL) instead of CPU (gloo)")
-    gpu_wait_s: float = Field(
-        300.0,
-        ge=0,
-        description="use_gpu: seconds to wait for num_workers GPUs to join (an autoscaling "
-        "cluster starts its GPU group at zero) before failing instead of hanging",
-    )
     bf16: bool = Field(True, description="bf16 autocast on GPU (no effect on CPU)")
-    cpus_per_worker: float = Field(0.5, description="CPUs Ray reserves per train worker")
     checkpoint_every: int = Field(
         200,
         ge=1,
         description="report a checkpoint (model, optimizer, scheduler, step) to Ray Train every "
         "N steps and at the end; a restarted worker group resumes from the latest",
     )
-    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in Ray Train storage")
-    max_failures: int = Field(
-        2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"
-    )
     torch_threads: int | None = Field(
         None, description="intra-op threads per worker (default: torch's own choice)"
     )
-    ray_storage_path: str | None = Field(
+    storage_path: str | None = Field(
         None,
         description="Ray Train run state and checkpoints (URL; needed on multi-node clusters); "
         "the run is named after --run-name, so resubmitting a name resumes it. Default: "

@@ -12,9 +12,9 @@ Loss per labelled row: ``(1 - kd_alpha) * CE(label) + kd_alpha * T² * KL(teache
 when a task-level teacher cache covers the text (DistilBERT's second distillation step), plain
 cross-entropy otherwise; per pool row (``--pool``: unlabelled texts the teacher labelled, e.g.
 augmentations of the training rows, TinyBERT's task distillation) the KD term alone. The KD term
-is :func:`distil.losses.kd_dense` and the LR schedule
-``transformers.get_linear_schedule_with_warmup``, as in pre-training, so that both stages mean the
-same thing by "KD" and "warm-up".
+is :func:`distil.losses.kd_dense`; the optimizer, LR schedule, clipping, autocast and DDP wrap are
+:mod:`distil.training`'s, as in pre-training, so that both stages mean the same thing by "KD" and
+"warm-up".
 
 Training to convergence: ``--eval-every`` evaluates the validation rows during training (the
 curve goes into the metrics, Ray Train and MLflow), ``--early-stopping-patience`` stops once the
@@ -32,7 +32,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from distil import losses, storage
+from distil import losses, storage, training
 from distil.packaged import resolve_model_ref
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune_export import classification_metrics, export_recipe, model_url_for
@@ -51,28 +50,16 @@ log = logging.getLogger("distil.finetune")
 TRAIN_STATE = "finetune_state.pt"  # the checkpoint file in a Ray Train checkpoint dir
 BUCKET_WINDOW = 50  # batches per length-sorted window (``length_buckets``)
 
-# called at log and checkpoint steps with (step, metrics, save_checkpoint?): the Ray job reports
-# there (and tracks), and checkpoints when asked
-ReportFn = Callable[[int, dict[str, Any], bool], None]
 
-
-class FinetuneRecipe:
+class FinetuneRecipe(training.Recipe):
     """setup → train → export for one DDP rank (``world_size`` 1 without Ray), on ``device``."""
 
-    def __init__(
-        self,
-        cfg: FinetuneConfig,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.device = torch.device(device)
+    cfg: FinetuneConfig
+
+    def __init__(self, cfg: FinetuneConfig, **rank_and_device: Any) -> None:
+        super().__init__(cfg, **rank_and_device)
         self.history: list[dict[str, Any]] = []
-        self.step = self.start_step = 0
         self.running: list[float] = []  # losses since the last log line
-        self.train_seconds = 0.0
         # validation during training: every evaluation, the best one (with its weights on the
         # CPU), how many in a row have not beaten it, and whether that stopped the run
         self.evaluations: list[dict[str, Any]] = []
@@ -84,11 +71,7 @@ class FinetuneRecipe:
     # -- setup
     def setup(self, checkpoint_dir: str | None = None) -> None:
         """Load model, data and schedule; with ``checkpoint_dir``, continue from that checkpoint."""
-        from transformers import (
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-            get_linear_schedule_with_warmup,
-        )
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         cfg = self.cfg
         if cfg.torch_threads:
@@ -146,24 +129,17 @@ class FinetuneRecipe:
             self.model.load_state_dict(state["model"])
         self.model.to(self.device).train()
 
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-        params = list(self.model.named_parameters())
-        groups = [
-            {
-                "params": [p for n, p in params if not n.endswith(no_decay)],
-                "weight_decay": cfg.weight_decay,
-            },
-            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        # Linear warm-up from 0 to the peak over ``warmup`` steps, then linear decay to 0 at
-        # ``total_steps``; its state is checkpointed with the optimizer's.
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, self.warmup, self.total_steps
+        # linear warm-up from 0 to the peak over ``warmup`` steps, then linear decay to 0 at
+        # ``total_steps``; its state is checkpointed with the optimizer's
+        self.optim = training.optimization(
+            self.model.named_parameters(),
+            cfg,
+            warmup_steps=self.warmup,
+            total_steps=self.total_steps,
+            device=self.device,
         )
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optim.load_state_dict(state)
             self.step, self.history = state["step"], list(state["history"])
             self.running = list(state["running"])
             self.evaluations = list(state.get("evaluations", []))
@@ -173,8 +149,7 @@ class FinetuneRecipe:
         self.start_step = self.step
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.ddp_model = training.wrap_ddp(self.model, self.device)
 
     def _load_teacher_targets(self, id2label: dict[int, str]) -> None:
         """The teacher's class logits for every training and pool row; a pool row the cache does
@@ -261,9 +236,7 @@ class FinetuneRecipe:
         return self.epoch_batches(epoch)[within, self.rank * bs : (self.rank + 1) * bs]
 
     def _autocast(self) -> torch.autocast:
-        """bf16 autocast on CUDA (``cfg.bf16``); a no-op on CPU, where bf16 matmuls are slower."""
-        on = self.cfg.bf16 and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+        return training.autocast(self.device, self.cfg.bf16)
 
     def _global_loss(self) -> float:
         """Mean loss of the window over every rank. The reduced tensor lives on the training
@@ -279,8 +252,7 @@ class FinetuneRecipe:
     def train_step(self) -> tuple[float, torch.Tensor]:
         """One optimizer step on this rank's batch at ``self.step``: (loss, grad norm)."""
         cfg = self.cfg
-        # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
-        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
+        training.seed_step(cfg.seed, self.step, self.rank)
         idx = self._rank_batch(self.step)
         ids, mask = self._pad([self.seqs[i] for i in idx])
         labels = self.row_labels[idx].to(self.device, non_blocking=True)
@@ -297,11 +269,9 @@ class FinetuneRecipe:
             )
             loss_rows = torch.where(labels >= 0, labelled, kd)
         loss = loss_rows.mean()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optim.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        grad_norm = self.optim.step()
         self.step += 1
         return loss.item(), grad_norm
 
@@ -309,7 +279,7 @@ class FinetuneRecipe:
     def done(self) -> bool:
         return self.step >= self.total_steps or self.stopped_early
 
-    def train(self, report: ReportFn | None = None) -> dict:
+    def train(self, report: training.ReportFn | None = None) -> dict:
         """Run to ``total_steps`` (or until early stopping); ``report`` is called at every log
         and evaluation step (Ray Train's ``metrics_dataframe`` and a tracker see the whole curve)
         and checkpoint step, asking for a checkpoint only at checkpoint steps and at the end.
@@ -337,7 +307,7 @@ class FinetuneRecipe:
                 rec.update(
                     step=self.step,
                     loss=self._global_loss(),
-                    lr=self.scheduler.get_last_lr()[0],
+                    lr=self.optim.lr,
                     grad_norm=float(grad_norm),
                     steps_per_s=(self.step - self.start_step) / (time.time() - t0),
                 )
@@ -434,8 +404,7 @@ class FinetuneRecipe:
         torch.save(
             {
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                **self.optim.state_dict(),
                 "step": self.step,
                 "total_steps": self.total_steps,
                 "train_examples": len(self.train_rows),

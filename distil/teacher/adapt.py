@@ -4,8 +4,9 @@ The embedded default teacher (packaged MiniLM, a sentence-embedding encoder) shi
 Training only a fresh head on the frozen encoder does not learn (its last layer was tuned for
 mean-pooled sentence embeddings, not token identity: a head trained alone for 400 steps stayed
 near loss 6.9), so the head and the whole encoder are trained together with the usual BERT
-objective on the prepared shards, for a token budget. Which parameters train when and the LR
-schedule are ``distil.teacher.adapt_method`` (options measured by ``scripts/experiments/adapt_curve.py``).
+objective on the prepared shards, for a token budget. Which parameters train when is
+``distil.teacher.adapt_method`` (options measured by ``scripts/experiments/adapt_curve.py``); the
+optimizer, LR schedule and gradient clipping are ``distil.training``'s, as in every training loop.
 The head is computed only at the masked positions (15% of tokens), which makes a step about 3x cheaper than ``BertForMaskedLM(..., labels=...)`` on a 30k vocab.
 
 Plain torch: this is minutes of CPU for the demo and needs no cluster.
@@ -25,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from distil import storage
+from distil import storage, training
 from distil.data import shards
-from distil.teacher.adapt_method import lr_factor, plan_trainable, start_phase
+from distil.teacher.adapt_method import plan_trainable, start_phase
 from distil.teacher.compat import check_tokenizer
 from distil.teacher.config import AdaptConfig
 from distil.teacher.load import load_teacher, mlm_parts
@@ -115,6 +116,17 @@ def evaluate(model: Any, rows: Rows, masking: MaskingParams, pad: int, cap: int,
     return {"accuracy": correct / max(n, 1), "perplexity": math.exp(mean), "loss": mean, "n": n}
 
 
+def adapt_fingerprint(cfg: AdaptConfig, teacher_sha256: str, data_fingerprint: str) -> str:
+    """What an adapted teacher depends on: the teacher's weights, the data and the settings
+    (not where they are read and written, nor how fast or verbosely)."""
+    settings = cfg.fingerprint_dump(
+        exclude={"input", "output", "torch_threads", "log_every", "device"}
+    )
+    return storage.fingerprint(
+        {"teacher": teacher_sha256, "data": data_fingerprint, "cfg": settings}
+    )
+
+
 def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     """Train head + encoder for ``cfg.token_budget`` tokens; save the HF dir to ``cfg.output``."""
     t_start = time.perf_counter()
@@ -124,15 +136,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     teacher = load_teacher(cfg.teacher, cfg.allow_pickle)
     manifest = shards.open_prepared(cfg.input)
     check_tokenizer(teacher, cfg.teacher, manifest, cfg.input)
-    fingerprint = storage.fingerprint(
-        {
-            "teacher": teacher.weights_sha256,
-            "data": manifest["fingerprint"],
-            "cfg": cfg.model_dump(
-                exclude={"input", "output", "torch_threads", "log_every", "device"}
-            ),
-        }
-    )
+    fingerprint = adapt_fingerprint(cfg, teacher.weights_sha256, manifest["fingerprint"])
     if storage.is_committed(cfg.output):
         done = storage.read_manifest(cfg.output)
         if done.get("kind") == ADAPTED_KIND and done.get("fingerprint") == fingerprint:
@@ -166,21 +170,17 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
 
     tokens_per_seq = float(np.minimum(train.lengths, cap).mean())
     total_steps = max(1, math.ceil(cfg.token_budget / (tokens_per_seq * cfg.batch_size)))
-    warmup = max(1, int(cfg.warmup_frac * total_steps))
+    warmup = max(1, int(cfg.warmup_fraction * total_steps))
     head_only = cfg.head_warmup_tokens > 0
     start_phase(plan, with_body=not head_only)
-    decay, no_decay = [], []
-    for name, p in plan.all():
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(cfg.lr_schedule, s, warmup, total_steps)
+    # the frozen-for-now encoder is in the optimizer from the start: no gradient, no update
+    optim = training.optimization(
+        plan.all(),
+        cfg,
+        warmup_steps=warmup,
+        total_steps=total_steps,
+        device=torch.device(cfg.device),
+        schedule=cfg.lr_schedule,
     )
     model.train()
     rng = np.random.default_rng(cfg.seed)
@@ -203,11 +203,9 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
             )
         x, am, labels = make_batch(train, idx, masking, epoch, pad, cap)
         loss, _, _ = masked_lm_loss(model, x, am, labels)
-        opt.zero_grad(set_to_none=True)
+        optim.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
+        optim.step()
         step += 1
         tokens += int(am.sum())
         losses.append(loss.item())

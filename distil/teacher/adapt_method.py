@@ -1,13 +1,13 @@
-"""How ``distil teacher adapt`` trains: which parameters train when, and the learning rate.
+"""How ``distil teacher adapt`` trains: which parameters train when (the learning rate schedule
+is ``distil.training``'s, as in every training loop).
 
-Kept apart from the training loop so each choice (``train_layers``, ``head_warmup_tokens``,
-``lr_schedule`` in :class:`~distil.teacher.config.AdaptConfig`) can be checked on a model without
-training it, and so ``scripts/experiments/adapt_curve.py`` compares exactly what the stage runs.
+Kept apart from the training loop so each choice (``train_layers``, ``head_warmup_tokens`` in
+:class:`~distil.teacher.config.AdaptConfig`) can be checked on a model without training it, and
+so ``scripts/experiments/adapt_curve.py`` compares exactly what the stage runs.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,18 +65,3 @@ def start_phase(plan: TrainablePlan, with_body: bool) -> None:
         p.requires_grad_(True)
     for _, p in plan.body:
         p.requires_grad_(with_body)
-
-
-def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
-    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warm-up over
-    ``warmup`` steps, then ``schedule`` (linear / cosine decay to 0 at ``total``, or constant)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup + 1) / (total - warmup + 1))
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"lr_schedule {schedule!r}: use linear, cosine or constant")

@@ -171,6 +171,8 @@ class LogitsConfig(StageConfig):
 
 
 class AdaptConfig(StageConfig):
+    RENAMED = {"warmup_frac": "warmup_fraction"}  # the fine-tune's name (until the next release)
+    IMPLICIT_BEFORE = {"max_grad_norm": 1.0}  # the clip adaptation hard-coded before
     input: str = Field(description="URL of a committed prepared dataset to train on")
     output: str = Field(description="URL for the adapted HF …ForMaskedLM directory")
     teacher: str = Field(
@@ -187,7 +189,9 @@ class AdaptConfig(StageConfig):
         8, ge=1, description="sequences per optimizer step (small: more updates per budget)"
     )
     lr: float = Field(5e-4, gt=0, description="peak AdamW learning rate (head and encoder)")
-    warmup_frac: float = Field(0.06, ge=0, lt=1, description="linear warm-up fraction")
+    warmup_fraction: float = Field(
+        0.06, ge=0, lt=1, description="share of steps with linear LR warm-up"
+    )
     lr_schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear",
         description="learning rate after the warm-up: linear or cosine decay to 0 at the token "
@@ -205,7 +209,12 @@ class AdaptConfig(StageConfig):
         description="train only the new MLM head for the first N tokens (a random head's "
         "gradients then reach the encoder later), then head + encoder; 0: together from the start",
     )
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW weight decay (not on biases/LayerNorm)"
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="clip the global grad norm of the trained parameters to this"
+    )
     mask_prob: float = Field(0.15, gt=0, lt=1, description="fraction of maskable tokens masked")
     train_word_embeddings: bool = Field(
         False,

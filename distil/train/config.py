@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from distil.config import StageConfig
+from distil.config import RayTrainOptions
 
 
-class DistilConfig(StageConfig):
+class DistilConfig(RayTrainOptions):
     PATH_FIELDS = ("cache", "data", "teacher", "output", "storage_path")
+    RENAMED = {"mlm_probability": "mask_prob"}  # the logits and adapt stages' name
 
     # --- inputs / outputs -------------------------------------------------------------------
     mode: Literal["cached", "online"] = Field(
@@ -65,7 +66,7 @@ class DistilConfig(StageConfig):
         "hidden-state sketch (distil logits --hidden-sketch-dims N; a cache without one is "
         "refused unless this is 0)",
     )
-    mlm_probability: float = Field(
+    mask_prob: float = Field(
         0.15, gt=0, lt=1, description="online mode: fraction of tokens masked (80/10/10)"
     )
     # --- optimisation -----------------------------------------------------------------------
@@ -100,26 +101,9 @@ class DistilConfig(StageConfig):
     eval_every: int = Field(200, ge=1, description="evaluate on the held-out split every N steps")
     eval_batches: int = Field(20, ge=1, description="held-out batches per evaluation")
     checkpoint_every: int = Field(200, ge=1, description="checkpoint every N steps")
-    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
     log_every: int = Field(20, ge=1, description="progress line every N steps")
-    # --- Ray Train --------------------------------------------------------------------------
+    # --- Ray Train (the rest: ``RayTrainOptions``) ------------------------------------------
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
-    use_gpu: bool = Field(False, description="one GPU per worker (NCCL) instead of CPU (gloo)")
-    gpu_wait_s: float = Field(
-        300.0,
-        ge=0,
-        description="use_gpu: seconds to wait for num_workers GPUs to join (an autoscaling "
-        "cluster starts its GPU group at zero) before failing instead of hanging",
-    )
-    cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs each worker reserves")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK",
-        description="how Ray places the workers on nodes: PACK fills few nodes, SPREAD puts "
-        "them on different nodes where possible (STRICT_*: or fail to place)",
-    )
-    max_failures: int = Field(
-        2, ge=0, description="worker-group restarts (from the latest checkpoint) before giving up"
-    )
 
     @model_validator(mode="after")
     def _inputs_for_mode(self) -> DistilConfig:

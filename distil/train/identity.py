@@ -14,7 +14,8 @@ fingerprints, so a copied cache is the same input), how often the job logs, eval
 checkpoints (eval and checkpoints never touch the weights), the hardware (``num_workers``,
 ``use_gpu``, ``cpus_per_worker``, ``placement_strategy``, ``gpu_wait_s``, ``max_failures``: a
 run may resume on a smaller or bigger
-cluster), and fields the mode ignores (``mlm_probability`` in cached mode).
+cluster), and fields the mode ignores (``mask_prob`` in cached mode). Renamed fields enter under
+their old names (``StageConfig.fingerprint_dump``), so a rename changes no run's identity.
 ``num_workers`` and ``use_gpu`` are recorded anyway: a resume that changes them is logged,
 because the global batch is ``batch_size x grad_accum x num_workers``.
 
@@ -72,7 +73,7 @@ NOT_IDENTITY = frozenset(
         "ddp_bf16_grads",
     }
 )
-IGNORED_IN_CACHED_MODE = frozenset({"mlm_probability"})
+IGNORED_IN_CACHED_MODE = frozenset({"mask_prob"})
 RECORDED = ("num_workers", "use_gpu")  # kept with the identity, compared only to log a change
 
 
@@ -149,7 +150,7 @@ def input_fingerprints(cfg: DistilConfig) -> dict[str, str]:
 def run_identity(cfg: DistilConfig) -> RunIdentity:
     """The identity of the run ``cfg`` describes (reads the inputs' manifests)."""
     skip = NOT_IDENTITY | (IGNORED_IN_CACHED_MODE if cfg.mode == "cached" else frozenset())
-    fields = {k: v for k, v in cfg.model_dump().items() if k not in skip}
+    fields = cfg.fingerprint_dump(exclude=set(skip))
     recorded = {k: getattr(cfg, k) for k in RECORDED}
     return RunIdentity(fields=fields, inputs=input_fingerprints(cfg), recorded=recorded)
 

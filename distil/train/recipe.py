@@ -5,7 +5,10 @@ Why one module over ~350 lines: it is one class whose methods share its state (m
 scheduler, step and token counters); setup, the loss, the train loop, evaluation and
 checkpointing only make sense together, so splitting them into modules would scatter one
 object. What had a seam left: reading, sharding and the data position are
-``distil.data.readers.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``.
+``distil.data.readers.stream`` (``EpochStream``), the teacher checks ``distil.train.identity``, where
+the teacher targets come from (a cache, or the teacher run every step) is
+``distil.train.teacher_source``, and the optimizer, schedule, clipping, autocast and DDP wrap
+are ``distil.training``'s.
 
 setup -> train -> save_checkpoint, torchtune style. A checkpoint holds the student as an HF
 directory plus the optimizer/scheduler/data position, so a resumed run continues at the exact
@@ -15,31 +18,26 @@ step and batch where the checkpoint was taken (a rank's data order is a function
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from distil import training
 from distil.data.readers.stream import EpochStream, ReadPosition
-from distil.student.model import MaskedLMForDistillation, build_student, encoder_mask
-from distil.teacher.load import load_teacher, mlm_parts
+from distil.student.model import MaskedLMForDistillation, build_student
+from distil.teacher.load import load_teacher
 from distil.train.config import DistilConfig
-from distil.train.data import BatchShape, DevicePrefetcher, PreparedBatches, fixed_shape
-from distil.train.identity import (
-    cached_sketch,
-    check_cache_teacher,
-    check_cache_temperature,
-    check_sketch_size,
-    teacher_ref,
-)
+from distil.train.data import DevicePrefetcher, fixed_shape
+from distil.train.identity import teacher_ref
 from distil.train.objective import PARTS, DistillationObjective
+from distil.train.teacher_source import teacher_source
 
 log = logging.getLogger("distil.train")
 
@@ -47,81 +45,43 @@ STUDENT_DIR = "student"
 TRAINER_STATE = "trainer_state.pt"
 METRICS = "metrics.json"
 
-# called at log steps and evaluations with (step, metrics, save_checkpoint?): the Ray job
-# reports there (and tracks), and checkpoints when asked
-ReportFn = Callable[[int, dict[str, Any], bool], None]
 
+class DistilRecipe(training.Recipe):
+    cfg: DistilConfig
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-class DistilRecipe:
     def __init__(
         self,
         cfg: DistilConfig,
         *,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
         work_dir: str = "/tmp/distil-train",
         compile_backend: str | None = None,
+        **rank_and_device: Any,
     ):
         """``compile_backend``: the ``torch.compile`` backend (default inductor); naming one
         also compiles on the CPU, where ``cfg.compile`` alone does not (tests compile the same
-        step with the fast ``aot_eager`` backend to count graphs and all-reduces)."""
-        self.cfg = cfg
+        step with the fast ``aot_eager`` backend to count graphs and all-reduces);
+        ``rank_and_device``: ``rank``, ``world_size``, ``device`` (``training.Recipe``)."""
+        super().__init__(cfg, **rank_and_device)
         self.compile_backend = compile_backend
-        self.rank = rank
-        self.world_size = world_size
-        self.device = torch.device(device)
         self.work_dir = work_dir
-        self.step = 0
         self.data = EpochStream(self._epoch_batches)  # (epoch, micro-batches consumed)
         self.tokens_seen = 0  # this rank's
         self.tokens_seen_global = 0  # all ranks', summed at log and checkpoint steps
-        self.train_seconds = 0.0
-        self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.train_history: list[dict[str, float]] = []  # (step, loss) at each log line
-        self.teacher: Any = None  # the teacher family's …ForMaskedLM (online mode)
-        self.cache = None
-        self.sketch: torch.Tensor | None = None  # cached mode: R of the cache's hidden sketch
+        self.source = teacher_source(cfg)  # the teacher cache, or the teacher run every step
 
     # ------------------------------------------------------------------ setup
     def setup(self, checkpoint_dir: str | None = None) -> None:
-        cfg = self.cfg
+        cfg, source = self.cfg, self.source
         torch.manual_seed(cfg.seed)
-        need_teacher = cfg.mode == "online" or checkpoint_dir is None
-        if cfg.mode == "cached":
-            from distil.teacher.cache import TeacherCache
-
-            self.cache = TeacherCache(cfg.cache)
-            self.sparsity = self.cache.manifest.get("sparsity", {"mode": "topk"})
-            check_cache_temperature(
-                self.cache.manifest, cfg.cache, cfg.temperature, cfg.allow_temperature_mismatch
-            )
-            self.sketch = cached_sketch(self.cache, cfg.alpha_cos)
+        source.open()
+        need_teacher = source.needs_teacher(resuming=checkpoint_dir is not None)
         if need_teacher:
-            # online mode runs the head every step: a missing one is refused with the fix
-            loaded = load_teacher(teacher_ref(cfg), require_mlm_head=cfg.mode == "online")
+            # a source that runs the head every step refuses a teacher without one, with the fix
+            loaded = load_teacher(teacher_ref(cfg), require_mlm_head=source.runs_teacher)
             teacher, self.tokenizer = loaded.model.eval(), loaded.tokenizer
-            if cfg.mode == "cached":
-                check_cache_teacher(
-                    self.cache.manifest,
-                    cfg.cache,
-                    teacher_ref(cfg),
-                    loaded.weights_sha256,
-                    cfg.allow_teacher_mismatch,
-                )
+            source.check_teacher(loaded)
         if checkpoint_dir is None:
             student = build_student(teacher, cfg.student_layers)
         else:
@@ -130,14 +90,10 @@ class DistilRecipe:
             if not need_teacher:
                 self.tokenizer = AutoTokenizer.from_pretrained(student_dir)
         cuda = self.device.type == "cuda"
-        if cfg.mode == "online":
-            # frozen: bf16 weights on CUDA (no per-step autocast casts of its fp32 weights)
-            dtype = torch.bfloat16 if cuda and cfg.bf16 else torch.float32
-            self.teacher = teacher.to(self.device, dtype).eval().requires_grad_(False)
+        if need_teacher:
+            source.attach(teacher, self.device)
         self.student = student.to(self.device).train()
-        if self.sketch is not None:
-            self.sketch = self.sketch.to(self.device)
-            check_sketch_size(self.sketch, self.student.config.hidden_size, cfg.cache)
+        source.to_device(self.device, self.student.config.hidden_size)
         self.module = MaskedLMForDistillation(self.student)
         self.objective = DistillationObjective(
             self.module,
@@ -145,29 +101,15 @@ class DistilRecipe:
             alpha_mlm=cfg.alpha_mlm,
             alpha_cos=cfg.alpha_cos,
             temperature=cfg.temperature,
-            sparsity=self.sparsity if cfg.mode == "cached" else None,
-            kd_temperatures=self.cache.kd_temperatures if cfg.mode == "cached" else None,
-            sketch=self.sketch,
+            **source.objective_options(),
         )
-        self.parts = self.objective.enabled_parts(online=cfg.mode == "online")
+        self.parts = self.objective.enabled_parts(online=source.runs_teacher)
         self.model: torch.nn.Module = self.objective
         # the DDP wrapper itself: under torch.compile ``self.model`` is the compiled module,
         # and ``no_sync`` is DDP's (the compiled forward runs inside DDP's own forward)
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            ids = [self.device.index] if cuda else None
-            # gradients live in the all-reduce buckets (no copy in and out of them); the
-            # student has no buffers that training changes, so none are broadcast every step
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.objective,
-                device_ids=ids,
-                gradient_as_bucket_view=True,
-                broadcast_buffers=False,
-            )
-            if cfg.ddp_bf16_grads:
-                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-                self.ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+            self.ddp = training.wrap_ddp(self.objective, self.device, bf16_grads=cfg.ddp_bf16_grads)
             self.model = self.ddp
         self.compiled = cfg.compile and (cuda or self.compile_backend is not None)
         backend = self.compile_backend or "inductor"
@@ -175,24 +117,16 @@ class DistilRecipe:
             # fixed shapes (``BatchShape``, ``unpadded`` fixed per run): one graph, compiled
             # on the first step
             self.model = torch.compile(self.model, dynamic=False, backend=backend)
-        # the training step's teacher encoder (eval runs the eager one on its ragged batches)
-        self.teacher_encoder = self.teacher_head = None
-        if self.teacher is not None:
-            self.teacher_encoder, self.teacher_head = mlm_parts(self.teacher)
-        if self.compiled and self.teacher is not None:
-            self.teacher_encoder = torch.compile(
-                self.teacher_encoder, dynamic=False, backend=backend
-            )
+            source.compile(backend)
         self.compile_seconds: float | None = None
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.student, cfg.weight_decay),
-            lr=cfg.lr,
+        self.optim = training.optimization(
+            ((n, p) for n, p in self.student.named_parameters() if p.requires_grad),
+            cfg,
+            warmup_steps=min(cfg.warmup_steps, cfg.max_steps - 1),
+            total_steps=cfg.max_steps,
+            device=self.device,
             betas=(0.9, 0.98),
             eps=1e-6,
-            fused=cuda,  # one kernel for every parameter's update on CUDA
-        )
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, min(cfg.warmup_steps, cfg.max_steps - 1), cfg.max_steps
         )
         if checkpoint_dir is not None:
             state = torch.load(
@@ -200,8 +134,7 @@ class DistilRecipe:
                 map_location=self.device,
                 weights_only=True,
             )
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optim.load_state_dict(state)
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.data.epoch, self.data.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
             saved_world = state.get("world_size", self.world_size)
@@ -216,35 +149,8 @@ class DistilRecipe:
             self.train_history = json.loads(state.get("train_history", "[]"))
         self.start_step = self.step
         self.data_position = self.data.state()
-        if cfg.mode == "online":
-            self.train_source = PreparedBatches(cfg.data, mlm_probability=cfg.mlm_probability)
-            self.eval_source = PreparedBatches(cfg.data, mlm_probability=cfg.mlm_probability)
-        self.shape = self._batch_shape()
-
-    def _batch_shape(self) -> BatchShape:
-        """The fixed shape of every training micro-batch, from the input's manifest (whose
-        token count says whether every sequence fills ``seq_len``: then no batch needs an
-        attention mask)."""
-        cfg = self.cfg
-        if cfg.mode == "online":
-            manifest, mask_prob = self.train_source.manifest, cfg.mlm_probability
-            all_positions = False
-            sequences = manifest.get("rows")
-        else:
-            manifest = self.cache.manifest
-            mask_prob = float(manifest["masking"]["mask_prob"])
-            all_positions = self.cache.kd_positions == "all"
-            sequences = manifest.get("sequences")
-        seq_len = int(manifest["seq_len"])
-        tokens = manifest.get("tokens")
-        return BatchShape.for_masking(
-            cfg.batch_size,
-            seq_len,
-            mask_prob,
-            int(manifest["special_ids"]["pad"]),
-            all_positions,
-            unpadded=bool(sequences) and tokens == sequences * seq_len,
-        )
+        source.open_data()
+        self.shape = source.batch_shape(cfg.batch_size)
 
     # ------------------------------------------------------------------ data
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -253,8 +159,7 @@ class DistilRecipe:
         position = ReadPosition(
             self.rank, self.world_size, cfg.seed, epoch, "train", cfg.heldout_fraction
         )
-        source = self.train_source if cfg.mode == "online" else self.cache
-        return source.iter_batches(cfg.batch_size, position, start_batch=start)
+        return self.source.train_batches(cfg.batch_size, position, start_batch=start)
 
     def _micro_batches(self) -> DevicePrefetcher:
         """Endless fixed-shape micro-batches on the device from the saved (epoch, batch)
@@ -276,34 +181,14 @@ class DistilRecipe:
     # ------------------------------------------------------------------ loss
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, detached parts ``[4]``, ``objective.PARTS`` order) of one fixed-shape
-        batch on the device; online mode runs the frozen teacher first."""
-        if self.cfg.mode != "online":
-            return self.model(batch)
-        # the frozen teacher runs in its own dtype (bf16 weights on CUDA) outside the step's
-        # autocast: under it, layer norms would run in float32 and every matmul re-check casts
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            t_hidden = self.teacher_encoder(
-                input_ids=batch["input_ids"],
-                attention_mask=encoder_mask(
-                    self.teacher, batch["attention_mask"], batch.get("unpadded", False)
-                ),
-            )[0]
-            t_logits = None
-            if self.cfg.alpha_ce > 0:
-                rows = t_hidden.reshape(-1, t_hidden.shape[-1]).index_select(
-                    0, batch["target_index"]
-                )
-                t_logits = self.teacher_head(rows)
-        return self.model(batch, t_logits, t_hidden if self.cfg.alpha_cos > 0 else None)
+        batch on the device, with the teacher source's targets (an online teacher runs here)."""
+        return self.model(batch, *self.source.targets(batch))
 
     # ------------------------------------------------------------------ train
     def autocast(self) -> torch.autocast:
-        """The student step's autocast: bf16 on CUDA with ``cfg.bf16``, off on the CPU (bf16
-        matmuls are slower there). The online teacher runs outside it (``loss``)."""
-        cuda = self.device.type == "cuda"
-        return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and cuda
-        )
+        """The student step's autocast (``training.autocast``); the online teacher runs outside
+        it (``loss``)."""
+        return training.autocast(self.device, self.cfg.bf16)
 
     def train_step(self, micro_batches: DevicePrefetcher) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches (DDP syncs only on the last).
@@ -312,28 +197,23 @@ class DistilRecipe:
         (``parts``, ``grad_norm``: tensors), the token count comes from the host batch, so the
         CPU queues step n+1 while the GPU runs step n. The loop reads them at log steps."""
         cfg = self.cfg
-        # dropout depends on (seed, step, rank) only, so a resumed run replays the same masks
-        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.rank)
+        training.seed_step(cfg.seed, self.step, self.rank)
         parts = torch.zeros(len(PARTS), device=self.device)
         tokens = targets = 0
         for i in range(cfg.grad_accum):
             batch, self.data_position = next(micro_batches)
-            # DDP all-reduces on the last micro-batch only (compiled or not: see ``self.ddp``)
-            sync = i == cfg.grad_accum - 1 or self.ddp is None
-            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, self.autocast():
+            # DDP all-reduces on the last micro-batch only (compiled or not)
+            with training.grad_sync(self.model, i == cfg.grad_accum - 1), self.autocast():
                 loss, p = self.loss(batch)
                 (loss / cfg.grad_accum).backward()
             parts += p / cfg.grad_accum
             tokens += batch["n_tokens"]
             targets += batch["n_targets"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        grad_norm = self.optim.step()
         # under DDP the gradients are views of its all-reduce buckets: zeroed in place they
         # stay so; set to None, backward would allocate fresh ones every step and DDP copy
         # them back into the buckets
-        self.optimizer.zero_grad(set_to_none=self.ddp is None)
+        self.optim.optimizer.zero_grad(set_to_none=self.ddp is None)
         self.step += 1
         self.tokens_seen += tokens
         # tokens / targets: the real (non-pad) tokens and target positions of the step
@@ -356,7 +236,7 @@ class DistilRecipe:
         out.update(grad_norm=float(values[-1]), tokens=last["tokens"])
         return out
 
-    def train(self, report: ReportFn | None = None) -> dict[str, Any]:
+    def train(self, report: training.ReportFn | None = None) -> dict[str, Any]:
         """Run to ``max_steps``; calls ``report`` at every log step and evaluation (so Ray
         Train's ``metrics_dataframe`` and a tracker see the whole curve), asking for a checkpoint
         only at checkpoint steps and at the end."""
@@ -383,7 +263,7 @@ class DistilRecipe:
         finally:
             batches.close()
 
-    def _train(self, batches: DevicePrefetcher, report: ReportFn | None) -> dict[str, Any]:
+    def _train(self, batches: DevicePrefetcher, report: training.ReportFn | None) -> dict[str, Any]:
         cfg = self.cfg
         window_t, window_tokens, window_n = time.perf_counter(), 0, 0
         window_loss = torch.zeros((), device=self.device)
@@ -427,7 +307,7 @@ class DistilRecipe:
                 logged = {
                     **self.step_metrics(last),  # the one device read of the parts: log steps
                     "loss": float(agg[0] / agg[1]),
-                    "lr": self.scheduler.get_last_lr()[0],
+                    "lr": self.optim.lr,
                     "tokens_per_s": float(agg[2] / secs),
                 }
                 if self.rank == 0:
@@ -477,18 +357,16 @@ class DistilRecipe:
 
         cfg = self.cfg
         self.module.eval()
-        # every rank evaluates the whole held-out split
-        heldout = ReadPosition(
-            seed=cfg.seed, split="heldout", heldout_fraction=cfg.heldout_fraction
-        )
-        source = self.eval_source if cfg.mode == "online" else self.cache
-        batches = source.iter_batches(cfg.batch_size, heldout)
         ev = mlm_metrics(
             self.module,
-            batches,
+            # every rank evaluates the whole held-out split
+            self.source.eval_batches(
+                cfg.batch_size,
+                ReadPosition(seed=cfg.seed, split="heldout", heldout_fraction=cfg.heldout_fraction),
+            ),
             device=self.device,
             max_batches=cfg.eval_batches,
-            teacher=self.teacher if cfg.mode == "online" else None,
+            teacher=self.source.teacher,
         )
         self.module.train()
         if ev["positions"] == 0:
@@ -533,8 +411,7 @@ class DistilRecipe:
         self.tokenizer.save_pretrained(student_dir)
         torch.save(
             {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                **self.optim.state_dict(),
                 "step": self.step,
                 # epoch, batch_in_epoch of the last micro-batch trained on: where the reader seeks
                 **self.data_position,

@@ -136,7 +136,7 @@ def test_ray_train_sees_every_log_step_and_checkpoints_at_their_cadence(
 
     from train_workers import report_log_callback
 
-    from distil.jobs._ray_train import fit, latest_checkpoint
+    from distil.jobs._ray_train import fit, latest_checkpoint, torch_trainer
     from distil.train.identity import IDENTITY_FILE, run_identity
 
     job = _job()
@@ -158,7 +158,13 @@ def test_ray_train_sees_every_log_step_and_checkpoints_at_their_cadence(
     )
     assert latest_checkpoint(cfg.storage_path, cfg.run_name) is None  # no run yet
     identity = run_identity(cfg)
-    trainer = job.build_trainer(cfg, identity)
+    trainer = torch_trainer(
+        job.train_loop_per_worker,
+        job.loop_config(cfg, identity),
+        cfg,
+        run_name=cfg.run_name,
+        storage_path=cfg.storage_path,
+    )
     log_path = tmp_path / "reports.jsonl"
     trainer.run_config.callbacks.append(report_log_callback(str(log_path)))
     result = fit(trainer)

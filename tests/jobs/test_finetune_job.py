@@ -43,7 +43,7 @@ def test_ray_finetune_survives_a_killed_worker_learns_exports_and_resubmits(
         validation_fraction=0.2,
         torch_threads=1,
         write_teacher_cache=storage.join(s3_url, "teacher"),
-        ray_storage_path=storage.join(s3_url, "runs"),
+        storage_path=storage.join(s3_url, "runs"),
         checkpoint_every=5,
         log_every=5,
         max_failures=2,

@@ -61,7 +61,7 @@ def test_lr_warms_up_from_zero_and_decays_to_zero_at_the_last_step(
     recipe = FinetuneRecipe(cfg)
     recipe.setup()
     assert (recipe.total_steps, recipe.warmup) == (4, 2)
-    assert recipe.optimizer.param_groups[0]["lr"] == 0.0  # the first step's LR
+    assert recipe.optim.optimizer.param_groups[0]["lr"] == 0.0  # the first step's LR
     recipe.train()
     # each record holds the LR for the step after it: peak after the warm-up, 0 after the last
     lrs = [rec["lr"] for rec in recipe.history]

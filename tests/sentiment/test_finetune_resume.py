@@ -77,10 +77,16 @@ def test_resume_from_checkpoint_continues_exactly(cfg, tmp_path):
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    exp_avg = [s["exp_avg"] for s in straight.optimizer.state.values()]
-    for a, b in zip(exp_avg, [s["exp_avg"] for s in resumed.optimizer.state.values()], strict=True):
+    exp_avg = [s["exp_avg"] for s in straight.optim.optimizer.state.values()]
+    for a, b in zip(
+        exp_avg, [s["exp_avg"] for s in resumed.optim.optimizer.state.values()], strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr() == [0.0, 0.0]
+    assert (
+        resumed.optim.scheduler.get_last_lr()
+        == straight.optim.scheduler.get_last_lr()
+        == [0.0, 0.0]
+    )
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4]
     assert [h["loss"] for h in resumed.history] == pytest.approx(
         [h["loss"] for h in straight.history], rel=1e-5

@@ -92,3 +92,22 @@ def test_adapt_needs_both_a_training_and_a_held_out_split(
     with pytest.raises(ValueError, match="0 training and 1 held-out"):
         adapt(cfg)
     assert not (tmp_path / "x").exists()
+
+
+def test_renamed_and_new_options_keep_the_adapted_teachers_fingerprint():
+    """``warmup_frac`` became ``warmup_fraction`` and the clip that was hard-coded at 1.0 became
+    ``max_grad_norm``: a config that means what it meant before keys the same adapted teacher
+    (a changed fingerprint would redo every user's adaptation)."""
+    from distil.teacher.adapt import adapt_fingerprint
+
+    def fp(**kw) -> str:
+        return adapt_fingerprint(AdaptConfig(input="i", output="o", **kw), "sha", "data")
+
+    default = fp()
+    assert fp(warmup_frac=0.06) == fp(warmup_fraction=0.06) == default
+    assert fp(max_grad_norm=1.0) == default
+    assert fp(warmup_frac=0.1) == fp(warmup_fraction=0.1) != default
+    assert fp(max_grad_norm=0.5) != default
+    dump = AdaptConfig(input="i", output="o").fingerprint_dump()
+    assert dump["warmup_frac"] == 0.06 and "warmup_fraction" not in dump
+    assert "max_grad_norm" not in dump

@@ -1,8 +1,6 @@
 """Adapt's method options: which parameters train (``train_layers``, ``head_warmup_tokens``) and
 the learning-rate schedule (``lr_schedule``), on a tiny real BertForMaskedLM."""
 
-import math
-
 import pytest
 import torch
 from bert_fixtures import tiny_bert_config
@@ -10,7 +8,7 @@ from safetensors.torch import load_file
 from teacher_helpers import make_prepared
 
 from distil.teacher.adapt import adapt
-from distil.teacher.adapt_method import lr_factor, plan_trainable, start_phase
+from distil.teacher.adapt_method import plan_trainable, start_phase
 from distil.teacher.config import AdaptConfig
 from distil.teacher.load import load_teacher
 
@@ -61,23 +59,6 @@ def test_train_layers_picks_the_top_encoder_layers():
     assert all(p.requires_grad for p in model.bert.encoder.layer[2].parameters())
     with pytest.raises(ValueError, match="has 3 encoder layers; use 1..3, or -1"):
         plan_trainable(model, 4, train_word_embeddings=False)
-
-
-def test_lr_schedules():
-    warmup, total = 5, 50
-    for s in range(total):  # linear is the schedule adapt always had
-        old = min((s + 1) / warmup, max(0.0, (total - s) / (total - warmup + 1)))
-        assert lr_factor("linear", s, warmup, total) == pytest.approx(old)
-    assert [lr_factor("cosine", s, warmup, total) for s in range(warmup)] == [
-        (s + 1) / warmup for s in range(warmup)
-    ]
-    mid = warmup - 1 + (total - warmup + 1) / 2
-    assert lr_factor("cosine", math.floor(mid), warmup, total) == pytest.approx(0.5, abs=0.05)
-    assert lr_factor("cosine", total - 1, warmup, total) < 0.01
-    assert lr_factor("cosine", total - 1, warmup, total) < lr_factor("linear", total - 1, 5, 50)
-    assert lr_factor("constant", total - 1, warmup, total) == 1.0
-    with pytest.raises(ValueError, match="use linear, cosine or constant"):
-        lr_factor("step", 10, warmup, total)
 
 
 def _weights(path) -> dict[str, torch.Tensor]:

@@ -197,10 +197,11 @@ def test_a_deberta_teacher_is_refused_by_adapt_and_the_distil_recipe(
 def test_a_deberta_teacher_is_refused_by_the_distil_job_before_ray(
     real_prepared, deberta_teacher_dir, tmp_path, monkeypatch
 ):
+    from distil.jobs import _ray_train
     from distil.jobs import distil as distil_job
     from distil.train.config import DistilConfig
 
-    monkeypatch.setattr(distil_job, "init_ray", no_ray)
+    monkeypatch.setattr(_ray_train, "init_ray", no_ray)
     cfg = DistilConfig(mode="online", data=real_prepared, teacher=str(deberta_teacher_dir),
                        output=str(tmp_path / "o"), storage_path=str(tmp_path / "s"))  # fmt: skip
     with pytest.raises(UnsupportedTeacherError, match="distil supports the teacher families"):

@@ -55,7 +55,7 @@ def test_alpha_cos_without_a_sketch_is_refused_at_setup_with_the_fix(tmp_path, n
 
 def test_cached_step_with_a_sketch_trains_the_cosine_term(tmp_path, topk_cache):
     r = _recipe(tmp_path, topk_cache, alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0)
-    assert r.sketch is not None and tuple(r.sketch.shape) == (8, 32)
+    assert r.source.sketch is not None and tuple(r.source.sketch.shape) == (8, 32)
     batch = next(iter(r.data))
     r.student.eval()  # no dropout: the reference forward below sees the same hidden states
     assert batch["hidden_sketch"].shape == (int(batch["attention_mask"].sum()), 8)
@@ -65,7 +65,7 @@ def test_cached_step_with_a_sketch_trains_the_cosine_term(tmp_path, topk_cache):
     with torch.no_grad():
         _, hidden = r.module(batch["input_ids"], batch["attention_mask"], batch["labels"])
     ref = losses.sketch_cosine_loss(
-        hidden, batch["attention_mask"], r.sketch, batch["hidden_sketch"]
+        hidden, batch["attention_mask"], r.source.sketch, batch["hidden_sketch"]
     )
     # ~2e-4: 1 - cos cancels, and the fixed-shape batch sums in another order (abs 1e-8)
     assert parts["loss_cos"] == pytest.approx(float(ref), rel=1e-5, abs=1e-8)

@@ -55,7 +55,7 @@ def test_locations_scaling_and_cadence_keep_the_name(caches, tmp_path):
         {"num_workers": 8, "use_gpu": True, "cpus_per_worker": 4, "max_failures": 0},
         {"checkpoint_every": 7, "eval_every": 3, "eval_batches": 1, "log_every": 1},
         {"keep_checkpoints": 9, "run_name": "mine"},
-        {"mlm_probability": 0.3},  # not used in cached mode
+        {"mask_prob": 0.3},  # not used in cached mode
     ]
     for change in same:
         assert _name(_cfg(a, **change)) == base, change
@@ -118,3 +118,21 @@ def test_resume_on_another_worker_count_is_refused_with_the_fix(caches):
     with pytest.raises(RunMismatchError) as e:
         check_worker_count(recorded, run_identity(_cfg(a, num_workers=4)), "of run 'r'")
     assert "trained on 2 worker(s)" in str(e.value) and "--num-workers 2" in str(e.value)
+
+
+def test_a_renamed_field_keeps_the_run_identity(tmp_path):
+    """``mlm_probability`` became ``mask_prob``: the identity hashes it under the old name, so
+    a run started before the rename resumes, and either name gives the same run."""
+    prepared = str(tmp_path / "prepared")
+    storage.commit(prepared, {"kind": "prepared", "fingerprint": "pppp", "files": []})
+
+    def online(**kw) -> DistilConfig:
+        return DistilConfig(
+            mode="online", data=prepared, teacher="packaged:all-minilm-l6-v2", output="o",
+            storage_path="s", **kw,
+        )  # fmt: skip
+
+    default = run_identity(online())
+    assert default.fields["mlm_probability"] == 0.15 and "mask_prob" not in default.fields
+    old, new = run_identity(online(mlm_probability=0.2)), run_identity(online(mask_prob=0.2))
+    assert old.fingerprint == new.fingerprint != default.fingerprint

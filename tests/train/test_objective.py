@@ -46,10 +46,10 @@ def _old_loss(r: DistilRecipe, batch: dict) -> torch.Tensor:
         total = total + cfg.alpha_mlm * F.cross_entropy(logits.float(), labels[labels != -100])
     if cfg.mode == "online":
         with torch.no_grad():
-            t_hidden = r.teacher.bert(
+            t_hidden = r.source.teacher.bert(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             )[0]
-            t_logits = r.teacher.cls(t_hidden[labels != -100])
+            t_logits = r.source.teacher.cls(t_hidden[labels != -100])
         if cfg.alpha_ce > 0:
             total = total + cfg.alpha_ce * losses.kd_dense(logits, t_logits, cfg.temperature)
         if cfg.alpha_cos > 0:
@@ -58,23 +58,23 @@ def _old_loss(r: DistilRecipe, batch: dict) -> torch.Tensor:
             total = total + cfg.alpha_cos * (1 - cos).mean()
         return total
     t = cfg.temperature
-    j = r.cache.kd_temperatures.index(t)
+    j = r.source.cache.kd_temperatures.index(t)
     log_p = losses.teacher_logprobs_at(batch["target_logprobs"], t, batch["target_logz"][:, j])
-    if r.sparsity["mode"] == "sampled":
+    if r.source.sparsity["mode"] == "sampled":
         kd = losses.kd_sampled(
             logits,
             batch["target_ids"],
             batch["target_logprobs"],
             batch["target_counts"],
             t,
-            sample_temperature=r.sparsity.get("temperature"),
+            sample_temperature=r.source.sparsity.get("temperature"),
             log_partition=batch["target_logz"][:, j],
         )
     else:
         kd = t * t * _old_kl_rest_bucket(logits, batch["target_ids"], log_p, t).mean()
     total = total + cfg.alpha_ce * kd
     keep = batch["attention_mask"].bool()
-    s = hidden[keep].float() @ r.sketch.T
+    s = hidden[keep].float() @ r.source.sketch.T
     cos = F.cosine_similarity(s, batch["hidden_sketch"], dim=-1)
     return total + cfg.alpha_cos * (1 - cos).mean()
 
@@ -111,7 +111,7 @@ def test_fixed_shape_loss_and_gradients_equal_the_ragged_step(
     r.student.eval()  # no dropout: both computations see the same forward
     if mode == "online":
         host = next(
-            r.train_source.iter_batches(
+            r.source.train_data.iter_batches(
                 cfg.batch_size, ReadPosition(seed=cfg.seed, heldout_fraction=cfg.heldout_fraction)
             )
         )
@@ -222,10 +222,10 @@ def _todays_loss(r: DistilRecipe, fixed: dict) -> torch.Tensor:
     if r.cfg.mode != "online":
         return _todays_forward(r.objective, batch)
     with torch.no_grad():
-        mask = encoder_mask(r.teacher, batch["attention_mask"], batch["unpadded"])
-        t_hidden = r.teacher_encoder(input_ids=batch["input_ids"], attention_mask=mask)[0]
+        mask = encoder_mask(r.source.teacher, batch["attention_mask"], batch["unpadded"])
+        t_hidden = r.source.encoder(input_ids=batch["input_ids"], attention_mask=mask)[0]
         rows = t_hidden.reshape(-1, t_hidden.shape[-1]).index_select(0, batch["target_index"])
-        t_logits = r.teacher_head(rows) if r.cfg.alpha_ce > 0 else None
+        t_logits = r.source.head(rows) if r.cfg.alpha_ce > 0 else None
     return _todays_forward(r.objective, batch, t_logits, t_hidden if r.cfg.alpha_cos > 0 else None)
 
 

@@ -59,7 +59,9 @@ def test_online_training_lowers_loss_and_evaluates(tmp_path, prepared_dir, tiny_
     r = _recipe(cfg, tmp_path)
     batches = r._micro_batches()
     heldout = ReadPosition(split="heldout", heldout_fraction=cfg.heldout_fraction)
-    fixed = to_device(fixed_shape(next(r.eval_source.iter_batches(8, heldout)), r.shape), r.device)
+    fixed = to_device(
+        fixed_shape(next(r.source.eval_data.iter_batches(8, heldout)), r.shape), r.device
+    )
 
     def fixed_loss() -> float:
         r.module.eval()
@@ -232,7 +234,7 @@ def test_grad_accumulation_consumes_micro_batches_and_steps_once(
     batches.close()
     # the reader runs ahead on its thread: the position is that of the last batch trained on
     assert r.step == 1 and r.data_position == {"epoch": 0, "batch_in_epoch": 3}
-    assert out["tokens"] > 0 and r.scheduler.last_epoch == 1
+    assert out["tokens"] > 0 and r.optim.scheduler.last_epoch == 1
     changed = [k for k, v in r.student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # one optimizer update happened
 

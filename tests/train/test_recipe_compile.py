@@ -142,7 +142,7 @@ def test_online_teacher_runs_outside_the_students_autocast(
 
         return hook
 
-    r.teacher_encoder.register_forward_pre_hook(record("teacher"), with_kwargs=True)
+    r.source.encoder.register_forward_pre_hook(record("teacher"), with_kwargs=True)
     r.module.register_forward_pre_hook(record("student"), with_kwargs=True)
     batches = r._micro_batches()
     try:

@@ -77,10 +77,10 @@ def test_cached_kd_of_the_teacher_itself_is_zero_and_matches_the_dense_reference
     batch = next(iter(full.data))
 
     def kd_cached(logits, batch, t):
-        logz = batch["target_logz"][:, full.cache.kd_temperatures.index(t)]
+        logz = batch["target_logz"][:, full.source.cache.kd_temperatures.index(t)]
         ids, lp = batch["target_ids"], batch["target_logprobs"]
-        if full.sparsity["mode"] == "sampled":
-            counts, drawn_at = batch["target_counts"], full.sparsity.get("temperature")
+        if full.source.sparsity["mode"] == "sampled":
+            counts, drawn_at = batch["target_counts"], full.source.sparsity.get("temperature")
             return losses.kd_sampled(logits, ids, lp, counts, t, drawn_at, logz)
         return losses.kd_topk(logits, ids, lp, t, logz)
 
