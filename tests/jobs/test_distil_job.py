@@ -13,6 +13,19 @@ from distil import storage
 from distil.train.config import DistilConfig
 
 
+def _s3_config(s3_cache: str, s3_url: str, **kw) -> DistilConfig:
+    """A cached-mode run on the S3 fixture (batch 8, 2 warm-up steps, half a CPU per worker)."""
+    base = dict(
+        cache=s3_cache,
+        output=f"{s3_url}/student",
+        storage_path=f"{s3_url}/runs",
+        cpus_per_worker=0.5,
+        batch_size=8,
+        warmup_steps=2,
+    )
+    return DistilConfig(**{**base, **kw})
+
+
 def _job():
     import distil.jobs.distil
 
@@ -22,22 +35,10 @@ def _job():
 @pytest.mark.timeout(420)
 def test_kill_a_worker_resume_resubmit_and_export(ray_local, s3_url, s3_cache, tmp_path):
     job = _job()
-    cfg = DistilConfig(
-        cache=s3_cache,
-        output=f"{s3_url}/student",
-        storage_path=f"{s3_url}/runs",
-        run_name="kill-test",
-        num_workers=2,
-        cpus_per_worker=0.5,
-        batch_size=8,
-        max_steps=40,
-        warmup_steps=2,
-        checkpoint_every=5,
-        eval_every=20,
-        eval_batches=2,
-        log_every=5,
-        max_failures=2,
-    )
+    cfg = _s3_config(
+        s3_cache, s3_url, run_name="kill-test", num_workers=2, max_steps=40,
+        checkpoint_every=5, eval_every=20, eval_batches=2, log_every=5, max_failures=2,
+    )  # fmt: skip
     run_url = storage.join(cfg.storage_path, cfg.run_name)
     with KillAfterFirstCheckpoint(run_url) as killer:
         first = job.run(cfg)
@@ -140,22 +141,10 @@ def test_ray_train_sees_every_log_step_and_checkpoints_at_their_cadence(
     from distil.train.identity import IDENTITY_FILE, run_identity
 
     job = _job()
-    cfg = DistilConfig(
-        cache=s3_cache,
-        output=f"{s3_url}/student",
-        storage_path=f"{s3_url}/runs",
-        run_name="curve",
-        num_workers=1,
-        cpus_per_worker=0.5,
-        batch_size=8,
-        max_steps=12,
-        warmup_steps=2,
-        checkpoint_every=6,
-        eval_every=6,
-        eval_batches=1,
-        log_every=2,
-        keep_checkpoints=5,
-    )
+    cfg = _s3_config(
+        s3_cache, s3_url, run_name="curve", num_workers=1, max_steps=12,
+        checkpoint_every=6, eval_every=6, eval_batches=1, log_every=2, keep_checkpoints=5,
+    )  # fmt: skip
     assert latest_checkpoint(cfg.storage_path, cfg.run_name) is None  # no run yet
     identity = run_identity(cfg)
     trainer = torch_trainer(

@@ -15,6 +15,21 @@ from distil.teacher.config import AdaptConfig
 from distil.teacher.load import load_teacher
 
 
+def _config(prepared: str, out: str, teacher: str, **kw) -> AdaptConfig:
+    """A short adaptation with a high LR (batch 8, a quarter of the rows held out)."""
+    base = dict(
+        input=prepared,
+        output=out,
+        teacher=teacher,
+        batch_size=8,
+        lr=1e-2,
+        train_word_embeddings=True,
+        heldout_fraction=0.25,
+        eval_sequences=16,
+    )
+    return AdaptConfig(**{**base, **kw})
+
+
 @pytest.mark.timeout(300)
 def test_adapt_gives_a_headless_encoder_a_working_head(
     real_tokenizer_dir, headless_teacher_dir, tmp_path, capsys
@@ -22,17 +37,7 @@ def test_adapt_gives_a_headless_encoder_a_working_head(
     prepared = str(tmp_path / "prepared")
     make_prepared(prepared, real_tokenizer_dir, rows_per_shard=48)  # ~100 held-out positions
     out = str(tmp_path / "adapted")
-    cfg = AdaptConfig(
-        input=prepared,
-        output=out,
-        teacher=str(headless_teacher_dir),
-        token_budget=12000,
-        batch_size=8,
-        lr=1e-2,
-        train_word_embeddings=True,
-        heldout_fraction=0.25,
-        eval_sequences=16,
-    )
+    cfg = _config(prepared, out, str(headless_teacher_dir), token_budget=12000)
     assert not load_teacher(str(headless_teacher_dir)).has_mlm_head
     result = adapt(cfg)
     assert result["heldout_accuracy_before"] < 0.02  # a random head
@@ -64,19 +69,7 @@ def test_adapt_gives_a_headless_roberta_encoder_its_family_head(tmp_path):
     prepared = str(tmp_path / "prepared")
     make_prepared(prepared, teacher, rows_per_shard=48)
     out = str(tmp_path / "adapted")
-    result = adapt(
-        AdaptConfig(
-            input=prepared,
-            output=out,
-            teacher=str(teacher),
-            token_budget=8000,
-            batch_size=8,
-            lr=1e-2,
-            train_word_embeddings=True,
-            heldout_fraction=0.25,
-            eval_sequences=16,
-        )
-    )
+    result = adapt(_config(prepared, out, str(teacher), token_budget=8000))
     assert result["heldout_perplexity_after"] < result["heldout_perplexity_before"] / 2
     adapted = load_teacher(out, require_mlm_head=True)
     assert type(adapted.model).__name__ == "RobertaForMaskedLM"

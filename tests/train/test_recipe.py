@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from stage3_data import online_config
+from stage3_data import cached_config, online_config
 
 from distil.data.readers.stream import ReadPosition
 from distil.train.config import DistilConfig
@@ -172,16 +172,7 @@ def test_cached_mode_trains_from_a_real_teacher_cache(
     request, cache_fixture, tmp_path, tiny_teacher_dir
 ):
     cache = request.getfixturevalue(cache_fixture)
-    cfg = DistilConfig(
-        cache=cache,
-        output=str(tmp_path / "out"),
-        storage_path=str(tmp_path / "runs"),
-        batch_size=8,
-        max_steps=4,
-        warmup_steps=1,
-        eval_every=4,
-        eval_batches=2,
-    )
+    cfg = cached_config(tmp_path, cache, max_steps=4, eval_every=4, eval_batches=2, log_every=20)
     r = _recipe(cfg, tmp_path)  # teacher found through the cache manifest
     _, parts = _parts(r, _first_batch(r))
     assert 0 < parts["loss_cos"] < 2  # the cache's hidden-state sketch (alpha_cos 1.0)
