@@ -14,6 +14,7 @@ adaptation (``teacher/``) stages import it too, and stage libraries do not impor
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -121,11 +122,14 @@ def optimization(
     schedule: str = "linear",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    first_step: int = 0,
 ) -> Optimization:
     """AdamW (one fused kernel for every update on CUDA) at ``opts.lr`` over ``named_params``
     grouped by :func:`param_groups` (``opts.weight_decay``), clipped at ``opts.max_grad_norm``,
     with ``schedule`` (a key of ``SCHEDULES``): linear warm-up from 0 over ``warmup_steps``, then
-    decay to 0 at ``total_steps`` (or constant)."""
+    decay to 0 at ``total_steps`` (or constant). ``first_step`` > 0 starts the schedule that many
+    steps in (stretched by as many), so the first update is not taken at an LR of 0: adaptation
+    trains a fresh head from its first step."""
     named = list(named_params)
     if schedule not in SCHEDULES:
         raise ValueError(f"lr schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
@@ -140,8 +144,12 @@ def optimization(
         SCHEDULES[schedule],
         optimizer,
         num_warmup_steps=warmup_steps,
-        num_training_steps=total_steps,
+        num_training_steps=total_steps + first_step,
     )
+    with warnings.catch_warnings():  # advancing before any update is the point here
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        for _ in range(first_step):
+            scheduler.step()
     return Optimization(optimizer, scheduler, [p for _, p in named], opts.max_grad_norm)
 
 

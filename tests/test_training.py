@@ -117,6 +117,25 @@ def test_the_schedule_is_transformers_own(schedule, reference):
         _optim(_model(), schedule="step")
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_a_schedule_started_one_step_in_takes_its_first_update_at_a_nonzero_lr(schedule):
+    # adaptation's schedule: warm-up (s+1)/warmup, decay reaching 0 one step after the last update
+    warmup, total = 3, 8
+    ours = _optim(_model(), schedule=schedule, warmup_steps=warmup, total_steps=total, first_step=1)
+    lrs = []
+    for _ in range(total):
+        lrs.append(ours.lr / 1e-2)
+        ours.optimizer.step()
+        ours.scheduler.step()
+    expected = []
+    for s in range(total):
+        progress = (s - warmup + 1) / (total - warmup + 1)
+        decay = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}
+        expected.append((s + 1) / warmup if s < warmup else decay.get(schedule, 1.0))
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] > 0 and lrs[warmup - 1] == pytest.approx(1.0)
+
+
 def test_autocast_keeps_fp32_on_the_cpu_even_when_bf16_is_asked():
     x = torch.randn(4, 4)
     with training.autocast(torch.device("cpu"), bf16=True):

@@ -181,6 +181,7 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
         total_steps=total_steps,
         device=torch.device(cfg.device),
         schedule=cfg.lr_schedule,
+        first_step=1,
     )
     model.train()
     rng = np.random.default_rng(cfg.seed)
