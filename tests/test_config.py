@@ -122,7 +122,9 @@ def test_cluster_configs_live_under_distil_root(name, monkeypatch, capsys):
     stage = name.split("/")[0]
     module, cls = STAGES[stage][1].split(":")
     monkeypatch.setenv("DISTIL_ROOT", "s3://acme-ml/team")
-    cfg = load_config(getattr(importlib.import_module(module), cls), name)
+    # finetune/cluster names no reviews: the user's come as --train (its RayJob passes one)
+    user_data = {"train": "${DISTIL_ROOT}/reviews/labelled/"} if stage == "finetune" else {}
+    cfg = load_config(getattr(importlib.import_module(module), cls), name, **user_data)
     urls = [v for v in yaml.safe_load(cfg.model_dump_json()).values() if isinstance(v, str)]
     urls += [u for u in getattr(cfg, "input", None) or [] if isinstance(u, str)]
     s3 = [u for u in urls if u.startswith("s3://")]
@@ -145,6 +147,38 @@ def _stage_config_classes() -> list[type[StageConfig]]:
         out.append(cls)
         todo += cls.__subclasses__()
     return out
+
+
+class NeedsData(StageConfig):
+    train: str = Field(..., description="your labelled reviews")
+    output: str = Field("out", description="where")
+
+
+@pytest.mark.parametrize("yaml_text", ["output: x\n", "train: null\noutput: x\n"])
+def test_an_unset_required_field_is_named_with_its_flag_and_key(tmp_path, yaml_text):
+    """Absent or ``null`` in the YAML, a required field is one line: the field, the flag and the
+    key to set, and what it wants; not pydantic's ``Field required``."""
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml_text)
+    p = argparse.ArgumentParser()
+    add_config_args(p, NeedsData)
+    with pytest.raises(ConfigError) as e:
+        config_from_args(NeedsData, p.parse_args(["--config", str(y)]))
+    assert str(e.value) == (
+        "NeedsData: `train` is not set: pass --train or set `train:` in the config "
+        "(your labelled reviews)"
+    )
+    cfg = config_from_args(NeedsData, p.parse_args(["--config", str(y), "--train", "r.jsonl"]))
+    assert cfg.train == "r.jsonl"
+
+
+def test_other_validation_errors_keep_pydantic_s_message(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train: [1, 2]\n")
+    p = argparse.ArgumentParser()
+    add_config_args(p, NeedsData)
+    with pytest.raises(ConfigError, match="valid string"):
+        config_from_args(NeedsData, p.parse_args(["--config", str(y)]))
 
 
 def test_path_fields_name_real_string_fields():
