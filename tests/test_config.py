@@ -257,7 +257,9 @@ def test_a_renamed_option_keeps_working_under_its_old_name_with_a_warning(tmp_pa
     from distil.sentiment.config import FinetuneConfig
 
     y = tmp_path / "ft.yaml"
-    y.write_text("output: out\ngrad_clip: 0.5\n")  # a config written before the rename
+    y.write_text(
+        "output: out\ntrain: t.jsonl\ngrad_clip: 0.5\n"
+    )  # a config written before the rename
     p = argparse.ArgumentParser()
     add_config_args(p, FinetuneConfig)
     with caplog.at_level("WARNING", logger="distil.config"):
@@ -265,14 +267,16 @@ def test_a_renamed_option_keeps_working_under_its_old_name_with_a_warning(tmp_pa
     assert cfg.max_grad_norm == 0.5
     assert "'grad_clip' is deprecated" in caplog.text and "--max-grad-norm" in caplog.text
     # the old flag too; a new-name flag overrides an old-name key of the file
-    cfg = config_from_args(FinetuneConfig, p.parse_args(["--output", "o", "--grad-clip", "2"]))
+    cfg = config_from_args(
+        FinetuneConfig, p.parse_args(["--output", "o", "--train", "t.jsonl", "--grad-clip", "2"])
+    )
     assert cfg.max_grad_norm == 2.0
     cfg = config_from_args(
         FinetuneConfig, p.parse_args(["--config", str(y), "--max-grad-norm", "3"])
     )
     assert cfg.max_grad_norm == 3.0
     with pytest.raises(ValueError, match="grad_clip is the old name of max_grad_norm"):
-        FinetuneConfig(output="o", grad_clip=1.0, max_grad_norm=2.0)
+        FinetuneConfig(output="o", train="t.jsonl", grad_clip=1.0, max_grad_norm=2.0)
     assert "--grad-clip" not in p.format_help()  # old names work but are not advertised
     assert "--max-grad-norm" in p.format_help()
 
@@ -287,12 +291,15 @@ def test_ray_train_options_are_one_model_for_both_ray_train_stages():
         assert set(RayTrainOptions.model_fields) <= set(cls.model_fields)
     # the stricter checks hold for both (they had drifted: the fine-tune's took 0 CPUs)
     with pytest.raises(ValidationError, match="cpus_per_worker"):
-        FinetuneConfig(output="o", cpus_per_worker=0)
+        FinetuneConfig(output="o", train="t.jsonl", cpus_per_worker=0)
     with pytest.raises(ValidationError, match="num_workers"):
-        FinetuneConfig(output="o", num_workers=0)
-    assert FinetuneConfig(output="o", placement_strategy="SPREAD").placement_strategy == "SPREAD"
+        FinetuneConfig(output="o", train="t.jsonl", num_workers=0)
+    assert (
+        FinetuneConfig(output="o", train="t.jsonl", placement_strategy="SPREAD").placement_strategy
+        == "SPREAD"
+    )
     assert DistilConfig(cache="c", output="o", storage_path="s").num_workers == 2
-    assert FinetuneConfig(output="o").num_workers == 1
+    assert FinetuneConfig(output="o", train="t.jsonl").num_workers == 1
     p = argparse.ArgumentParser()
     add_config_args(p, FinetuneConfig)
     ray_help = p.format_help().split("Ray Train options (override --config):")[1]
