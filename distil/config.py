@@ -303,7 +303,27 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     try:
         return load_config(cls, getattr(args, "config", None), **overrides)
     except ValidationError as e:
-        raise ConfigError(f"{cls.__name__}: {e}") from e
+        raise ConfigError(f"{cls.__name__}: {unset_fields_message(cls, e) or e}") from e
+
+
+def unset_fields_message(cls: type[StageConfig], error: ValidationError) -> str | None:
+    """For a config that leaves required fields unset (absent, or ``null`` in the YAML): one line
+    per field naming its flag and YAML key, and what it wants (the field's description), instead
+    of pydantic's ``Field required``; ``None`` when anything else is wrong too."""
+    names = []
+    for err in error.errors():
+        loc = err.get("loc") or ()
+        name = loc[0] if len(loc) == 1 else None
+        field = cls.model_fields.get(name) if isinstance(name, str) else None
+        unset = err["type"] == "missing" or err.get("input", ...) is None
+        if field is None or not field.is_required() or not unset:
+            return None
+        names.append(name)
+    return "; ".join(
+        f"`{n}` is not set: pass {_flag(n)} or set `{n}:` in the config "
+        f"({cls.model_fields[n].description})"
+        for n in names
+    )
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:

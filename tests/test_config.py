@@ -122,7 +122,9 @@ def test_cluster_configs_live_under_distil_root(name, monkeypatch, capsys):
     stage = name.split("/")[0]
     module, cls = STAGES[stage][1].split(":")
     monkeypatch.setenv("DISTIL_ROOT", "s3://acme-ml/team")
-    cfg = load_config(getattr(importlib.import_module(module), cls), name)
+    # finetune/cluster names no reviews: the user's come as --train (its RayJob passes one)
+    user_data = {"train": "${DISTIL_ROOT}/reviews/labelled/"} if stage == "finetune" else {}
+    cfg = load_config(getattr(importlib.import_module(module), cls), name, **user_data)
     urls = [v for v in yaml.safe_load(cfg.model_dump_json()).values() if isinstance(v, str)]
     urls += [u for u in getattr(cfg, "input", None) or [] if isinstance(u, str)]
     s3 = [u for u in urls if u.startswith("s3://")]
@@ -145,6 +147,38 @@ def _stage_config_classes() -> list[type[StageConfig]]:
         out.append(cls)
         todo += cls.__subclasses__()
     return out
+
+
+class NeedsData(StageConfig):
+    train: str = Field(..., description="your labelled reviews")
+    output: str = Field("out", description="where")
+
+
+@pytest.mark.parametrize("yaml_text", ["output: x\n", "train: null\noutput: x\n"])
+def test_an_unset_required_field_is_named_with_its_flag_and_key(tmp_path, yaml_text):
+    """Absent or ``null`` in the YAML, a required field is one line: the field, the flag and the
+    key to set, and what it wants; not pydantic's ``Field required``."""
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml_text)
+    p = argparse.ArgumentParser()
+    add_config_args(p, NeedsData)
+    with pytest.raises(ConfigError) as e:
+        config_from_args(NeedsData, p.parse_args(["--config", str(y)]))
+    assert str(e.value) == (
+        "NeedsData: `train` is not set: pass --train or set `train:` in the config "
+        "(your labelled reviews)"
+    )
+    cfg = config_from_args(NeedsData, p.parse_args(["--config", str(y), "--train", "r.jsonl"]))
+    assert cfg.train == "r.jsonl"
+
+
+def test_other_validation_errors_keep_pydantic_s_message(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train: [1, 2]\n")
+    p = argparse.ArgumentParser()
+    add_config_args(p, NeedsData)
+    with pytest.raises(ConfigError, match="valid string"):
+        config_from_args(NeedsData, p.parse_args(["--config", str(y)]))
 
 
 def test_path_fields_name_real_string_fields():
@@ -223,7 +257,9 @@ def test_a_renamed_option_keeps_working_under_its_old_name_with_a_warning(tmp_pa
     from distil.sentiment.config import FinetuneConfig
 
     y = tmp_path / "ft.yaml"
-    y.write_text("output: out\ngrad_clip: 0.5\n")  # a config written before the rename
+    y.write_text(
+        "output: out\ntrain: t.jsonl\ngrad_clip: 0.5\n"
+    )  # a config written before the rename
     p = argparse.ArgumentParser()
     add_config_args(p, FinetuneConfig)
     with caplog.at_level("WARNING", logger="distil.config"):
@@ -231,14 +267,16 @@ def test_a_renamed_option_keeps_working_under_its_old_name_with_a_warning(tmp_pa
     assert cfg.max_grad_norm == 0.5
     assert "'grad_clip' is deprecated" in caplog.text and "--max-grad-norm" in caplog.text
     # the old flag too; a new-name flag overrides an old-name key of the file
-    cfg = config_from_args(FinetuneConfig, p.parse_args(["--output", "o", "--grad-clip", "2"]))
+    cfg = config_from_args(
+        FinetuneConfig, p.parse_args(["--output", "o", "--train", "t.jsonl", "--grad-clip", "2"])
+    )
     assert cfg.max_grad_norm == 2.0
     cfg = config_from_args(
         FinetuneConfig, p.parse_args(["--config", str(y), "--max-grad-norm", "3"])
     )
     assert cfg.max_grad_norm == 3.0
     with pytest.raises(ValueError, match="grad_clip is the old name of max_grad_norm"):
-        FinetuneConfig(output="o", grad_clip=1.0, max_grad_norm=2.0)
+        FinetuneConfig(output="o", train="t.jsonl", grad_clip=1.0, max_grad_norm=2.0)
     assert "--grad-clip" not in p.format_help()  # old names work but are not advertised
     assert "--max-grad-norm" in p.format_help()
 
@@ -253,12 +291,15 @@ def test_ray_train_options_are_one_model_for_both_ray_train_stages():
         assert set(RayTrainOptions.model_fields) <= set(cls.model_fields)
     # the stricter checks hold for both (they had drifted: the fine-tune's took 0 CPUs)
     with pytest.raises(ValidationError, match="cpus_per_worker"):
-        FinetuneConfig(output="o", cpus_per_worker=0)
+        FinetuneConfig(output="o", train="t.jsonl", cpus_per_worker=0)
     with pytest.raises(ValidationError, match="num_workers"):
-        FinetuneConfig(output="o", num_workers=0)
-    assert FinetuneConfig(output="o", placement_strategy="SPREAD").placement_strategy == "SPREAD"
+        FinetuneConfig(output="o", train="t.jsonl", num_workers=0)
+    assert (
+        FinetuneConfig(output="o", train="t.jsonl", placement_strategy="SPREAD").placement_strategy
+        == "SPREAD"
+    )
     assert DistilConfig(cache="c", output="o", storage_path="s").num_workers == 2
-    assert FinetuneConfig(output="o").num_workers == 1
+    assert FinetuneConfig(output="o", train="t.jsonl").num_workers == 1
     p = argparse.ArgumentParser()
     add_config_args(p, FinetuneConfig)
     ray_help = p.format_help().split("Ray Train options (override --config):")[1]

@@ -24,12 +24,12 @@ import ray.train
 import ray.train.torch
 
 from distil import storage, tracking
-from distil.config import absolute_paths, job_main, setup_logging
+from distil.config import ConfigError, absolute_paths, job_main, setup_logging
+from distil.data.readers.review_files import expand_inputs
 from distil.jobs._ray_train import latest_checkpoint, recipe_worker, run_recipe_job
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune import FinetuneRecipe
 from distil.sentiment.finetune_export import model_url_for
-from distil.sentiment.labelled_data import default_train_url
 
 log = logging.getLogger("distil.jobs.finetune")
 
@@ -62,6 +62,18 @@ def run_name_of(model_url: str) -> str:
     return f"{url.rsplit('/', 1)[-1]}-{storage.fingerprint(url)[:8]}"
 
 
+def check_train(cfg: FinetuneConfig) -> None:
+    """The user's labelled reviews exist, checked on the driver before Ray starts: a wrong
+    ``train`` is one line naming the field, not a worker group that fails to read it."""
+    try:
+        expand_inputs([cfg.train])
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"finetune: `train` {storage.redact(cfg.train)} has no review files ({e}): put your "
+            "labelled reviews there, or name them with --train URL (or `train:` in the config)"
+        ) from e
+
+
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune (or resume) with Ray Train, export the classifier, return a JSON-able summary.
 
@@ -69,8 +81,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     the summary says ``steps_run: 0``."""
     setup_logging(force=True)
     cfg = absolute_paths(cfg)
-    if cfg.train is None:  # assemble the default data once, on the driver
-        cfg = cfg.model_copy(update={"train": default_train_url(cfg)})
+    check_train(cfg)
     model_url = model_url_for(cfg)
     found = latest_checkpoint(storage_url(cfg), run_name_of(model_url))
     if found is not None and found.metrics.get("done") and storage.is_committed(model_url):

@@ -36,7 +36,7 @@ from distil.score import scored
 from distil.score.config import ScoreConfig
 from distil.sentiment import classifier, pool
 from distil.sentiment.config import PoolConfig
-from distil.sentiment.labelled_data import assemble, default_train_url, load_texts
+from distil.sentiment.labelled_data import assemble, load_texts
 from distil.sentiment.teacher_cache import write_teacher_logits
 
 log = logging.getLogger("distil.pool")
@@ -185,8 +185,6 @@ def run(cfg: PoolConfig) -> dict[str, Any]:
     manifest = classifier.verify_model(model_url)
     if manifest.get("kind") != classifier.MODEL_KIND:
         raise ValueError(f"--teacher {model_url} is not a fine-tuned model dir (distil finetune)")
-    if cfg.train is None:
-        cfg = cfg.model_copy(update={"train": default_train_url(cfg)})
     data = assemble(cfg, cfg.train)
     forbidden = {text_key(r["text"]) for r in data.val}
     if cfg.exclude:

@@ -520,7 +520,10 @@ def _context(cfg: QualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     files, eval_notes = evaluation_sets(cfg, shared["reviews"])
     # every set but the in-domain one is kept out of every training, validation and pool row
     excluded = [url for name, url in files.items() if name != cfg.in_domain]
-    data = assemble(FinetuneConfig(model="-", output="-", exclude=excluded), files[cfg.in_domain])
+    in_domain = files[cfg.in_domain]
+    data = assemble(
+        FinetuneConfig(model="-", train=in_domain, output="-", exclude=excluded), in_domain
+    )
     ctx = {**shared, "files": files, "excluded": excluded, "train_rows": len(data.train)}
     return ctx, eval_notes
 

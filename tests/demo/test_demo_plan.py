@@ -192,6 +192,16 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     assert d.steps["score"].output == (
         f"{root}/tiny/score-5a22407019994805/run_id=demo-21f956450cf3c7bb"
     )
+    # the demo names the sample reviews itself (the fine-tune stage has no default data), and
+    # its fine-tune commands parse into valid stage configs
+    from distil.config import parse_job_args
+    from distil.sentiment.config import FinetuneConfig
+
+    for name in ("finetune_teacher", "finetune_student"):
+        argv = d.steps[name].argv
+        assert argv[argv.index("--train") + 1] == "memory://samples/reviews/movie_snippets.jsonl"
+        cfg = parse_job_args(FinetuneConfig, "", argv[3:])
+        assert cfg.train == "memory://samples/reviews/movie_snippets.jsonl"
 
 
 def test_task_distillation_adds_the_pool_step_between_the_fine_tunes(fake_run):

@@ -92,3 +92,48 @@ def test_ray_finetune_survives_a_killed_worker_learns_exports_and_resubmits(
     again = run(cfg)
     assert (again["steps_run"], again["start_step"]) == (0, total)
     assert storage.read_bytes(storage.join(model_url, "manifest.json")) == manifest_before
+
+
+def test_the_cluster_config_names_no_reviews_and_stops_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    """finetune/cluster without --train: exit 2 naming the field and the flag, before Ray starts
+    or anything is written (it used to fall back to the sample movie snippets)."""
+    import ray
+
+    from distil.cli import main
+
+    root = tmp_path / "root"
+    monkeypatch.setenv("DISTIL_ROOT", str(root))
+    assert main(["finetune", "--config", "finetune/cluster"]) == 2
+    err = capsys.readouterr().err
+    assert "`train` is not set: pass --train or set `train:` in the config" in err
+    assert "`distil demo`" in err  # where the samples went
+    assert not ray.is_initialized() and not root.exists()
+
+
+def test_the_cluster_config_with_train_validates(monkeypatch):
+    from distil.config import parse_job_args
+
+    monkeypatch.setenv("DISTIL_ROOT", "s3://bucket/prefix")
+    argv = ["--config", "finetune/cluster", "--train", "${DISTIL_ROOT}/reviews/labelled/"]
+    cfg = parse_job_args(FinetuneConfig, "", argv)
+    assert cfg.train == "s3://bucket/prefix/reviews/labelled/"
+
+
+def test_train_without_review_files_stops_on_the_driver_before_ray(tmp_path, monkeypatch):
+    import distil.jobs.finetune as job
+    from distil.config import ConfigError
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(job, "init_ray", no_ray)
+    monkeypatch.setattr(job, "latest_checkpoint", no_ray)
+    (tmp_path / "reviews").mkdir()
+    out = tmp_path / "models"
+    for train in (tmp_path / "reviews", tmp_path / "missing.jsonl"):
+        cfg = FinetuneConfig(model="packaged:all-minilm-l6-v2", train=str(train), output=str(out))
+        with pytest.raises(ConfigError, match=r"`train` .* has no review files.*--train URL"):
+            job.run(cfg)
+    assert not out.exists()

@@ -165,7 +165,9 @@ def test_training_rows_that_are_evaluation_texts_are_excluded(tiny_setup, tmp_pa
     )
     held = tmp_path / "held.jsonl"
     held.write_text(json.dumps({"text": " " + train_row["text"].title() + " ."}) + "\n")
-    data = assemble(FinetuneConfig(model="-", output="-", exclude=[str(held)]), str(movie))
+    data = assemble(
+        FinetuneConfig(model="-", train=str(movie), output="-", exclude=[str(held)]), str(movie)
+    )
     assert train_row["text"] not in {r["text"] for r in data.train + data.val}
     assert data.accounting["dropped"]["in_evaluation_set"] == 1
 

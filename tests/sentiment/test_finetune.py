@@ -87,11 +87,14 @@ def test_load_labelled_accounts_for_unusable_rows(tmp_path):
 def test_finetune_on_movie_snippets_reports_validation_metrics(tiny_base_dir, tmp_path):
     from transformers import pipeline
 
+    from distil.samples.reviews import MOVIE_SNIPPETS, assemble_reviews
+
+    assemble_reviews(str(tmp_path / "reviews"))  # what `distil data samples` does for reviews/
     cfg = FinetuneConfig(
         model=str(tiny_base_dir),
+        train=str(tmp_path / "reviews" / MOVIE_SNIPPETS),
         output=str(tmp_path / "models"),
         run_name="tiny",
-        reviews_cache=str(tmp_path / "reviews"),
         max_train_examples=96,
         max_validation_examples=64,
         max_steps=3,
