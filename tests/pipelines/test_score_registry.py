@@ -26,8 +26,25 @@ def test_a_registry_alias_scores_with_the_version_it_names_and_records_it(
                                for i, t in enumerate(["great film", "dull", "fine"])))  # fmt: skip
     out = f"{s3_url}/scored"
 
-    first = run_score(str(reviews), f"models:/{name}@champion", out, "r1", tmp_path)
+    # tracked as the nightly job runs it: the MLflow run has the version, the row accounting and
+    # the inference latency distribution
+    from distil import tracking
+    from distil.pipelines.score_reviews import run
+    from distil.score.config import ScoreConfig
+
+    experiment = f"nightly-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    cfg = ScoreConfig(input=[str(reviews)], model=f"models:/{name}@champion", output=out,
+                      run_id="r1", model_cache=str(tmp_path / "model-cache"), runner="FnApiRunner")  # fmt: skip
+    first = tracking.tracked("score", run, cfg)
     assert first["model_version"] == f"models:/{name}/1"
+    client = tracking.make_client(mlflow_server.url)
+    [tracked] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert tracked.data.tags["distil.model_version"] == f"models:/{name}/1"
+    metrics = tracked.data.metrics
+    assert metrics["rows_in"] == metrics["scored"] == 3 and metrics["dead_letter"] == 0
+    latency = [k for k in metrics if k.startswith("beam_metrics.batch_latency_ms.")]
+    assert {k.rsplit(".", 1)[1] for k in latency} >= {"min", "mean", "max", "count"}, metrics
     assert first["model"] == tiny_classifier_url  # the version's model dir, not the alias
     assert first["rows_in"] == first["scored"] == 3
     committed = storage.read_json(storage.join(out, "run_id=r1", "summary.json"))
