@@ -51,6 +51,7 @@ STAGES = {
     "distil.jobs.distil:run": "distil",
     "distil.jobs.finetune:run": "finetune",
     "distil.pipelines.score_reviews:run": "score",
+    "distil.quality.gate:run": "promote",
 }
 
 
