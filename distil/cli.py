@@ -44,6 +44,12 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "distil.score.config:ScoreConfig",
         "distil.pipelines.score_reviews:run",
     ),
+    "promote": (
+        "the quality gate (student vs teacher accuracy, int8 vs fp32), then publish the student "
+        "classifier: MLflow Model Registry alias champion, or a latest.json pointer",
+        "distil.quality.gate:PromoteConfig",
+        "distil.quality.gate:run",
+    ),
     "eval": (
         "teacher vs student on held-out data: MLM agreement, KL, sentiment accuracy in/out of domain",
         "distil.quality.eval:EvalConfig",

@@ -136,8 +136,9 @@ class RayTrainOptions(StageConfig):
 
 
 def is_local_path(ref: str) -> bool:
-    """A plain filesystem path: not a URL (``s3://``, ``file://``) and not a ``packaged:`` ref."""
-    return "://" not in ref and not ref.startswith("packaged:")
+    """A plain filesystem path: not a URL (``s3://``, ``file://``), not a ``packaged:`` ref and
+    not a model registry URI (``models:/NAME@ALIAS``)."""
+    return "://" not in ref and not ref.startswith(("packaged:", "models:/"))
 
 
 def absolute_paths(cfg: C) -> C:

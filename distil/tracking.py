@@ -51,6 +51,7 @@ STAGES = {
     "distil.jobs.distil:run": "distil",
     "distil.jobs.finetune:run": "finetune",
     "distil.pipelines.score_reviews:run": "score",
+    "distil.quality.gate:run": "promote",
 }
 
 
@@ -261,7 +262,9 @@ def group_tracker() -> Tracker:
 
 # What the summary's string values are tagged as (URLs and identities); anything else in a summary
 # is either a metric (numbers) or stays in the summary artifact.
-TAG_KEYS = ("url", "output", "input", "fingerprint", "key", "sha", "cache", "checkpoint", "name")
+TAG_KEYS = (
+    "url", "output", "input", "fingerprint", "key", "sha", "cache", "checkpoint", "name", "version",
+)  # fmt: skip
 
 
 def summary_tags(summary: Mapping[str, Any]) -> dict[str, str]:

@@ -13,7 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "distil"
 
 # layer of each top-level part of distil/ (a module of the shared library, or a subpackage)
-SHARED = {"config", "family", "losses", "packaged", "progress", "storage", "tracking", "training"}
+SHARED = {
+    "config",
+    "family",
+    "losses",
+    "model_registry",
+    "packaged",
+    "progress",
+    "storage",
+    "tracking",
+    "training",
+}
 STAGES = {"data", "samples", "teacher", "student", "train", "sentiment", "score"}
 LAYER = {
     **dict.fromkeys(SHARED, 0),

@@ -221,6 +221,11 @@ def test_absolute_paths_anchors_local_relative_paths_only(tmp_path, monkeypatch)
     home = absolute_paths(PrepareConfig(input="~/corpus", output="o"))
     assert home.input == [os.path.expanduser("~/corpus")] and home.output == str(tmp_path / "o")
 
+    from distil.score.config import ScoreConfig
+
+    registry = ScoreConfig(input="r.jsonl", model="models:/reviews@champion", output="o")
+    assert absolute_paths(registry).model == "models:/reviews@champion"  # a registry URI
+
 
 def test_shipped_logits_configs_serve_the_shipped_distil_temperatures():
     """Each shipped cache config serves its distil config's KD temperature (and a sampled one

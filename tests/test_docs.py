@@ -250,6 +250,7 @@ def _stage_pages() -> list[tuple[str, str]]:
         ("docs/stages/finetune-and-score.md", "distil.sentiment.config:FinetuneConfig"),
         ("docs/stages/finetune-and-score.md", "distil.score.config:ScoreConfig"),
         ("docs/stages/eval.md", "distil.quality.eval:EvalConfig"),
+        ("docs/stages/finetune-and-score.md", "distil.quality.gate:PromoteConfig"),
     ]
 
 

@@ -23,7 +23,9 @@ class ScoreConfig(StageConfig):
     )
     model: str = Field(
         ...,
-        description="fine-tuned model dir URL, or a latest.json pointer written by distil finetune",
+        description="fine-tuned model: its dir URL, a latest.json pointer written by distil "
+        "finetune, or a registry URI models:/NAME@ALIAS (e.g. @champion) or models:/NAME/VERSION "
+        "(MLflow Model Registry; the version is recorded in the run's summary)",
     )
     output: str = Field(
         ...,

@@ -36,6 +36,7 @@ class RunPlan:
     attempt: str
     date: str  # the output partition, dt=<date>
     model_url: str
+    registry_version: str | None  # models:/NAME/VERSION when --model named the registry
     fingerprint: str  # the model's
     id2label: dict[int, str]
     torch_threads: int
@@ -66,6 +67,7 @@ class RunPlan:
         """The run's settings as its summary.json records them."""
         return {
             "model": storage.redact(self.model_url),
+            "model_version": self.registry_version,
             "model_fingerprint": self.fingerprint,
             "quantize": self.quantize,
             "bf16": self.bf16,
@@ -107,7 +109,7 @@ def plan_run(
     input URLs, ``{date}`` filled in). Call it holding the output's lease (``held``): it
     publishes what an earlier launcher committed but did not publish, and deletes this run id's
     attempt folders other than ``attempt``."""
-    model_url = classifier.resolve_model_url(cfg.model)
+    model_url, registry_version = classifier.resolve_model(cfg.model)
     # Every model file against its sha256 here, on the launcher: a tampered or half-copied model
     # is refused before a worker starts (the workers check again as they load it).
     manifest = classifier.verify_model(model_url)
@@ -144,6 +146,7 @@ def plan_run(
         attempt=attempt,
         date=date,
         model_url=model_url,
+        registry_version=registry_version,
         fingerprint=fingerprint,
         id2label=id2label,
         torch_threads=torch_threads,

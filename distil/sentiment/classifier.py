@@ -17,11 +17,11 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from distil import storage
+from distil import model_registry, storage
 
 MODEL_KIND = "sentiment_model"
 POINTER_KIND = "latest_model"
@@ -75,14 +75,30 @@ def write_latest_pointer(pointer_url: str, model_url: str, manifest: dict[str, A
     )
 
 
-def resolve_model_url(url: str) -> str:
-    """A model dir URL, following a ``latest`` pointer (a ``.json`` object) if given one."""
-    if url.endswith(".json"):
-        pointer = storage.read_json(url)
+class ResolvedModel(NamedTuple):
+    url: str  # the committed model dir
+    version: str | None  # ``models:/NAME/VERSION`` when resolved through the registry
+
+
+def resolve_model(ref: str) -> ResolvedModel:
+    """The model dir a reference names: a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
+    URI (through the MLflow Model Registry: the version the alias points at now, which the
+    caller records, since the alias may move), a ``latest`` pointer (a ``.json`` object), or
+    the dir's own URL."""
+    if model_registry.is_registry_uri(ref):
+        found = model_registry.resolve(ref)
+        return ResolvedModel(found.source, found.uri)
+    if ref.endswith(".json"):
+        pointer = storage.read_json(ref)
         if pointer.get("kind") != POINTER_KIND:
-            raise ValueError(f"{url} is not a latest-model pointer (kind={pointer.get('kind')})")
-        return pointer["model"]
-    return url
+            raise ValueError(f"{ref} is not a latest-model pointer (kind={pointer.get('kind')})")
+        return ResolvedModel(pointer["model"], None)
+    return ResolvedModel(ref, None)
+
+
+def resolve_model_url(ref: str) -> str:
+    """The model dir URL of a reference (see :func:`resolve_model`)."""
+    return resolve_model(ref).url
 
 
 def verify_model(url: str) -> dict[str, Any]:

@@ -192,6 +192,23 @@ def test_pods_get_distil_root_from_one_configmap():
         assert "distil-storage" in refs, f"container {c['name']} lacks configMapRef distil-storage"
 
 
+def test_every_pod_that_runs_a_stage_can_track_to_mlflow():
+    """docs/tracking.md: every stage on the cluster is tracked when the team's server is set.
+    The Ray pods and the nightly scoring launcher load the optional Secret distil-mlflow (the
+    Flink task managers' SDK workers log nothing: the launcher records the run)."""
+    launchers = [
+        c
+        for _, d in k8s_documents()
+        for c in _containers(d)
+        if d["kind"] in ("RayCluster", "CronJob")
+    ]
+    assert {c["name"] for c in launchers} >= {"ray-head", "ray-worker", "score"}
+    for c in launchers:
+        refs = {e.get("secretRef", {}).get("name"): e for e in c.get("envFrom", [])}
+        assert "distil-mlflow" in refs, f"container {c['name']} does not load distil-mlflow"
+        assert refs["distil-mlflow"]["secretRef"].get("optional") is True  # tracking stays optional
+
+
 def test_no_manifest_or_config_names_the_bucket():
     """The bucket/prefix is set once (DISTIL_ROOT), never spelled out in a manifest or config."""
     files = infra_files() + sorted((REPO / "distil" / "configs").rglob("*.yaml"))

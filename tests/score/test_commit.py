@@ -19,6 +19,7 @@ def _plan(output: str, files: list[str], failed_before: dict[str, int]) -> RunPl
     held = acquire(output, "r1", attempt, 60)
     return RunPlan(
         output=output, run_id="r1", attempt=attempt, date="2026-12-01", model_url="/m",
+        registry_version=None,
         fingerprint="f" * 16, id2label={0: "negative", 1: "positive"}, torch_threads=1,
         split_bytes=65536, keep=(), max_inference_error_rate=0.1, lease=held.handle(),
         ledger=tuple({"url": u, "size": 10, "sha256": "0" * 64, "model_fingerprint": "f" * 16,
