@@ -70,6 +70,15 @@ SUBGROUPS: dict[str, dict[str, tuple[str, str, str]]] = {
             "distil.samples.corpus:run",
         ),
     },
+    "pipeline": {
+        "run": (
+            "the whole chain from one config: prepare, logits, distil, both fine-tunes, the "
+            "quality gate and publication, each stage a Ray job (or a local process); finished "
+            "stages are reused, a stopped one resumes",
+            "distil.chain.config:PipelineConfig",
+            "distil.chain.plan:run",
+        ),
+    },
     "teacher": {
         "adapt": (
             "train an MLM head (+ encoder) for a checkpoint that has none",
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(args._missing, file=sys.stderr)
         return 2
     from distil import tracking
-    from distil.config import ConfigError
+    from distil.config import ConfigError, RunStopped
     from distil.ops.cluster import RayAddressError
 
     run = _load(args._run_ref)
@@ -271,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RayAddressError) as e:
         print(f"distil {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"distil {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -31,6 +31,11 @@ C = TypeVar("C", bound="StageConfig")
 log = logging.getLogger("distil.config")
 
 
+class RunStopped(RuntimeError):
+    """A run that stopped for a reason its user must read, not a bug (a failed quality gate, a
+    step ``--from`` left out that is not done): the CLI prints it without a traceback."""
+
+
 class ConfigError(ValueError):
     """A config file or option the user gave that cannot be used; the message says why."""
 
@@ -216,14 +221,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> 
 
 
 def _add_field_flag(group: Any, name: str, field: Any, help_text: str) -> None:
-    """``--name`` for a config field (its value lands in ``args.<name>``)."""
+    """``--name`` for a config field (its value lands in ``args.<name>``), or the flag the field
+    names itself (``json_schema_extra={"flag": "--from"}``: a field called ``from`` cannot be)."""
+    flag = (field.json_schema_extra or {}).get("flag") or _flag(name)
     typ, _ = _scalar_type(field.annotation)
     choices = None
     if typing.get_origin(field.annotation) is typing.Literal:
         choices = list(typing.get_args(field.annotation))
     if typ is bool:
         group.add_argument(
-            _flag(name),
+            flag,
             dest=name,
             action=argparse.BooleanOptionalAction,
             default=argparse.SUPPRESS,
@@ -231,7 +238,7 @@ def _add_field_flag(group: Any, name: str, field: Any, help_text: str) -> None:
         )
     elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
         group.add_argument(
-            _flag(name),
+            flag,
             dest=name,
             type=yaml.safe_load,
             default=argparse.SUPPRESS,
@@ -239,7 +246,7 @@ def _add_field_flag(group: Any, name: str, field: Any, help_text: str) -> None:
         )
     else:
         group.add_argument(
-            _flag(name),
+            flag,
             dest=name,
             type=typ if typ in (int, float, str) else str,
             choices=choices,

@@ -33,6 +33,7 @@ LAYER = {
     "jobs": 4,
     "pipelines": 4,
     "demo": 5,
+    "chain": 5,
     "cli": 5,
 }
 

@@ -1,25 +1,27 @@
-"""The demo's plan: which stages run, in what order, with which budgets and inputs.
+"""The demo's plan: the chain of ``distil pipeline run`` (``distil.chain``) on the sample data,
+then scoring the review sets with the published classifier, run.json and the report.
 
-Stage budgets come from the packaged config ``demo/<scale>`` (or the user's ``--budgets`` file);
-running, reusing and recording each step is ``distil.demo.steps``; run.json is
-``distil.demo.record``. This module only wires one step's outputs into the next one's flags.
+Stage budgets come from the packaged config ``demo/<scale>`` (or the user's ``--budgets`` file):
+its stage sections become the chain's ``PipelineConfig`` (``pipeline_config``); run.json is
+``distil.demo.record``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from distil import storage
+from distil.chain.config import PipelineConfig
+from distil.chain.plan import Chain, finish_tracking, latest_pointer
+from distil.chain.steps import StepRunner, job_env
 from distil.config import resolve_config_path
 from distil.demo.config import DemoConfig
 from distil.demo.record import run_json
-from distil.demo.steps import Step, StepRunner, job_env
 from distil.packaged import PACKAGED_TEACHER
 from distil.samples.reviews import evaluation_sets
 
@@ -29,40 +31,43 @@ def budgets_path(cfg: DemoConfig) -> Path:
     return Path(cfg.budgets) if cfg.budgets else resolve_config_path(f"demo/{cfg.scale}")
 
 
-@dataclass(frozen=True)
-class TeacherPlan:
-    ref: str  # the budgets' adapt.teacher
-    adapt: bool  # run `distil teacher adapt` on it, or use it as is
-    reason: str
-    weights_sha256: str
-
-
-def plan_teacher(adapt_budget: dict[str, Any], force: bool | None) -> TeacherPlan:
-    """Whether the demo adapts its teacher. Adaptation exists to give a head-less encoder (the
-    packaged MiniLM) an MLM head; a teacher whose head is trained is used as given, unless
-    ``force`` says otherwise. Loading it here also refuses a teacher of an unsupported family
-    (``distil.family``) or a pickle-only one
-    before any stage runs."""
-    from distil.teacher.load import load_teacher
-
-    ref = adapt_budget.get("teacher", PACKAGED_TEACHER)
-    teacher = load_teacher(ref, adapt_budget.get("allow_pickle", False))
-    if force is not None:
-        reason = "forced by --adapt" if force else "--no-adapt"
-        return TeacherPlan(ref, force, reason, teacher.weights_sha256)
-    has_head = teacher.has_mlm_head
-    reason = "the teacher has a trained MLM head" if has_head else "the teacher has no MLM head"
-    return TeacherPlan(ref, not has_head, reason, teacher.weights_sha256)
-
-
-# the labelled-data fields the pool must share with the fine-tunes (the same training rows)
-POOL_DATA_KEYS = ("max_train_examples", "validation_fraction", "text_column", "label_column")
-
-
 def scored_run_dir(output: str, run_id: str) -> str:
     from distil.score.scored import run_dir
 
     return run_dir(output, run_id)
+
+
+# the budgets' sections that are the chain's stage settings (the rest is the demo's own)
+CHAIN_SECTIONS = (
+    "prepare", "adapt", "logits", "distil", "finetune", "finetune_teacher", "finetune_student",
+    "pool", "gate",
+)  # fmt: skip
+
+
+def pipeline_config(
+    cfg: DemoConfig, budgets: dict[str, Any], run_url: str, samples: str
+) -> PipelineConfig:
+    """The chain the demo runs: the budgets' stage sections on the sample corpus and movie
+    snippets, the evaluation sets kept out of every fine-tune."""
+    corpus = storage.join(samples, "corpus")
+    reviews = storage.join(samples, "reviews")
+    # which parts of the sample corpus this scale trains on (all of it unless listed)
+    parts = budgets.get("corpus") or [""]
+    adapt = dict(budgets.get("adapt", {}))
+    teacher = adapt.pop("teacher", PACKAGED_TEACHER)
+    sections = {k: budgets[k] for k in CHAIN_SECTIONS if k in budgets and k != "adapt"}
+    return PipelineConfig(
+        root=run_url,
+        corpus=[storage.join(corpus, p) if p else corpus for p in parts],
+        train=storage.join(reviews, "movie_snippets.jsonl"),
+        exclude=list(evaluation_sets(reviews, storage.join(run_url, "eval")).values()),
+        teacher=teacher,
+        cache_root=storage.join(cfg.root, "cache"),  # shared by the scales
+        adapt_teacher=cfg.adapt,
+        ray_address=cfg.ray_address or "",
+        adapt=adapt,
+        **sections,
+    )
 
 
 class Demo:
@@ -80,117 +85,14 @@ class Demo:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         b = self.budgets
         samples = self._samples()
-        corpus = storage.join(self.cfg.samples, "corpus")
         reviews = storage.join(self.cfg.samples, "reviews")
-
-        # which parts of the sample corpus this scale trains on (all of it unless listed)
-        parts = b.get("corpus") or [""]
-        inputs = [storage.join(corpus, p) if p else corpus for p in parts]
-        tp = plan_teacher(b["adapt"], self.cfg.adapt)
-        prep_args = {**b["prepare"], "input": inputs}
-        if tp.ref != PACKAGED_TEACHER:
-            # the teacher's own tokenizer (stage 2 refuses any other); the packaged one is
-            # prepare's default, left implicit so earlier runs' fingerprints still hold
-            prep_args.setdefault("tokenizer", tp.ref)
-        prepared = self.step("prepare", "prepare", prep_args, "output")
-        if tp.adapt:
-            print(f"[demo] adapt_teacher: needed ({tp.reason})", flush=True)
-            teacher = self.step(
-                "adapt_teacher",
-                "adapt_teacher",
-                {**b["adapt"], "input": prepared.output},
-                "output",
-                upstream=(prepared,),
-            )
-        else:
-            fp = storage.fingerprint({"given_teacher": tp.weights_sha256})
-            teacher = self.runner.skip("adapt_teacher", tp.ref, fp, tp.reason)
-        cache = self.step(
-            "logits",
-            "teacher_logits",
-            {
-                **b["logits"],
-                "input": prepared.output,
-                "teacher": teacher.output,
-                "cache_root": storage.join(self.cfg.root, "cache"),
-            },
-            None,
-            upstream=(prepared, teacher),
-            output_key="cache_url",
-        )
-        run_name = "distil-" + storage.fingerprint([b["distil"], cache.fingerprint])
-        student = self.step(
-            "distil",
-            "distil",
-            {
-                **b["distil"],
-                "cache": cache.output,
-                "teacher": teacher.output,
-                "storage_path": storage.join(self.run_url, "train"),
-                "run_name": run_name,
-            },
-            "output",
-            upstream=(cache, teacher),
-        )
-        movie = storage.join(reviews, "movie_snippets.jsonl")
-        excluded = list(evaluation_sets(reviews, storage.join(self.run_url, "eval")).values())
-        task_cache = storage.join(self.run_url, "task-teacher-logits-" + teacher.fingerprint)
-        # the sentiment teacher: the budgets' finetune_teacher.model, else the MLM teacher
-        teacher_args = {**b["finetune"], **b.get("finetune_teacher", {})}
-        teacher_args.setdefault("model", teacher.output)
-        clf_teacher = self.step(
-            "finetune_teacher",
-            "finetune",
-            {
-                **teacher_args,
-                "train": movie,
-                "exclude": excluded,
-                "run_name": "model",
-                "write_teacher_cache": None if "pool" in b else task_cache,
-                "latest_pointer": storage.join(self.run_url, "teacher-classifier-latest.json"),
-            },
-            "output",
-            upstream=(teacher,),
-            output_key="model_url",
-        )
-        student_args = {**b["finetune"], **b.get("finetune_student", {})}
-        if "pool" in b:
-            # task distillation: the training reviews' augmentations, labelled by the teacher
-            pool = self.step(
-                "pool",
-                "task_pool",
-                {
-                    **b["pool"],
-                    **{k: b["finetune"][k] for k in POOL_DATA_KEYS if k in b["finetune"]},
-                    "train": movie,
-                    "exclude": excluded,
-                    "teacher": clf_teacher.output,
-                },
-                "output",
-                upstream=(clf_teacher,),
-                output_key="teacher_cache",
-            )
-            student_args.update(teacher_cache=pool.output, pool=[pool.result["pool"]])
-            upstream_student: tuple[Step, ...] = (student, clf_teacher, pool)
-        else:
-            student_args["teacher_cache"] = clf_teacher.result["teacher_cache"]
-            upstream_student = (student, clf_teacher)
-        teacher_logits_cache = student_args["teacher_cache"]
-        latest = storage.join(self.run_url, "models", "latest.json")
-        clf_student = self.step(
-            "finetune_student",
-            "finetune",
-            {
-                **student_args,
-                "model": student.output,
-                "train": movie,
-                "exclude": excluded,
-                "run_name": "model",
-                "latest_pointer": latest,
-            },
-            "output",
-            upstream=upstream_student,
-            output_key="model_url",
+        chain = Chain(pipeline_config(self.cfg, b, self.run_url, self.cfg.samples), self.runner)
+        chain.run()
+        clf_student, clf_teacher = self.steps["finetune_student"], self.steps["finetune_teacher"]
+        teacher_logits_cache = (
+            self.steps["pool"].output
+            if "pool" in self.steps
+            else clf_teacher.result["teacher_cache"]
         )
         run_id = "demo-" + storage.fingerprint(
             [b["score"], b.get("score_inputs"), clf_student.fingerprint]
@@ -207,13 +109,13 @@ class Demo:
             {
                 **b["score"],
                 "input": inputs,
-                "model": latest,
+                "model": latest_pointer(self.run_url),
                 "run_id": run_id,
                 "teacher_cache": teacher_logits_cache,
                 "runner": "FnApiRunner",
             },
             "output",
-            upstream=(clf_student, clf_teacher),
+            upstream=(clf_student, clf_teacher, self.steps["gate"]),
             output_key=lambda out, _: scored_run_dir(out, run_id),
         )
         run = run_json(
@@ -250,25 +152,16 @@ class Demo:
 def track_report(run: dict[str, Any], report_html: str) -> None:
     """The demo's run.json and report on its pipeline run in MLflow (when tracked), next to the
     stage runs nested under it."""
-    from distil import tracking
-
-    parent = tracking.group_tracker()
-    if parent.active:
-        parent.log_json(run, "run.json")
-        if os.path.exists(report_html):
-            parent.log_file(report_html)
-        parent.log_metrics({"wall_s": run.get("wall_s", 0)})
-        parent.finish()
+    finish_tracking(run, "run.json", (report_html,))
 
 
 def tracked_group(cfg: DemoConfig) -> None:
     """A tracked demo (a tracking URI set, or the local stack's MLflow) is one pipeline run:
-    its stages nest under the run group named here unless ``--run-group`` named one."""
-    from distil import tracking
+    its stages nest under the run group ``demo-<scale>-<stamp>`` unless ``--run-group`` named
+    one."""
+    from distil.chain.plan import tracked_group as group
 
-    if tracking.enabled() and not os.environ.get(tracking.GROUP_ENV):
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        os.environ[tracking.GROUP_ENV] = f"demo-{cfg.scale}-{stamp}"
+    group(f"demo-{cfg.scale}")
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from distil import storage
+from distil.chain.steps import Step
 from distil.demo.config import DemoConfig
 from distil.demo.report_data import compare_models, score_histogram
-from distil.demo.steps import Step
 
 
 def pick(d: dict[str, Any], *prefixes: str) -> dict[str, Any]:

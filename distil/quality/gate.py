@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from distil import model_registry, storage, tracking
-from distil.config import StageConfig
+from distil.config import RunStopped, StageConfig
 from distil.sentiment import classifier
 from distil.sentiment.config import LabelledDataConfig
 from distil.sentiment.labelled_data import assemble
@@ -207,6 +207,9 @@ def run(cfg: PromoteConfig) -> dict[str, Any]:
         "published": publish(cfg, figures, lineage) if not failed else None,
     }
     storage.write_json(storage.join(cfg.output, GATE_RECORD), record)
+    if not failed:  # committed: a pipeline rerun finds the gate passed and publishes nothing again
+        storage.commit(cfg.output, {"kind": "gate", "passed": True, "figures": figures})
+    record["output"] = cfg.output
     tracker = tracking.current()
     tracker.log_json(record, GATE_RECORD)
     if failed:  # a failed stage logs no summary: its figures go to the run here
@@ -215,7 +218,7 @@ def run(cfg: PromoteConfig) -> dict[str, Any]:
     return record
 
 
-class GateFailed(RuntimeError):
+class GateFailed(RunStopped):
     """The student did not pass: nothing was published. ``record``: the gate's record."""
 
     def __init__(self, record: dict[str, Any]) -> None:

@@ -173,9 +173,11 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     warmup = max(1, int(cfg.warmup_fraction * total_steps))
     head_only = cfg.head_warmup_tokens > 0
     start_phase(plan, with_body=not head_only)
-    # the frozen-for-now encoder is in the optimizer from the start: no gradient, no update
+    # the frozen-for-now encoder is in the optimizer from the start: no gradient, no update.
+    # In the model's parameter order: the clipped norm sums in that order, as it always has.
+    order = {id(p): i for i, p in enumerate(model.parameters())}
     optim = training.optimization(
-        plan.all(),
+        sorted(plan.all(), key=lambda named: order[id(named[1])]),
         cfg,
         warmup_steps=warmup,
         total_steps=total_steps,

@@ -14,12 +14,13 @@ import yaml
 import distil
 import distil.quality.report
 from distil import storage
+from distil.chain.plan import plan_teacher
 from distil.config import resolve_config_path
 from distil.demo import Demo, DemoConfig, plan
 from distil.packaged import PACKAGED_TEACHER
 
 STEPS = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher", "finetune_student",
-         "score"]  # fmt: skip
+         "gate", "score"]  # fmt: skip
 
 
 def test_budgets_are_the_packaged_config_whatever_the_cwd(tmp_path, monkeypatch):
@@ -113,7 +114,7 @@ def test_plan_wires_outputs_into_the_next_steps(fake_run):
     assert modules == [
         "distil.jobs.prepare", "distil.jobs.adapt_teacher", "distil.jobs.teacher_logits",
         "distil.jobs.distil", "distil.jobs.finetune", "distil.jobs.finetune",
-        "distil.pipelines.score_reviews",
+        "distil.jobs.promote", "distil.pipelines.score_reviews",
     ]  # fmt: skip
     assert all(argv[:2] == ["python", "-m"] for argv in stages.ran)
     s = d.steps
@@ -126,7 +127,13 @@ def test_plan_wires_outputs_into_the_next_steps(fake_run):
     ft_student = stages.ran[5]
     assert ft_student[ft_student.index("--model") + 1] == s["distil"].output
     assert ft_student[ft_student.index("--teacher-cache") + 1] == "memory://task-cache"
-    assert s["score"].engine == "beam" and "--runner" in stages.ran[6]
+    # the gate compares both classifiers, then moves the pointer the scoring reads
+    gate = stages.ran[6]
+    assert gate[gate.index("--student") + 1] == s["finetune_student"].output
+    assert gate[gate.index("--teacher") + 1] == s["finetune_teacher"].output
+    assert gate[gate.index("--pointer") + 1] == stages.ran[7][stages.ran[7].index("--model") + 1]
+    assert "--latest-pointer" not in ft_student  # only a passing gate publishes the student
+    assert s["score"].engine == "beam" and "--runner" in stages.ran[7]
     # the evaluation sets are kept out of both fine-tunes: Amazon and the unseen RT reviews
     for ft in stages.ran[4:6]:
         excluded = json.loads(ft[ft.index("--exclude") + 1])
@@ -156,7 +163,7 @@ def test_second_run_reuses_every_step(fake_run):
 PINNED_BUDGETS = """
 corpus: [news/]
 prepare: {seq_len: 64}
-adapt: {token_budget: 4000}
+adapt: {teacher: "packaged:all-minilm-l6-v2", token_budget: 4000}
 logits: {k: 8}
 distil: {max_steps: 6}
 finetune: {max_steps: 4}
@@ -182,15 +189,17 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
                         budgets=str(budgets), report_dir=str(tmp_path / "runs")))  # fmt: skip
     d.runner.execute = FakeStages()
     d.run()
+    # pinned from the demo before it ran the pipeline chain (e04f7c5), with the budgets naming
+    # the teacher as every packaged one does: unchanged up to the teacher's fine-tune; the
+    # student's no longer moves latest.json (the gate does), and scoring follows the gate
     assert {k: v.fingerprint for k, v in d.steps.items()} == {
-        "prepare": "02a9f4bb227534d1", "adapt_teacher": "7206e2fed0ecf4f9",
-        "logits": "882da3175abd4e05", "distil": "1935d604a0d9c283",
-        # the fine-tunes keep the evaluation sets out (issue 30): new steps, not reused
-        "finetune_teacher": "cdf6caca5b3dcade", "finetune_student": "1eb1f349f522cf0c",
-        "score": "5a22407019994805",
+        "prepare": "02a9f4bb227534d1", "adapt_teacher": "0fde2bbe7eff1175",
+        "logits": "ed3fd14db00a3f4b", "distil": "2480e11b03e8a5be",
+        "finetune_teacher": "7144e621f1f9b9ad", "finetune_student": "55f604ec6664e1a4",
+        "gate": "f80398aa40a2130d", "score": "b2b55d9a9374e39d",
     }  # fmt: skip
     assert d.steps["score"].output == (
-        f"{root}/tiny/score-5a22407019994805/run_id=demo-21f956450cf3c7bb"
+        f"{root}/tiny/score-b2b55d9a9374e39d/run_id=demo-aa91198732143a41"
     )
     # the demo names the sample reviews itself (the fine-tune stage has no default data), and
     # its fine-tune commands parse into valid stage configs
@@ -238,16 +247,16 @@ def headless_dir(tmp_path_factory, real_tokenizer_dir):
 
 
 def test_adaptation_runs_only_for_a_teacher_without_a_trained_head(tiny_teacher_dir, headless_dir):
-    with_head = plan.plan_teacher({"teacher": str(tiny_teacher_dir)}, None)
+    with_head = plan_teacher(str(tiny_teacher_dir), None)
     assert not with_head.adapt and with_head.reason == "the teacher has a trained MLM head"
-    without = plan.plan_teacher({"teacher": str(headless_dir)}, None)
+    without = plan_teacher(str(headless_dir), None)
     assert without.adapt and without.reason == "the teacher has no MLM head"
-    forced = plan.plan_teacher({"teacher": str(tiny_teacher_dir)}, True)
-    assert forced.adapt and forced.reason == "forced by --adapt"
-    assert not plan.plan_teacher({"teacher": str(headless_dir)}, False).adapt
+    forced = plan_teacher(str(tiny_teacher_dir), True)
+    assert forced.adapt and forced.reason == "forced by adapt_teacher: true"
+    assert not plan_teacher(str(headless_dir), False).adapt
     assert with_head.weights_sha256 == forced.weights_sha256 != without.weights_sha256
     # the default demo teacher (packaged MiniLM encoder) has no head: the demo is unchanged
-    assert plan.plan_teacher({"teacher": PACKAGED_TEACHER}, None).adapt
+    assert plan_teacher(PACKAGED_TEACHER, None).adapt
 
 
 def test_a_teacher_with_a_head_is_used_as_given(fake_run, tiny_teacher_dir, tmp_path):

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from distil import storage
+from distil.chain.steps import Step
 from distil.demo import DemoConfig, record
-from distil.demo.steps import Step
 from distil.ops import stack
 
 NAMES = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher", "finetune_student",

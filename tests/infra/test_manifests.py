@@ -15,7 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from distil.config import parse_job_args, resolve_config_path
+from distil.chain.config import PipelineConfig
+from distil.config import load_config, parse_job_args, resolve_config_path
 from distil.data.config import PrepareConfig
 from distil.sentiment.config import FinetuneConfig
 from distil.teacher.config import LogitsConfig
@@ -142,7 +143,7 @@ def test_each_ray_stage_has_a_rayjob():
         for _, d in k8s_documents()
         if d.get("kind") == "RayJob"
     }
-    assert {"prepare.py", "teacher_logits.py", "distil.py", "finetune.py"} <= entry
+    assert {"prepare.py", "teacher_logits.py", "distil.py", "finetune.py", "pipeline.py"} <= entry
 
 
 def _locked(name: str) -> str:
@@ -207,6 +208,23 @@ def test_every_pod_that_runs_a_stage_can_track_to_mlflow():
         refs = {e.get("secretRef", {}).get("name"): e for e in c.get("envFrom", [])}
         assert "distil-mlflow" in refs, f"container {c['name']} does not load distil-mlflow"
         assert refs["distil-mlflow"]["secretRef"].get("optional") is True  # tracking stays optional
+
+
+def test_the_nightly_run_scores_the_promoted_champion(monkeypatch):
+    """The CronJob's config resolves the model through the registry alias the pipeline's gate
+    sets (a pointer would follow whatever was fine-tuned last, gated or not)."""
+    from distil.model_registry import parse_uri
+    from distil.score.config import ScoreConfig
+
+    monkeypatch.setenv("DISTIL_ROOT", "s3://bucket/prefix")
+    cron = next(d for _, d in k8s_documents() if d.get("kind") == "CronJob")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    config = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--config="))
+    cfg = load_config(ScoreConfig, config)
+    name, alias, _ = parse_uri(cfg.model)
+    assert (name, alias) == ("distil-sentiment", "champion")
+    pipeline = load_config(PipelineConfig, "pipeline/cluster", corpus=["s3://c"], train="s3://t")
+    assert pipeline.model_name == name  # the name the pipeline's gate registers under
 
 
 def test_no_manifest_or_config_names_the_bucket():
@@ -296,6 +314,7 @@ STAGE_CONFIGS = {  # entry point -> the config class its module parses (distil.j
     "teacher_logits.py": LogitsConfig,
     "distil.py": DistilConfig,
     "finetune.py": FinetuneConfig,
+    "pipeline.py": PipelineConfig,  # distil pipeline run
 }
 
 
@@ -374,7 +393,8 @@ def test_every_rayjob_config_loads_into_its_stage_config(script, monkeypatch):
     words = shlex.split(_rayjobs()[script]["spec"]["entrypoint"])
     cfg = parse_job_args(STAGE_CONFIGS[script], "", words[2:])
     assert isinstance(cfg, STAGE_CONFIGS[script])
-    urls = [v for v in cfg.model_dump().values() if isinstance(v, str) and "://" in v]
+    data = cfg.model_dump(exclude={"ray_address"})  # the head's own job API, not storage
+    urls = [v for v in data.values() if isinstance(v, str) and "://" in v]
     assert urls and all(u.startswith("s3://bucket/prefix/") for u in urls), urls
 
 

@@ -23,9 +23,9 @@ import yaml
 from prepare_corpus import paragraph
 
 from distil import storage
+from distil.chain.steps import parse_result
 from distil.config import load_config
 from distil.data.config import PrepareConfig
-from distil.demo.steps import parse_result
 from distil.ops.submit import submit_ray_job
 from distil.teacher.config import LogitsConfig
 from distil.train.config import DistilConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distil import storage
-from distil.demo import steps
+from distil.chain import steps
 from distil.ops import procs, stack
 
 pytestmark = pytest.mark.slow  # the local stack / registry downloads + a Ray job

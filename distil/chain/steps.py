@@ -1,8 +1,8 @@
-"""Running one demo step: the command a user would type, the fingerprint that names its output,
+"""Running one pipeline step: the command a user would type, the fingerprint that names its output,
 and the record that lets a rerun reuse it.
 
 A step is one stage invocation. Its command is ``python -m <module> --flag value …`` — exactly
-what a user types after ``ray job submit --`` — so the demo exercises the same entry points a
+what a user types after ``ray job submit --`` — so the pipeline exercises the same entry points a
 cluster does, and nothing in it depends on where the repository is: the modules are imported from
 the installed package, by the Ray cluster's Python or by this interpreter (``sys.executable``) for
 local runs.
@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from distil import storage
-from distil.config import RESULT_PREFIX
+from distil.config import RESULT_PREFIX, RunStopped
 
 Engine = Literal["ray", "beam"]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage the demo runs: the module behind ``python -m`` and how it executes."""
+    """A stage the pipeline runs: the module behind ``python -m`` and how it executes."""
 
     module: str
     # The value the step fingerprint has always hashed as "script" (the stage's old path in the
@@ -49,6 +49,7 @@ STAGES: dict[str, Stage] = {
     "distil": Stage("distil.jobs.distil", "jobs/distil.py"),
     "finetune": Stage("distil.jobs.finetune", "jobs/finetune.py"),
     "task_pool": Stage("distil.pipelines.task_pool", "pipelines/task_pool.py", engine="beam"),
+    "promote": Stage("distil.jobs.promote", "jobs/promote.py"),
     "score_reviews": Stage(
         "distil.pipelines.score_reviews", "pipelines/score_reviews.py", engine="beam"
     ),
@@ -149,8 +150,12 @@ def ray_job_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in SECRET_ENV}
 
 
+class StepNotDone(RunStopped):
+    """A step that --from / --only leave out has no committed output for its settings."""
+
+
 class StepRunner:
-    """Runs or reuses the steps of one demo run (``run_url``), keeping them by name."""
+    """Runs or reuses the steps of one pipeline run (``run_url``), keeping them by name."""
 
     def __init__(self, run_url: str, ray_address: str | None, env: dict[str, str]):
         self.run_url = run_url
@@ -201,18 +206,26 @@ class StepRunner:
         output_arg: str | None,
         upstream: tuple[Step, ...] = (),
         output_key: str | Callable[[str, dict[str, Any]], str] = "output",
+        may_run: bool = True,
     ) -> Step:
         """Run (or reuse) one stage. The step's output is ``output_key`` of the job's result (or
-        the planned URL when absent), or what ``output_key(planned_url, result)`` returns."""
+        the planned URL when absent), or what ``output_key(planned_url, result)`` returns. With
+        ``may_run`` false the step must be reusable (``--from`` / ``--only`` left it out)."""
         st = self.plan(name, stage, args, output_arg, upstream)
         planned = st.output
         record = self.reusable(st)
+        if not record and not may_run:
+            raise StepNotDone(
+                f"{name} is not done for these settings (no committed output under "
+                f"{storage.redact(self.run_url)} with fingerprint {st.fingerprint}), and "
+                f"--from/--only leave it out: run from {name} (--from {name}) or without --from"
+            )
         if record:
             st.reused, st.result, st.output = True, record["result"], record["output"]
             st.wall_s = record["wall_s"]
-            print(f"[demo] {name}: reusing committed output {st.output}", flush=True)
+            print(f"[pipeline] {name}: reusing committed output {st.output}", flush=True)
         else:
-            print(f"[demo] {name}: running {' '.join(st.argv)}", flush=True)
+            print(f"[pipeline] {name}: running {' '.join(st.argv)}", flush=True)
             t0 = time.perf_counter()
             logs = self.execute(st)
             st.wall_s = round(time.perf_counter() - t0, 2)
@@ -227,7 +240,7 @@ class StepRunner:
                 self.record_url(name, st.fingerprint),
                 {"output": st.output, "result": st.result, "wall_s": st.wall_s, "argv": st.argv},
             )
-            print(f"[demo] {name}: done in {st.wall_s:.1f}s -> {st.output}", flush=True)
+            print(f"[pipeline] {name}: done in {st.wall_s:.1f}s -> {st.output}", flush=True)
         self.steps[name] = st
         return st
 
@@ -235,7 +248,7 @@ class StepRunner:
         """A step the plan does not run: ``output`` (an existing artifact) stands for its output
         and ``fingerprint`` for its identity in the downstream steps' fingerprints."""
         st = Step(name, [], "ray", output, fingerprint, skipped=reason)
-        print(f"[demo] {name}: skipped ({reason}); using {output}", flush=True)
+        print(f"[pipeline] {name}: skipped ({reason}); using {output}", flush=True)
         self.steps[name] = st
         return st
 

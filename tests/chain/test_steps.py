@@ -1,4 +1,4 @@
-"""distil.demo.steps: commands, flags, DISTIL_RESULT parsing, fingerprints and the reuse decision,
+"""distil.chain.steps: commands, flags, DISTIL_RESULT parsing, fingerprints and the reuse decision,
 on an in-memory store (no Ray, no S3, no stage code)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from distil import storage
-from distil.demo import steps
-from distil.demo.steps import STAGES, StepRunner, command, flags, parse_result
+from distil.chain import steps
+from distil.chain.steps import STAGES, StepRunner, command, flags, parse_result
 
 
 @pytest.fixture
