@@ -48,7 +48,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "the quality gate (student vs teacher accuracy, int8 vs fp32), then publish the student "
         "classifier: MLflow Model Registry alias champion, or a latest.json pointer",
         "distil.quality.gate:PromoteConfig",
-        "distil.quality.gate:run",
+        "distil.jobs.promote:run",
     ),
     "eval": (
         "teacher vs student on held-out data: MLM agreement, KL, sentiment accuracy in/out of domain",

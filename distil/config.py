@@ -236,7 +236,7 @@ def _add_field_flag(group: Any, name: str, field: Any, help_text: str) -> None:
             default=argparse.SUPPRESS,
             help=help_text,
         )
-    elif typing.get_origin(typ) in (list, tuple) or typ in (list, dict):
+    elif typing.get_origin(typ) in (list, tuple, dict) or typ in (list, dict):
         group.add_argument(
             flag,
             dest=name,

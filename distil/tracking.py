@@ -51,7 +51,7 @@ STAGES = {
     "distil.jobs.distil:run": "distil",
     "distil.jobs.finetune:run": "finetune",
     "distil.pipelines.score_reviews:run": "score",
-    "distil.quality.gate:run": "promote",
+    "distil.jobs.promote:run": "promote",
 }
 
 

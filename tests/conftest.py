@@ -177,6 +177,26 @@ def make_planted_reviews():
 
 
 @pytest.fixture
+def stack_env(tmp_path, monkeypatch):
+    """The environment of a test that starts the local stack (``distil stack up``) under its own
+    DISTIL_HOME, without any stack or cluster settings of ours; the stack goes down after it."""
+    for port in (stack.RAY_PORT, stack.DASHBOARD_PORT, stack.S3_PORT, stack.MLFLOW_PORT):
+        if not stack.port_free(port):
+            pytest.fail(f"port {port} busy before the stack test: is a `distil stack` running?")
+    monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "home"))  # this process's view of the stack
+    env = dict(os.environ)
+    for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS"):
+        env.pop(k, None)
+    for k in [k for k in env if k.startswith("RAY_AUTH_") or k in stack.SINGLE_MACHINE]:
+        env.pop(k)
+    yield env
+    subprocess.run(
+        [str(Path(sys.executable).parent / "distil"), "stack", "down"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return REPO
 

@@ -82,7 +82,7 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(
 
     run = storage.read_json(f"{root}/tiny/run.json")
     stages = ["prepare", "adapt_teacher", "logits", "distil", "finetune_teacher",
-              "finetune_student", "score"]  # fmt: skip
+              "finetune_student", "gate", "score"]  # fmt: skip
     for name in stages:
         st = run["stages"][name]
         assert st["reused"] is False and st["wall_s"] > 0
@@ -115,7 +115,7 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(
     second, _ = _demo(installed_distil, root, samples, tmp_path / "runs2", env, elsewhere)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     for name in stages:
-        assert f"[demo] {name}: reusing committed output" in second.stdout, name
+        assert f"[pipeline] {name}: reusing committed output" in second.stdout, name
     rerun = storage.read_json(f"{root}/tiny/run.json")
     assert all(rerun["stages"][n]["reused"] for n in stages)
     assert rerun["artifacts"] == run["artifacts"]

@@ -112,6 +112,21 @@ def run_json(
         "finetune_student": stage_entry(
             s["finetune_student"], pick(clf["finetune_student"]["metrics"], "accuracy", "f1")
         ),
+        **(
+            {
+                "gate": stage_entry(
+                    s["gate"],
+                    pick(
+                        storage.read_manifest(s["gate"].output)["figures"],
+                        "teacher_share",
+                        "int8_drop_points",
+                        "validation_rows",
+                    ),  # fmt: skip
+                )
+            }
+            if "gate" in s
+            else {}
+        ),
         "score": stage_entry(
             s["score"],
             {k: score[k] for k in ("rows_in", "scored", "dead_letter") if k in score}

@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from distil.config import job_main
-from distil.quality.gate import PromoteConfig, run
+from distil.quality import gate
+from distil.quality.gate import PromoteConfig
+
+
+def run(cfg: PromoteConfig) -> dict[str, Any]:
+    """The gate on the student and its teacher, then publication (``distil.quality.gate``)."""
+    return gate.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

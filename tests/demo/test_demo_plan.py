@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_stages import FakeStages
 
 import distil
 import distil.quality.report
@@ -37,36 +38,6 @@ def test_budgets_are_the_packaged_config_whatever_the_cwd(tmp_path, monkeypatch)
     assert Demo(DemoConfig(budgets=str(own), root="memory://x")).budgets == {
         "prepare": {"seq_len": 8}
     }
-
-
-class FakeStages:
-    """Stands in for ``StepRunner.execute``: commits where the real stage would and prints the
-    result keys the plan reads."""
-
-    def __init__(self):
-        self.ran: list[list[str]] = []
-
-    def __call__(self, st):
-        self.ran.append(st.argv)
-        a = st.argv
-
-        def arg(flag):
-            return a[a.index(flag) + 1] if flag in a else None
-
-        out, result = arg("--output"), {}
-        if st.name == "logits":
-            out = storage.join(arg("--cache-root"), "cache-" + st.fingerprint)
-            result["cache_url"] = out
-        if st.name.startswith("finetune"):
-            out = storage.join(out, "model")
-            result |= {"model_url": out, "teacher_cache": "memory://task-cache"}
-        if st.name == "pool":
-            out = storage.join(out, "teacher-logits")
-            result |= {"teacher_cache": out, "pool": storage.join(arg("--output"), "pool")}
-        if st.name == "score":
-            out = plan.scored_run_dir(out, arg("--run-id"))
-        storage.commit(out, {"fingerprint": "f"})
-        return "DISTIL_RESULT " + json.dumps(result) + "\n"
 
 
 def write_fake_reviews(samples: str) -> None:

@@ -32,21 +32,6 @@ def _distil(*args, env):
     )
 
 
-@pytest.fixture
-def stack_env(tmp_path, monkeypatch):
-    for port in (stack.RAY_PORT, stack.DASHBOARD_PORT, stack.S3_PORT, stack.MLFLOW_PORT):
-        if not stack.port_free(port):
-            pytest.fail(f"port {port} busy before the stack test: is a `distil stack` running?")
-    monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "home"))  # this process's view of the stack
-    env = dict(os.environ)
-    for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS"):
-        env.pop(k, None)
-    for k in [k for k in env if k.startswith("RAY_AUTH_") or k in stack.SINGLE_MACHINE]:
-        env.pop(k)
-    yield env
-    _distil("stack", "down", env=env)
-
-
 @pytest.mark.timeout(900)
 def test_stack_up_status_submit_down(
     stack_env, repo_root, tiny_teacher_dir, real_tokenizer_dir, tmp_path
