@@ -17,7 +17,7 @@ from typing import Any
 from distil import storage
 from distil.chain.config import PipelineConfig
 from distil.chain.steps import Step, StepRunner, job_env
-from distil.config import absolute_paths
+from distil.config import RunStopped, absolute_paths
 from distil.packaged import PACKAGED_TEACHER
 
 # the labelled-data fields the pool must share with the fine-tunes (the same training rows)
@@ -200,6 +200,7 @@ class Chain:
             if storage.exists(record_url):
                 record = storage.read_json(record_url)
                 if not record.get("passed"):
+                    self.steps["gate"] = planned  # ran, and said no: its verdict is recorded
                     raise GateFailed(record) from None
             raise
 
@@ -209,28 +210,36 @@ def latest_pointer(root: str) -> str:
     return storage.join(root, "models", "latest.json")
 
 
-def write_record(cfg: PipelineConfig, steps: dict[str, Step], wall_s: float) -> str:
-    """``ROOT/pipeline.json``: each step's command, output, fingerprint, whether it was reused."""
-    url = storage.join(cfg.root, PIPELINE_RECORD)
-    storage.write_json(
-        url,
-        {
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "wall_s": round(wall_s, 2),
-            "steps": {
-                name: {
-                    "output": st.output,
-                    "fingerprint": st.fingerprint,
-                    "reused": st.reused,
-                    "skipped": st.skipped,
-                    "wall_s": st.wall_s,
-                    "argv": st.argv,
-                }
-                for name, st in steps.items()
-            },
+def write_record(
+    cfg: PipelineConfig, steps: dict[str, Step], wall_s: float, stopped: str | None = None
+) -> dict[str, Any]:
+    """``ROOT/pipeline.json``: each step's command, output, fingerprint, whether it was reused,
+    the gate's verdict and figures, and why the chain stopped (when it did)."""
+    gate = None
+    if "gate" in steps:
+        from distil.quality.gate import GATE_RECORD
+
+        found = storage.join(steps["gate"].output, GATE_RECORD)
+        gate = storage.read_json(found) if storage.exists(found) else None
+    record = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_s": round(wall_s, 2),
+        "stopped": stopped,
+        "steps": {
+            name: {
+                "output": st.output,
+                "fingerprint": st.fingerprint,
+                "reused": st.reused,
+                "skipped": st.skipped,
+                "wall_s": st.wall_s,
+                "argv": st.argv,
+            }
+            for name, st in steps.items()
         },
-    )
-    return url
+        "gate": gate and {k: gate.get(k) for k in ("passed", "failed", "figures", "published")},
+    }
+    storage.write_json(storage.join(cfg.root, PIPELINE_RECORD), record)
+    return record
 
 
 def tracked_group(prefix: str) -> None:
@@ -267,13 +276,18 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     where = f"Ray jobs on {address}" if address else "local processes (no Ray address)"
     print(f"[pipeline] {storage.redact(cfg.root)}: stages as {where}", flush=True)
     chain = Chain(cfg)
-    steps = chain.run()
+    try:
+        steps = chain.run()
+    except RunStopped as e:  # what did run, and why it stopped, for whoever looks next
+        record = write_record(cfg, chain.steps, time.perf_counter() - t0, stopped=str(e))
+        finish_tracking(record, PIPELINE_RECORD)
+        raise
     wall = time.perf_counter() - t0
-    url = write_record(cfg, steps, wall)
-    finish_tracking(storage.read_json(url), PIPELINE_RECORD)
+    record = write_record(cfg, steps, wall)
+    finish_tracking(record, PIPELINE_RECORD)
+    url = storage.join(cfg.root, PIPELINE_RECORD)
     reused = [k for k, v in steps.items() if v.reused]
     ran = [k for k, v in steps.items() if not v.reused and not v.skipped]
-    gate = storage.read_json(storage.join(steps["gate"].output, "gate.json"))
     print(
         f"[pipeline] finished in {wall:.0f}s; ran: {', '.join(ran) or 'nothing'}; "
         f"reused: {', '.join(reused) or 'nothing'}\n[pipeline] record: {url}",
@@ -285,6 +299,5 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "ran": ran,
         "reused": reused,
         "classifier": steps["finetune_student"].output,
-        "published": gate.get("published"),
-        "gate": gate.get("figures"),
+        "gate": record["gate"],
     }

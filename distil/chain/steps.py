@@ -150,6 +150,10 @@ def ray_job_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in SECRET_ENV}
 
 
+class StepFailed(RunStopped):
+    """A step's job failed or was stopped; rerunning the chain resumes it."""
+
+
 class StepNotDone(RunStopped):
     """A step that --from / --only leave out has no committed output for its settings."""
 
@@ -227,7 +231,13 @@ class StepRunner:
         else:
             print(f"[pipeline] {name}: running {' '.join(st.argv)}", flush=True)
             t0 = time.perf_counter()
-            logs = self.execute(st)
+            try:
+                logs = self.execute(st)
+            except (RuntimeError, TimeoutError) as e:
+                raise StepFailed(
+                    f"{name} did not finish ({e}); what it committed is kept: run the same "
+                    "command again to resume it"
+                ) from e
             st.wall_s = round(time.perf_counter() - t0, 2)
             st.result = parse_result(logs)
             if callable(output_key):

@@ -78,3 +78,15 @@ def test_a_failed_gate_stops_the_chain_with_its_verdict_and_publishes_nothing(
     assert failed.value.record["figures"] == {"teacher_share": 0.5}
     assert not storage.exists(latest_pointer(root))
     json.dumps(failed.value.record)
+
+
+def test_the_record_says_what_ran_and_why_the_chain_stopped(tiny_teacher_dir, root, monkeypatch):
+    from distil.chain import plan
+
+    monkeypatch.setattr(plan, "Chain", lambda cfg: _chain(tiny_teacher_dir, FakeStages(True), root))
+    with pytest.raises(GateFailed):
+        plan.run(_chain(tiny_teacher_dir, FakeStages(), root).cfg)
+    record = storage.read_json(f"{root}/pipeline.json")
+    assert "quality gate failed" in record["stopped"]
+    assert record["gate"]["passed"] is False and record["gate"]["figures"]["teacher_share"] == 0.5
+    assert "gate" in record["steps"] and not record["steps"]["distil"]["reused"]
