@@ -39,15 +39,19 @@ def _tiny_config(path: Path, root: str, corpus: str, train: str, teacher: str, *
     between two checkpoints."""
     budgets = yaml.safe_load(resolve_config_path("demo/tiny").read_text())
     cfg = {k: budgets[k] for k in CHAIN_SECTIONS if k in budgets and k != "adapt"}
-    cfg["distil"] = {**cfg["distil"], "max_steps": 60, "checkpoint_every": 10, "eval_every": 60}
+    # one worker: the test corpus is one row group of training rows, and a worker reads whole ones
+    cfg["distil"] = {
+        **cfg["distil"], "max_steps": 60, "checkpoint_every": 10, "eval_every": 60,
+        "num_workers": 1, "cpus_per_worker": 1.0,
+    }  # fmt: skip
     cfg["finetune"] = {**cfg["finetune"], "max_steps": 8, "validation_fraction": 0.25}
     cfg.update(root=root, corpus=[corpus], train=train, teacher=teacher, **over)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def _jobs(env: dict) -> dict[str, dict]:
-    """The stack's Ray jobs of distil steps: submission id -> status and step key."""
+def _jobs(env: dict, root: str) -> dict[str, dict]:
+    """The stack's Ray jobs of the steps under ``root``: submission id -> status and step key."""
     from ray.job_submission import JobSubmissionClient
 
     from distil.ops import stack
@@ -56,7 +60,7 @@ def _jobs(env: dict) -> dict[str, dict]:
     return {
         j.submission_id: {"status": str(j.status), "step": (j.metadata or {}).get("distil_step")}
         for j in client.list_jobs()
-        if (j.metadata or {}).get("distil_step")
+        if (j.metadata or {}).get("distil_step", "").startswith(root + "/")
     }
 
 
@@ -73,10 +77,9 @@ def test_the_chain_runs_as_ray_jobs_publishes_resumes_and_gates(
     planted_reviews = make_planted_reviews
     up = _distil("stack", "up", env=stack_env, timeout=600)
     assert up.returncode == 0, up.stdout + up.stderr
-    exports = dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in _distil("stack", "env", env=stack_env).stdout.splitlines()
-    )
+    from distil.ops import stack
+
+    exports = stack.env_exports()  # what `eval "$(distil stack env)"` sets, the password read
     env = dict(stack_env, **exports, MLFLOW_EXPERIMENT_NAME=f"chain-{uuid.uuid4().hex[:6]}")
     os.environ.update({k: v for k, v in exports.items() if k.startswith(("AWS_", "MLFLOW_"))})
     assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
@@ -101,7 +104,7 @@ def test_the_chain_runs_as_ray_jobs_publishes_resumes_and_gates(
     assert ran == {"prepare", "logits", "distil", "finetune_teacher", "finetune_student", "gate"}
     assert record["gate"]["passed"] and not record["stopped"]
     assert record["steps"]["adapt_teacher"]["skipped"]  # the tiny teacher has a trained head
-    jobs = _jobs(env)
+    jobs = _jobs(env, root)
     by_step = {j["step"].rsplit("/", 1)[-1].rsplit("-", 1)[0]: j for j in jobs.values()}
     assert set(by_step) == ran, jobs
     assert all(j["status"] == "SUCCEEDED" for j in jobs.values()), jobs
@@ -125,7 +128,7 @@ def test_the_chain_runs_as_ray_jobs_publishes_resumes_and_gates(
     # 3. again: every step reused, no job submitted
     second = _distil("pipeline", "run", "--config", str(config), env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert _jobs(env).keys() == jobs.keys()
+    assert _jobs(env, root).keys() == jobs.keys()
     assert "ran: nothing" in second.stdout
 
     # 4. the distil job stopped midway, then the command again: the same student
@@ -143,7 +146,7 @@ def test_the_chain_runs_as_ray_jobs_publishes_resumes_and_gates(
     deadline = time.time() + 600
     while not registered_steps(run_url) and time.time() < deadline:
         time.sleep(0.2)
-    running = [i for i, j in _jobs(env).items() if j["status"] == "RUNNING"]
+    running = [i for i, j in _jobs(env, root).items() if j["status"] == "RUNNING"]
     assert registered_steps(run_url) and len(running) == 1, (registered_steps(run_url), running)
     stop = subprocess.run(
         [str(BIN / "ray"), "job", "stop", running[0]], env=env, capture_output=True, text=True,
