@@ -133,6 +133,7 @@ class Chain:
                 "train": cfg.train,
                 "exclude": cfg.exclude,
                 "run_name": "model",
+                "storage_path": storage.join(cfg.root, "train"),
                 "write_teacher_cache": None if cfg.pool is not None else task_cache,
                 "latest_pointer": storage.join(cfg.root, "teacher-classifier-latest.json"),
             },
@@ -172,6 +173,9 @@ class Chain:
                 "train": cfg.train,
                 "exclude": cfg.exclude,
                 "run_name": "model",
+                # checkpoints with the run's outputs, not in this machine's ~/ray_results (where
+                # a chain under another root with the same settings would resume them)
+                "storage_path": storage.join(cfg.root, "train"),
             },
             "output",
             upstream=upstream_student,

@@ -49,6 +49,9 @@ def test_the_chain_runs_each_step_once_then_reuses_them_all(tiny_teacher_dir, ro
     distil = stages.ran[2]
     assert distil[distil.index("--max-steps") + 1] == "6"
     assert steps["logits"].output.startswith(f"{root}/cache/")
+    # every Ray Train run keeps its checkpoints under the root, none in ~/ray_results
+    for argv in (stages.ran[2], stages.ran[3], stages.ran[4]):
+        assert argv[argv.index("--storage-path") + 1] == f"{root}/train"
     again = _chain(tiny_teacher_dir, stages, root).run()
     assert len(stages.ran) == 6 and all(st.reused for st in again.values() if not st.skipped)
 

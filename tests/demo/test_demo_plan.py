@@ -161,16 +161,17 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
     d.runner.execute = FakeStages()
     d.run()
     # pinned from the demo before it ran the pipeline chain (e04f7c5), with the budgets naming
-    # the teacher as every packaged one does: unchanged up to the teacher's fine-tune; the
-    # student's no longer moves latest.json (the gate does), and scoring follows the gate
+    # the teacher as every packaged one does: unchanged up to distil; the fine-tunes keep their
+    # checkpoints under the run's root (not ~/ray_results), the student's no longer moves
+    # latest.json (the gate does), and scoring follows the gate
     assert {k: v.fingerprint for k, v in d.steps.items()} == {
         "prepare": "02a9f4bb227534d1", "adapt_teacher": "0fde2bbe7eff1175",
         "logits": "ed3fd14db00a3f4b", "distil": "2480e11b03e8a5be",
-        "finetune_teacher": "7144e621f1f9b9ad", "finetune_student": "55f604ec6664e1a4",
-        "gate": "f80398aa40a2130d", "score": "b2b55d9a9374e39d",
+        "finetune_teacher": "8be88f756297cb61", "finetune_student": "76ea023e3ca50cbf",
+        "gate": "f18d8e9cc3eb7e21", "score": "0474c59e6e74807c",
     }  # fmt: skip
     assert d.steps["score"].output == (
-        f"{root}/tiny/score-b2b55d9a9374e39d/run_id=demo-aa91198732143a41"
+        f"{root}/tiny/score-0474c59e6e74807c/run_id=demo-e5330eab19b7ecf8"
     )
     # the demo names the sample reviews itself (the fine-tune stage has no default data), and
     # its fine-tune commands parse into valid stage configs
