@@ -44,6 +44,10 @@ SECTIONS: dict[str, str] = {
     "gate": "distil.quality.gate:PromoteConfig",
 }
 
+FINETUNE_LINKED = (
+    "model", "train", "exclude", "run_name", "output", "teacher_cache", "storage_path",
+)  # fmt: skip
+
 # what the pipeline itself sets in a section (a section that sets them is refused: it would
 # silently be overwritten, or cut the chain)
 LINKED = {
@@ -51,25 +55,9 @@ LINKED = {
     "adapt": ("input", "output", "teacher"),
     "logits": ("input", "teacher", "cache_root"),
     "distil": ("cache", "teacher", "storage_path", "run_name", "output"),
-    "finetune": (
-        "model",
-        "train",
-        "exclude",
-        "run_name",
-        "output",
-        "teacher_cache",
-        "storage_path",
-    ),
-    "finetune_teacher": ("train", "exclude", "run_name", "output", "teacher_cache", "storage_path"),
-    "finetune_student": (
-        "model",
-        "train",
-        "exclude",
-        "run_name",
-        "output",
-        "teacher_cache",
-        "storage_path",
-    ),
+    "finetune": FINETUNE_LINKED,
+    "finetune_teacher": tuple(k for k in FINETUNE_LINKED if k != "model"),  # may be another
+    "finetune_student": FINETUNE_LINKED,
     "pool": ("train", "exclude", "teacher", "output"),
     "gate": ("student", "teacher", "output", "pointer"),
 }
@@ -80,6 +68,11 @@ def _class(ref: str) -> type[StageConfig]:
 
     module, attr = ref.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def section(what: str) -> Any:
+    """A stage's section of the config: a mapping of that stage's own fields."""
+    return Field(default_factory=dict, description=f"settings of {what}")
 
 
 class PipelineConfig(StageConfig):
@@ -105,25 +98,15 @@ class PipelineConfig(StageConfig):
     teacher: str = Field(
         PACKAGED_TEACHER, description="the teacher: a model dir/URL or packaged:NAME"
     )
-    cache_root: str | None = Field(
-        None,
-        description="where teacher-logit caches go (keyed by their own fingerprint, so pipelines "
-        "sharing this root reuse each other's); default ROOT/cache",
-    )
+    # teacher-logit caches are keyed by their content: chains that share this root share them
+    cache_root: str | None = Field(None, description="teacher-logit caches; default ROOT/cache")
     adapt_teacher: bool | None = Field(
-        None,
-        description="run teacher adaptation (the adapt section) first: true always, false never, "
-        "unset only when the teacher has no trained MLM head",
-    )
-    model_name: str = Field(
-        "distil-sentiment",
-        description="registered model name the gate publishes to (MLflow Model Registry, when "
-        "tracking is on; the distilled MLM goes to NAME-mlm)",
-    )
+        None, description="adapt the teacher first: true always, false never, unset if it lacks "
+        "a trained MLM head",
+    )  # fmt: skip
+    # empty (or unset, with no $RAY_ADDRESS): each stage a local process with an embedded Ray
     ray_address: str | None = Field(
-        None,
-        description="Ray job API every Ray stage is submitted to (default: $RAY_ADDRESS); empty "
-        "or unset with no $RAY_ADDRESS: each stage runs as a local process with an embedded Ray",
+        None, description="Ray job API for the stages (default $RAY_ADDRESS; '': local processes)"
     )
     from_stage: str | None = Field(
         None,
@@ -134,33 +117,23 @@ class PipelineConfig(StageConfig):
     only: str | None = Field(
         None, description="run this step alone: the steps before it must be done already"
     )
-    prepare: dict[str, Any] = Field(default_factory=dict, description="prepare's settings")
-    adapt: dict[str, Any] = Field(
-        default_factory=dict, description="teacher adaptation's settings (distil teacher adapt)"
+    # a section per stage: that stage's settings under its own field names (distil <stage> --help)
+    prepare: dict[str, Any] = section("prepare")
+    adapt: dict[str, Any] = section("teacher adaptation (distil teacher adapt)")
+    logits: dict[str, Any] = section("teacher logits")
+    distil: dict[str, Any] = section("distillation")
+    finetune: dict[str, Any] = section("both fine-tunes (distil finetune)")
+    finetune_teacher: dict[str, Any] = section(
+        "the teacher classifier, over finetune's (model: another teacher for the task; default "
+        "the MLM teacher)"
     )
-    logits: dict[str, Any] = Field(default_factory=dict, description="teacher logits' settings")
-    distil: dict[str, Any] = Field(default_factory=dict, description="distillation's settings")
-    finetune: dict[str, Any] = Field(
-        default_factory=dict, description="both fine-tunes' settings (distil finetune)"
-    )
-    finetune_teacher: dict[str, Any] = Field(
-        default_factory=dict,
-        description="the teacher classifier's settings over finetune's (model: another teacher "
-        "for the task; default the MLM teacher)",
-    )
-    finetune_student: dict[str, Any] = Field(
-        default_factory=dict, description="the student classifier's settings over finetune's"
-    )
+    finetune_student: dict[str, Any] = section("the student classifier, over finetune's")
     pool: dict[str, Any] | None = Field(
         None,
         description="task distillation (distil pool) between the fine-tunes; unset: the student "
         "learns from the teacher's logits on the training rows alone",
     )
-    gate: dict[str, Any] = Field(
-        default_factory=dict,
-        description="the quality gate's settings (distil promote: min_teacher_share, "
-        "max_int8_drop)",
-    )
+    gate: dict[str, Any] = section("the quality gate (distil promote: min_teacher_share, ...)")
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

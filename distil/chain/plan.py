@@ -193,7 +193,6 @@ class Chain:
             **gate,
             "student": clf_student.output,
             "teacher": clf_teacher.output,
-            "name": gate.get("name", self.cfg.model_name),
             "pointer": latest_pointer(self.cfg.root),
         }
         planned = self.runner.plan("gate", "promote", args, "output", (clf_student, clf_teacher))

@@ -60,10 +60,7 @@ class PromoteConfig(StageConfig):
         "--model reads without MLflow); unset: none",
     )
     min_teacher_share: float = Field(
-        0.97,
-        gt=0,
-        description="the student's validation accuracy / the teacher's, at least (above 1: the "
-        "student must beat the teacher)",
+        0.97, gt=0, description="student / teacher validation accuracy, at least (>1: beat it)"
     )
     max_int8_drop: float = Field(
         0.5, ge=0, description="int8 validation accuracy below fp32, at most (accuracy points)"

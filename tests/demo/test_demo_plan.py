@@ -168,10 +168,10 @@ def test_step_fingerprints_match_the_previous_implementation(monkeypatch, tmp_pa
         "prepare": "02a9f4bb227534d1", "adapt_teacher": "0fde2bbe7eff1175",
         "logits": "ed3fd14db00a3f4b", "distil": "2480e11b03e8a5be",
         "finetune_teacher": "8be88f756297cb61", "finetune_student": "76ea023e3ca50cbf",
-        "gate": "f18d8e9cc3eb7e21", "score": "0474c59e6e74807c",
+        "gate": "b6b9ba67d1c6ec27", "score": "c2b280163c5d7303",
     }  # fmt: skip
     assert d.steps["score"].output == (
-        f"{root}/tiny/score-0474c59e6e74807c/run_id=demo-e5330eab19b7ecf8"
+        f"{root}/tiny/score-c2b280163c5d7303/run_id=demo-e5330eab19b7ecf8"
     )
     # the demo names the sample reviews itself (the fine-tune stage has no default data), and
     # its fine-tune commands parse into valid stage configs

@@ -224,7 +224,7 @@ def test_the_nightly_run_scores_the_promoted_champion(monkeypatch):
     name, alias, _ = parse_uri(cfg.model)
     assert (name, alias) == ("distil-sentiment", "champion")
     pipeline = load_config(PipelineConfig, "pipeline/cluster", corpus=["s3://c"], train="s3://t")
-    assert pipeline.model_name == name  # the name the pipeline's gate registers under
+    assert pipeline.stage("gate")["name"] == name  # the name the pipeline's gate registers
 
 
 def test_no_manifest_or_config_names_the_bucket():
