@@ -246,9 +246,14 @@ SLOW_FIXTURES = {"ray_local", "installed_distil"}
 
 def pytest_collection_modifyitems(config, items):
     """Mark slow tests (above); and since `distil stack down` runs `ray stop`, which ends every
-    Ray on the machine (the session's `ray_local` too), run the stack tests last."""
+    Ray on the machine (the session's `ray_local` too), run the tests that start the stack last."""
     for item in items:
         folder = Path(str(item.fspath)).parent.name
         if folder in SLOW_DIRS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.fspath.basename == "test_stack.py")
+    items.sort(
+        key=lambda item: (
+            item.fspath.basename == "test_stack.py"
+            or "stack_env" in getattr(item, "fixturenames", ())
+        )
+    )

@@ -84,8 +84,12 @@ def test_a_failed_gate_stops_the_chain_with_its_verdict_and_publishes_nothing(
 
 
 def test_the_record_says_what_ran_and_why_the_chain_stopped(tiny_teacher_dir, root, monkeypatch):
+    from distil import tracking
     from distil.chain import plan
 
+    # untracked, and whatever run group plan.run names stays in this test
+    monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    monkeypatch.delenv(tracking.GROUP_ENV, raising=False)
     monkeypatch.setattr(plan, "Chain", lambda cfg: _chain(tiny_teacher_dir, FakeStages(True), root))
     with pytest.raises(GateFailed):
         plan.run(_chain(tiny_teacher_dir, FakeStages(), root).cfg)

@@ -7,7 +7,6 @@ uninterrupted run gave; a gate that cannot be met publishes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -72,7 +71,7 @@ def _champion(env: dict):
 
 @pytest.mark.timeout(2400)
 def test_the_chain_runs_as_ray_jobs_publishes_resumes_and_gates(
-    stack_env, tiny_teacher_dir, make_planted_reviews, tmp_path
+    stack_env, tiny_teacher_dir, make_planted_reviews, tmp_path, monkeypatch
 ):
     planted_reviews = make_planted_reviews
     up = _distil("stack", "up", env=stack_env, timeout=600)
@@ -81,7 +80,9 @@ def test_the_chain_runs_as_ray_jobs_publishes_resumes_and_gates(
 
     exports = stack.env_exports()  # what `eval "$(distil stack env)"` sets, the password read
     env = dict(stack_env, **exports, MLFLOW_EXPERIMENT_NAME=f"chain-{uuid.uuid4().hex[:6]}")
-    os.environ.update({k: v for k, v in exports.items() if k.startswith(("AWS_", "MLFLOW_"))})
+    for k, v in exports.items():  # this process reads the stack's S3 and MLflow too (until the end)
+        if k.startswith(("AWS_", "MLFLOW_")):
+            monkeypatch.setenv(k, v)
     assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
 
     data = f"s3://distil/chain-test-{uuid.uuid4().hex[:6]}"
