@@ -89,7 +89,7 @@ def test_the_record_says_what_ran_and_why_the_chain_stopped(tiny_teacher_dir, ro
 
     # untracked, and whatever run group plan.run names stays in this test
     monkeypatch.delenv(tracking.URI_ENV, raising=False)
-    monkeypatch.delenv(tracking.GROUP_ENV, raising=False)
+    monkeypatch.setenv(tracking.GROUP_ENV, "")  # (delenv of an unset variable undoes nothing)
     monkeypatch.setattr(plan, "Chain", lambda cfg: _chain(tiny_teacher_dir, FakeStages(True), root))
     with pytest.raises(GateFailed):
         plan.run(_chain(tiny_teacher_dir, FakeStages(), root).cfg)

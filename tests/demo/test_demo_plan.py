@@ -265,7 +265,9 @@ def test_a_tracked_demo_is_one_pipeline_run_holding_its_report(
     for k, v in mlflow_server.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"demo-{uuid.uuid4().hex[:6]}")
-    monkeypatch.delenv(tracking.GROUP_ENV, raising=False)
+    # empty, not deleted: monkeypatch restores a variable it set, not one it found unset, and
+    # the group tracked_group names here would stay for every later test's MLflow runs
+    monkeypatch.setenv(tracking.GROUP_ENV, "")
     plan.tracked_group(DemoConfig(scale="tiny"))
     group = os.environ[tracking.GROUP_ENV]
     assert group.startswith("demo-tiny-")
